@@ -1,0 +1,42 @@
+# fedurl: `make demo` to try it, `make test` to check it. Both install what they need.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+BUNDLE ?= bundles/default
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: install demo bundle serve test bench chromium clean
+
+install: $(VENV)/.installed web_client/node_modules/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[train,sim,test]'
+	touch $@
+
+web_client/node_modules/.installed: web_client/package.json web_client/package-lock.json
+	cd web_client && npm ci --no-audit --no-fund
+	touch $@
+
+# Debian's chromium: Playwright cannot download its own browser on this network.
+chromium:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+$(BUNDLE)/manifest.json: | install
+	$(VENV)/bin/fedurl-export --out $(BUNDLE)
+
+bundle: $(BUNDLE)/manifest.json
+
+demo: install bundle
+	$(VENV)/bin/fedurl-serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
+
+test: install chromium
+	$(PY) -m pytest
+
+bench: install chromium bundle
+	$(PY) bench/run_all.py --bundle $(BUNDLE)
+
+clean:
+	rm -rf $(VENV) web_client/node_modules bundles build *.egg-info
