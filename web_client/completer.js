@@ -1,0 +1,220 @@
+/**
+ * URL completion by beam search with token healing: model/complete.py's algorithm, step for step.
+ *
+ * Read that module's docstring for the algorithm; this file keeps its names (context, heal,
+ * search, extend, advance) and its tie-breaking: candidates in (score desc, beam, piece) order,
+ * scores summed in float64, results ranked by (score desc, text bytes). Byte strings are JS
+ * strings with one char per byte, so startsWith, slicing and < behave like Python bytes.
+ * No onnxruntime here: the worker passes in `step`, one infer.onnx call.
+ */
+
+import { BEAM_WIDTH, CONTEXT_CACHE_ENTRIES, MAX_STEPS } from "./constants.js";
+import { splitTyped } from "./normalize.js";
+
+const BOUNDARY_BYTES = "/?";
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/** log(exp(a) + exp(b)) without overflow. */
+function logAdd(a, b) {
+  const [high, low] = a >= b ? [a, b] : [b, a];
+  return high + Math.log1p(Math.exp(low - high));
+}
+
+/** Python-style strict UTF-8 decoding of a byte string; null if it is not valid UTF-8. */
+function decodeBytes(bytes) {
+  try {
+    return utf8.decode(Uint8Array.from(bytes, (ch) => ch.charCodeAt(0)));
+  } catch {
+    return null;
+  }
+}
+
+/** Flat candidate indices popped best first: score desc, then index (numpy's stable argsort). */
+class CandidateQueue {
+  constructor(scores) {
+    this.scores = scores;
+    this.heap = [];
+    scores.forEach((score, index) => { if (score !== -Infinity) this.heap.push(index); });
+    for (let i = (this.heap.length >> 1) - 1; i >= 0; i--) this.sink(i);
+  }
+
+  before(a, b) {
+    const sa = this.scores[a], sb = this.scores[b];
+    return sa > sb || (sa === sb && a < b);
+  }
+
+  sink(i) {
+    const heap = this.heap;
+    for (;;) {
+      const l = 2 * i + 1, r = l + 1;
+      let best = i;
+      if (l < heap.length && this.before(heap[l], heap[best])) best = l;
+      if (r < heap.length && this.before(heap[r], heap[best])) best = r;
+      if (best === i) return;
+      [heap[i], heap[best]] = [heap[best], heap[i]];
+      i = best;
+    }
+  }
+
+  /** The next best index, or -1 when none is left. */
+  pop() {
+    const heap = this.heap;
+    if (!heap.length) return -1;
+    const top = heap[0];
+    const last = heap.pop();
+    if (heap.length) {
+      heap[0] = last;
+      this.sink(0);
+    }
+    return top;
+  }
+}
+
+export class Completer {
+  /**
+   * @param {object} options
+   * @param {import("./tokenizer.js").Tokenizer} options.tokenizer
+   * @param {(tokens: number[], state: Float32Array) => Promise<{logProbs: Float32Array, state: Float32Array}>}
+   *   options.step one infer.onnx call for tokens.length rows; state is [n_layer, rows, n_hidden]
+   * @param {{n_layer: number, n_hidden: number, bos_id: number, eos_id: number}} options.config
+   * @param {number[]} options.blockedIds pieces never generated (pad, unk, bos)
+   */
+  constructor({ tokenizer, step, config, blockedIds }) {
+    this.tokenizer = tokenizer;
+    this.step = step;
+    this.config = config;
+    this.vocabSize = tokenizer.pieceBytes.length;
+    this.stateSize = config.n_layer * config.n_hidden;
+    this.blocked = blockedIds;
+    this.piecePrefixes = new Set();
+    for (const piece of tokenizer.pieceBytes) {
+      for (let end = 1; end < piece.length; end++) this.piecePrefixes.add(piece.slice(0, end));
+    }
+    this.contexts = new Map(); // LRU: insertion order, oldest first
+  }
+
+  /** {logProbs, state} after BOS + ids, reusing the longest cached prefix. */
+  async context(ids) {
+    let known = ids.length;
+    while (known >= 0 && !this.contexts.has(ids.slice(0, known).join())) known--;
+    let entry = known >= 0 ? this.contexts.get(ids.slice(0, known).join()) : null;
+    for (let n = known + 1; n <= ids.length; n++) {
+      const token = n === 0 ? this.config.bos_id : ids[n - 1];
+      const { logProbs, state } = await this.step([token], entry ? entry.state : new Float32Array(this.stateSize));
+      entry = { logProbs, state };
+      this.remember(ids.slice(0, n).join(), entry);
+    }
+    this.remember(ids.join(), entry);
+    return entry;
+  }
+
+  remember(key, entry) {
+    this.contexts.delete(key);
+    this.contexts.set(key, entry);
+    if (this.contexts.size > CONTEXT_CACHE_ENTRIES) this.contexts.delete(this.contexts.keys().next().value);
+  }
+
+  /** Back off the last piece, and earlier ones while a longer piece could span the cut. */
+  heal(ids) {
+    let kept = ids.length, pending = "";
+    while (kept > 0) {
+      const candidate = this.tokenizer.pieceBytes[ids[kept - 1]] + pending;
+      if (pending && !this.piecePrefixes.has(candidate)) break;
+      kept--;
+      pending = candidate;
+    }
+    return { ids: ids.slice(0, kept), pending };
+  }
+
+  /** Up to k suggestions, best first, each starting with `typed`. */
+  async complete(typed, k) {
+    if (k <= 0) return [];
+    const { fill, canonical } = splitTyped(typed);
+    const { ids, pending } = this.heal(canonical ? this.tokenizer.encode(canonical) : []);
+    const { logProbs, state } = await this.context(ids);
+    const finished = await this.search({ score: 0, logProbs, state, text: "", pending }, k);
+    const ranked = [...finished].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    const suggestions = [];
+    for (const [text] of ranked) {
+      const decoded = decodeBytes(text);
+      if (decoded === null) continue;
+      suggestions.push(typed + fill + decoded);
+      if (suggestions.length === k) break;
+    }
+    return suggestions;
+  }
+
+  /** Beam search (model/complete.py steps 3-4); returns Map text -> log-prob. */
+  async search(root, k) {
+    let beams = [root];
+    const finished = new Map();
+    for (let stepIndex = 0; stepIndex < MAX_STEPS; stepIndex++) {
+      const queue = new CandidateQueue(this.scores(beams));
+      const chosen = [];
+      for (let flat = queue.pop(); flat !== -1; flat = queue.pop()) {
+        const beamIndex = Math.floor(flat / this.vocabSize), piece = flat % this.vocabSize;
+        const outcome = this.extend(beams[beamIndex], piece);
+        if (!outcome) continue;
+        const score = queue.scores[flat];
+        if (outcome.done) {
+          const old = finished.get(outcome.text);
+          finished.set(outcome.text, old === undefined ? score : logAdd(old, score));
+        } else {
+          chosen.push({ beamIndex, piece, score, text: outcome.text, pending: outcome.pending });
+          if (chosen.length === BEAM_WIDTH) break;
+        }
+      }
+      if (!chosen.length) break;
+      beams = await this.advance(beams, chosen);
+      if (finished.size >= k && beams[0].score < [...finished.values()].sort((a, b) => b - a)[k - 1]) break;
+    }
+    return finished;
+  }
+
+  /** Beam score + next-piece log-prob for every (beam, piece), in float64; blocked pieces -inf. */
+  scores(beams) {
+    const V = this.vocabSize;
+    const scores = new Float64Array(beams.length * V);
+    beams.forEach((beam, b) => {
+      for (let piece = 0; piece < V; piece++) scores[b * V + piece] = beam.score + beam.logProbs[piece];
+      for (const piece of this.blocked) scores[b * V + piece] = -Infinity;
+    });
+    return scores;
+  }
+
+  /** {text, pending, done} after appending piece to beam, or null if it is not allowed. */
+  extend(beam, piece) {
+    if (piece === this.config.eos_id) {
+      return !beam.pending && beam.text ? { text: beam.text, pending: "", done: true } : null;
+    }
+    const bytes = this.tokenizer.pieceBytes[piece];
+    let added = bytes;
+    if (beam.pending) {
+      if (bytes.startsWith(beam.pending)) added = bytes.slice(beam.pending.length);
+      else if (beam.pending.startsWith(bytes)) return { text: beam.text, pending: beam.pending.slice(bytes.length), done: false };
+      else return null;
+    }
+    const text = beam.text + added;
+    for (let position = Math.max(1, beam.text.length); position < text.length; position++) {
+      if (BOUNDARY_BYTES.includes(text[position])) return { text: text.slice(0, position), pending: "", done: true };
+    }
+    return { text, pending: "", done: false };
+  }
+
+  /** One batched infer step for the chosen (beam, piece) pairs; state rows follow chosen order. */
+  async advance(beams, chosen) {
+    const { n_layer: L, n_hidden: H } = this.config;
+    const B = chosen.length;
+    const state = new Float32Array(L * B * H);
+    chosen.forEach(({ beamIndex }, b) => {
+      for (let l = 0; l < L; l++) state.set(beams[beamIndex].state.subarray(l * H, (l + 1) * H), (l * B + b) * H);
+    });
+    const out = await this.step(chosen.map((c) => c.piece), state);
+    const V = this.vocabSize;
+    return chosen.map(({ score, text, pending }, b) => {
+      const own = new Float32Array(L * H);
+      for (let l = 0; l < L; l++) own.set(out.state.subarray((l * B + b) * H, (l * B + b + 1) * H), l * H);
+      return { score, logProbs: out.logProbs.subarray(b * V, (b + 1) * V), state: own, text, pending };
+    });
+  }
+}

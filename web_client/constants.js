@@ -1,0 +1,57 @@
+/**
+ * Every tunable of the browser client, with its unit in its name.
+ *
+ * The completer's search constants must equal model/complete.py's (BEAM_WIDTH, MAX_STEPS):
+ * tests/web compare the page's suggestions with the Python completer's.
+ */
+
+/** Beams kept per decoding step (model/complete.py BEAM_WIDTH). */
+export const BEAM_WIDTH = 8;
+
+/** Decoding steps before the search gives up (model/complete.py MAX_STEPS). */
+export const MAX_STEPS = 16;
+
+/** Prefix contexts (BOS + pieces -> state) kept between keystrokes (model/complete.py). */
+export const CONTEXT_CACHE_ENTRIES = 256;
+
+/** Suggestions shown under the URL bar. */
+export const SUGGESTIONS_K = 5;
+
+/** Where the page fetches onnxruntime-web's wasm files: served locally, never from a CDN. */
+export const ORT_WASM_PATH = "/ort/";
+
+/** onnxruntime-web threads per worker; two workers share the device's cores. */
+export const ORT_WASM_THREADS = 1;
+
+/** Cache Storage bucket for bundle files, keyed by their immutable /api/files/<sha256> URL. */
+export const MODEL_CACHE_NAME = "fedurl-model-files-v1";
+
+/** IndexedDB database holding the local history, the unsent update and counters. */
+export const HISTORY_DB_NAME = "fedurl";
+
+/** Page settings that URL parameters may override (?train_after_urls=3&poll_ms=500). */
+export const DEFAULTS = Object.freeze({
+  /** New visited URLs that start local training on their own. */
+  train_after_urls: 20,
+  /** Local SGD epochs over the history per training run. */
+  epochs: 2,
+  /** SGD learning rate of train_step.onnx (model/trainer.py's default). */
+  lr: 0.5,
+  /** Milliseconds between checks for a new global model version. */
+  poll_ms: 15000,
+});
+
+/**
+ * DEFAULTS laid over by URL parameters; unknown keys and non-numbers are errors, not ignored.
+ * @param {string} search location.search
+ */
+export function getConfig(search) {
+  const config = { ...DEFAULTS };
+  for (const [key, raw] of new URLSearchParams(search)) {
+    if (!Object.hasOwn(DEFAULTS, key)) throw new Error(`unknown setting ?${key}= (known: ${Object.keys(DEFAULTS)})`);
+    const value = Number(raw);
+    if (!Number.isFinite(value) || value < 0) throw new Error(`setting ?${key}= must be a non-negative number`);
+    config[key] = value;
+  }
+  return Object.freeze(config);
+}
