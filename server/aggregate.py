@@ -90,6 +90,7 @@ class FedAvg:
     name = "fedavg"
     default_lr = 1.0
     hyperparameters: tuple[str, ...] = ()
+    slots: tuple[str, ...] = ()  # names of the state arrays, "<slot>/<parameter>"
 
     def __init__(self, lr: float | None = None):
         self.lr = self.default_lr if lr is None else lr
@@ -114,6 +115,7 @@ class FedAvgM(FedAvg):
 
     name = "fedavgm"
     hyperparameters = ("momentum",)
+    slots = ("velocity",)
 
     def __init__(self, lr: float | None = None, momentum: float = 0.9):
         super().__init__(lr)
@@ -132,6 +134,7 @@ class FedAdam(FedAvg):
     name = "fedadam"
     default_lr = 0.01
     hyperparameters = ("beta1", "beta2", "tau")
+    slots = ("m", "v")
 
     def __init__(self, lr: float | None = None, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3):
         super().__init__(lr)

@@ -1,0 +1,106 @@
+"""Application factory: ``flask --app server.app run`` or ``fedurl-serve`` (server/cli.py).
+
+Settings come from server/config.py's defaults, then ``instance/config.py``, then ``FEDURL_*``
+environment variables, then the ``test_config`` dict. See server/README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from pathlib import Path
+
+from flask import Flask
+
+from server import config as settings
+from server import db, errors, logs
+from server.aggregate import make_optimizer
+from server.ratelimit import RateLimiter
+from server.rounds import Coordinator, RoundRules
+from server.versions import VersionStore
+
+HEADER_SLACK = 64 * 1024  # safetensors header with 6 metadata fields and every parameter name
+
+# Cross-origin isolation (SharedArrayBuffer, so multi-threaded WASM) on every response.
+ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin",
+                     "Cross-Origin-Embedder-Policy": "require-corp",
+                     "Cross-Origin-Resource-Policy": "same-origin"}
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the server: load settings, open the database, resume the open round, add routes."""
+    app = Flask(__name__, instance_relative_config=True, static_folder=None)
+    app.config.from_mapping(settings.defaults())
+    app.config.from_pyfile("config.py", silent=True)
+    app.config.update(settings.from_environ())
+    if test_config is not None:
+        unknown = sorted(set(test_config) - set(app.config))
+        if unknown:
+            raise ValueError(f"unknown settings {unknown}")
+        app.config.update(test_config)
+    app.config["DATA_DIR"] = app.config["DATA_DIR"] or app.instance_path
+    app.config["DATABASE_URL"] = (app.config["DATABASE_URL"]
+                                  or f"sqlite:///{Path(app.config['DATA_DIR']).resolve() / 'fedurl.sqlite3'}")
+    settings.check(app.config)
+    logs.configure(app.config["LOG_LEVEL"])
+
+    db.init_app(app)
+    coordinator = _start_coordinator(app)
+    app.config["MAX_CONTENT_LENGTH"] = app.config["MAX_UPDATE_BYTES"] or _update_bytes(coordinator.manifest)
+    app.extensions["fedurl.limits"] = {
+        "client": RateLimiter(app.config["TICKETS_PER_CLIENT_PER_MIN"]),
+        "addr": RateLimiter(app.config["REQUESTS_PER_ADDR_PER_MIN"])}
+
+    errors.init_app(app)
+    app.after_request(_isolate)
+    from server import admin, api, web
+    app.register_blueprint(api.bp)
+    app.register_blueprint(admin.bp)
+    app.register_blueprint(web.bp)
+    if app.config["TICK_INTERVAL_S"] > 0:
+        _start_ticker(coordinator, app.config["TICK_INTERVAL_S"])
+    return app
+
+
+def _start_coordinator(app: Flask) -> Coordinator:
+    """Build the coordinator from settings and resume (or start) the federation."""
+    cfg = app.config
+    rules = RoundRules(min_clients=cfg["MIN_CLIENTS"], floor=cfg["MIN_CLIENTS_FLOOR"],
+                       deadline_s=cfg["ROUND_DEADLINE_S"], ticket_ttl_s=cfg["TICKET_TTL_S"],
+                       max_staleness=cfg["MAX_STALENESS"], staleness_exponent=cfg["STALENESS_EXPONENT"])
+
+    def new_optimizer():
+        return make_optimizer(cfg["SERVER_OPTIMIZER"], lr=cfg["SERVER_LR"], momentum=cfg["SERVER_MOMENTUM"],
+                              beta1=cfg["ADAM_BETA1"], beta2=cfg["ADAM_BETA2"], tau=cfg["ADAM_TAU"])
+
+    new_optimizer()  # fail at start-up, not at the first round's end, on a misspelt optimizer
+    coordinator = Coordinator(db.get_engine(app), VersionStore(Path(cfg["DATA_DIR"])), rules, new_optimizer)
+    coordinator.start(cfg["BUNDLE_DIR"])
+    app.extensions["fedurl.coordinator"] = coordinator
+    return coordinator
+
+
+def _update_bytes(manifest: dict) -> int:
+    """Body limit for an update: every parameter as float32, plus the header."""
+    elements = sum(math.prod(p["shape"]) for p in manifest["parameters"])
+    return 4 * elements + HEADER_SLACK
+
+
+def _isolate(response):
+    """Add the cross-origin isolation headers."""
+    response.headers.update(ISOLATION_HEADERS)
+    return response
+
+
+def _start_ticker(coordinator: Coordinator, interval: float) -> None:
+    """Check round deadlines every interval seconds, even when no request arrives."""
+    def run():
+        while True:
+            threading.Event().wait(interval)
+            try:
+                coordinator.tick()
+            except Exception:  # a failed close is logged and retried at the next tick
+                logging.getLogger(logs.LOGGER).exception("tick_failed")
+
+    threading.Thread(target=run, name="fedurl-deadlines", daemon=True).start()

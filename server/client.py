@@ -1,0 +1,146 @@
+"""A Python client of the update protocol (docs/PROTOCOL.md), stdlib + numpy only.
+
+Talks to a server URL over urllib, or to a Flask test client in-process, with the same calls:
+``fetch_model()``, ``save_bundle(dir)``, ``global_weights()``, ``ticket()``, ``upload(delta, ...)``.
+The integration tests and the simulated clients use it; the browser implements the same protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from model import weights as weights_codec
+from model.bundle import MANIFEST, write_json_atomic
+
+
+class ProtocolError(Exception):
+    """The server refused a request: HTTP status, stable error code, and its message."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class _UrllibTransport:
+    """HTTP to a running server."""
+
+    def __init__(self, base_url: str, timeout: float):
+        self.base_url, self.timeout = base_url.rstrip("/"), timeout
+
+    def request(self, method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, dict, bytes]:
+        """Send one request; return (status, lower-cased headers, body) for any status."""
+        req = urllib.request.Request(self.base_url + path, data=body, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as response:
+                return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
+        except urllib.error.HTTPError as error:
+            with error:
+                return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+
+
+class _FlaskTransport:
+    """The same requests through a Flask test client."""
+
+    def __init__(self, test_client):
+        self.test_client = test_client
+
+    def request(self, method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, dict, bytes]:
+        """Send one request; return (status, lower-cased headers, body)."""
+        response = self.test_client.open(path, method=method, data=body, headers=headers)
+        return response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.get_data()
+
+
+def random_client_id() -> str:
+    """A fresh opaque client id (no user information in it)."""
+    return secrets.token_urlsafe(16)
+
+
+def encode_update(delta: dict[str, np.ndarray], ticket: dict, client_id: str, num_examples: int,
+                  loss_before: float, loss_after: float, dtype=np.float32) -> bytes:
+    """The update body: deltas as safetensors with the six metadata fields."""
+    metadata = {"ticket": ticket["ticket"], "client_id": client_id, "base_version": str(ticket["version"]),
+                "num_examples": str(num_examples), "loss_before": repr(float(loss_before)),
+                "loss_after": repr(float(loss_after))}
+    return weights_codec.encode({n: np.asarray(a, dtype=dtype) for n, a in delta.items()}, metadata)
+
+
+class FederatedClient:
+    """One federated client: its id, and the model it last fetched."""
+
+    def __init__(self, server, client_id: str | None = None, timeout: float = 60.0):
+        """:param server: a base URL ("http://127.0.0.1:5000") or a Flask test client."""
+        self.transport = (_UrllibTransport(server, timeout) if isinstance(server, str)
+                          else _FlaskTransport(server))
+        self.client_id = client_id or random_client_id()
+        self.model: dict | None = None
+        self._etag: str | None = None
+
+    def _call(self, method: str, path: str, body=None, headers=None, ok=(200,)) -> tuple[int, dict, bytes]:
+        """One request; raise ProtocolError unless the status is in ok."""
+        status, response_headers, data = self.transport.request(method, path, body, headers or {})
+        if status not in ok:
+            try:
+                error = json.loads(data)
+                raise ProtocolError(status, error["error"], error["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ProtocolError(status, "http_error", data[:200].decode("utf-8", "replace")) from None
+        return status, response_headers, data
+
+    def fetch_model(self) -> dict:
+        """GET /api/model (revalidated by ETag); return {version, round, manifest, files}."""
+        headers = {"If-None-Match": self._etag} if self._etag and self.model else {}
+        status, response_headers, data = self._call("GET", "/api/model", headers=headers, ok=(200, 304))
+        if status == 200:
+            self.model, self._etag = json.loads(data), response_headers.get("etag")
+        return self.model
+
+    def download(self, name: str) -> bytes:
+        """One file of the fetched model, checked against the manifest's sha256."""
+        model = self.model or self.fetch_model()
+        _, _, data = self._call("GET", model["files"][name])
+        expected = model["manifest"]["files"][name]["sha256"]
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise ProtocolError(200, "corrupt_download", f"{name} does not match its sha256 {expected[:12]}…")
+        return data
+
+    def global_weights(self) -> dict[str, np.ndarray]:
+        """The fetched version's weights."""
+        return weights_codec.decode(self.download("weights.safetensors"))[0]
+
+    def save_bundle(self, directory) -> Path:
+        """Write the fetched model as a bundle directory (e.g. for model.trainer.LocalTrainer)."""
+        model = self.model or self.fetch_model()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in model["manifest"]["files"]:
+            (directory / name).write_bytes(self.download(name))
+        write_json_atomic(directory / MANIFEST, model["manifest"])
+        return directory
+
+    def ticket(self) -> dict:
+        """POST /api/tickets: {ticket, version, round, expires_at}."""
+        body = json.dumps({"client_id": self.client_id}).encode()
+        _, _, data = self._call("POST", "/api/tickets", body, {"Content-Type": "application/json"}, ok=(201,))
+        return json.loads(data)
+
+    def upload(self, delta: dict[str, np.ndarray], ticket: dict, num_examples: int, loss_before: float,
+               loss_after: float, dtype=np.float32) -> dict:
+        """POST /api/updates with delta = new - global for every parameter; 202's JSON body."""
+        body = encode_update(delta, ticket, self.client_id, num_examples, loss_before, loss_after, dtype)
+        return self.post_update(body)
+
+    def post_update(self, body: bytes, content_type: str = "application/octet-stream") -> dict:
+        """POST raw update bytes (tests use it to send malformed ones)."""
+        _, _, data = self._call("POST", "/api/updates", body, {"Content-Type": content_type}, ok=(202,))
+        return json.loads(data)
+
+    def status(self) -> dict:
+        """GET /api/status."""
+        return json.loads(self._call("GET", "/api/status")[2])

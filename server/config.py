@@ -1,0 +1,90 @@
+"""Every server setting in one table: default, type and meaning; environment overrides, type-checked.
+
+Order (``server.app.create_app``): these defaults, then ``config.py`` in the instance folder, then
+``FEDURL_<KEY>`` environment variables, then the dict passed to ``create_app`` (tests, the CLI).
+Unknown keys are errors rather than silently ignored. server/README.md documents each key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "FEDURL_"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One configuration key: its default, the type its value must have, and what it does."""
+
+    default: object
+    type: type
+    doc: str
+    optional: bool = False  # None allowed
+
+
+SETTINGS: dict[str, Setting] = {
+    "BUNDLE_DIR": Setting(None, str, "bundle imported as the first global version on first start", True),
+    "DATA_DIR": Setting(None, str, "versions and the SQLite file live here (default: the instance folder)", True),
+    "DATABASE_URL": Setting(None, str, "SQLAlchemy URL (default: sqlite:///DATA_DIR/fedurl.sqlite3)", True),
+    "WEB_CLIENT_DIR": Setting(str(REPO / "web_client"), str, "the demo page served at / and /static/"),
+    "ADMIN_TOKEN": Setting(None, str, "bearer token for /api/admin/...; unset disables admin (403)", True),
+    "MIN_CLIENTS": Setting(10, int, "a round closes as soon as this many updates arrived"),
+    "MIN_CLIENTS_FLOOR": Setting(2, int, "after the deadline, a round closes once it has this many"),
+    "ROUND_DEADLINE_S": Setting(600.0, float, "seconds after a round opens at which the floor applies"),
+    "TICKET_TTL_S": Setting(900.0, float, "seconds a round ticket stays valid"),
+    "MAX_STALENESS": Setting(1, int, "accept deltas this many versions behind (0: current only)"),
+    "STALENESS_EXPONENT": Setting(0.5, float, "stale delta weight is (1 + staleness) ** -exponent"),
+    "SERVER_OPTIMIZER": Setting("fedavg", str, "fedavg, fedavgm or fedadam"),
+    "SERVER_LR": Setting(None, float, "server learning rate (default: 1.0, fedadam 0.01)", True),
+    "SERVER_MOMENTUM": Setting(0.9, float, "fedavgm momentum"),
+    "ADAM_BETA1": Setting(0.9, float, "fedadam first-moment decay"),
+    "ADAM_BETA2": Setting(0.99, float, "fedadam second-moment decay"),
+    "ADAM_TAU": Setting(1e-3, float, "fedadam adaptivity (epsilon)"),
+    "MAX_UPDATE_NORM": Setting(50.0, float, "largest accepted L2 norm of a whole delta"),
+    "MAX_NUM_EXAMPLES": Setting(10_000, int, "largest accepted num_examples of one update"),
+    "MAX_UPDATE_BYTES": Setting(None, int, "request body limit (default: float32 model size + 64 KiB)", True),
+    "TICKETS_PER_CLIENT_PER_MIN": Setting(6.0, float, "ticket rate limit per client id"),
+    "REQUESTS_PER_ADDR_PER_MIN": Setting(600.0, float, "ticket + update rate limit per remote address"),
+    "TICK_INTERVAL_S": Setting(5.0, float, "how often a background thread checks deadlines (0: off)"),
+    "LOG_LEVEL": Setting("INFO", str, "level of the JSON-lines log on stderr"),
+}
+
+
+def defaults() -> dict:
+    """The default value of every key."""
+    return {key: setting.default for key, setting in SETTINGS.items()}
+
+
+def from_environ(environ=os.environ) -> dict:
+    """Values of ``FEDURL_<KEY>`` variables, parsed by each key's type.
+
+    :raise ValueError: for an unknown ``FEDURL_`` variable or a value of the wrong type.
+    """
+    values = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):]
+        if key not in SETTINGS:
+            raise ValueError(f"unknown setting {name}; known: {', '.join(ENV_PREFIX + k for k in SETTINGS)}")
+        try:
+            values[key] = SETTINGS[key].type(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not a valid {SETTINGS[key].type.__name__}") from None
+    return values
+
+
+def check(config) -> None:
+    """Raise ValueError unless every key has a value of its type (ints are fine for floats)."""
+    for key, setting in SETTINGS.items():
+        value = config.get(key)
+        if value is None and setting.optional:
+            continue
+        allowed = (int, float) if setting.type is float else setting.type
+        if not isinstance(value, allowed) or isinstance(value, bool):
+            raise ValueError(f"setting {key} must be a {setting.type.__name__}, got {value!r}")
+    if config["MIN_CLIENTS_FLOOR"] < 1 or config["MIN_CLIENTS"] < config["MIN_CLIENTS_FLOOR"]:
+        raise ValueError("need 1 <= MIN_CLIENTS_FLOOR <= MIN_CLIENTS")

@@ -1,0 +1,50 @@
+"""Client errors as JSON: ``{"error": "<stable_code>", "message": "<human sentence>"}`` with a 4xx.
+
+Views raise ``ApiError``; werkzeug's own HTTP errors (404, 405, 413) under /api/ are turned into
+the same shape so a client never has to parse HTML.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+
+
+class ApiError(Exception):
+    """A refused request: a stable machine code, a sentence for people, and the HTTP status."""
+
+    def __init__(self, code: str, message: str, status: int = 400, headers: dict | None = None):
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+        self.headers = headers or {}
+
+
+def error_response(code: str, message: str, status: int, headers: dict | None = None):
+    """The JSON error response."""
+    response = jsonify(error=code, message=message)
+    response.status_code = status
+    response.headers.update(headers or {})
+    return response
+
+
+def _handle_api_error(error: ApiError):
+    """Render an ApiError."""
+    return error_response(error.code, error.message, error.status, error.headers)
+
+
+def _handle_http_error(error: HTTPException):
+    """JSON for werkzeug's errors under /api/, its default HTML elsewhere."""
+    if not request.path.startswith("/api/"):
+        return error
+    message = error.description or error.name
+    if error.code == 413:
+        message = f"request body is larger than the {request.max_content_length} byte limit"
+    return error_response(HTTP_CODES.get(error.code, "bad_request"), message, error.code or 400)
+
+
+def init_app(app: Flask) -> None:
+    """Register the JSON error handlers."""
+    app.register_error_handler(ApiError, _handle_api_error)
+    app.register_error_handler(HTTPException, _handle_http_error)

@@ -1,0 +1,140 @@
+"""Global model versions on disk: one complete bundle directory per version, written atomically.
+
+``DATA_DIR/versions/<v>/`` holds the bundle files (graphs and tokenizer hard-linked from the
+parent, so they cost no space), the version's ``weights.safetensors``, ``manifest.json`` with
+``model_version``/``parent_version`` and every file's sha256, and ``server_state.safetensors``
+(the server optimizer's moments, never served). Each is written into ``versions/.tmp-*`` and
+renamed into place, so a crash leaves either the whole version or debris that ``sweep`` removes.
+The database, not the directory listing, says which versions exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from model import weights as weights_codec
+from model.bundle import BUNDLE_FILES, MANIFEST, check_parameters, load_bundle, write_json_atomic
+
+WEIGHTS = "weights.safetensors"
+SERVER_STATE = "server_state.safetensors"
+TMP_PREFIX = ".tmp-"
+
+
+def iso(timestamp: float) -> str:
+    """ISO 8601 UTC with a Z, to the second."""
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _write_durable(path: Path, data: bytes) -> None:
+    """Write bytes and fsync them before the directory is renamed into place."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    """fsync a directory so a rename inside it is durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class VersionStore:
+    """Reads and atomically writes the version directories under DATA_DIR/versions."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / "versions"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, version: int) -> Path:
+        """Directory of a version."""
+        return self.root / str(version)
+
+    def relative(self, version: int, name: str) -> str:
+        """A version's file as a path relative to DATA_DIR (what the files table stores)."""
+        return str((self.path(version) / name).relative_to(self.data_dir))
+
+    def _publish(self, version: int, fill) -> dict:
+        """Create a temp dir, let fill(tmp) write the files and return the manifest, rename it in."""
+        tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f"{TMP_PREFIX}{version}-"))
+        try:
+            manifest = fill(tmp)
+            write_json_atomic(tmp / MANIFEST, manifest)  # manifest last, as fedurl-export does
+            _fsync_dir(tmp)
+            os.rename(tmp, self.path(version))  # fails if the version exists: never overwrite
+            _fsync_dir(self.root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return manifest
+
+    def import_bundle(self, source: Path) -> dict:
+        """Copy a verified bundle in as its manifest's model_version; return the manifest."""
+        bundle = load_bundle(source)
+        bundle.load_weights()  # refuse weights that disagree with the manifest before serving them
+
+        def fill(tmp: Path) -> dict:
+            for name in BUNDLE_FILES:
+                shutil.copyfile(bundle.path(name), tmp / name)
+            return bundle.manifest
+
+        return self._publish(int(bundle.manifest["model_version"]), fill)
+
+    def write(self, parent: dict, version: int, weights: dict, state: dict, extra: dict,
+              now: float) -> dict:
+        """Publish a new version: parent's graphs and tokenizer, new weights and optimizer state.
+
+        :param parent: the parent version's manifest.
+        :param extra: recorded in the manifest under "aggregation" (round, clients, optimizer...).
+        """
+        parent_dir = self.path(parent["model_version"])
+        ordered = {p["name"]: weights[p["name"]] for p in parent["parameters"]}
+        check_parameters(parent, ordered)
+        blob = weights_codec.encode(ordered)
+
+        def fill(tmp: Path) -> dict:
+            for name in BUNDLE_FILES:
+                if name != WEIGHTS:
+                    os.link(parent_dir / name, tmp / name)
+            _write_durable(tmp / WEIGHTS, blob)
+            _write_durable(tmp / SERVER_STATE, weights_codec.encode(state))
+            files = dict(parent["files"])
+            files[WEIGHTS] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
+            return {**parent, "model_version": version, "parent_version": parent["model_version"],
+                    "created": iso(now), "files": files, "aggregation": extra}
+
+        return self._publish(version, fill)
+
+    def manifest(self, version: int) -> dict:
+        """A version's manifest."""
+        return json.loads((self.path(version) / MANIFEST).read_text())
+
+    def weights(self, version: int) -> dict[str, np.ndarray]:
+        """A version's weights, writable copies checked against its manifest."""
+        bundle = load_bundle(self.path(version), verify=False)
+        return {name: np.array(array) for name, array in bundle.load_weights().items()}
+
+    def optimizer_state(self, version: int) -> dict[str, np.ndarray]:
+        """The optimizer state saved with a version (empty for an imported bundle)."""
+        path = self.path(version) / SERVER_STATE
+        return {n: np.array(a) for n, a in weights_codec.load(path)[0].items()} if path.exists() else {}
+
+    def sweep(self, known: set[int]) -> list[str]:
+        """Remove temp dirs and version dirs the database does not know (a crash mid-publish)."""
+        removed = []
+        for entry in self.root.iterdir():
+            if entry.name.startswith(TMP_PREFIX) or not (entry.name.isdigit() and int(entry.name) in known):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry.name)
+        return removed

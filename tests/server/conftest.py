@@ -1,0 +1,100 @@
+"""Fixtures: a tiny fake bundle (the server never runs its graphs), a fresh app per test."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from model import weights as weights_codec
+from model.bundle import MANIFEST, file_entries, write_json_atomic
+from server import db
+from server.app import create_app
+from server.client import FederatedClient
+
+ADMIN_TOKEN = "test-admin-token-0123"
+TINY_PARAMETERS = {"embed.weight": (4, 3), "head.bias": (5,)}
+
+
+def write_tiny_bundle(directory, parameters=TINY_PARAMETERS, seed=0):
+    """A valid bundle whose graphs are placeholder bytes: enough for the server, which never runs them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    weights = {name: rng.normal(size=shape).astype(np.float32) for name, shape in parameters.items()}
+    weights_codec.save(directory / "weights.safetensors", weights)
+    for name in ("tokenizer.model", "tokenizer.json", "infer.onnx", "train_step.onnx"):
+        (directory / name).write_bytes(f"placeholder {name}".encode())
+    manifest = {"format_version": 1, "model_version": 1, "parent_version": None, "created": "2026-01-01T00:00:00Z",
+                "config": {}, "tokenizer": {},
+                "parameters": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in parameters.items()],
+                "graphs": {}, "files": file_entries(directory)}
+    write_json_atomic(directory / MANIFEST, manifest)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory):
+    """A tiny bundle, written once per session (the server copies it into each data dir)."""
+    return write_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle"))
+
+
+@pytest.fixture
+def config(tiny_bundle, tmp_path):
+    """Settings of a test server: fresh data dir, small rounds, no deadline thread."""
+    return {"BUNDLE_DIR": str(tiny_bundle), "DATA_DIR": str(tmp_path / "data"), "MIN_CLIENTS": 3,
+            "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "WARNING",
+            "MAX_UPDATE_NORM": 10.0, "MAX_NUM_EXAMPLES": 1000}
+
+
+@pytest.fixture
+def app(config):
+    """A fresh app on a temp database."""
+    return create_app(config)
+
+
+@pytest.fixture
+def client(app):
+    """Flask test client."""
+    return app.test_client()
+
+
+@pytest.fixture
+def fed(client):
+    """A protocol client talking to the test app."""
+    return FederatedClient(client)
+
+
+@pytest.fixture
+def admin_headers():
+    """Authorization header with the test admin token."""
+    return {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+def small_delta(value: float = 0.1) -> dict[str, np.ndarray]:
+    """A delta for the tiny model with every element equal to value."""
+    return {name: np.full(shape, value, np.float32) for name, shape in TINY_PARAMETERS.items()}
+
+
+def snapshot(app) -> dict:
+    """Everything an update could change: every table but the refusal counters, the version
+    files on disk, and the coordinator's running sum. Equal snapshots mean nothing changed."""
+    engine = app.extensions["fedurl.engine"]
+    with db.transaction(engine) as conn:
+        tables = {t.name: sorted(repr(tuple(row)) for row in conn.execute(sa.select(t)))
+                  for t in db.metadata.sorted_tables if t.name != "rejections"}
+    root = Path(app.config["DATA_DIR"]) / "versions"
+    files = sorted((str(p.relative_to(root)), hashlib.sha256(p.read_bytes()).hexdigest())
+                   for p in root.rglob("*") if p.is_file())
+    coordinator = app.extensions["fedurl.coordinator"]
+    running = (coordinator.version, coordinator.round["id"], coordinator.sum.count, coordinator.sum.total_weight,
+               [s.tobytes() for s in coordinator.sum.sums.values()])
+    return {"tables": tables, "files": files, "running": running}
+
+
+def rejected(app, code: str) -> int:
+    """How many requests were refused with code so far."""
+    with app.test_client() as c:
+        return c.get("/api/status").get_json()["rejected"].get(code, 0)

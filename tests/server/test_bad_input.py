@@ -1,0 +1,235 @@
+"""Every kind of bad input gets a 4xx JSON error with a stable code and changes nothing.
+
+Each case prepares what it needs (tickets, closed rounds), takes a snapshot of all server state,
+sends one bad request through the real HTTP API, and checks the status, the error code, a piece
+of the message, that the snapshot is unchanged, and (for protocol routes) that the refusal was
+counted under its code.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from server.client import FederatedClient, encode_update
+from tests.server.conftest import TINY_PARAMETERS, rejected, small_delta, snapshot
+
+
+class Ctx:
+    """One fresh server and a client holding a valid ticket."""
+
+    def __init__(self, app):
+        self.app, self.client = app, app.test_client()
+        self.fed = FederatedClient(self.client, client_id="client-under-test")
+        self.ticket = self.fed.ticket()
+
+    def metadata(self, **overrides) -> dict:
+        """Valid update metadata with overrides (None removes a field)."""
+        meta = {"ticket": self.ticket["ticket"], "client_id": self.fed.client_id,
+                "base_version": str(self.ticket["version"]), "num_examples": "10",
+                "loss_before": "5.0", "loss_after": "4.0", **overrides}
+        return {k: v for k, v in meta.items() if v is not None}
+
+    def body(self, delta=None, **overrides) -> bytes:
+        """A safetensors update body: delta (default: a valid small one) and metadata overrides."""
+        from model import weights as weights_codec
+        return weights_codec.encode(small_delta() if delta is None else delta, self.metadata(**overrides))
+
+    def post(self, body: bytes, content_type="application/octet-stream", path="/api/updates"):
+        """POST bytes."""
+        headers = {"Content-Type": content_type} if content_type else {}
+        return self.client.post(path, data=body, headers=headers)
+
+    def close_round(self) -> None:
+        """Let three other clients close the open round."""
+        for i in range(3):
+            other = FederatedClient(self.client, client_id=f"other-client-{time.monotonic_ns()}-{i}")
+            other.upload(small_delta(0.01), other.ticket(), 5, 3.0, 2.0)
+
+
+def raw(header, data: bytes = b"") -> bytes:
+    """Hand-made safetensors bytes from a header (dict or raw bytes) and a data section."""
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return struct.pack("<Q", len(head)) + head + data
+
+
+def tiny_header(meta: dict, **changes) -> dict:
+    """A header describing the tiny model as F32, with changed entries."""
+    header, offset = {"__metadata__": meta}, 0
+    for name, shape in TINY_PARAMETERS.items():
+        size = 4 * int(np.prod(shape))
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header.update(changes)
+    return header
+
+
+TINY_BYTES = 4 * sum(int(np.prod(s)) for s in TINY_PARAMETERS.values())
+
+
+def with_value(value) -> dict:
+    """A delta whose first element is value."""
+    delta = small_delta()
+    delta["embed.weight"][0, 0] = value
+    return delta
+
+
+def expire(ctx: Ctx) -> None:
+    """Move the server clock past the ticket's expiry."""
+    ctx.app.extensions["fedurl.coordinator"].clock = lambda: time.time() + 10 ** 6
+
+
+def use_ticket(ctx: Ctx) -> None:
+    """Upload once with the ticket, so it is used."""
+    assert ctx.post(ctx.body()).status_code == 202
+
+
+def second_ticket(ctx: Ctx) -> None:
+    """Upload once, then take a second ticket for the same round."""
+    use_ticket(ctx)
+    ctx.ticket = ctx.fed.ticket()
+
+
+def two_rounds_later(ctx: Ctx) -> None:
+    """Two versions go by after the ticket was issued."""
+    ctx.close_round()
+    ctx.close_round()
+
+
+@dataclass
+class Case:
+    """One bad request: what to prepare, what to send, and the refusal expected."""
+
+    id: str
+    status: int
+    code: str
+    message: str
+    send: Callable
+    prepare: Callable | None = None
+    config: dict | None = None
+    counted: bool = True
+
+
+U = "/api/updates"
+CASES = [
+    Case("json_content_type", 415, "bad_content_type", "application/octet-stream",
+         lambda c: c.post(c.body(), "application/json")),
+    Case("text_content_type", 415, "bad_content_type", "octet-stream", lambda c: c.post(c.body(), "text/plain")),
+    Case("no_content_type", 415, "bad_content_type", "octet-stream", lambda c: c.post(c.body(), None)),
+    Case("body_too_large", 413, "payload_too_large", "byte limit", lambda c: c.post(b"\0" * (TINY_BYTES + 70_000))),
+    Case("empty_body", 400, "malformed_payload", "shorter than", lambda c: c.post(b"")),
+    Case("seven_bytes", 400, "malformed_payload", "shorter than", lambda c: c.post(b"1234567")),
+    Case("header_length_past_end", 400, "malformed_payload", "does not fit",
+         lambda c: c.post(struct.pack("<Q", 10 ** 6) + b"{}")),
+    Case("header_not_json", 400, "malformed_payload", "not UTF-8 JSON", lambda c: c.post(raw(b"{nope", b""))),
+    Case("header_is_a_list", 400, "malformed_payload", "JSON object", lambda c: c.post(raw(b"[1, 2]"))),
+    Case("trailing_bytes", 400, "malformed_payload", "trailing bytes",
+         lambda c: c.post(raw(tiny_header(c.metadata()), b"\0" * (TINY_BYTES + 8)))),
+    Case("overlapping_offsets", 400, "malformed_payload", "overlaps",
+         lambda c: c.post(raw(tiny_header(c.metadata(), **{"head.bias": {
+             "dtype": "F32", "shape": [5], "data_offsets": [0, 20]}}), b"\0" * TINY_BYTES))),
+    Case("metadata_not_strings", 400, "malformed_payload", "__metadata__",
+         lambda c: c.post(raw(tiny_header({**c.metadata(), "num_examples": 10}), b"\0" * TINY_BYTES))),
+    Case("int32_delta", 400, "bad_dtype", "F32 or F16",
+         lambda c: c.post(c.body({n: np.zeros(s, np.int32) for n, s in TINY_PARAMETERS.items()}))),
+    Case("int64_delta", 400, "bad_dtype", "F32 or F16",
+         lambda c: c.post(c.body({n: np.zeros(s, np.int64) for n, s in TINY_PARAMETERS.items()}))),
+    Case("no_ticket_field", 400, "missing_metadata", "ticket", lambda c: c.post(c.body(ticket=None))),
+    Case("no_loss_fields", 400, "missing_metadata", "loss_before, loss_after",
+         lambda c: c.post(c.body(loss_before=None, loss_after=None))),
+    Case("unknown_metadata_key", 400, "bad_metadata", "unknown __metadata__ keys",
+         lambda c: c.post(c.body(epochs="3"))),
+    Case("base_version_not_int", 400, "bad_metadata", "base_version", lambda c: c.post(c.body(base_version="v1"))),
+    Case("client_id_too_short", 400, "bad_client_id", "8-64", lambda c: c.post(c.body(client_id="abc"))),
+    Case("client_id_with_slash", 400, "bad_client_id", "8-64",
+         lambda c: c.post(c.body(client_id="../../etc/passwd"))),
+    Case("zero_examples", 400, "bad_num_examples", "from 1 to 1000", lambda c: c.post(c.body(num_examples="0"))),
+    Case("negative_examples", 400, "bad_num_examples", "-5", lambda c: c.post(c.body(num_examples="-5"))),
+    Case("absurd_examples", 400, "bad_num_examples", "1000000000",
+         lambda c: c.post(c.body(num_examples="1000000000"))),
+    Case("fractional_examples", 400, "bad_num_examples", "3.5", lambda c: c.post(c.body(num_examples="3.5"))),
+    Case("nan_loss", 400, "bad_loss", "loss_before", lambda c: c.post(c.body(loss_before="nan"))),
+    Case("negative_loss", 400, "bad_loss", "loss_after", lambda c: c.post(c.body(loss_after="-1"))),
+    Case("missing_parameter", 400, "missing_parameter", "head.bias",
+         lambda c: c.post(c.body({"embed.weight": np.zeros((4, 3), np.float32)}))),
+    Case("unknown_parameter", 400, "unknown_parameter", "lm.extra",
+         lambda c: c.post(c.body({**small_delta(), "lm.extra": np.zeros(2, np.float32)}))),
+    Case("wrong_shape", 400, "shape_mismatch", "[4, 3]",
+         lambda c: c.post(c.body({**small_delta(), "embed.weight": np.zeros((4, 4), np.float32)}))),
+    Case("transposed", 400, "shape_mismatch", "[3, 4]",
+         lambda c: c.post(c.body({**small_delta(), "embed.weight": np.zeros((3, 4), np.float32)}))),
+    Case("nan_delta", 400, "non_finite", "embed.weight", lambda c: c.post(c.body(with_value(np.nan)))),
+    Case("inf_delta", 400, "non_finite", "NaN or infinite", lambda c: c.post(c.body(with_value(np.inf)))),
+    Case("f16_overflow_inf", 400, "non_finite", "NaN or infinite",
+         lambda c: c.post(c.body({n: a.astype(np.float16) for n, a in with_value(-np.inf).items()}))),
+    Case("norm_too_large", 400, "norm_too_large", "exceeds the limit 10", lambda c: c.post(c.body(with_value(11.0)))),
+    Case("unknown_version", 400, "unknown_version", "base_version 99", lambda c: c.post(c.body(base_version="99"))),
+    Case("stale_version", 409, "stale_version", "too old", lambda c: c.post(c.body()), prepare=two_rounds_later),
+    Case("unknown_ticket", 403, "ticket_invalid", "unknown ticket", lambda c: c.post(c.body(ticket="forged-ticket"))),
+    Case("other_clients_ticket", 403, "ticket_mismatch", "another client_id",
+         lambda c: c.post(c.body(client_id="someone-else-entirely"))),
+    Case("reused_ticket", 409, "ticket_reused", "already used", lambda c: c.post(c.body()), prepare=use_ticket),
+    Case("expired_ticket", 403, "ticket_expired", "expired at", lambda c: c.post(c.body()), prepare=expire),
+    Case("ticket_for_other_version", 409, "version_mismatch", "ticket is for version 1",
+         lambda c: c.post(c.body(base_version="2")), prepare=lambda c: c.close_round()),
+    Case("second_update_same_round", 409, "duplicate_client", "already sent an update",
+         lambda c: c.post(c.body()), prepare=second_ticket),
+    Case("update_flood", 429, "rate_limited", "too many requests", lambda c: c.post(c.body()),
+         prepare=lambda c: [c.post(b"") for _ in range(3)], config={"REQUESTS_PER_ADDR_PER_MIN": 4}),
+    Case("ticket_bad_client_id", 400, "bad_client_id", "8-64",
+         lambda c: c.client.post("/api/tickets", json={"client_id": "no spaces allowed"})),
+    Case("ticket_missing_client_id", 400, "bad_client_id", "8-64", lambda c: c.client.post("/api/tickets", json={})),
+    Case("ticket_form_encoded", 415, "bad_content_type", "application/json",
+         lambda c: c.client.post("/api/tickets", data={"client_id": "client-under-test"})),
+    Case("ticket_malformed_json", 400, "malformed_json", "JSON object",
+         lambda c: c.post(b'{"client_id": ', "application/json", "/api/tickets")),
+    Case("ticket_flood", 429, "rate_limited", "from this client",
+         lambda c: c.client.post("/api/tickets", json={"client_id": c.fed.client_id}),
+         config={"TICKETS_PER_CLIENT_PER_MIN": 1}),
+    Case("unknown_file", 404, "not_found", "no file with sha256",
+         lambda c: c.client.get("/api/files/" + "0" * 64), counted=False),
+    Case("file_path_traversal", 404, "not_found", "not found", lambda c: c.client.get("/api/files/..%2fmanifest.json"),
+         counted=False),
+    Case("get_updates", 405, "method_not_allowed", "method", lambda c: c.client.get(U), counted=False),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_refused_and_changes_nothing(case: Case, config):
+    """The case's request is refused with its code and message; the server state is unchanged."""
+    # Prepare
+    from server.app import create_app
+    ctx = Ctx(create_app({**config, **(case.config or {})}))
+    if case.prepare:
+        case.prepare(ctx)
+    before, refusals = snapshot(ctx.app), rejected(ctx.app, case.code)
+    # Execute
+    response = case.send(ctx)
+    # Assert
+    assert response.status_code == case.status, response.get_data(as_text=True)
+    body = response.get_json()
+    assert body["error"] == case.code
+    assert case.message in body["message"]
+    assert snapshot(ctx.app) == before
+    assert rejected(ctx.app, case.code) == refusals + (1 if case.counted else 0)
+
+
+def test_case_count():
+    """The suite covers at least 25 distinct refusals (the issue's floor)."""
+    assert len({c.id for c in CASES}) >= 25
+    assert len({c.code for c in CASES}) >= 20
+
+
+def test_valid_body_from_the_same_helpers_is_accepted(config):
+    """Positive control: the unmodified request these cases start from is accepted."""
+    from server.app import create_app
+    ctx = Ctx(create_app(config))
+    response = ctx.post(ctx.body())
+    assert response.status_code == 202, response.get_json()
+    assert response.get_json()["updates_in_round"] == 1
