@@ -1,0 +1,97 @@
+"""Browser tests: Debian's chromium driven by pytest-playwright against the real server.
+
+One WSGI server per session listens on 127.0.0.1 (port 0) in a thread; each test installs a
+fresh ``create_app`` (temp data dir, the session's real bundle) behind it, so every test starts
+at global version 1 with an empty database, and every browser context starts with empty storage.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+from werkzeug.serving import make_server
+
+from server.app import create_app
+
+ADMIN_TOKEN = "web-test-admin-token"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+MODEL_READY_MS = 60_000  # first load: 14 MB of ORT wasm plus the bundle, on a busy 2-core box
+# Page settings for tests: never train on their own, look for new versions twice a second.
+PAGE = "/?train_after_urls=0&poll_ms=500"
+
+
+class AppSlot:
+    """A WSGI app that forwards to the Flask app the current test installed."""
+
+    def __init__(self):
+        self.app = None
+
+    def __call__(self, environ, start_response):
+        if self.app is None:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"no app installed"]
+        return self.app(environ, start_response)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    """The built-in launch args plus Debian's chromium (Playwright cannot download one here)."""
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed (`make chromium`)")
+    return {**browser_type_launch_args, "executable_path": chromium, "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture(scope="session")
+def app_slot():
+    """The session's HTTP server; tests swap the app behind it."""
+    slot = AppSlot()
+    server = make_server("127.0.0.1", 0, slot, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="fedurl-web-tests", daemon=True)
+    thread.start()
+    slot.port = server.server_port
+    yield slot
+    server.shutdown()
+    thread.join()
+
+
+@pytest.fixture(scope="session")
+def base_url(app_slot) -> str:
+    """Root URL of the live server, so tests use relative page.goto paths."""
+    return f"http://127.0.0.1:{app_slot.port}"
+
+
+@pytest.fixture
+def server_config(bundle_dir: Path, tmp_path: Path) -> dict:
+    """Settings of this test's server: a fresh data dir, rounds of 3 clients, no deadline thread."""
+    return {"BUNDLE_DIR": str(bundle_dir), "DATA_DIR": str(tmp_path / "server"), "ADMIN_TOKEN": ADMIN_TOKEN,
+            "MIN_CLIENTS": 3, "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "LOG_LEVEL": "WARNING",
+            "TICKETS_PER_CLIENT_PER_MIN": 600.0, "REQUESTS_PER_ADDR_PER_MIN": 100_000.0}
+
+
+@pytest.fixture(autouse=True)
+def live_app(app_slot, server_config):
+    """A fresh server app for this test, installed behind the session's port."""
+    app = create_app(server_config)
+    app_slot.app = app
+    yield app
+    app_slot.app = None
+
+
+def open_page(page, path: str = PAGE):
+    """Go to the demo page and wait until its model is loaded."""
+    page.goto(path)
+    page.wait_for_function("document.body.dataset.version !== undefined && document.body.dataset.version !== ''",
+                           timeout=MODEL_READY_MS)
+    return page
+
+
+def suggestions_for(page, typed: str) -> list[str]:
+    """Fill the URL bar with typed and return the suggestions the page shows for exactly it."""
+    page.fill("#url", typed)
+    page.wait_for_function("t => document.getElementById('suggestions').dataset.for === t", arg=typed)
+    return page.locator("#suggestions [role=option]").evaluate_all("els => els.map(e => e.dataset.value)")

@@ -1,0 +1,65 @@
+/**
+ * The server protocol (docs/PROTOCOL.md) as seen from the page: model polling with ETags,
+ * round tickets and update uploads. Every failure becomes a ServerError whose message is fit
+ * to show the user; a network failure has code "offline".
+ */
+
+export class ServerError extends Error {
+  /**
+   * @param {string} code the server's error code, or "offline" / "http_<status>"
+   * @param {string} message what to tell the user
+   * @param {number} [status] HTTP status, if the server answered
+   */
+  constructor(code, message, status) {
+    super(message);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+async function send(url, options = {}) {
+  let response;
+  try {
+    response = await fetch(url, { cache: "no-store", ...options });
+  } catch (error) {
+    throw new ServerError("offline", `The server cannot be reached (${error.message}).`);
+  }
+  if (response.ok || response.status === 304) return response;
+  let body = {};
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON (a proxy's error page, say): fall back to the status line
+  }
+  throw new ServerError(body.error ?? `http_${response.status}`,
+    body.message ?? `The server answered HTTP ${response.status} ${response.statusText}.`, response.status);
+}
+
+/**
+ * The current global model, or null if it is still the one with this ETag.
+ * @returns {Promise<{model: import("./protocol.js").ModelInfo, etag: string|null}|null>}
+ */
+export async function fetchModel(etag) {
+  const response = await send("/api/model", { headers: etag ? { "If-None-Match": etag } : {} });
+  if (response.status === 304) return null;
+  return { model: await response.json(), etag: response.headers.get("ETag") };
+}
+
+/** A ticket for uploading one update in the current round. */
+export async function requestTicket(clientId) {
+  const response = await send("/api/tickets", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ client_id: clientId }),
+  });
+  return response.json();
+}
+
+/**
+ * Upload one safetensors update; resolves with the server's acceptance.
+ * @returns {Promise<{accepted: boolean, round: number, updates_in_round: number, version: number}>}
+ */
+export async function uploadUpdate(bytes) {
+  const response = await send("/api/updates", {
+    method: "POST", headers: { "Content-Type": "application/octet-stream" }, body: bytes,
+  });
+  return response.json();
+}

@@ -1,0 +1,196 @@
+/**
+ * The page's controller, without DOM: keeps the model current, asks the completion worker for
+ * suggestions, records visits locally, trains in the second worker and uploads the update.
+ *
+ * main.js listens for three events: "change" (detail: the state snapshot below), "suggestions"
+ * ({typed, suggestions}) and "history" (the visit list changed).
+ */
+
+import { fetchModel, requestTicket, uploadUpdate } from "./api.js";
+import { SUGGESTIONS_K } from "./constants.js";
+import { History } from "./history.js";
+import { pruneCache } from "./model_store.js";
+import { normalizeUrl } from "./normalize.js";
+import { WorkerClient } from "./protocol.js";
+import { encode } from "./safetensors.js";
+
+function startWorker() {
+  return new WorkerClient(new Worker(new URL("./worker.js", import.meta.url), { type: "module" }));
+}
+
+/** A random client id of 22 URL-safe characters (the server's [A-Za-z0-9_-]{8,64}). */
+function randomClientId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+export class Client extends EventTarget {
+  /** @param {ReturnType<import("./constants.js").getConfig>} config */
+  constructor(config, history, clientId) {
+    super();
+    this.config = config;
+    this.history = history;
+    this.clientId = clientId;
+    this.completion = startWorker();
+    this.training = startWorker();
+    this.model = null; // ModelInfo of the loaded global model
+    this.etag = null;
+    this.wanted = null; // latest typed text still to complete
+    this.completing = false;
+    this.state = { version: null, round: null, localUrls: 0, newUrls: 0, lossBefore: null, lossAfter: null,
+      contributions: 0, answer: null, progress: null, training: false, pending: false, downloadedBytes: 0 };
+  }
+
+  /** Open local storage and restore counters (no network yet). */
+  static async open(config) {
+    const history = await History.open();
+    let clientId = await history.getMeta("clientId");
+    if (!clientId) await history.setMeta("clientId", (clientId = randomClientId()));
+    const client = new Client(config, history, clientId);
+    for (const key of ["lossBefore", "lossAfter", "contributions"]) {
+      client.state[key] = (await history.getMeta(key)) ?? client.state[key];
+    }
+    client.state.pending = Boolean(await history.getPending());
+    return client;
+  }
+
+  /** Load the current global model, then keep checking for new versions. */
+  async start() {
+    await this.syncModel();
+    this.schedulePoll();
+  }
+
+  update(changes) {
+    Object.assign(this.state, changes);
+    this.dispatchEvent(new CustomEvent("change", { detail: { ...this.state } }));
+  }
+
+  schedulePoll() {
+    if (this.config.poll_ms > 0) setTimeout(() => this.syncModel().finally(() => this.schedulePoll()), this.config.poll_ms);
+  }
+
+  /** Fetch the global model description; load a new version into the completion worker. */
+  async syncModel() {
+    try {
+      const fetched = await fetchModel(this.etag);
+      if (this.state.answer?.source === "poll") this.update({ answer: null }); // reachable again
+      if (!fetched || fetched.model.version === this.model?.version) return;
+      await this.loadModel(fetched.model);
+      this.etag = fetched.etag;
+      await this.history.setMeta("model", fetched.model);
+      await pruneCache(fetched.model);
+    } catch (error) {
+      this.update({ answer: { ok: false, source: "poll", text: `Model update check failed: ${error.message}` } });
+      // Offline start: the last model's files are in Cache Storage.
+      if (!this.model) await this.loadModel(await this.history.getMeta("model")).catch(() => {});
+    }
+  }
+
+  async loadModel(model) {
+    if (!model) return;
+    const ready = await this.completion.request("load", { model });
+    this.model = model;
+    this.update({ version: model.version, round: model.round,
+      downloadedBytes: this.state.downloadedBytes + ready.downloadedBytes });
+    if (this.wanted === null && this.lastTyped) this.complete(this.lastTyped); // same text, new model
+  }
+
+  /** Ask for suggestions; while one request runs only the newest text waits (latest wins). */
+  complete(typed) {
+    this.lastTyped = typed;
+    this.wanted = typed;
+    if (!this.completing && this.model) this.pump();
+  }
+
+  async pump() {
+    this.completing = true;
+    try {
+      while (this.wanted !== null) {
+        const typed = this.wanted;
+        this.wanted = null;
+        const reply = await this.completion.request("complete", { typed, k: SUGGESTIONS_K });
+        this.dispatchEvent(new CustomEvent("suggestions", { detail: { typed, suggestions: reply.suggestions } }));
+      }
+    } catch (error) {
+      this.update({ answer: { ok: false, text: `Completion failed: ${error.message}` } });
+    } finally {
+      this.completing = false;
+    }
+  }
+
+  async refreshHistory() {
+    const visits = await this.history.listVisits();
+    this.update({ localUrls: visits.length, newUrls: visits.filter((v) => !v.trained).length });
+    this.dispatchEvent(new CustomEvent("history", { detail: visits }));
+    return visits;
+  }
+
+  /** Record a visit on this device; enough new visits start local training. */
+  async visit(url) {
+    await this.history.addVisit(url);
+    await this.refreshHistory();
+    const threshold = this.config.train_after_urls;
+    if (threshold > 0 && this.state.newUrls >= threshold && !this.state.training) await this.train();
+  }
+
+  async deleteVisit(id) {
+    await this.history.deleteVisit(id);
+    await this.refreshHistory();
+  }
+
+  async clearHistory() {
+    await this.history.clearVisits();
+    await this.refreshHistory();
+  }
+
+  /** Train on the whole local history in the training worker, keep the update, upload it. */
+  async train() {
+    if (this.state.training) return;
+    this.update({ training: true, progress: null });
+    try {
+      const visits = await this.history.listVisits();
+      const urls = visits.map((v) => normalizeUrl(v.url)).filter((url) => url !== null);
+      if (!this.model) throw new Error("no model is loaded yet");
+      if (!urls.length) throw new Error("the local history holds no usable URL yet");
+      const result = await this.training.request("train",
+        { model: this.model, urls, epochs: this.config.epochs, lr: this.config.lr },
+        { onProgress: ({ stage, done, total, loss }) => this.update({ progress: { stage, done, total, loss } }) });
+      await this.history.markTrained(visits.map((v) => v.id));
+      await this.history.putPending({ baseVersion: result.baseVersion, numExamples: result.numExamples,
+        lossBefore: result.lossBefore, lossAfter: result.lossAfter, delta: result.delta });
+      await this.history.setMeta("lossBefore", result.lossBefore);
+      await this.history.setMeta("lossAfter", result.lossAfter);
+      this.update({ lossBefore: result.lossBefore, lossAfter: result.lossAfter, pending: true });
+      await this.refreshHistory();
+    } catch (error) {
+      this.update({ answer: { ok: false, text: `Local training failed: ${error.message}` } });
+      return;
+    } finally {
+      this.update({ training: false });
+    }
+    await this.upload();
+  }
+
+  /** Send the kept update; on any failure keep it for a retry and say why. */
+  async upload() {
+    const pending = await this.history.getPending();
+    if (!pending) return;
+    try {
+      const { ticket } = await requestTicket(this.clientId);
+      const body = encode(pending.delta, {
+        ticket, client_id: this.clientId, base_version: String(pending.baseVersion),
+        num_examples: String(pending.numExamples), loss_before: String(pending.lossBefore),
+        loss_after: String(pending.lossAfter) });
+      const answer = await uploadUpdate(body);
+      await this.history.clearPending();
+      const contributions = this.state.contributions + 1;
+      await this.history.setMeta("contributions", contributions);
+      this.update({ pending: false, contributions, answer: { ok: true,
+        text: `Update accepted for round ${answer.round} (${answer.updates_in_round} in this round so far).` } });
+      await this.syncModel();
+    } catch (error) {
+      this.update({ answer: { ok: false,
+        text: `Update not sent: ${error.message} It is kept on this device; press “Retry upload” to send it again.` } });
+    }
+  }
+}

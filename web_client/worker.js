@@ -1,0 +1,181 @@
+/**
+ * The only owner of onnxruntime-web. The page runs two of these module workers: one answers
+ * `complete` on every keystroke, the other trains, so training never blocks typing.
+ * Messages are listed in protocol.js; graph input/output names come from the manifest only.
+ */
+
+import * as ort from "/ort/ort.wasm.min.mjs";
+import { Completer } from "./completer.js";
+import { ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
+import { fetchVerified } from "./model_store.js";
+import { reply } from "./protocol.js";
+import { decode } from "./safetensors.js";
+import { Tokenizer } from "./tokenizer.js";
+import { encodeRows, trainLocal, weightDelta } from "./trainer.js";
+
+ort.env.wasm.wasmPaths = ORT_WASM_PATH;
+ort.env.wasm.numThreads = ORT_WASM_THREADS;
+
+const memo = new Map(); // key -> promise, so concurrent callers share one load
+
+function once(key, load) {
+  if (!memo.has(key)) {
+    const promise = load();
+    promise.catch(() => memo.delete(key)); // a failed load may be retried
+    memo.set(key, promise);
+  }
+  return memo.get(key);
+}
+
+/** Forget every memoized thing that is not part of `model`, so old rounds do not pile up. */
+function keepOnly(model) {
+  const current = new Set([String(model.version), ...Object.values(model.manifest.files).map((f) => f.sha256)]);
+  for (const key of memo.keys()) {
+    if (!current.has(key.slice(key.indexOf(":") + 1))) memo.delete(key);
+  }
+}
+
+/** A bundle file's bytes; counts what had to be downloaded. */
+let downloadedBytes = 0;
+async function file(model, name) {
+  const { bytes, downloaded } = await fetchVerified(model, name);
+  downloadedBytes += downloaded;
+  return bytes;
+}
+
+/** One ORT session per graph file (keyed by sha256: rounds share graphs), runs serialised. */
+function session(model, graph) {
+  const { file: name } = model.manifest.graphs[graph];
+  return once(`session:${model.manifest.files[name].sha256}`, async () => {
+    const created = await ort.InferenceSession.create(await file(model, name), { executionProviders: ["wasm"] });
+    let queue = Promise.resolve();
+    return { run: (feeds) => (queue = queue.catch(() => {}).then(() => created.run(feeds))) };
+  });
+}
+
+function tokenizer(model) {
+  const name = model.manifest.tokenizer.vocab;
+  return once(`tokenizer:${model.manifest.files[name].sha256}`, async () =>
+    new Tokenizer(JSON.parse(new TextDecoder().decode(await file(model, name)))));
+}
+
+/** The global weights of a model version: name -> Float32Array, checked against the manifest. */
+function weights(model) {
+  return once(`weights:${model.manifest.files["weights.safetensors"].sha256}`, async () => {
+    const { tensors } = decode(await file(model, "weights.safetensors"));
+    const out = {};
+    for (const { name, shape } of model.manifest.parameters) {
+      const tensor = tensors.get(name);
+      if (!tensor || tensor.dtype !== "F32" || tensor.shape.join() !== shape.join()) {
+        throw new Error(`weights.safetensors does not match the manifest at ${name}`);
+      }
+      out[name] = tensor.data;
+    }
+    return out;
+  });
+}
+
+function feedWeights(model, values) {
+  return Object.fromEntries(model.manifest.parameters.map(({ name, shape }) =>
+    [name, new ort.Tensor("float32", values[name], shape)]));
+}
+
+/** A warmed-up Completer over a model version's infer.onnx. */
+function completer(model) {
+  return once(`completer:${model.version}`, async () => {
+    const [graphSession, tok, values] = await Promise.all([session(model, "infer"), tokenizer(model), weights(model)]);
+    const io = model.manifest.graphs.infer, config = model.manifest.config, ids = model.manifest.tokenizer;
+    const params = feedWeights(model, values);
+    const step = async (tokens, state) => {
+      const out = await graphSession.run({
+        ...params,
+        [io.tokens_input]: new ort.Tensor("int64", BigInt64Array.from(tokens, BigInt), [tokens.length]),
+        [io.state_input]: new ort.Tensor("float32", state, [config.n_layer, tokens.length, config.n_hidden]),
+      });
+      return { logProbs: out[io.log_probs_output].data, state: out[io.state_output].data };
+    };
+    const result = new Completer({ tokenizer: tok, step, config, blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id] });
+    await result.complete("", 1); // warm-up: first runs allocate and JIT
+    return result;
+  });
+}
+
+/** step(weights, batch, lr) -> {loss, weights} with a model's train_step.onnx. */
+async function trainStepper(model) {
+  const graphSession = await session(model, "train_step");
+  const io = model.manifest.graphs.train_step;
+  const dims = [io.batch_size, io.seq_len];
+  const int64 = (values) => new ort.Tensor("int64", BigInt64Array.from(values, BigInt), dims);
+  return async (values, batch, lr) => {
+    const out = await graphSession.run({
+      ...feedWeights(model, values),
+      [io.data_inputs.tokens]: int64(batch.tokens),
+      [io.data_inputs.targets]: int64(batch.targets),
+      [io.data_inputs.mask]: new ort.Tensor("float32", batch.mask, dims),
+      [io.data_inputs.lr]: new ort.Tensor("float32", Float32Array.of(lr), []),
+    });
+    const updated = {};
+    for (const [name, output] of Object.entries(io.parameter_outputs)) updated[name] = out[output].data;
+    return { loss: out[io.loss_output].data[0], weights: updated };
+  };
+}
+
+/** Manifest-ordered tensors to post, and their buffers to transfer. */
+function tensorList(model, values) {
+  const list = model.manifest.parameters.map(({ name, shape }) => ({ name, shape, data: values[name] }));
+  return [list, list.map((t) => t.data.buffer)];
+}
+
+let active = null; // the newest model that finished loading: completions use it
+
+async function load(request) {
+  const before = downloadedBytes;
+  const ready = await completer(request.model);
+  if (!active || request.model.version >= active.version) {
+    active = { version: request.model.version, completer: ready };
+    keepOnly(request.model);
+  }
+  reply(request, "ready", { version: request.model.version, downloadedBytes: downloadedBytes - before });
+}
+
+async function complete(request) {
+  if (!active) throw new Error("no model is loaded yet");
+  const suggestions = await active.completer.complete(request.typed, request.k);
+  reply(request, "suggestions", { typed: request.typed, suggestions });
+}
+
+async function train(request) {
+  const { model } = request;
+  keepOnly(model);
+  const [step, tok, global] = await Promise.all([trainStepper(model), tokenizer(model), weights(model)]);
+  const io = model.manifest.graphs.train_step;
+  const rows = encodeRows(tok, request.urls, io.seq_len, model.manifest.config);
+  const result = await trainLocal({
+    step, weights: global, rows, batchSize: io.batch_size, epochs: request.epochs, lr: request.lr,
+    onProgress: (progress) => reply(request, "progress", progress),
+  });
+  const [delta, buffers] = tensorList(model, weightDelta(result.weights, global));
+  const { weights: _, ...summary } = result;
+  reply(request, "trained", { ...summary, baseVersion: model.version, delta }, buffers);
+}
+
+async function trainStep(request) {
+  const [step, global] = await Promise.all([trainStepper(request.model), weights(request.model)]);
+  const started = performance.now();
+  const { loss, weights: updated } = await step(global, request, request.lr);
+  const seconds = (performance.now() - started) / 1000;
+  const [list, buffers] = tensorList(request.model, updated);
+  reply(request, "stepped", { loss, weights: list, seconds }, buffers);
+}
+
+const HANDLERS = { load, complete, train, trainStep };
+
+self.addEventListener("message", async ({ data: request }) => {
+  try {
+    const handler = Object.hasOwn(HANDLERS, request.type) ? HANDLERS[request.type] : null;
+    if (!handler) throw new Error(`unknown message type ${request.type}`);
+    await handler(request);
+  } catch (error) {
+    reply(request, "error", { message: error?.message ?? String(error) });
+  }
+});
