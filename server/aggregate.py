@@ -82,7 +82,7 @@ def adam_direction(m: Arrays, v: Arrays, tau: float) -> Arrays:
 class FedAvg:
     """Plain FedAvg as a server optimizer: x' = x + lr * mean_delta (lr 1 is McMahan et al. exactly).
 
-    The base of the adaptive optimizers (as FedOpt in Reddi et al.); their ``state`` holds float64
+    The base of the adaptive optimizers (as FedOpt in Reddi et al.); their ``state`` holds float32
     arrays named ``<slot>/<parameter>``, saved beside each version as safetensors and restored
     after a restart or a rollback.
     """
@@ -102,12 +102,13 @@ class FedAvg:
 
     def _slot(self, slot: str, like: Arrays, fill: float = 0.0) -> Arrays:
         """The named state slot, created as ``fill`` on first use."""
-        return {n: self.state.get(f"{slot}/{n}", np.full(a.shape, fill, dtype=np.float64))
+        return {n: self.state.get(f"{slot}/{n}", np.full(a.shape, fill, dtype=np.float32))
                 for n, a in like.items()}
 
     def _store(self, slot: str, arrays: Arrays) -> None:
-        """Replace a state slot."""
-        self.state.update({f"{slot}/{n}": a for n, a in arrays.items()})
+        """Replace a state slot, kept as float32 (as Adam's moments usually are) so that the
+        saved safetensors copy restores bit for bit."""
+        self.state.update({f"{slot}/{n}": a.astype(np.float32) for n, a in arrays.items()})
 
 
 class FedAvgM(FedAvg):

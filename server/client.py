@@ -54,7 +54,9 @@ class _FlaskTransport:
     def request(self, method: str, path: str, body: bytes | None, headers: dict) -> tuple[int, dict, bytes]:
         """Send one request; return (status, lower-cased headers, body)."""
         response = self.test_client.open(path, method=method, data=body, headers=headers)
-        return response.status_code, {k.lower(): v for k, v in response.headers.items()}, response.get_data()
+        data = response.get_data()
+        response.close()  # file responses hold an open file until closed
+        return response.status_code, {k.lower(): v for k, v in response.headers.items()}, data
 
 
 def random_client_id() -> str:

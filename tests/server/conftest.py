@@ -78,6 +78,14 @@ def small_delta(value: float = 0.1) -> dict[str, np.ndarray]:
     return {name: np.full(shape, value, np.float32) for name, shape in TINY_PARAMETERS.items()}
 
 
+def fetch(client, path: str, **kwargs):
+    """GET path, read the body and close the response (file responses hold an open file)."""
+    response = client.get(path, **kwargs)
+    response.get_data()
+    response.close()
+    return response
+
+
 def snapshot(app) -> dict:
     """Everything an update could change: every table but the refusal counters, the version
     files on disk, and the coordinator's running sum. Equal snapshots mean nothing changed."""

@@ -1,0 +1,125 @@
+// Dashboard: polls /api/status and draws three inline-SVG charts. No libraries, no CDN.
+
+/** Milliseconds between refreshes of /api/status. */
+const REFRESH_MS = 5000;
+/** Chart geometry in SVG user units (the viewBox is 360 x 200). */
+const WIDTH = 360, HEIGHT = 200, PAD = { left: 36, right: 10, top: 10, bottom: 24 };
+const SVG_NS = "http://www.w3.org/2000/svg";
+const COLORS = { before: "#c0392b", after: "#27ae60", bars: "#2e86c1", aggregate: "#2e86c1", rollback: "#e67e22",
+                 initial: "#555" };
+
+/** Create an SVG element with attributes. */
+function el(name, attrs = {}, text = null) {
+  const node = document.createElementNS(SVG_NS, name);
+  for (const [key, value] of Object.entries(attrs)) node.setAttribute(key, value);
+  if (text !== null) node.textContent = text;
+  return node;
+}
+
+/** Linear scale from [d0, d1] onto [r0, r1]; a flat domain maps to the middle. */
+function scale(d0, d1, r0, r1) {
+  return (v) => (d1 === d0 ? (r0 + r1) / 2 : r0 + ((v - d0) / (d1 - d0)) * (r1 - r0));
+}
+
+/** Clear an SVG and draw axes with min/max labels; returns the x and y scales. */
+function axes(svg, xs, ys, yLabel) {
+  svg.replaceChildren();
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
+  const [y0, y1] = [Math.min(0, ...ys), Math.max(...ys, 1e-9)];
+  const x = scale(x0, x1, PAD.left, WIDTH - PAD.right);
+  const y = scale(y0, y1, HEIGHT - PAD.bottom, PAD.top);
+  svg.append(el("line", { x1: PAD.left, y1: HEIGHT - PAD.bottom, x2: WIDTH - PAD.right, y2: HEIGHT - PAD.bottom, stroke: "#999" }),
+             el("line", { x1: PAD.left, y1: PAD.top, x2: PAD.left, y2: HEIGHT - PAD.bottom, stroke: "#999" }),
+             el("text", { x: 2, y: PAD.top + 8 }, y1.toFixed(2)),
+             el("text", { x: 2, y: HEIGHT - PAD.bottom }, y0.toFixed(2)),
+             el("text", { x: PAD.left, y: HEIGHT - 8 }, String(x0)),
+             el("text", { x: WIDTH - PAD.right - 20, y: HEIGHT - 8 }, String(x1)),
+             el("text", { x: WIDTH / 2 - 20, y: HEIGHT - 4 }, yLabel));
+  return { x, y };
+}
+
+/** Empty-state message in a chart. */
+function empty(svg, message) {
+  svg.replaceChildren(el("text", { x: WIDTH / 2 - 60, y: HEIGHT / 2 }, message));
+}
+
+/** Lines of mean loss before and after local training, one point per round with updates. */
+function drawLoss(svg, rounds) {
+  const points = rounds.filter((r) => r.loss_before !== null);
+  if (!points.length) return empty(svg, "no updates yet");
+  const { x, y } = axes(svg, points.map((r) => r.id), points.flatMap((r) => [r.loss_before, r.loss_after]), "round");
+  for (const key of ["before", "after"]) {
+    const path = points.map((r) => `${x(r.id).toFixed(1)},${y(r[`loss_${key}`]).toFixed(1)}`).join(" ");
+    svg.append(el("polyline", { points: path, fill: "none", stroke: COLORS[key], "stroke-width": 2 }));
+    for (const r of points) svg.append(el("circle", { cx: x(r.id), cy: y(r[`loss_${key}`]), r: 2.5, fill: COLORS[key] }));
+  }
+  svg.append(el("text", { x: WIDTH - 110, y: PAD.top + 8, fill: COLORS.before }, "before"),
+             el("text", { x: WIDTH - 60, y: PAD.top + 8, fill: COLORS.after }, "after"));
+}
+
+/** Bars of participants per round. */
+function drawClients(svg, rounds) {
+  if (!rounds.length) return empty(svg, "no rounds yet");
+  const { x, y } = axes(svg, rounds.map((r) => r.id), rounds.map((r) => r.participants), "round");
+  const width = Math.max(2, (WIDTH - PAD.left - PAD.right) / (rounds.length + 1) - 2);
+  for (const r of rounds) {
+    const top = y(r.participants);
+    svg.append(el("rect", { x: x(r.id) - width / 2, y: top, width, height: HEIGHT - PAD.bottom - top,
+                            fill: COLORS.bars, opacity: r.status === "open" ? 0.4 : 1 }));
+  }
+}
+
+/** Versions as dots over time, each linked to its parent; rollbacks in orange. */
+function drawVersions(svg, versions) {
+  if (!versions.length) return empty(svg, "no versions");
+  const { x, y } = axes(svg, versions.map((v) => v.version), versions.map((v) => v.version), "version");
+  const byVersion = new Map(versions.map((v) => [v.version, v]));
+  for (const v of versions) {
+    if (v.parent !== null && byVersion.has(v.parent)) {
+      svg.append(el("line", { x1: x(v.version), y1: y(v.version), x2: x(v.parent), y2: y(v.parent),
+                              stroke: COLORS[v.kind] || "#999" }));
+    }
+    svg.append(el("circle", { cx: x(v.version), cy: y(v.version), r: 3.5, fill: COLORS[v.kind] || "#999" }));
+  }
+}
+
+/** Replace a table body's rows. */
+function fillTable(id, rows) {
+  const body = document.querySelector(`#${id} tbody`);
+  body.replaceChildren(...rows.map((cells) => {
+    const tr = document.createElement("tr");
+    for (const cell of cells) tr.append(Object.assign(document.createElement("td"), { textContent: String(cell ?? "–") }));
+    return tr;
+  }));
+}
+
+/** Render one /api/status document. */
+function render(status) {
+  const refused = Object.values(status.rejected).reduce((a, b) => a + b, 0);
+  document.getElementById("version").textContent = status.version;
+  document.getElementById("round").textContent = status.round.id;
+  document.getElementById("progress").textContent = `${status.round.updates} / ${status.round.min_clients}`;
+  document.getElementById("accepted").textContent = status.accepted;
+  document.getElementById("refused").textContent = refused;
+  drawLoss(document.getElementById("loss-chart"), status.rounds);
+  drawClients(document.getElementById("clients-chart"), status.rounds);
+  drawVersions(document.getElementById("versions-chart"), status.versions);
+  fillTable("refusals", Object.entries(status.rejected));
+  fillTable("versions", status.versions.slice().reverse().map((v) => [v.version, v.parent, v.kind, v.round, v.created]));
+  document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()} · optimizer ${status.optimizer}`;
+}
+
+/** Fetch and render, then schedule the next refresh. */
+async function refresh() {
+  try {
+    const response = await fetch("/api/status", { cache: "no-store" });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    render(await response.json());
+  } catch (error) {
+    document.getElementById("updated").textContent = `could not load /api/status: ${error.message}`;
+  } finally {
+    setTimeout(refresh, REFRESH_MS);
+  }
+}
+
+refresh();

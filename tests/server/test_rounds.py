@@ -1,0 +1,156 @@
+"""Round life cycle: closing rules, staleness, restart, crash debris, optimizer state."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from server.app import create_app
+from server.client import FederatedClient
+from tests.server.conftest import small_delta
+
+
+def upload(client, value: float, examples: int = 10, ticket: dict | None = None, fed=None) -> dict:
+    """One client uploads a constant delta; returns the 202 body."""
+    fed = fed or FederatedClient(client)
+    return fed.upload(small_delta(value), ticket or fed.ticket(), examples, 5.0, 4.0)
+
+
+def coordinator(app):
+    """The app's coordinator."""
+    return app.extensions["fedurl.coordinator"]
+
+
+def weights(app, version: int) -> dict:
+    """A version's weights from disk."""
+    return coordinator(app).store.weights(version)
+
+
+def test_round_closes_exactly_at_min_clients(client):
+    """Updates 1 and 2 leave version 1; the third (MIN_CLIENTS = 3) publishes version 2."""
+    assert [upload(client, 0.1)["version"] for _ in range(2)] == [1, 1]
+    third = upload(client, 0.1)
+    assert (third["version"], third["round"], third["updates_in_round"]) == (2, 1, 3)
+    assert FederatedClient(client).fetch_model()["round"] == 2
+
+
+def test_deadline_closes_with_the_floor(app, client):
+    """Past the deadline, a round with MIN_CLIENTS_FLOOR updates closes on the next tick."""
+    upload(client, 0.1)
+    upload(client, 0.3)
+    coordinator(app).tick()
+    assert coordinator(app).version == 1  # deadline not reached yet
+    coordinator(app).clock = lambda: time.time() + app.config["ROUND_DEADLINE_S"] + 1
+    coordinator(app).tick()
+    assert coordinator(app).version == 2
+    assert FederatedClient(client).status()["rounds"][0]["close_reason"] == "deadline"
+
+
+def test_deadline_below_floor_waits_for_the_floor(app, client):
+    """Past the deadline with one update nothing closes; the second update closes it at once."""
+    coordinator(app).clock = lambda: time.time() + app.config["ROUND_DEADLINE_S"] + 1
+    upload(client, 0.1)
+    coordinator(app).tick()
+    assert coordinator(app).version == 1
+    assert upload(client, 0.1)["version"] == 2
+
+
+def test_stale_update_is_down_weighted(config):
+    """A delta one version old counts with weight examples * (1 + 1)^-1 (exponent 1)."""
+    # Prepare
+    app = create_app({**config, "STALENESS_EXPONENT": 1.0})
+    client = app.test_client()
+    late = FederatedClient(client)
+    late_ticket = late.ticket()  # for version 1
+    for _ in range(3):
+        upload(client, 0.0)  # closes round 1 -> version 2
+    v2 = weights(app, 2)
+    # Execute: stale delta 1.0 with 10 examples (weight 5), two fresh zeros with 5 examples each
+    upload(client, 1.0, 10, late_ticket, late)
+    upload(client, 0.0, 5)
+    upload(client, 0.0, 5)
+    # Assert: mean = 5 * 1.0 / (5 + 5 + 5) = 1/3
+    for name, array in weights(app, 3).items():
+        np.testing.assert_allclose(array, v2[name] + 1 / 3, rtol=1e-6)
+    assert late.status()["rounds"][1]["mean_staleness"] == pytest.approx(1 / 3)
+
+
+def test_restart_resumes_the_open_round(config):
+    """Two updates, a restart, a third update: the new version averages all three."""
+    # Prepare
+    first = create_app(config)
+    upload(first.test_client(), 0.1)
+    upload(first.test_client(), 0.2)
+    v1 = weights(first, 1)
+    # Execute
+    second = create_app(config)
+    resumed = coordinator(second).sum.count
+    upload(second.test_client(), 0.6)
+    # Assert
+    assert resumed == 2 and coordinator(second).version == 2
+    for name, array in weights(second, 2).items():
+        np.testing.assert_allclose(array, v1[name] + 0.3, rtol=1e-6)
+
+
+def test_crash_between_publish_and_record_is_swept_and_redone(config):
+    """A version dir the database never recorded (kill -9 after the rename) is removed on start;
+    the round is still open with its updates and closes again into a complete version."""
+    # Prepare: two updates, then a half-done close: the directory is published, nothing recorded
+    app = create_app(config)
+    upload(app.test_client(), 0.1)
+    upload(app.test_client(), 0.2)
+    c = coordinator(app)
+    c.store.write(c.manifest, 2, {n: a + 99 for n, a in c.weights.items()}, {}, {}, time.time())
+    tmp = Path(config["DATA_DIR"]) / "versions" / ".tmp-2-crashed"
+    tmp.mkdir()
+    # Execute
+    restarted = create_app(config)
+    # Assert
+    assert not tmp.exists() and not (Path(config["DATA_DIR"]) / "versions" / "2").exists()
+    assert (coordinator(restarted).version, coordinator(restarted).sum.count) == (1, 2)
+    upload(restarted.test_client(), 0.3)
+    for name, array in weights(restarted, 2).items():
+        np.testing.assert_allclose(array, c.weights[name] + 0.2, rtol=1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["fedavgm", "fedadam"])
+def test_optimizer_state_survives_restart(config, tmp_path, optimizer):
+    """Two rounds with a restart between them give the same weights as two rounds without."""
+    def two_rounds(data_dir: Path, restart: bool) -> dict:
+        settings = {**config, "DATA_DIR": str(data_dir), "SERVER_OPTIMIZER": optimizer}
+        app = create_app(settings)
+        for value in (0.1, 0.2, 0.3):
+            upload(app.test_client(), value)
+        app = create_app(settings) if restart else app
+        for value in (-0.1, 0.5, 0.2):
+            upload(app.test_client(), value)
+        assert coordinator(app).optimizer.name == optimizer
+        return weights(app, 3)
+
+    straight, restarted = two_rounds(tmp_path / "a", False), two_rounds(tmp_path / "b", True)
+    for name in straight:
+        np.testing.assert_array_equal(straight[name], restarted[name])
+
+
+def test_server_lr_scales_the_step(config):
+    """FedAvg with SERVER_LR 0.5 moves half the mean delta."""
+    app = create_app({**config, "SERVER_LR": 0.5})
+    v1 = weights(app, 1)
+    for value in (0.2, 0.2, 0.2):
+        upload(app.test_client(), value)
+    for name, array in weights(app, 2).items():
+        np.testing.assert_allclose(array, v1[name] + 0.1, rtol=1e-6)
+
+
+def test_f16_deltas_are_accepted(client, app):
+    """A client may halve its upload with float16; the server widens it to float32."""
+    fed = FederatedClient(client)
+    v1 = weights(app, 1)
+    fed.upload(small_delta(0.25), fed.ticket(), 10, 5.0, 4.0, dtype=np.float16)
+    upload(client, 0.25)
+    upload(client, 0.25)
+    for name, array in weights(app, 2).items():
+        np.testing.assert_allclose(array, v1[name] + 0.25, rtol=1e-6)
