@@ -1,0 +1,139 @@
+"""kill -9 in the middle of a round loses no update that got 202, and the round still completes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from model.bundle import load_bundle
+from server.client import FederatedClient, ProtocolError
+from tests.server.conftest import write_tiny_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+PARAMETERS = {"embed.weight": (4, 3), "big.weight": (256, 512)}  # 512 KiB: uploads take a moment
+MIN_CLIENTS, KILLED_CLIENTS, KILL_AFTER = 40, 30, 8
+
+
+class ServerProcess:
+    """fedurl-serve in a subprocess on a free port; its JSON-lines log is drained by a thread."""
+
+    def __init__(self, bundle: Path, data_dir: Path):
+        env = {**os.environ, "FEDURL_MIN_CLIENTS": str(MIN_CLIENTS), "FEDURL_TICK_INTERVAL_S": "0",
+               "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "100000", "FEDURL_MAX_UPDATE_NORM": "1000"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server.cli", "--bundle", str(bundle), "--data-dir", str(data_dir),
+             "--port", "0", "--threads", "16"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+        self.events: list[dict] = []
+        self.listening = threading.Event()
+        self.drain = threading.Thread(target=self._drain, daemon=True)
+        self.drain.start()
+        if not self.listening.wait(60):
+            self.process.kill()
+            raise AssertionError(f"server did not start: {self.events[-5:]}")
+        self.url = next(e["url"] for e in self.events if e.get("event") == "listening")
+
+    def _drain(self) -> None:
+        """Read log lines until the process ends (a full pipe would stall the server)."""
+        for line in self.process.stderr:
+            try:
+                self.events.append(json.loads(line))
+            except json.JSONDecodeError:
+                self.events.append({"raw": line})
+            if self.events[-1].get("event") == "listening":
+                self.listening.set()
+        self.process.stderr.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to flush or clean up anything."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+        self.drain.join(10)
+
+    def stop(self) -> None:
+        """Terminate and reap."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.drain.join(10)
+
+
+def deltas_for(count: int, seed: int) -> list[dict]:
+    """Distinct random deltas."""
+    rng = np.random.default_rng(seed)
+    return [{n: rng.normal(scale=0.01, size=s).astype(np.float32) for n, s in PARAMETERS.items()}
+            for _ in range(count)]
+
+
+def test_sigkill_mid_round_keeps_every_acknowledged_update(tmp_path):
+    """Kill the server while uploads are in flight; after a restart every client that got 202 is
+    already counted (a retry is refused as duplicate_client), and the round completes with the
+    exact weighted mean of everything counted."""
+    # Prepare
+    bundle = write_tiny_bundle(tmp_path / "bundle", PARAMETERS)
+    v1 = load_bundle(bundle).load_weights()
+    data_dir = tmp_path / "data"
+    server = ServerProcess(bundle, data_dir)
+    try:
+        clients = [FederatedClient(server.url, timeout=20) for _ in range(KILLED_CLIENTS)]
+        tickets = [c.ticket() for c in clients]
+        deltas = deltas_for(KILLED_CLIENTS, seed=1)
+        acked, lock, enough = set(), threading.Lock(), threading.Event()
+
+        def send(i: int) -> None:
+            try:
+                clients[i].upload(deltas[i], tickets[i], 10 + i, 5.0, 4.0)
+            except (OSError, ProtocolError):
+                return  # the server died under this request
+            with lock:
+                acked.add(i)
+                if len(acked) >= KILL_AFTER:
+                    enough.set()
+
+        # Execute: kill -9 after KILL_AFTER acknowledgements, with the rest in flight
+        with ThreadPoolExecutor(KILLED_CLIENTS) as pool:
+            futures = [pool.submit(send, i) for i in range(KILLED_CLIENTS)]
+            assert enough.wait(60), "no uploads were acknowledged"
+            server.kill()
+            for future in futures:
+                future.result()
+        acknowledged = set(acked)
+        server = ServerProcess(bundle, data_dir)
+        counted = FederatedClient(server.url).status()["round"]["updates"]
+        retried = {i: _retry(server.url, clients[i].client_id, deltas[i], 10 + i) for i in range(KILLED_CLIENTS)}
+        fillers = deltas_for(MIN_CLIENTS - KILLED_CLIENTS, seed=2)
+        for delta in fillers:
+            filler = FederatedClient(server.url)
+            filler.upload(delta, filler.ticket(), 5, 5.0, 4.0)
+        model = FederatedClient(server.url).fetch_model()
+    finally:
+        server.stop()
+    # Assert
+    assert KILL_AFTER <= len(acknowledged) < KILLED_CLIENTS, "the kill should land mid-round"
+    assert counted >= len(acknowledged)
+    assert all(retried[i] == "duplicate_client" for i in acknowledged), retried
+    assert sum(r == "duplicate_client" for r in retried.values()) == counted
+    assert model["version"] == 2
+    weights = [10 + i for i in range(KILLED_CLIENTS)] + [5] * len(fillers)
+    v2 = load_bundle(data_dir / "versions" / "2").load_weights()  # verifies every sha256
+    for name in PARAMETERS:
+        mean = sum(w * d[name].astype(np.float64) for w, d in zip(weights, deltas + fillers)) / sum(weights)
+        np.testing.assert_allclose(v2[name], v1[name] + mean, rtol=1e-5, atol=1e-7)
+    assert sorted(p.name for p in (data_dir / "versions").iterdir()) == ["1", "2"]
+
+
+def _retry(url: str, client_id: str, delta: dict, examples: int) -> str:
+    """Upload again as the same client: 'duplicate_client' if its first upload was stored."""
+    client = FederatedClient(url, client_id=client_id)
+    try:
+        client.upload(delta, client.ticket(), examples, 5.0, 4.0)
+    except ProtocolError as refused:
+        return refused.code
+    return "accepted"
