@@ -114,6 +114,7 @@ def _export(module: nn.Module, args: tuple, path: str, input_names, output_names
         tmp_path = tmp.name
     try:
         program.save(tmp_path, external_data=False)
+        os.chmod(tmp_path, 0o644)
         os.replace(tmp_path, path)
     finally:
         if os.path.exists(tmp_path):

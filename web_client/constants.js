@@ -20,11 +20,17 @@ export const SUGGESTIONS_K = 5;
 /** Where the page fetches onnxruntime-web's wasm files: served locally, never from a CDN. */
 export const ORT_WASM_PATH = "/ort/";
 
+/** The wasm build that ort.wasm.min.mjs runs (fetched once, then from Cache Storage). */
+export const ORT_WASM_FILE = "ort-wasm-simd-threaded.wasm";
+
 /** onnxruntime-web threads per worker; two workers share the device's cores. */
 export const ORT_WASM_THREADS = 1;
 
 /** Cache Storage bucket for bundle files, keyed by their immutable /api/files/<sha256> URL. */
 export const MODEL_CACHE_NAME = "fedurl-model-files-v1";
+
+/** Cache Storage bucket for onnxruntime-web's wasm, keyed by its URL and ORT version. */
+export const RUNTIME_CACHE_NAME = "fedurl-runtime-v1";
 
 /** IndexedDB database holding the local history, the unsent update and counters. */
 export const HISTORY_DB_NAME = "fedurl";

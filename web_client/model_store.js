@@ -6,7 +6,7 @@
  * page still works, downloading every time.
  */
 
-import { MODEL_CACHE_NAME } from "./constants.js";
+import { MODEL_CACHE_NAME, RUNTIME_CACHE_NAME } from "./constants.js";
 
 export class IntegrityError extends Error {}
 
@@ -16,9 +16,9 @@ export async function sha256Hex(bytes) {
   return Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-async function openCache() {
+async function openCache(name = MODEL_CACHE_NAME) {
   try {
-    return await caches.open(MODEL_CACHE_NAME);
+    return await caches.open(name);
   } catch (error) {
     console.warn("Cache Storage unavailable, downloading model files every time:", error);
     return null;
@@ -51,6 +51,22 @@ export async function fetchVerified(model, name) {
     throw new IntegrityError(`${name} is corrupt: sha256 ${actual.slice(0, 12)}…, manifest says ${expected.slice(0, 12)}…`);
   }
   await cache?.put(url, new Response(bytes, { headers: { "Content-Type": "application/octet-stream" } }));
+  return { bytes, downloaded: bytes.byteLength };
+}
+
+/**
+ * Bytes of a runtime file whose URL names its version (onnxruntime-web's wasm), kept in Cache
+ * Storage so the completion and training workers, and later visits, download it only once.
+ * @returns {Promise<{bytes: ArrayBuffer, downloaded: number}>}
+ */
+export async function fetchRuntime(url) {
+  const cache = await openCache(RUNTIME_CACHE_NAME);
+  const hit = await cache?.match(url);
+  if (hit) return { bytes: await hit.arrayBuffer(), downloaded: 0 };
+  const response = await fetch(url);
+  if (!response.ok) throw new Error(`downloading ${url} failed: HTTP ${response.status}`);
+  const bytes = await response.arrayBuffer();
+  await cache?.put(url, new Response(bytes, { headers: { "Content-Type": "application/wasm" } }));
   return { bytes, downloaded: bytes.byteLength };
 }
 

@@ -6,8 +6,8 @@
 
 import * as ort from "/ort/ort.wasm.min.mjs";
 import { Completer } from "./completer.js";
-import { ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
-import { fetchVerified } from "./model_store.js";
+import { ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
+import { fetchRuntime, fetchVerified } from "./model_store.js";
 import { reply } from "./protocol.js";
 import { decode } from "./safetensors.js";
 import { Tokenizer } from "./tokenizer.js";
@@ -29,7 +29,7 @@ function once(key, load) {
 
 /** Forget every memoized thing that is not part of `model`, so old rounds do not pile up. */
 function keepOnly(model) {
-  const current = new Set([String(model.version), ...Object.values(model.manifest.files).map((f) => f.sha256)]);
+  const current = new Set(["wasm", String(model.version), ...Object.values(model.manifest.files).map((f) => f.sha256)]);
   for (const key of memo.keys()) {
     if (!current.has(key.slice(key.indexOf(":") + 1))) memo.delete(key);
   }
@@ -43,10 +43,20 @@ async function file(model, name) {
   return bytes;
 }
 
+/** ORT's wasm binary, handed to ORT so it comes from Cache Storage rather than a second download. */
+function runtime() {
+  return once("runtime:wasm", async () => {
+    const { bytes, downloaded } = await fetchRuntime(`${ORT_WASM_PATH}${ORT_WASM_FILE}?v=${ort.env.versions.web}`);
+    downloadedBytes += downloaded;
+    ort.env.wasm.wasmBinary = bytes;
+  });
+}
+
 /** One ORT session per graph file (keyed by sha256: rounds share graphs), runs serialised. */
 function session(model, graph) {
   const { file: name } = model.manifest.graphs[graph];
   return once(`session:${model.manifest.files[name].sha256}`, async () => {
+    await runtime();
     const created = await ort.InferenceSession.create(await file(model, name), { executionProviders: ["wasm"] });
     let queue = Promise.resolve();
     return { run: (feeds) => (queue = queue.catch(() => {}).then(() => created.run(feeds))) };

@@ -16,6 +16,7 @@ from werkzeug.serving import make_server
 
 from server.app import create_app
 
+REPO = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "web-test-admin-token"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -95,3 +96,26 @@ def suggestions_for(page, typed: str) -> list[str]:
     page.fill("#url", typed)
     page.wait_for_function("t => document.getElementById('suggestions').dataset.for === t", arg=typed)
     return page.locator("#suggestions [role=option]").evaluate_all("els => els.map(e => e.dataset.value)")
+
+
+@pytest.fixture
+def module_page(page):
+    """A blank page on the server's origin: web_client's ES modules import there, no app starts."""
+    page.route("**/blank-test-page", lambda route: route.fulfill(
+        status=200, content_type="text/html", body="<!doctype html><title>module tests</title>"))
+    page.goto("/blank-test-page")
+    return page
+
+
+@pytest.fixture(scope="session")
+def raw_url_lines() -> list[str]:
+    """Raw lines (schemes, CRLF, a BOM, long paths) of the shared URL files; skip where absent."""
+    folder = REPO.parent / "shared" / "data" / "urls"
+    names = ("1.Benign_list_big_final.csv", "kasztp.txt", "tranco_top_100k.csv")
+    if not all((folder / name).is_file() for name in names):
+        pytest.skip(f"real URL data not available in {folder}")
+    lines = []
+    for name in names:
+        with open(folder / name, encoding="utf-8", newline="") as handle:
+            lines += handle.read().splitlines(keepends=True)[:1000]
+    return lines

@@ -1,0 +1,185 @@
+"""fedurl-export: build a model bundle from a URL corpus.
+
+Normalise the corpus, train the sentencepiece tokenizer, pretrain the LM centrally with Adam,
+then write tokenizer, weights, infer.onnx, train_step.onnx and the manifest (last) into a
+temporary directory that replaces --out in one rename.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from model import weights as weights_codec
+from model.bundle import FORMAT_VERSION, MANIFEST, file_entries, write_json_atomic
+from model.graphs import export_infer, export_train_step, parameter_names, UPDATED_PREFIX
+from model.lm import LMConfig, URLLanguageModel, count_parameters, masked_cross_entropy
+from model.normalize import read_corpus, normalize_url
+from model.tokenizer import SPECIAL_IDS, Tokenizer, train_tokenizer
+from model.trainer import batches, encode_rows
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = REPO / "web_client" / "node_modules" / "top-sites" / "top-sites.json"
+
+
+def load_urls(path: Path, limit: int | None) -> list[str]:
+    """Canonical URLs of a corpus: a text file (one per line) or the top-sites JSON."""
+    if not path.is_file():
+        hint = " (run `npm ci` in web_client/ to install the default corpus)" if path == DEFAULT_CORPUS else ""
+        raise SystemExit(f"fedurl-export: corpus {path} not found{hint}")
+    if path.suffix == ".json":
+        entries = json.loads(path.read_text())
+        urls = list(dict.fromkeys(u for u in (normalize_url(e["rootDomain"]) for e in entries) if u))
+        return urls[:limit]
+    return read_corpus(path, limit)
+
+
+def pretrain(model: URLLanguageModel, rows, steps: int, batch_size: int, lr: float, seed: int) -> float:
+    """Central Adam pretraining with cosine decay; returns the mean loss of the last 50 steps."""
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    recent: list[float] = []
+    progress = tqdm(range(steps), desc="pretraining", unit="step", file=sys.stderr, mininterval=1.0)
+    for _ in progress:
+        order = rng.choice(len(rows), size=batch_size, replace=len(rows) < batch_size)
+        tokens, targets, mask = next(batches(rows, batch_size, order))
+        width = int(np.flatnonzero(mask.any(axis=0)).max()) + 1  # skip all-padding columns
+        loss = masked_cross_entropy(model(torch.from_numpy(tokens[:, :width])),
+                                    torch.from_numpy(targets[:, :width]), torch.from_numpy(mask[:, :width]))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), model.config.clip_norm)
+        optimizer.step()
+        schedule.step()
+        recent = (recent + [loss.item()])[-50:]
+        progress.set_postfix(loss=f"{np.mean(recent):.3f}")
+    return float(np.mean(recent)) if recent else float("nan")
+
+
+def build_manifest(model: URLLanguageModel, infer_io: dict, train_io: dict, training: dict,
+                   directory: Path) -> dict:
+    """The manifest: every name a client needs, plus a sha256 per file."""
+    config = model.config
+    names = parameter_names(model)
+    return {
+        "format_version": FORMAT_VERSION, "model_version": 1, "parent_version": None,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "config": config.to_dict(),
+        "tokenizer": {"model": "tokenizer.model", "vocab": "tokenizer.json", "type": "bpe",
+                      "vocab_size": config.vocab_size, **SPECIAL_IDS,
+                      "normalization": "model/normalize.py (scheme and www. dropped, host lower-cased)"},
+        "parameters": [{"name": n, "shape": list(p.shape), "dtype": "float32"}
+                       for n, p in model.named_parameters()],
+        "graphs": {
+            "infer": {"file": "infer.onnx", **infer_io, "tokens_input": "tokens", "state_input": "state",
+                      "log_probs_output": "log_probs", "state_output": "new_state"},
+            "train_step": {"file": "train_step.onnx", **train_io, "batch_size": config.batch_size,
+                           "seq_len": config.seq_len, "loss_output": "loss",
+                           "data_inputs": {k: k for k in ("tokens", "targets", "mask", "lr")},
+                           "parameter_outputs": {n: UPDATED_PREFIX + n for n in names}},
+        },
+        "training": training,
+        "files": file_entries(directory),
+    }
+
+
+def export_bundle(urls: list[str], out: Path, config: LMConfig, steps: int, lr: float,
+                  batch_size: int, seed: int, corpus_name: str) -> dict:
+    """Train and write a complete bundle to out (replacing it atomically); return the manifest."""
+    started = time.monotonic()
+    torch.manual_seed(seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    work.chmod(0o755)
+    try:
+        tokenizer = Tokenizer(train_tokenizer(urls, config.vocab_size))
+        config.vocab_size = tokenizer.vocab_size  # a tiny corpus may yield fewer pieces
+        (work / "tokenizer.model").write_bytes(tokenizer.processor.serialized_model_proto())
+        tokenizer.write_browser_vocab(work / "tokenizer.json")
+        model = URLLanguageModel(config)
+        rows = encode_rows(tokenizer, urls, config.seq_len, config.to_dict())
+        final_loss = pretrain(model, rows, steps, batch_size, lr, seed)
+        model.eval()
+        weights_codec.save(work / "weights.safetensors",
+                           {n: p.detach().numpy() for n, p in model.named_parameters()})
+        print("exporting ONNX graphs…", file=sys.stderr)
+        infer_io = export_infer(model, str(work / "infer.onnx"))
+        train_io = export_train_step(model, str(work / "train_step.onnx"))
+        training = {"corpus": corpus_name, "urls": len(urls), "steps": steps, "batch_size": batch_size,
+                    "lr": lr, "seed": seed, "final_loss": round(final_loss, 4),
+                    "parameters": count_parameters(model),
+                    "seconds": round(time.monotonic() - started, 1)}
+        manifest = build_manifest(model, infer_io, train_io, training, work)
+        write_json_atomic(work / MANIFEST, manifest)
+        _replace_directory(work, out)
+        return manifest
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _replace_directory(new: Path, out: Path) -> None:
+    """Move new into out's place; an old bundle there is removed only after the swap."""
+    if out.exists() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise SystemExit(f"fedurl-export: {out} exists and is not a bundle; refusing to overwrite it")
+    old = out.with_name(f".{out.name}-old-{os.getpid()}")
+    if out.exists():
+        os.replace(out, old)
+    os.replace(new, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options; every default lives here."""
+    defaults = LMConfig()
+    parser = argparse.ArgumentParser(
+        prog="fedurl-export", description="Train the tokenizer and the tiny URL LM on a corpus and "
+        "write a versioned model bundle (manifest, tokenizer, weights, infer.onnx, train_step.onnx).")
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
+                        help="text file with one URL or domain per line, or top-sites JSON "
+                             "(default: the npm package top-sites, 500 popular domains)")
+    parser.add_argument("--out", type=Path, default=REPO / "bundles" / "default",
+                        help="bundle directory to write (replaced atomically; default: bundles/default)")
+    parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="sentencepiece pieces")
+    parser.add_argument("--steps", type=int, default=1000, help="pretraining steps")
+    parser.add_argument("--batch-size", type=int, default=64, help="pretraining batch size")
+    parser.add_argument("--lr", type=float, default=3e-3, help="peak AdamW learning rate")
+    parser.add_argument("--limit", type=int, default=None, help="use only the first N corpus URLs")
+    parser.add_argument("--seed", type=int, default=0, help="random seed")
+    args = parser.parse_args(argv)
+    for name in ("vocab_size", "steps", "batch_size"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    return args
+
+
+def main(argv=None) -> None:
+    """Entry point of fedurl-export."""
+    args = parse_args(argv)
+    urls = load_urls(args.corpus, args.limit)
+    if len(urls) < 10:
+        raise SystemExit(f"fedurl-export: {args.corpus} holds {len(urls)} usable URLs; need at least 10")
+    print(f"corpus: {len(urls)} URLs from {args.corpus}", file=sys.stderr)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    manifest = export_bundle(urls, args.out, LMConfig(vocab_size=args.vocab_size), args.steps, args.lr,
+                             args.batch_size, args.seed, args.corpus.name)
+    sizes = ", ".join(f"{n} {e['bytes'] / 1e6:.2f} MB" for n, e in manifest["files"].items())
+    print(f"wrote {args.out}: {manifest['training']['parameters']:,} parameters, "
+          f"final loss {manifest['training']['final_loss']}, {manifest['training']['seconds']} s; {sizes}")
+
+
+if __name__ == "__main__":
+    main()

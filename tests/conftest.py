@@ -1,0 +1,63 @@
+"""Fixtures shared by every test folder: the real URL data (when present) and one real bundle."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_URLS = REPO.parent / "shared" / "data" / "urls"
+TEST_BUNDLE_STEPS = 200
+# Files whose change alters the exported bundle (the cache key); completer/eval edits reuse it.
+BUNDLE_SOURCES = ("lm.py", "graphs.py", "tokenizer.py", "export.py", "normalize.py", "bundle.py",
+                  "weights.py", "trainer.py")
+
+
+def shared_url_file(name: str) -> Path:
+    """A file of ../shared/data/urls, or skip the test where that folder is absent (outside CI)."""
+    path = SHARED_URLS / name
+    if not path.is_file():
+        pytest.skip(f"real URL data not available: {path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def kasztp_urls() -> list[str]:
+    """Canonical URLs of kasztp.txt (DMOZ-style directory links, ~48k)."""
+    from model.normalize import read_corpus
+
+    return read_corpus(shared_url_file("kasztp.txt"))
+
+
+def _test_corpus() -> tuple[list[str], str]:
+    """top-sites domains, plus every 40th kasztp URL when the shared data is there (for paths)."""
+    from model.export import DEFAULT_CORPUS, load_urls
+    from model.normalize import read_corpus
+
+    urls = load_urls(DEFAULT_CORPUS, None)
+    kasztp = SHARED_URLS / "kasztp.txt"
+    if kasztp.is_file():
+        return urls + read_corpus(kasztp)[::40], "top-sites+kasztp/40"
+    return urls, "top-sites"
+
+
+@pytest.fixture(scope="session")
+def bundle_dir() -> Path:
+    """A small real bundle, exported once and cached under build/ until model/ code changes."""
+    from model.export import export_bundle
+    from model.lm import LMConfig
+
+    urls, name = _test_corpus()
+    source = b"".join((REPO / "model" / name).read_bytes() for name in BUNDLE_SOURCES)
+    key = hashlib.sha256(source + name.encode()).hexdigest()[:12]
+    path = REPO / "build" / f"test-bundle-{key}"
+    path.parent.mkdir(exist_ok=True)
+    with open(path.parent / "test-bundle.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel test sessions export once, not twice
+        if not (path / "manifest.json").is_file():
+            export_bundle(urls, path, LMConfig(), steps=TEST_BUNDLE_STEPS, lr=3e-3, batch_size=32,
+                          seed=0, corpus_name=name)
+    return path
