@@ -46,6 +46,5 @@ def test_five_clients_train_locally_and_the_new_version_is_better(bundle_dir, ka
     assert status["rounds"][0]["participants"] == CLIENTS
     union = trainer.rows([u for urls in slices for u in urls])
     before, after = trainer.mean_loss(old_weights, union), trainer.mean_loss(new_weights, union)
-    print(f"union loss {before:.4f} -> {after:.4f}", status["rounds"][0])
     assert after < before, f"union loss went from {before:.4f} to {after:.4f}"
     assert status["rounds"][0]["loss_after"] < status["rounds"][0]["loss_before"]
