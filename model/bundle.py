@@ -52,6 +52,7 @@ def write_json_atomic(path: Path, document: dict) -> None:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; bundles are served and shared
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
