@@ -20,9 +20,6 @@ REPO = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "web-test-admin-token"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-MODEL_READY_MS = 60_000  # first load: 14 MB of ORT wasm plus the bundle, on a busy 2-core box
-# Page settings for tests: never train on their own, look for new versions twice a second.
-PAGE = "/?train_after_urls=0&poll_ms=500"
 
 
 class AppSlot:
@@ -81,21 +78,6 @@ def live_app(app_slot, server_config):
     app_slot.app = app
     yield app
     app_slot.app = None
-
-
-def open_page(page, path: str = PAGE):
-    """Go to the demo page and wait until its model is loaded."""
-    page.goto(path)
-    page.wait_for_function("document.body.dataset.version !== undefined && document.body.dataset.version !== ''",
-                           timeout=MODEL_READY_MS)
-    return page
-
-
-def suggestions_for(page, typed: str) -> list[str]:
-    """Fill the URL bar with typed and return the suggestions the page shows for exactly it."""
-    page.fill("#url", typed)
-    page.wait_for_function("t => document.getElementById('suggestions').dataset.for === t", arg=typed)
-    return page.locator("#suggestions [role=option]").evaluate_all("els => els.map(e => e.dataset.value)")
 
 
 @pytest.fixture

@@ -1,0 +1,22 @@
+"""Helpers shared by the browser tests: open the demo page, read its suggestions."""
+
+from __future__ import annotations
+
+MODEL_READY_MS = 60_000  # first load: 14 MB of ORT wasm plus the bundle, on a busy 2-core box
+# Page settings for tests: never train on their own, look for new versions twice a second.
+PAGE = "/?train_after_urls=0&poll_ms=500"
+
+
+def open_page(page, path: str = PAGE):
+    """Go to the demo page and wait until its model is loaded."""
+    page.goto(path)
+    page.wait_for_function("document.body.dataset.version !== undefined && document.body.dataset.version !== ''",
+                           timeout=MODEL_READY_MS)
+    return page
+
+
+def suggestions_for(page, typed: str) -> list[str]:
+    """Fill the URL bar with typed and return the suggestions the page shows for exactly it."""
+    page.fill("#url", typed)
+    page.wait_for_function("t => document.getElementById('suggestions').dataset.for === t", arg=typed)
+    return page.locator("#suggestions [role=option]").evaluate_all("els => els.map(e => e.dataset.value)")
