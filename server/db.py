@@ -68,11 +68,6 @@ updates = sa.Table(
     sa.Column("received_at", sa.Float, nullable=False),
     sa.UniqueConstraint("round_id", "client_id", name="one_update_per_client_and_round"))
 
-payloads = sa.Table(  # the delta bytes until their round closes: what a restart replays
-    "payloads", metadata,
-    sa.Column("update_id", sa.Integer, sa.ForeignKey("updates.id"), primary_key=True),
-    sa.Column("data", sa.LargeBinary, nullable=False))
-
 rejections = sa.Table(
     "rejections", metadata,
     sa.Column("round_id", sa.Integer, primary_key=True, autoincrement=False),

@@ -1,9 +1,9 @@
 """The round coordinator: tickets, accepted updates, the running sum, closing rounds, rollback.
 
-One ``Coordinator`` per server process owns the open round. An update is committed to the
-database (metadata row, ticket marked used, delta bytes) *before* it is folded into the in-memory
-running sum and before the client hears 202; a restart replays the open round's stored deltas, so
-the sum is a cache of the database, never the only copy. Closing writes the next version directory
+One ``Coordinator`` per server process owns the open round. An update is committed (its row and
+its used ticket in the database, its delta bytes fsynced to the spool, ``server.spool``) *before*
+it is folded into the in-memory running sum and before the client hears 202; a restart replays
+the open round's stored deltas, so the sum is a cache of what is on disk, never the only copy. Closing writes the next version directory
 atomically (``server.versions``), then records it, closes the round and opens the next in one
 transaction. A crash between the two leaves an unknown directory that start-up sweeps away and a
 still-open round that closes again with the same updates. Writers hold one lock: the server is
@@ -30,6 +30,7 @@ from model.bundle import load_bundle
 from server import db, logs
 from server.aggregate import FedAvg, WeightedSum, staleness_weight
 from server.errors import ApiError
+from server.spool import Spool
 from server.status import round_stats
 from server.validation import UpdateMeta, as_float32, decode_payload
 from server.versions import WEIGHTS, VersionStore, iso
@@ -60,6 +61,7 @@ class Coordinator:
         """:param new_optimizer: zero-argument factory of a fresh server optimizer."""
         self.engine, self.store, self.rules = engine, store, rules
         self.new_optimizer, self.clock = new_optimizer, clock
+        self.spool = Spool(store.data_dir)
         self.lock = threading.RLock()
 
     # -- start-up ----------------------------------------------------------------------------------
@@ -120,17 +122,19 @@ class Coordinator:
         return optimizer
 
     def _resume(self) -> None:
-        """Rebuild the running sum from the open round's stored deltas, one row at a time."""
+        """Rebuild the running sum from the open round's stored deltas; drop every other body."""
         with db.transaction(self.engine) as conn:
             row = conn.execute(sa.select(db.rounds).where(db.rounds.c.status == "open")).one()
             self.round = row._asdict()
             self.sum = self._empty_sum()
-            query = (sa.select(db.updates.c.weight, db.payloads.c.data)
-                     .join(db.payloads, db.payloads.c.update_id == db.updates.c.id)
-                     .where(db.updates.c.round_id == self.round["id"]).order_by(db.updates.c.id))
-            for weight, data in conn.execution_options(yield_per=16).execute(query):
-                tensors, _ = decode_payload(data)
-                self.sum.add({name: as_float32(array) for name, array in tensors.items()}, weight)
+            stored = conn.execute(sa.select(db.updates.c.weight, db.updates.c.ticket_digest)
+                                  .where(db.updates.c.round_id == self.round["id"]).order_by(db.updates.c.id)).all()
+        for weight, key in stored:  # one body in memory at a time
+            tensors, _ = decode_payload(self.spool.read(self.round["id"], key))
+            self.sum.add({name: as_float32(array) for name, array in tensors.items()}, weight)
+        removed = self.spool.sweep(self.round["id"], {key for _, key in stored})
+        if removed:
+            logs.event("swept_spool", entries=removed[:20], count=len(removed))
         logs.event("round_open", version=self.version, round=self.round["id"], updates=self.sum.count)
         self._maybe_close(self.clock())
 
@@ -227,19 +231,19 @@ class Coordinator:
         return key
 
     def _insert_update(self, conn, meta, ticket_digest, staleness, weight, norm, body, now) -> None:
-        """Insert the update's row and its delta bytes; one update per client and round."""
+        """Insert the update's row and store its body before the commit; one update per client and round."""
         round_id = self.round["id"]
         taken = conn.execute(sa.select(db.updates.c.id).where(
             db.updates.c.round_id == round_id, db.updates.c.client_id == meta.client_id)).first()
         if taken is not None:
             raise ApiError("duplicate_client", f"client {meta.client_id} already sent an update in round "
                                                f"{round_id}", 409)
-        update_id = conn.execute(db.updates.insert().values(
+        conn.execute(db.updates.insert().values(
             round_id=round_id, client_id=meta.client_id, ticket_digest=ticket_digest,
             base_version=meta.base_version, staleness=staleness, num_examples=meta.num_examples,
             weight=weight, loss_before=meta.loss_before, loss_after=meta.loss_after, norm=norm,
-            received_at=now)).inserted_primary_key[0]
-        conn.execute(db.payloads.insert().values(update_id=update_id, data=body))
+            received_at=now))
+        self.spool.write(round_id, ticket_digest, body)
 
     def count_rejection(self, code: str) -> None:
         """Count one refused request under its error code in the current round."""
@@ -307,8 +311,6 @@ class Coordinator:
             self._record_version(conn, manifest, kind, round_id, [WEIGHTS], now)
             conn.execute(db.rounds.update().where(db.rounds.c.id == ended).values(
                 status=status, closed_at=now, close_reason=reason, result_version=version))
-            ended_ids = sa.select(db.updates.c.id).where(db.updates.c.round_id == ended)
-            conn.execute(db.payloads.delete().where(db.payloads.c.update_id.in_(ended_ids)))
             self._open_round(conn, version, now)
         self.parents[version] = manifest["parent_version"]
         self._load(version)

@@ -120,8 +120,9 @@ def check_delta(tensors: dict[str, np.ndarray], parameters: list[dict], max_norm
         array = as_float32(tensors[name])
         if not np.isfinite(array).all():
             raise ApiError("non_finite", f"parameter {name!r} holds NaN or infinite values")
-        flat = array.ravel().astype(np.float64)  # float64 so squares of large float32s cannot overflow
-        square_sum += float(flat @ flat)
+        flat = array.ravel()
+        # float32 dot: a square overflowing to inf needs a norm far past any bound, and is refused
+        square_sum += float(np.dot(flat, flat))
         delta[name] = array
     norm = math.sqrt(square_sum)
     if norm > max_norm:

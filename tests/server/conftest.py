@@ -90,15 +90,15 @@ def fetch(client, path: str, **kwargs):
 
 
 def snapshot(app) -> dict:
-    """Everything an update could change: every table but the refusal counters, the version
-    files on disk, and the coordinator's running sum. Equal snapshots mean nothing changed."""
+    """Everything an update could change: every table but the refusal counters, the version and
+    spool files on disk, and the coordinator's running sum. Equal snapshots mean nothing changed."""
     engine = app.extensions["fedurl.engine"]
     with db.transaction(engine) as conn:
         tables = {t.name: sorted(repr(tuple(row)) for row in conn.execute(sa.select(t)))
                   for t in db.metadata.sorted_tables if t.name != "rejections"}
-    root = Path(app.config["DATA_DIR"]) / "versions"
+    root = Path(app.config["DATA_DIR"])
     files = sorted((str(p.relative_to(root)), hashlib.sha256(p.read_bytes()).hexdigest())
-                   for p in root.rglob("*") if p.is_file())
+                   for folder in ("versions", "spool") for p in (root / folder).rglob("*") if p.is_file())
     coordinator = app.extensions["fedurl.coordinator"]
     running = (coordinator.version, coordinator.round["id"], coordinator.sum.count, coordinator.sum.total_weight,
                [s.tobytes() for s in coordinator.sum.sums.values()])

@@ -96,20 +96,25 @@ def test_restart_resumes_the_open_round(config):
 
 
 def test_crash_between_publish_and_record_is_swept_and_redone(config):
-    """A version dir the database never recorded (kill -9 after the rename) is removed on start;
-    the round is still open with its updates and closes again into a complete version."""
+    """A version dir the database never recorded (kill -9 after the rename), temp dirs and
+    uncommitted update bodies are removed on start; the round is still open with its updates
+    and closes again into a complete version."""
     # Prepare: two updates, then a half-done close: the directory is published, nothing recorded
     app = create_app(config)
     upload(app.test_client(), 0.1)
     upload(app.test_client(), 0.2)
     c = coordinator(app)
     c.store.write(c.manifest, 2, {n: a + 99 for n, a in c.weights.items()}, {}, {}, time.time())
-    tmp = Path(config["DATA_DIR"]) / "versions" / ".tmp-2-crashed"
-    tmp.mkdir()
+    data = Path(config["DATA_DIR"])
+    debris = [data / "versions" / ".tmp-2-crashed", data / "spool" / "1" / "f00d.st", data / "spool" / "1" / "x.tmp",
+              data / "spool" / "0"]
+    for path in debris:  # a half-written version; bodies written but never committed; an old round
+        path.mkdir() if path.suffix == "" else path.write_bytes(b"half")
     # Execute
     restarted = create_app(config)
     # Assert
-    assert not tmp.exists() and not (Path(config["DATA_DIR"]) / "versions" / "2").exists()
+    assert not any(path.exists() for path in debris) and not (data / "versions" / "2").exists()
+    assert len(list((data / "spool" / "1").iterdir())) == 2  # the two committed bodies stay
     assert (coordinator(restarted).version, coordinator(restarted).sum.count) == (1, 2)
     upload(restarted.test_client(), 0.3)
     for name, array in weights(restarted, 2).items():

@@ -1,0 +1,67 @@
+"""Accepted update bodies on disk until their round closes: ``DATA_DIR/spool/<round>/<digest>.st``.
+
+The database holds each update's metadata; its delta bytes go here, written and fsynced inside the
+update's transaction *before* the commit, so a committed update always has its file. A crash
+between the file and the commit leaves a file without a row, which ``sweep`` removes at start-up
+(as it removes the directories of rounds that already closed). Bulk bytes stay out of the
+database because SQLite writes a 2 MB blob page by page into its journal and then again into the
+database file, about six times slower than one sequential write and fsync.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+SUFFIX = ".st"
+
+
+class Spool:
+    """The per-round directories of stored update bodies."""
+
+    def __init__(self, data_dir: Path):
+        self.root = Path(data_dir) / "spool"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, round_id: int, key: str) -> Path:
+        """Where one update's body lives."""
+        return self.root / str(round_id) / f"{key}{SUFFIX}"
+
+    def write(self, round_id: int, key: str, body: bytes) -> None:
+        """Write durably: temp file, fsync, rename, fsync the directory."""
+        path = self.path(round_id, key)
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self, round_id: int, key: str) -> bytes:
+        """One stored body."""
+        return self.path(round_id, key).read_bytes()
+
+    def drop_round(self, round_id: int) -> None:
+        """Forget a finished round's bodies."""
+        shutil.rmtree(self.root / str(round_id), ignore_errors=True)
+
+    def sweep(self, open_round: int, keep: set[str]) -> list[str]:
+        """Remove everything but the open round's files named in keep; return what went."""
+        removed = []
+        for directory in self.root.iterdir():
+            if directory.name != str(open_round):
+                shutil.rmtree(directory, ignore_errors=True)
+                removed.append(directory.name)
+                continue
+            for entry in directory.iterdir():
+                if entry.suffix != SUFFIX or entry.stem not in keep:
+                    entry.unlink()
+                    removed.append(f"{directory.name}/{entry.name}")
+        return removed
