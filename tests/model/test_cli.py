@@ -1,0 +1,51 @@
+"""The export and eval commands: help, clear errors on bad input, a table on good input."""
+
+import pytest
+
+from model import evaluate, export
+
+
+def test_export_help_explains_the_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        export.main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--corpus", "--out", "--vocab-size", "--steps", "--seed", "top-sites"):
+        assert option in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "0"], "--steps must be positive"),
+    (["--vocab-size", "-5"], "--vocab-size must be positive"),
+    (["--unknown"], "unrecognized arguments"),
+])
+def test_export_rejects_bad_options(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        export.main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_export_reports_a_missing_or_tiny_corpus(tmp_path):
+    with pytest.raises(SystemExit, match="not found"):
+        export.main(["--corpus", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "b")])
+    tiny = tmp_path / "tiny.txt"
+    tiny.write_text("a.org\nb.org\n")
+    with pytest.raises(SystemExit, match="need at least 10"):
+        export.main(["--corpus", str(tiny), "--out", str(tmp_path / "b")])
+
+
+def test_eval_prints_model_and_trie_rows(bundle_dir, tmp_path, capsys):
+    held_out = tmp_path / "test.txt"
+    held_out.write_text("https://www.google.com/\ngithub.com/login\n")
+    train = tmp_path / "train.txt"
+    train.write_text("google.com\ngoogle.com\ngithub.com/login\n")
+    evaluate.main(["--bundle", str(bundle_dir), "--urls", str(held_out), "--train", str(train)])
+    table = capsys.readouterr().out
+    assert "model" in table and "trie" in table and "KSR@3" in table
+
+
+def test_eval_reports_a_bad_bundle(tmp_path, capsys):
+    urls = tmp_path / "u.txt"
+    urls.write_text("a.org\n")
+    with pytest.raises(SystemExit, match="not a model bundle"):
+        evaluate.main(["--bundle", str(tmp_path), "--urls", str(urls)])
