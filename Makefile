@@ -29,8 +29,9 @@ $(BUNDLE)/manifest.json: | install
 
 bundle: $(BUNDLE)/manifest.json
 
+# One person can complete a round in the demo; a deployment keeps the default of 10 clients.
 demo: install bundle
-	$(VENV)/bin/fedurl-serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
+	FEDURL_MIN_CLIENTS=$${FEDURL_MIN_CLIENTS:-1} $(VENV)/bin/fedurl-serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
 test: install chromium
 	$(PY) -m pytest
