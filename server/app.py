@@ -71,6 +71,7 @@ def _start_coordinator(app: Flask) -> Coordinator:
                        max_staleness=cfg["MAX_STALENESS"], staleness_exponent=cfg["STALENESS_EXPONENT"])
 
     def new_optimizer():
+        """A fresh server optimizer as configured."""
         return make_optimizer(cfg["SERVER_OPTIMIZER"], lr=cfg["SERVER_LR"], momentum=cfg["SERVER_MOMENTUM"],
                               beta1=cfg["ADAM_BETA1"], beta2=cfg["ADAM_BETA2"], tau=cfg["ADAM_TAU"])
 
@@ -96,11 +97,12 @@ def _isolate(response):
 def _start_ticker(coordinator: Coordinator, interval: float) -> None:
     """Check round deadlines every interval seconds, even when no request arrives."""
     def run():
+        """Tick forever (a daemon thread: it ends with the process)."""
         while True:
             threading.Event().wait(interval)
             try:
                 coordinator.tick()
-            except Exception:  # a failed close is logged and retried at the next tick
-                logging.getLogger(logs.LOGGER).exception("tick_failed")
+            except Exception:  # e.g. the database is unreachable: log, and try again next tick
+                logs.event("tick_failed", level=logging.ERROR, exc_info=True)
 
     threading.Thread(target=run, name="fedurl-deadlines", daemon=True).start()

@@ -22,8 +22,7 @@ versions = sa.Table(
     sa.Column("parent", sa.Integer, nullable=True),
     sa.Column("kind", sa.String(16), nullable=False),  # initial | aggregate | rollback
     sa.Column("round_id", sa.Integer, nullable=True),  # the round whose updates made it
-    sa.Column("created", sa.Float, nullable=False),
-    sa.Column("manifest", sa.Text, nullable=False))
+    sa.Column("created", sa.Float, nullable=False))
 
 files = sa.Table(  # content-addressed: the graphs shared by every version are one row
     "files", metadata,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 500: "internal_error"}
 
 
 class ApiError(Exception):

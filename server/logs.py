@@ -23,9 +23,9 @@ class JsonLines(logging.Formatter):
         return json.dumps(document, default=str)
 
 
-def event(name: str, level: int = logging.INFO, **fields) -> None:
-    """Log one named event with its fields."""
-    logging.getLogger(LOGGER).log(level, name, extra={"fields": fields})
+def event(name: str, level: int = logging.INFO, exc_info: bool = False, **fields) -> None:
+    """Log one named event with its fields (and the current exception's traceback if exc_info)."""
+    logging.getLogger(LOGGER).log(level, name, exc_info=exc_info, extra={"fields": fields})
 
 
 def configure(level: str) -> None:

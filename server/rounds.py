@@ -17,7 +17,7 @@ descends from b by at most MAX_STALENESS steps, with weight num_examples * (1 + 
 from __future__ import annotations
 
 import hashlib
-import json
+import logging
 import secrets
 import threading
 import time
@@ -260,11 +260,21 @@ class Coordinator:
             self._maybe_close(self.clock())
 
     def _maybe_close(self, now: float) -> None:
-        """Close when min_clients arrived, or past the deadline with at least the floor."""
+        """Close when min_clients arrived, or past the deadline with at least the floor.
+
+        A failed close (disk full...) is logged and leaves the round open with every update it
+        had; the next update or tick tries again. The update that triggered it stays accepted.
+        """
         if self.sum.count >= self.rules.min_clients:
-            self._close("min_clients", now)
+            reason = "min_clients"
         elif now >= self.round["deadline"] and self.sum.count >= self.rules.floor:
-            self._close("deadline", now)
+            reason = "deadline"
+        else:
+            return
+        try:
+            self._close(reason, now)
+        except Exception:
+            logs.event("close_failed", level=logging.ERROR, exc_info=True, round=self.round["id"])
 
     def close_now(self) -> dict:
         """Close the open round with whatever it has (admin).
@@ -283,8 +293,7 @@ class Coordinator:
         with db.transaction(self.engine) as conn:
             stats = round_stats(conn, [self.round["id"]]).get(self.round["id"], {})
         extra = {"round": self.round["id"], "reason": reason, "optimizer": optimizer.name, **stats}
-        manifest = self.store.write(self.manifest, self.version + 1, weights, optimizer.state, extra, now)
-        return self._advance(manifest, "aggregate", self.round["id"], "closed", reason, now)
+        return self._publish(self.manifest, weights, optimizer.state, extra, "aggregate", reason, now)
 
     def rollback(self, version: int) -> dict:
         """Publish a copy of an earlier version (weights and optimizer state) as the next version.
@@ -299,16 +308,19 @@ class Coordinator:
                 raise ApiError("not_earlier", f"version {version} is already current", 409)
             now = self.clock()
             extra = {"rollback_to": version, "rolled_back": self.version}
-            manifest = self.store.write(self.store.manifest(version), self.version + 1,
-                                        self.store.weights(version), self.store.optimizer_state(version),
-                                        extra, now)
-            return self._advance(manifest, "rollback", None, "aborted", "rollback", now)
+            return self._publish(self.store.manifest(version), self.store.weights(version),
+                                 self.store.optimizer_state(version), extra, "rollback", "rollback", now)
 
-    def _advance(self, manifest: dict, kind: str, round_id, status: str, reason: str, now: float) -> dict:
-        """Record a published version, end the open round, open the next; then switch to it."""
+    def _publish(self, parent: dict, weights: dict, state: dict, extra: dict, kind: str, reason: str,
+                 now: float) -> dict:
+        """Write the next version (graphs from parent), record it, end the open round (closed, or
+        aborted by a rollback), open the next round, and switch to it."""
+        self.store.sweep(set(self.parents))  # a failed earlier attempt may have left its directory
+        manifest = self.store.write(parent, self.version + 1, weights, state, extra, now)
         version, ended = manifest["model_version"], self.round["id"]
+        status = "closed" if kind == "aggregate" else "aborted"
         with db.transaction(self.engine) as conn:
-            self._record_version(conn, manifest, kind, round_id, [WEIGHTS], now)
+            self._record_version(conn, manifest, kind, ended if kind == "aggregate" else None, [WEIGHTS], now)
             conn.execute(db.rounds.update().where(db.rounds.c.id == ended).values(
                 status=status, closed_at=now, close_reason=reason, result_version=version))
             self._open_round(conn, version, now)
@@ -323,8 +335,7 @@ class Coordinator:
         """Insert a version row and its new content-addressed files."""
         version = manifest["model_version"]
         conn.execute(db.versions.insert().values(
-            version=version, parent=manifest.get("parent_version"), kind=kind, round_id=round_id,
-            created=now, manifest=json.dumps(manifest)))
+            version=version, parent=manifest.get("parent_version"), kind=kind, round_id=round_id, created=now))
         for name in new_files:
             sha = manifest["files"][name]["sha256"]
             if conn.execute(sa.select(db.files.c.sha256).where(db.files.c.sha256 == sha)).first() is None:

@@ -85,6 +85,7 @@ class VersionStore:
         bundle.load_weights()  # refuse weights that disagree with the manifest before serving them
 
         def fill(tmp: Path) -> dict:
+            """Copy every bundle file."""
             for name in BUNDLE_FILES:
                 shutil.copyfile(bundle.path(name), tmp / name)
             return bundle.manifest
@@ -104,6 +105,7 @@ class VersionStore:
         blob = weights_codec.encode(ordered)
 
         def fill(tmp: Path) -> dict:
+            """Link the parent's graphs and tokenizer, write weights and state, build the manifest."""
             for name in BUNDLE_FILES:
                 if name != WEIGHTS:
                     os.link(parent_dir / name, tmp / name)
@@ -121,8 +123,9 @@ class VersionStore:
         return json.loads((self.path(version) / MANIFEST).read_text())
 
     def weights(self, version: int) -> dict[str, np.ndarray]:
-        """A version's weights, writable copies checked against its manifest."""
-        bundle = load_bundle(self.path(version), verify=False)
+        """A version's weights, writable copies; every file's sha256 and the weights' names and
+        shapes are checked against its manifest first (a corrupt version is never served)."""
+        bundle = load_bundle(self.path(version))
         return {name: np.array(array) for name, array in bundle.load_weights().items()}
 
     def optimizer_state(self, version: int) -> dict[str, np.ndarray]:

@@ -72,6 +72,30 @@ def deltas_for(count: int, seed: int) -> list[dict]:
             for _ in range(count)]
 
 
+def upload_until_killed(server: ServerProcess, clients: list, tickets: list, deltas: list) -> set[int]:
+    """All clients upload at once; SIGKILL the server after KILL_AFTER 202s. Returns who got 202."""
+    acked, lock, enough = set(), threading.Lock(), threading.Event()
+
+    def send(i: int) -> None:
+        try:
+            clients[i].upload(deltas[i], tickets[i], 10 + i, 5.0, 4.0)
+        except (OSError, ProtocolError):
+            return  # the server died under this request
+        with lock:
+            acked.add(i)
+            if len(acked) >= KILL_AFTER:
+                enough.set()
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        futures = [pool.submit(send, i) for i in range(len(clients))]
+        assert enough.wait(60), "no uploads were acknowledged"
+        server.kill()
+        for future in futures:
+            future.result()
+    with lock:
+        return set(acked)
+
+
 def test_sigkill_mid_round_keeps_every_acknowledged_update(tmp_path):
     """Kill the server while uploads are in flight; after a restart every client that got 202 is
     already counted (a retry is refused as duplicate_client), and the round completes with the
@@ -85,26 +109,8 @@ def test_sigkill_mid_round_keeps_every_acknowledged_update(tmp_path):
         clients = [FederatedClient(server.url, timeout=20) for _ in range(KILLED_CLIENTS)]
         tickets = [c.ticket() for c in clients]
         deltas = deltas_for(KILLED_CLIENTS, seed=1)
-        acked, lock, enough = set(), threading.Lock(), threading.Event()
-
-        def send(i: int) -> None:
-            try:
-                clients[i].upload(deltas[i], tickets[i], 10 + i, 5.0, 4.0)
-            except (OSError, ProtocolError):
-                return  # the server died under this request
-            with lock:
-                acked.add(i)
-                if len(acked) >= KILL_AFTER:
-                    enough.set()
-
-        # Execute: kill -9 after KILL_AFTER acknowledgements, with the rest in flight
-        with ThreadPoolExecutor(KILLED_CLIENTS) as pool:
-            futures = [pool.submit(send, i) for i in range(KILLED_CLIENTS)]
-            assert enough.wait(60), "no uploads were acknowledged"
-            server.kill()
-            for future in futures:
-                future.result()
-        acknowledged = set(acked)
+        # Execute: kill -9 mid-round, restart, retry everyone, then fill the round
+        acknowledged = upload_until_killed(server, clients, tickets, deltas)
         server = ServerProcess(bundle, data_dir)
         counted = FederatedClient(server.url).status()["round"]["updates"]
         retried = {i: _retry(server.url, clients[i].client_id, deltas[i], 10 + i) for i in range(KILLED_CLIENTS)}

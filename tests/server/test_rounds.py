@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from server.app import create_app
-from server.client import FederatedClient
-from tests.server.conftest import small_delta
+from server.client import FederatedClient, ProtocolError
+from tests.server.conftest import small_delta, snapshot
 
 
 def upload(client, value: float, examples: int = 10, ticket: dict | None = None, fed=None) -> dict:
@@ -159,3 +159,45 @@ def test_f16_deltas_are_accepted(client, app):
     upload(client, 0.25)
     for name, array in weights(app, 2).items():
         np.testing.assert_allclose(array, v1[name] + 0.25, rtol=1e-6)
+
+
+def disk_full(*args):
+    """Stand-in for a write that fails."""
+    raise OSError("No space left on device")
+
+
+def test_a_failed_store_is_a_json_500_and_keeps_the_ticket(app, client, monkeypatch):
+    """A body that cannot be stored: 500 internal_error, nothing recorded, the ticket still works."""
+    # Prepare
+    fed = FederatedClient(client)
+    ticket = fed.ticket()
+    monkeypatch.setattr(coordinator(app).spool, "write", disk_full)
+    before = snapshot(app)
+    # Execute
+    with pytest.raises(ProtocolError) as failed:
+        fed.upload(small_delta(), ticket, 10, 5.0, 4.0)
+    # Assert
+    assert (failed.value.status, failed.value.code) == (500, "internal_error")
+    assert snapshot(app) == before
+    monkeypatch.undo()
+    assert fed.upload(small_delta(), ticket, 10, 5.0, 4.0)["updates_in_round"] == 1
+
+
+def test_a_failed_close_keeps_the_round_and_its_updates(app, client, monkeypatch):
+    """If recording the new version fails, the triggering upload is still accepted, the round
+    stays open, and the next tick sweeps the orphaned directory and publishes the version."""
+    # Prepare: the version row cannot be written once
+    c = coordinator(app)
+    record = c._record_version
+    monkeypatch.setattr(c, "_record_version", disk_full)
+    upload(client, 0.1)
+    upload(client, 0.2)
+    # Execute
+    third = upload(client, 0.3)
+    stuck = (c.version, c.sum.count, (Path(app.config["DATA_DIR"]) / "versions" / "2").exists())
+    monkeypatch.setattr(c, "_record_version", record)
+    c.tick()
+    # Assert
+    assert third == {"accepted": True, "round": 1, "updates_in_round": 3, "version": 1}
+    assert stuck == (1, 3, True)
+    assert c.version == 2 and FederatedClient(client).status()["rounds"][0]["participants"] == 3
