@@ -7,6 +7,7 @@ import time
 
 from flask import Blueprint, current_app, jsonify, request, send_file
 
+from server import logs
 from server.errors import ApiError
 from server.rounds import Coordinator
 from server.status import status_document
@@ -37,9 +38,12 @@ def rate_limit(kind: str, key: str) -> None:
 
 @bp.after_request
 def count_refusals(response):
-    """Count refused ticket and update requests by error code."""
+    """Count (and log) refused ticket and update requests by error code."""
     if request.endpoint in COUNTED and response.status_code >= 400 and response.is_json:
-        coordinator().count_rejection(response.get_json()["error"])
+        code = response.get_json()["error"]
+        coordinator().count_rejection(code)
+        logs.event("request_refused", path=request.path, status=response.status_code, code=code,
+                   addr=request.remote_addr)
     return response
 
 

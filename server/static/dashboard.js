@@ -21,12 +21,13 @@ function scale(d0, d1, r0, r1) {
   return (v) => (d1 === d0 ? (r0 + r1) / 2 : r0 + ((v - d0) / (d1 - d0)) * (r1 - r0));
 }
 
-/** Clear an SVG and draw axes with min/max labels; returns the x and y scales. */
-function axes(svg, xs, ys, yLabel) {
+/** Clear an SVG and draw axes with min/max labels; returns the x and y scales.
+ * xPad widens the x domain on both sides (bars need half a slot of room). */
+function axes(svg, xs, ys, yLabel, xPad = 0) {
   svg.replaceChildren();
   const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
   const [y0, y1] = [Math.min(0, ...ys), Math.max(...ys, 1e-9)];
-  const x = scale(x0, x1, PAD.left, WIDTH - PAD.right);
+  const x = scale(x0 - xPad, x1 + xPad, PAD.left, WIDTH - PAD.right);
   const y = scale(y0, y1, HEIGHT - PAD.bottom, PAD.top);
   svg.append(el("line", { x1: PAD.left, y1: HEIGHT - PAD.bottom, x2: WIDTH - PAD.right, y2: HEIGHT - PAD.bottom, stroke: "#999" }),
              el("line", { x1: PAD.left, y1: PAD.top, x2: PAD.left, y2: HEIGHT - PAD.bottom, stroke: "#999" }),
@@ -60,7 +61,7 @@ function drawLoss(svg, rounds) {
 /** Bars of participants per round. */
 function drawClients(svg, rounds) {
   if (!rounds.length) return empty(svg, "no rounds yet");
-  const { x, y } = axes(svg, rounds.map((r) => r.id), rounds.map((r) => r.participants), "round");
+  const { x, y } = axes(svg, rounds.map((r) => r.id), rounds.map((r) => r.participants), "round", 0.5);
   const width = Math.max(2, (WIDTH - PAD.left - PAD.right) / (rounds.length + 1) - 2);
   for (const r of rounds) {
     const top = y(r.participants);
@@ -69,15 +70,18 @@ function drawClients(svg, rounds) {
   }
 }
 
-/** Versions as dots over time, each linked to its parent; rollbacks in orange. */
+/** Versions as dots, each joined to its parent by an arc (higher the further back it reaches,
+ * so a rollback's jump stands out); rollbacks in orange. */
 function drawVersions(svg, versions) {
   if (!versions.length) return empty(svg, "no versions");
   const { x, y } = axes(svg, versions.map((v) => v.version), versions.map((v) => v.version), "version");
   const byVersion = new Map(versions.map((v) => [v.version, v]));
   for (const v of versions) {
     if (v.parent !== null && byVersion.has(v.parent)) {
-      svg.append(el("line", { x1: x(v.version), y1: y(v.version), x2: x(v.parent), y2: y(v.parent),
-                              stroke: COLORS[v.kind] || "#999" }));
+      const [ax, ay, bx, by] = [x(v.parent), y(v.parent), x(v.version), y(v.version)];
+      const lift = 10 * (v.version - v.parent);
+      svg.append(el("path", { d: `M ${ax} ${ay} Q ${(ax + bx) / 2} ${Math.min(ay, by) - lift} ${bx} ${by}`,
+                              fill: "none", stroke: COLORS[v.kind] || "#999" }));
     }
     svg.append(el("circle", { cx: x(v.version), cy: y(v.version), r: 3.5, fill: COLORS[v.kind] || "#999" }));
   }
