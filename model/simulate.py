@@ -1,0 +1,307 @@
+"""fedurl-simulate: federated training of the URL LM by simulated users, through the real server.
+
+    fedurl-simulate --clients 100 --rounds 20 --corpus urls.txt --out runs/sim [--alpha 0.1 ...]
+
+1. The corpus is split (model/split.py): a uniform held-out test split, then N non-IID clients by a
+   Dirichlet(alpha) split over hosts, each client's URLs cut into earlier (history) and later ones.
+2. The real server (``server.app.create_app``) serves --bundle as version 1 over HTTP on a free
+   loopback port. Each round K sampled clients do what the browser does (docs/PROTOCOL.md), with
+   ``server.client.FederatedClient``: fetch the model, get a ticket, download the weights, run
+   ``train_step.onnx`` in onnxruntime on their history (``model.trainer.LocalTrainer``, the graph
+   the server serves), upload ``new - global``. The K-th upload closes the round.
+3. References in the same command: **centralized** SGD with the same graph, lr and batch on the
+   union of the histories, taking exactly as many steps per round as all clients together took;
+   the **frequency trie** of that union; **personalization**: KSR@3 of a client on its later URLs
+   with the final global model vs after fine-tuning it on its own history.
+
+Writes to --out: metrics.csv (one row per round, 0 = the initial model), personalization.csv,
+summary.json, accuracy/loss/clients/upload PNGs, and the split (train.txt, test.txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+from werkzeug.serving import WSGIRequestHandler, make_server
+
+from model.bundle import load_bundle
+from model.complete import Completer
+from model.evaluate import FrequencyTrie, keystroke_savings, next_token_metrics
+from model.export import REPO, load_urls
+from model.sim_report import print_summary, write_outputs
+from model.split import Split, split_corpus
+from model.trainer import LocalTrainer, batches
+from server.app import create_app
+from server.client import FederatedClient, encode_update
+
+DEFAULT_BUNDLE = REPO / "bundles" / "default"
+KSR_K = 3
+
+
+def local_seed(seed: int, round_index: int, client: int) -> int:
+    """The shuffling seed of one client's local training in one round (centralized uses round 1,
+    client 0's, so a one-client, one-round federation sees exactly the centralized batches)."""
+    return int(np.random.SeedSequence([seed, round_index, client]).generate_state(1)[0])
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """werkzeug's handler without a log line per request (tqdm owns the terminal)."""
+
+    def log_request(self, *args, **kwargs) -> None:
+        """Drop the access log."""
+
+
+def server_settings(bundle: Path, data_dir: str, args: argparse.Namespace, split: Split) -> dict:
+    """Server settings for a simulation: the round closes at the K-th update, and the per-client
+    and per-address rate limits are lifted (every simulated user shares 127.0.0.1 and rounds take
+    seconds). The norm and example limits are raised to what an honest client here can send: each
+    clipped SGD step moves the weights by at most lr * clip_norm."""
+    largest = max(len(client.history) for client in split.clients)
+    manifest = load_bundle(bundle, verify=False).manifest
+    steps = args.local_epochs * math.ceil(largest / manifest["graphs"]["train_step"]["batch_size"])
+    return {"BUNDLE_DIR": str(bundle), "DATA_DIR": data_dir, "MIN_CLIENTS": args.clients_per_round,
+            "MIN_CLIENTS_FLOOR": 1, "ROUND_DEADLINE_S": 1e6, "TICK_INTERVAL_S": 0, "LOG_LEVEL": "WARNING",
+            "SERVER_OPTIMIZER": args.server_optimizer, "SERVER_LR": args.server_lr,
+            "TICKETS_PER_CLIENT_PER_MIN": 1e9, "REQUESTS_PER_ADDR_PER_MIN": 1e9,
+            "MAX_NUM_EXAMPLES": max(10_000, largest),
+            "MAX_UPDATE_NORM": max(50.0, 1.01 * args.client_lr * manifest["config"]["clip_norm"] * steps)}
+
+
+@contextmanager
+def serving(settings: dict):
+    """Run create_app(settings) over real HTTP on a free loopback port in a thread; yield its URL."""
+    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True, request_handler=_QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, name="fedurl-sim-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@dataclass
+class RoundStats:
+    """What one round cost and reported: the columns of metrics.csv besides the evaluations."""
+
+    clients: int = 0
+    examples: int = 0
+    steps: int = 0
+    upload_bytes: int = 0
+    losses: list[tuple[int, float, float]] = field(default_factory=list)  # (examples, before, after)
+
+    def add(self, result, body_bytes: int) -> None:
+        """Count one client's accepted update."""
+        self.clients += 1
+        self.examples += result.num_examples
+        self.steps += result.steps
+        self.upload_bytes += body_bytes
+        self.losses.append((result.num_examples, result.loss_before, result.loss_after))
+
+    def mean_losses(self) -> dict:
+        """Example-weighted mean of the clients' reported local losses (blank before round 1)."""
+        if not self.examples:
+            return {"client_loss_before": "", "client_loss_after": ""}
+        return {f"client_loss_{when}": sum(n * loss[i] for n, *loss in self.losses) / self.examples
+                for i, when in enumerate(("before", "after"))}
+
+
+def client_round(fed: FederatedClient, trainer: LocalTrainer, history: list[str], version: int,
+                 args: argparse.Namespace, seed: int, stats: RoundStats) -> dict:
+    """One browser-like round: model, ticket, weights, local SGD, upload of new - global."""
+    model = fed.fetch_model()
+    ticket = fed.ticket()
+    assert model["version"] == ticket["version"] == version, f"expected version {version}, got {ticket}"
+    start = fed.global_weights()
+    result = trainer.train(start, history, epochs=args.local_epochs, lr=args.client_lr, seed=seed)
+    delta = {name: result.weights[name] - start[name] for name in start}
+    body = encode_update(delta, ticket, fed.client_id, result.num_examples, result.loss_before,
+                         result.loss_after)
+    answer = fed.post_update(body)
+    stats.add(result, len(body))
+    return answer
+
+
+class Centralized:
+    """The reference: LocalTrainer's SGD step on shuffled epochs of the union of the histories."""
+
+    def __init__(self, trainer: LocalTrainer, weights: dict, urls: list[str], lr: float, seed: int):
+        self.trainer, self.weights, self.lr = trainer, weights, lr
+        self.stream = self._batches(trainer.rows(urls), np.random.default_rng(seed))
+
+    def _batches(self, rows, rng):
+        """Endless epochs, each in a fresh permutation (as LocalTrainer.train shuffles)."""
+        while True:
+            yield from batches(rows, self.trainer.batch_size, rng.permutation(len(rows)))
+
+    def advance(self, steps: int) -> dict:
+        """Take steps SGD steps; return the weights."""
+        for _ in range(steps):
+            tokens, targets, mask = next(self.stream)
+            _, self.weights = self.trainer.step(self.weights, tokens, targets, mask, self.lr)
+        return self.weights
+
+
+def held_out_metrics(bundle, weights: dict, urls: list[str]) -> dict:
+    """Held-out next-piece metrics; loss is the mean NLL per piece (log perplexity)."""
+    metrics = next_token_metrics(bundle, weights, urls)
+    return {"loss": math.log(metrics["perplexity"]), "top1": metrics["top1"], "top3": metrics["top3"]}
+
+
+def federate(url: str, trainer: LocalTrainer, split: Split, args: argparse.Namespace, bundle) -> dict:
+    """Run every round against the server at url; return per-round rows and the final weights."""
+    observer = FederatedClient(url)
+    observer.fetch_model()
+    weights = observer.global_weights()
+    users = [FederatedClient(url) for _ in split.clients]
+    central = (Centralized(trainer, weights, split.train, args.client_lr, local_seed(args.seed, 1, 0))
+               if args.centralized else None)
+    eval_urls = split.test[:args.eval_urls]
+    initial = held_out_metrics(bundle, weights, eval_urls)
+    rows = [_row(0, RoundStats(), initial, initial if central else None)]
+    result = {"initial": weights}
+    rng = np.random.default_rng([args.seed, 1])
+    progress = tqdm(range(1, args.rounds + 1), desc="rounds", unit="round", file=sys.stderr)
+    for round_index in progress:
+        stats = RoundStats()
+        for k in sorted(rng.choice(len(users), size=args.clients_per_round, replace=False)):
+            answer = client_round(users[k], trainer, split.clients[k].history, round_index, args,
+                                  local_seed(args.seed, round_index, int(k)), stats)
+        assert answer["version"] == round_index + 1, f"round {round_index} did not close: {answer}"
+        observer.fetch_model()
+        weights = observer.global_weights()
+        central_metrics = held_out_metrics(bundle, central.advance(stats.steps), eval_urls) if central else None
+        rows.append(_row(round_index, stats, held_out_metrics(bundle, weights, eval_urls), central_metrics))
+        progress.set_postfix(loss=f"{rows[-1]['fed_loss']:.3f}", top1=f"{rows[-1]['fed_top1']:.3f}")
+    return {**result, "rows": rows, "federated": weights, "centralized": central.weights if central else None}
+
+
+def _row(round_index: int, stats: RoundStats, fed: dict, central: dict | None) -> dict:
+    """One line of metrics.csv."""
+    row = {"round": round_index, "clients": stats.clients, "examples": stats.examples, "steps": stats.steps,
+           "upload_bytes": stats.upload_bytes, **stats.mean_losses(),
+           **{f"fed_{key}": value for key, value in fed.items()}}
+    row.update({f"central_{key}": value for key, value in (central or {}).items()})
+    return row
+
+
+def ksr(completer: Completer, weights: dict, urls: list[str]) -> float:
+    """KSR@3 of the model with these weights (model/evaluate.py's typing rule)."""
+    completer.set_weights(weights)
+    return keystroke_savings(urls, lambda typed: completer.complete(typed, KSR_K), KSR_K)
+
+
+def held_out_table(run: dict, split: Split, completer: Completer, bundle, args) -> dict:
+    """Initial / federated / centralized / trie on the held-out split: next-piece metrics and KSR."""
+    eval_urls, ksr_urls = split.test[:args.eval_urls], split.test[:args.ksr_urls]
+    table = {}
+    for name in ("initial", "federated", "centralized"):
+        if run[name] is not None:
+            table[name] = held_out_metrics(bundle, run[name], eval_urls)
+            table[name]["ksr@3"] = ksr(completer, run[name], ksr_urls) if ksr_urls else None
+    if args.trie and ksr_urls:
+        trie = FrequencyTrie(split.train)
+        table["trie"] = {"ksr@3": keystroke_savings(ksr_urls, lambda typed: trie.complete(typed, KSR_K), KSR_K)}
+    return table
+
+
+def personalization(run: dict, split: Split, trainer: LocalTrainer, completer: Completer, bundle,
+                    args) -> list[dict]:
+    """Per sampled client: KSR@3 and loss on its later URLs, global model vs fine-tuned on its history."""
+    eligible = [k for k, client in enumerate(split.clients) if client.later]
+    chosen = np.random.default_rng([args.seed, 2]).permutation(eligible)[:args.personal_clients]
+    results = []
+    for k in tqdm(sorted(chosen), desc="personalization", unit="client", file=sys.stderr):
+        client = split.clients[k]
+        own_trie = FrequencyTrie(client.history)
+        tuned = trainer.train(run["federated"], client.history, epochs=args.local_epochs, lr=args.client_lr,
+                              seed=local_seed(args.seed, 0, int(k))).weights
+        results.append({
+            "client": int(k), "history": len(client.history), "later": len(client.later),
+            "ksr_global": ksr(completer, run["federated"], client.later),
+            "ksr_personal": ksr(completer, tuned, client.later),
+            "ksr_own_trie": keystroke_savings(client.later, lambda t: own_trie.complete(t, KSR_K), KSR_K),
+            "loss_global": held_out_metrics(bundle, run["federated"], client.later)["loss"],
+            "loss_personal": held_out_metrics(bundle, tuned, client.later)["loss"]})
+    return results
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole simulation; writes --out and returns the summary plus the final weights."""
+    urls = load_urls(args.corpus, None)
+    if args.limit is not None and args.limit < len(urls):
+        keep = np.sort(np.random.default_rng([args.seed, 0]).choice(len(urls), args.limit, replace=False))
+        urls = [urls[i] for i in keep]
+    try:
+        split = split_corpus(urls, args.clients, args.alpha, args.test_fraction, args.later_fraction, args.seed)
+    except ValueError as exc:
+        raise SystemExit(f"fedurl-simulate: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="fedurl-sim-") as work, \
+            serving(server_settings(args.bundle, str(Path(work) / "server"), args, split)) as url:
+        bundle = load_bundle(FederatedClient(url).save_bundle(Path(work) / "bundle"))
+        trainer = LocalTrainer(bundle, threads=args.threads)
+        result = federate(url, trainer, split, args, bundle)
+        completer = Completer(bundle.directory, weights=result["federated"], threads=args.threads)
+        table = held_out_table(result, split, completer, bundle, args)
+        personal = personalization(result, split, trainer, completer, bundle, args) if args.personal_clients else []
+    model_bytes = 4 * sum(math.prod(p["shape"]) for p in bundle.manifest["parameters"])
+    summary = write_outputs(args, split, result["rows"], table, personal, model_bytes)
+    print_summary(summary)
+    return {**summary, "weights": {k: result[k] for k in ("initial", "federated", "centralized")}}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Command-line options; every default lives here, and unknown options are errors."""
+    parser = argparse.ArgumentParser(prog="fedurl-simulate", description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--corpus", type=Path, required=True, help="URLs, one per line (or top-sites JSON)")
+    add("--out", type=Path, required=True, help="directory for metrics.csv, plots and summary.json")
+    add("--bundle", type=Path, default=DEFAULT_BUNDLE, help="initial model (default: bundles/default)")
+    add("--clients", type=int, default=100, help="simulated users N (default: %(default)s)")
+    add("--rounds", type=int, default=20, help="federated rounds R (default: %(default)s)")
+    add("--clients-per-round", type=int, default=10, help="users sampled per round K (default: %(default)s)")
+    add("--alpha", type=float, default=0.1, help="Dirichlet concentration over hosts; small = skewed (default: %(default)s)")
+    add("--local-epochs", type=int, default=1, help="local SGD epochs per round E (default: %(default)s)")
+    add("--client-lr", type=float, default=0.5, help="local (and centralized) SGD lr (default: %(default)s)")
+    add("--server-optimizer", default="fedavg", help="fedavg, fedavgm or fedadam (default: %(default)s)")
+    add("--server-lr", type=float, default=None, help="server lr (default: the server's, 1.0 for fedavg)")
+    add("--seed", type=int, default=0, help="seed of the split, the sampling and the shuffles (default: %(default)s)")
+    add("--limit", type=int, default=None, help="use a random subset of this many corpus URLs")
+    add("--test-fraction", type=float, default=0.1, help="held-out share of the corpus (default: %(default)s)")
+    add("--later-fraction", type=float, default=0.2, help="share of each client's URLs kept as 'later' (default: %(default)s)")
+    add("--eval-urls", type=int, default=1000, help="held-out URLs scored each round (default: %(default)s)")
+    add("--ksr-urls", type=int, default=200, help="held-out URLs typed for KSR@3; 0 skips KSR (default: %(default)s)")
+    add("--personal-clients", type=int, default=10, help="clients in the personalization measure; 0 skips it (default: %(default)s)")
+    add("--centralized", action=argparse.BooleanOptionalAction, default=True, help="run the centralized reference")
+    add("--trie", action=argparse.BooleanOptionalAction, default=True, help="score the frequency-trie baseline")
+    add("--threads", type=int, default=1, help="onnxruntime threads (default: %(default)s)")
+    args = parser.parse_args(argv)
+    for name in ("clients", "rounds", "clients_per_round", "local_epochs", "eval_urls", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.clients_per_round > args.clients:
+        parser.error("--clients-per-round cannot exceed --clients")
+    if not (args.alpha > 0 and args.client_lr > 0 and 0 < args.test_fraction < 1 and 0 <= args.later_fraction < 1):
+        parser.error("need --alpha > 0, --client-lr > 0, 0 < --test-fraction < 1, 0 <= --later-fraction < 1")
+    if not (args.bundle / "manifest.json").is_file():
+        parser.error(f"{args.bundle} is not a bundle (make one with `fedurl-export --out {args.bundle}`)")
+    return args
+
+
+def main(argv=None) -> None:
+    """Entry point of fedurl-simulate."""
+    run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
