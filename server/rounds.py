@@ -225,8 +225,9 @@ class Coordinator:
         if ticket.expires_at <= now:
             raise ApiError("ticket_expired", f"ticket expired at {iso(ticket.expires_at)}", 403)
         if ticket.version != meta.base_version:
-            raise ApiError("version_mismatch", f"ticket is for version {ticket.version}, "
-                                               f"base_version says {meta.base_version}", 409)
+            raise ApiError("version_mismatch", f"ticket is for version {ticket.version}, base_version says "
+                                               f"{meta.base_version}: take the ticket with the model you "
+                                               f"train on", 409)
         conn.execute(db.tickets.update().where(db.tickets.c.digest == key).values(used_at=now))
         return key
 
