@@ -9,7 +9,7 @@
 import { fetchModel, requestTicket, uploadUpdate } from "./api.js";
 import { SUGGESTIONS_K } from "./constants.js";
 import { History } from "./history.js";
-import { pruneCache } from "./model_store.js";
+import { fetchVerified, pruneCache } from "./model_store.js";
 import { normalizeUrl } from "./normalize.js";
 import { WorkerClient } from "./protocol.js";
 import { encode } from "./safetensors.js";
@@ -38,7 +38,8 @@ export class Client extends EventTarget {
     this.wanted = null; // latest typed text still to complete
     this.completing = false;
     this.state = { version: null, round: null, localUrls: 0, newUrls: 0, lossBefore: null, lossAfter: null,
-      contributions: 0, answer: null, progress: null, training: false, pending: false, downloadedBytes: 0 };
+      contributions: 0, answer: null, connection: null, progress: null, training: false, trainReady: false,
+      pending: false, downloadedBytes: 0 };
   }
 
   /** Open local storage and restore counters (no network yet). */
@@ -73,14 +74,18 @@ export class Client extends EventTarget {
   async syncModel() {
     try {
       const fetched = await fetchModel(this.etag);
-      if (this.state.answer?.source === "poll") this.update({ answer: null }); // reachable again
-      if (!fetched || fetched.model.version === this.model?.version) return;
-      await this.loadModel(fetched.model);
+      this.update({ connection: { ok: true, text: "reachable" } });
+      if (this.model && !this.state.trainReady) this.prefetchTraining(this.model);
+      if (!fetched) return;
+      if (fetched.model.version !== this.model?.version) {
+        await this.loadModel(fetched.model);
+        await this.history.setMeta("model", fetched.model);
+        await pruneCache(fetched.model);
+      }
       this.etag = fetched.etag;
-      await this.history.setMeta("model", fetched.model);
-      await pruneCache(fetched.model);
+      this.update({ round: fetched.model.round });
     } catch (error) {
-      this.update({ answer: { ok: false, source: "poll", text: `Model update check failed: ${error.message}` } });
+      this.update({ connection: { ok: false, text: error.message } });
       // Offline start: the last model's files are in Cache Storage.
       if (!this.model) await this.loadModel(await this.history.getMeta("model")).catch(() => {});
     }
@@ -93,6 +98,21 @@ export class Client extends EventTarget {
     this.update({ version: model.version, round: model.round,
       downloadedBytes: this.state.downloadedBytes + ready.downloadedBytes });
     if (this.wanted === null && this.lastTyped) this.complete(this.lastTyped); // same text, new model
+    if (!this.state.trainReady) this.prefetchTraining(model);
+  }
+
+  /** Put the training graph in Cache Storage in the background, so training works offline. */
+  async prefetchTraining(model) {
+    if (this.prefetching) return;
+    this.prefetching = true;
+    try {
+      const { downloaded } = await fetchVerified(model, model.manifest.graphs.train_step.file);
+      this.update({ trainReady: true, downloadedBytes: this.state.downloadedBytes + downloaded });
+    } catch {
+      // offline: the next successful model check tries again
+    } finally {
+      this.prefetching = false;
+    }
   }
 
   /** Ask for suggestions; while one request runs only the newest text waits (latest wins). */
@@ -145,12 +165,11 @@ export class Client extends EventTarget {
 
   /** Train on the whole local history in the training worker, keep the update, upload it. */
   async train() {
-    if (this.state.training) return;
+    if (this.state.training || !this.model) return;
     this.update({ training: true, progress: null });
     try {
       const visits = await this.history.listVisits();
       const urls = visits.map((v) => normalizeUrl(v.url)).filter((url) => url !== null);
-      if (!this.model) throw new Error("no model is loaded yet");
       if (!urls.length) throw new Error("the local history holds no usable URL yet");
       const result = await this.training.request("train",
         { model: this.model, urls, epochs: this.config.epochs, lr: this.config.lr },

@@ -121,11 +121,14 @@ function renderState(state) {
   $("local-urls").textContent = `${state.localUrls} (${state.newUrls} not yet trained on)`;
   $("local-loss").textContent = `${loss(state.lossBefore)} → ${loss(state.lossAfter)}`;
   $("contributions").textContent = String(state.contributions);
+  $("downloaded").textContent = `${(state.downloadedBytes / 1e6).toFixed(2)} MB`;
+  $("server-status").textContent = state.connection?.text ?? "–";
+  $("server-status").classList.toggle("error", state.connection?.ok === false);
   const { progress } = state;
   $("train-progress").value = progress ? progress.done / progress.total : 0;
   $("train-status").textContent = !progress ? "Idle" : state.training
     ? `${progress.stage}: step ${progress.done}/${progress.total}, loss ${progress.loss.toFixed(3)}` : "Done";
-  $("train-now").disabled = state.training || state.version === null;
+  $("train-now").disabled = state.training || state.version === null || !state.trainReady;
   $("retry-upload").hidden = !state.pending || state.training;
   const answer = $("server-answer");
   answer.textContent = state.answer?.text ?? "";

@@ -17,6 +17,7 @@ def open_page(page, path: str = PAGE):
 
 def suggestions_for(page, typed: str) -> list[str]:
     """Fill the URL bar with typed and return the suggestions the page shows for exactly it."""
+    page.evaluate("delete document.getElementById('suggestions').dataset.for")  # forget earlier answers
     page.fill("#url", typed)
     page.wait_for_function("t => document.getElementById('suggestions').dataset.for === t", arg=typed)
     return page.locator("#suggestions [role=option]").evaluate_all("els => els.map(e => e.dataset.value)")

@@ -1,0 +1,188 @@
+"""The page as a federated client (web_client/client.js): rounds, privacy, failures, history."""
+
+from __future__ import annotations
+
+import base64
+from urllib.parse import quote, quote_plus, urlparse
+
+import pytest
+from playwright.sync_api import expect
+
+from model import weights as weights_codec
+from model.complete import Completer
+from model.normalize import normalize_url
+
+from page_helpers import PAGE, open_page, suggestions_for
+
+TRAINING_MS = 120_000  # a few train_step runs, three browsers on two cores
+PERSONAL_HISTORIES = [  # one per browser: what each user typed and visited
+    ["qxalpha.org/recipes/soup", "qxalpha.org/recipes/bread", "qxalpha.org/blog", "qxalpha.org/recipes/cake"],
+    ["qxbeta.net/docs/start", "qxbeta.net/docs/api", "qxbeta.net/docs/faq", "qxbeta.net/pricing"],
+    ["qxgamma.com/shop/shoes", "qxgamma.com/shop/hats", "qxgamma.com/cart", "qxgamma.com/shop/socks"],
+]
+PROBES = ["qx", "qxa", "qxb", "qxg", "qxalpha.org/", "qxbeta.net/d", "qxgamma.com/s"]
+
+
+def visit(page, url: str) -> None:
+    """Type a URL key by key, close the suggestions, press Enter; wait until it is in the history."""
+    count = page.locator("#history li").count()
+    page.get_by_role("combobox").click()
+    page.keyboard.type(url)
+    page.keyboard.press("Escape")
+    page.keyboard.press("Enter")
+    expect(page.locator("#history li")).to_have_count(count + 1)
+
+
+def train_and_wait(page, expected_answer: str) -> None:
+    """Press Train now and wait for the server's answer (or the failure) to be shown."""
+    page.get_by_role("button", name="Train now").click()
+    expect(page.locator("#server-answer")).to_contain_text(expected_answer, timeout=TRAINING_MS)
+
+
+def server_model(app) -> tuple[dict, dict]:
+    """The server's /api/model document and its global weights, read through its own API."""
+    client = app.test_client()
+    info = client.get("/api/model").get_json()
+    with client.get(info["files"]["weights.safetensors"]) as response:
+        tensors, _ = weights_codec.decode(response.data)
+    return info, tensors
+
+
+def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live_app, bundle_dir):
+    """Three browsers with their own histories train and upload; the server aggregates; every
+    page swaps in version 2 without a reload, fetching only the new weights, and then suggests
+    what the Python completer suggests with the new global weights."""
+    # Prepare
+    contexts = [browser.new_context(base_url=base_url) for _ in PERSONAL_HISTORIES]
+    fetched = [[] for _ in contexts]  # bundle files each browser downloaded
+    for context, seen in zip(contexts, fetched):
+        context.on("request", lambda r, seen=seen: "/api/files/" in r.url and seen.append(urlparse(r.url).path))
+    pages = [open_page(context.new_page()) for context in contexts]
+    v1_files = server_model(live_app)[0]["files"]
+    before = {probe: suggestions_for(pages[0], probe) for probe in PROBES}
+    for page, history in zip(pages, PERSONAL_HISTORIES):
+        for url in history:
+            visit(page, url)
+        page.evaluate("window.sameDocument = true")
+    # Execute
+    for page in pages:
+        train_and_wait(page, "accepted")
+    # Assert
+    for page in pages:
+        expect(page.locator("#model-version")).to_contain_text("v2", timeout=TRAINING_MS)
+        expect(page.locator("#contributions")).to_have_text("1")
+        assert page.evaluate("window.sameDocument === true"), "the model was swapped without a reload"
+    info, new_weights = server_model(live_app)
+    completer = Completer(bundle_dir, weights=new_weights)
+    expected = {probe: completer.complete(probe, k=5) for probe in PROBES}
+    for page in pages:
+        assert {probe: suggestions_for(page, probe) for probe in PROBES} == expected
+    assert info["version"] == 2 and expected != before, "the aggregated model should suggest differently"
+    browser_files = ("infer.onnx", "tokenizer.json", "weights.safetensors", "train_step.onnx")
+    expected_fetches = sorted([v1_files[name] for name in browser_files] + [info["files"]["weights.safetensors"]])
+    for seen in fetched:  # each file once: v1's graphs, tokenizer and weights, then v2's weights only
+        assert sorted(seen) == expected_fetches
+    for context in contexts:
+        context.close()
+
+
+def leak_forms(text: str) -> set[str]:
+    """How a string could appear in a request: plain, percent-encoded, or inside base64."""
+    forms = {text, quote(text, safe=""), quote(text), quote_plus(text), quote(text, safe="/:")}
+    for pad in range(3):  # base64 of text at each alignment inside a longer message
+        encoded = base64.b64encode(b"\0" * pad + text.encode())
+        core = encoded[4 if pad else 0:len(encoded) - 4].decode()
+        forms |= {core, core.replace("+", "-").replace("/", "_")}
+    return {form for form in forms if len(form) >= 8}
+
+
+def test_no_typed_url_leaves_the_browser(page, context):
+    """Record every request while typing, visiting, training and uploading: none carries a typed
+    URL (or its canonical form) in its URL, headers or body, in any usual encoding."""
+    # Prepare
+    requests = []
+    context.on("request", lambda request: requests.append(request))
+    typed = ["https://secret-clinic.example/patients/4242", "my-bank-portal.example/account?id=987654",
+             "private-diary.example/2026/entry-about-me"]
+    # Execute
+    open_page(page)
+    for url in typed:
+        visit(page, url)
+    page.get_by_role("combobox").click()
+    page.keyboard.type("secret-cl")
+    page.wait_for_function("document.getElementById('suggestions').dataset.for === 'secret-cl'")
+    train_and_wait(page, "accepted")
+    # Assert
+    secrets = set().union(*(leak_forms(t) | leak_forms(normalize_url(t)) for t in typed))
+    paths = {urlparse(r.url).path for r in requests}
+    assert {"/api/tickets", "/api/updates", "/ort/ort-wasm-simd-threaded.wasm"} <= paths, \
+        "the recorder must see the uploads and the workers' own requests"
+    for request in requests:
+        headers = "\n".join(f"{k}: {v}" for k, v in request.all_headers().items())
+        body = (request.post_data_buffer or b"").decode("latin-1")
+        for where in (request.url, headers, body):
+            leaked = [s for s in secrets if s in where]
+            assert not leaked, f"{request.method} {request.url} carries {leaked}"
+
+
+def test_server_down_keeps_history_and_update_for_a_retry(page, context):
+    """With the API unreachable, training still runs; the page says the update was not sent,
+    keeps it (even across a reload) with the history, and a retry later delivers it."""
+    open_page(page)
+    for url in PERSONAL_HISTORIES[0][:2]:
+        visit(page, url)
+    expect(page.get_by_role("button", name="Train now")).to_be_enabled()  # training graph cached
+    context.route("**/api/**", lambda route: route.abort("connectionrefused"))
+    train_and_wait(page, "cannot be reached")
+    expect(page.locator("#server-answer")).to_contain_text("kept on this device")
+    page.reload()
+    expect(page.locator("#model-version")).to_contain_text("v1", timeout=60_000)  # started from the cache
+    expect(page.get_by_role("button", name="Retry upload")).to_be_visible()
+    expect(page.locator("#history li")).to_have_count(2)
+    context.unroute("**/api/**")
+    page.get_by_role("button", name="Retry upload").click()
+    expect(page.locator("#server-answer")).to_contain_text("accepted")
+    expect(page.get_by_role("button", name="Retry upload")).to_be_hidden()
+    expect(page.locator("#contributions")).to_have_text("1")
+
+
+def test_refused_update_shows_the_servers_message_and_is_kept(page, live_app):
+    """A 4xx refusal shows the server's own message; the update is kept and a retry succeeds
+    once the server accepts it."""
+    open_page(page)
+    visit(page, PERSONAL_HISTORIES[1][0])
+    live_app.config["MAX_UPDATE_NORM"] = 1e-9
+    train_and_wait(page, "Update not sent")
+    expect(page.locator("#server-answer")).to_contain_text("norm")
+    expect(page.get_by_role("button", name="Retry upload")).to_be_visible()
+    live_app.config["MAX_UPDATE_NORM"] = 50.0
+    page.get_by_role("button", name="Retry upload").click()
+    expect(page.locator("#server-answer")).to_contain_text("accepted")
+    expect(page.locator("#contributions")).to_have_text("1")
+
+
+def test_tampered_model_file_is_refused(page, context):
+    """Weights whose bytes do not match the manifest's sha256 are never loaded."""
+    context.route("**/api/files/*", lambda route: route.fulfill(body=b"tampered", status=200))
+    page.goto(PAGE)
+    expect(page.locator("#server-status")).to_contain_text("corrupt", timeout=60_000)
+    expect(page.locator("#model-version")).to_have_text("–")
+
+
+def test_history_is_listed_deleted_and_cleared_and_persists(page):
+    """Visits are listed newest first, survive a reload, and can be deleted one by one or all."""
+    open_page(page)
+    for url in ("first.example", "second.example/a", "third.example/b"):
+        visit(page, url)
+    urls = page.locator("#history .history-url")
+    expect(urls).to_have_text(["third.example/b", "second.example/a", "first.example"])
+    page.get_by_role("button", name="Delete second.example/a from the local history").click()
+    expect(urls).to_have_text(["third.example/b", "first.example"])
+    page.reload()
+    expect(urls).to_have_text(["third.example/b", "first.example"])
+    page.get_by_role("button", name="Clear all").click()
+    expect(urls).to_have_count(0)
+    expect(page.locator("#local-urls")).to_contain_text("0")
+    page.reload()
+    expect(page.locator("#local-urls")).to_contain_text("0")
+    expect(urls).to_have_count(0)
