@@ -7,7 +7,8 @@ import pytest
 from server.app import create_app
 from server.config import from_environ
 from server.ratelimit import RateLimiter
-from tests.server.conftest import write_tiny_bundle
+from server.client import FederatedClient
+from tests.server.conftest import small_delta, write_tiny_bundle
 
 
 def test_environment_values_are_parsed_by_type():
@@ -36,13 +37,22 @@ def test_environment_overrides_defaults(config, monkeypatch):
 @pytest.mark.parametrize("override, message", [
     ({"MIN_CLIENT": 3}, "unknown settings"),
     ({"MIN_CLIENTS": "3"}, "MIN_CLIENTS must be a int"),
-    ({"MIN_CLIENTS_FLOOR": 5}, "MIN_CLIENTS_FLOOR <= MIN_CLIENTS"),
+    ({"MIN_CLIENTS": 0}, "at least 1"),
     ({"SERVER_OPTIMIZER": "fedsgd"}, "unknown server optimizer"),
 ])
 def test_bad_settings_stop_start_up(config, override, message):
     """Typos and impossible values fail at start, not at the end of the first round."""
     with pytest.raises(ValueError, match=message):
         create_app({**config, **override})
+
+
+def test_demo_setting_one_client_per_round(config, monkeypatch):
+    """make demo sets only FEDURL_MIN_CLIENTS=1: each upload publishes a version at once."""
+    monkeypatch.setenv("FEDURL_MIN_CLIENTS", "1")
+    settings = {k: v for k, v in config.items() if k not in ("MIN_CLIENTS", "MIN_CLIENTS_FLOOR")}
+    client = create_app(settings).test_client()
+    fed = FederatedClient(client)
+    assert fed.upload(small_delta(), fed.ticket(), 3, 5.0, 4.0)["version"] == 2
 
 
 def test_no_model_anywhere_is_a_clear_error(config):
