@@ -33,7 +33,7 @@ SETTINGS: dict[str, Setting] = {
     "ADMIN_TOKEN": Setting(None, str, "bearer token for /api/admin/...; unset disables admin (403)", True),
     "MIN_CLIENTS": Setting(10, int, "a round closes as soon as this many updates arrived"),
     "MIN_CLIENTS_FLOOR": Setting(2, int, "after the deadline, a round closes once it has this many "
-                                              "(no effect above MIN_CLIENTS)"),
+                                         "(no effect above MIN_CLIENTS)"),
     "ROUND_DEADLINE_S": Setting(600.0, float, "seconds after a round opens at which the floor applies"),
     "TICKET_TTL_S": Setting(900.0, float, "seconds a round ticket stays valid"),
     "MAX_STALENESS": Setting(1, int, "accept deltas this many versions behind (0: current only)"),
