@@ -17,7 +17,9 @@ from typing import Callable
 import numpy as np
 import pytest
 
-from server.client import FederatedClient, encode_update
+from model import weights as weights_codec
+from server.app import create_app
+from server.client import FederatedClient
 from tests.server.conftest import TINY_PARAMETERS, rejected, small_delta, snapshot
 
 
@@ -38,7 +40,6 @@ class Ctx:
 
     def body(self, delta=None, **overrides) -> bytes:
         """A safetensors update body: delta (default: a valid small one) and metadata overrides."""
-        from model import weights as weights_codec
         return weights_codec.encode(small_delta() if delta is None else delta, self.metadata(**overrides))
 
     def post(self, body: bytes, content_type="application/octet-stream", path="/api/updates"):
@@ -204,7 +205,6 @@ CASES = [
 def test_bad_input_is_refused_and_changes_nothing(case: Case, config):
     """The case's request is refused with its code and message; the server state is unchanged."""
     # Prepare
-    from server.app import create_app
     ctx = Ctx(create_app({**config, **(case.config or {})}))
     if case.prepare:
         case.prepare(ctx)
@@ -228,7 +228,6 @@ def test_case_count():
 
 def test_valid_body_from_the_same_helpers_is_accepted(config):
     """Positive control: the unmodified request these cases start from is accepted."""
-    from server.app import create_app
     ctx = Ctx(create_app(config))
     response = ctx.post(ctx.body())
     assert response.status_code == 202, response.get_json()
