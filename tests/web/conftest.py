@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
+from page_helpers import CHROMIUM_ARGS
 from server.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_TOKEN = "web-test-admin-token"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 class AppSlot:

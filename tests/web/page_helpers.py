@@ -1,7 +1,10 @@
-"""Helpers shared by the browser tests: open the demo page, read its suggestions."""
+"""Helpers shared by the browser tests (and bench/bench_browser.py): open the page, read it."""
 
 from __future__ import annotations
 
+# Debian's chromium, quiet: no background traffic that would muddle request recording or timing.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 MODEL_READY_MS = 60_000  # first load: 14 MB of ORT wasm plus the bundle, on a busy 2-core box
 # Page settings for tests: never train on their own, look for new versions twice a second.
 PAGE = "/?train_after_urls=0&poll_ms=500"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from urllib.parse import quote, quote_plus, urlparse
 
 import pytest
@@ -186,3 +187,29 @@ def test_history_is_listed_deleted_and_cleared_and_persists(page):
     page.reload()
     expect(page.locator("#local-urls")).to_contain_text("0")
     expect(urls).to_have_count(0)
+
+
+def test_suggestions_keep_coming_while_training(page):
+    """Training runs in its own worker: typing gets suggestions mid-training, while the progress
+    bar and the live loss move."""
+    open_page(page, "/?train_after_urls=0&poll_ms=500&epochs=40")
+    for url in PERSONAL_HISTORIES[2]:
+        visit(page, url)
+    page.get_by_role("button", name="Train now").click()
+    page.wait_for_function("document.body.dataset.training === 'true' && document.getElementById('train-progress').value > 0")
+    answers = [suggestions_for(page, typed) for typed in ("qxg", "goo", "wiki")]
+    assert page.evaluate("document.body.dataset.training") == "true", "training should still be running"
+    assert all(len(answer) == 5 for answer in answers)
+    expect(page.locator("#train-status")).to_contain_text("loss")
+    assert 0 < page.locator("#train-progress").evaluate("bar => bar.value") < 1
+
+
+def test_enough_new_urls_start_training_by_themselves(page):
+    """With train_after_urls=3, the third visit trains, uploads and shows both losses."""
+    open_page(page, "/?train_after_urls=3&poll_ms=500")
+    for url in PERSONAL_HISTORIES[0][:3]:
+        visit(page, url)
+    expect(page.locator("#server-answer")).to_contain_text("accepted", timeout=TRAINING_MS)
+    expect(page.locator("#local-urls")).to_have_text("3 (0 not yet trained on)")
+    expect(page.locator("#local-loss")).to_have_text(re.compile(r"^\d+\.\d{3} → \d+\.\d{3}$"))
+    expect(page.locator("#contributions")).to_have_text("1")
