@@ -6,7 +6,7 @@
  * ({typed, suggestions}) and "history" (the visit list changed).
  */
 
-import { fetchModel, requestTicket, uploadUpdate } from "./api.js";
+import { ServerError, fetchModel, requestTicket, uploadUpdate } from "./api.js";
 import { SUGGESTIONS_K } from "./constants.js";
 import { History } from "./history.js";
 import { fetchVerified, pruneCache } from "./model_store.js";
@@ -163,6 +163,17 @@ export class Client extends EventTarget {
     await this.refreshHistory();
   }
 
+  /** A round ticket for the model about to be trained (PROTOCOL.md step 2), or null offline. */
+  async takeTicket() {
+    await this.syncModel(); // train on the newest global model
+    try {
+      const ticket = await requestTicket(this.clientId);
+      return ticket.version === this.model.version ? ticket : null;
+    } catch {
+      return null; // offline: train anyway, ask for a ticket when uploading
+    }
+  }
+
   /** Train on the whole local history in the training worker, keep the update, upload it. */
   async train() {
     if (this.state.training || !this.model) return;
@@ -171,11 +182,12 @@ export class Client extends EventTarget {
       const visits = await this.history.listVisits();
       const urls = visits.map((v) => normalizeUrl(v.url)).filter((url) => url !== null);
       if (!urls.length) throw new Error("the local history holds no usable URL yet");
+      const ticket = await this.takeTicket();
       const result = await this.training.request("train",
         { model: this.model, urls, epochs: this.config.epochs, lr: this.config.lr },
         { onProgress: ({ stage, done, total, loss }) => this.update({ progress: { stage, done, total, loss } }) });
       await this.history.markTrained(visits.map((v) => v.id));
-      await this.history.putPending({ baseVersion: result.baseVersion, numExamples: result.numExamples,
+      await this.history.putPending({ ticket, baseVersion: result.baseVersion, numExamples: result.numExamples,
         lossBefore: result.lossBefore, lossAfter: result.lossAfter, delta: result.delta });
       await this.history.setMeta("lossBefore", result.lossBefore);
       await this.history.setMeta("lossAfter", result.lossAfter);
@@ -190,26 +202,55 @@ export class Client extends EventTarget {
     await this.upload();
   }
 
-  /** Send the kept update; on any failure keep it for a retry and say why. */
+  /** Send the kept update (PROTOCOL.md step 4); on failure say why and keep it if a retry can help. */
   async upload() {
     const pending = await this.history.getPending();
     if (!pending) return;
     try {
-      const { ticket } = await requestTicket(this.clientId);
-      const body = encode(pending.delta, {
-        ticket, client_id: this.clientId, base_version: String(pending.baseVersion),
+      const ticket = pending.ticket ?? await this.freshTicket(pending);
+      const answer = await uploadUpdate(encode(pending.delta, {
+        ticket: ticket.ticket, client_id: this.clientId, base_version: String(pending.baseVersion),
         num_examples: String(pending.numExamples), loss_before: String(pending.lossBefore),
-        loss_after: String(pending.lossAfter) });
-      const answer = await uploadUpdate(body);
-      await this.history.clearPending();
-      const contributions = this.state.contributions + 1;
-      await this.history.setMeta("contributions", contributions);
-      this.update({ pending: false, contributions, answer: { ok: true,
-        text: `Update accepted for round ${answer.round} (${answer.updates_in_round} in this round so far).` } });
-      await this.syncModel();
+        loss_after: String(pending.lossAfter) }));
+      await this.delivered(`Update accepted for round ${answer.round} (${answer.updates_in_round} in this round so far).`);
     } catch (error) {
-      this.update({ answer: { ok: false,
-        text: `Update not sent: ${error.message} It is kept on this device; press “Retry upload” to send it again.` } });
+      await this.notSent(pending, error);
     }
+  }
+
+  /** A ticket for an update trained offline: only possible while its base version is current. */
+  async freshTicket(pending) {
+    const ticket = await requestTicket(this.clientId);
+    if (ticket.version !== pending.baseVersion) {
+      throw new ServerError("version_moved", `The global model moved on to version ${ticket.version} `
+        + `while this update, trained on version ${pending.baseVersion}, waited.`);
+    }
+    await this.history.putPending({ ...pending, ticket });
+    return ticket;
+  }
+
+  async delivered(text) {
+    await this.history.clearPending();
+    const contributions = this.state.contributions + 1;
+    await this.history.setMeta("contributions", contributions);
+    this.update({ pending: false, contributions, answer: { ok: true, text } });
+    await this.syncModel();
+  }
+
+  /** Show why an upload failed; drop the update only when no retry could ever deliver it. */
+  async notSent(pending, error) {
+    if (error.code === "ticket_reused") {
+      await this.delivered("The server already has this update (its first answer was lost on the way).");
+      return;
+    }
+    if (["version_moved", "stale_version", "version_mismatch"].includes(error.code)) {
+      await this.history.clearPending();
+      this.update({ pending: false, answer: { ok: false,
+        text: `Update discarded: ${error.message} Press “Train now” to train on the current model.` } });
+      return;
+    }
+    if (["ticket_expired", "ticket_invalid"].includes(error.code)) await this.history.putPending({ ...pending, ticket: null });
+    this.update({ answer: { ok: false,
+      text: `Update not sent: ${error.message} It is kept on this device; press “Retry upload” to send it again.` } });
   }
 }

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 from werkzeug.serving import make_server
 
-from page_helpers import CHROMIUM_ARGS
+from page_helpers import ADMIN_TOKEN, CHROMIUM_ARGS
 from server.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]
-ADMIN_TOKEN = "web-test-admin-token"
 
 
 class AppSlot:

@@ -6,14 +6,15 @@ import base64
 import re
 from urllib.parse import quote, quote_plus, urlparse
 
-import pytest
+import numpy as np
 from playwright.sync_api import expect
 
 from model import weights as weights_codec
 from model.complete import Completer
 from model.normalize import normalize_url
+from server.client import FederatedClient
 
-from page_helpers import PAGE, open_page, suggestions_for
+from page_helpers import ADMIN_TOKEN, PAGE, open_page, suggestions_for
 
 TRAINING_MS = 120_000  # a few train_step runs, three browsers on two cores
 PERSONAL_HISTORIES = [  # one per browser: what each user typed and visited
@@ -145,6 +146,28 @@ def test_server_down_keeps_history_and_update_for_a_retry(page, context):
     expect(page.locator("#server-answer")).to_contain_text("accepted")
     expect(page.get_by_role("button", name="Retry upload")).to_be_hidden()
     expect(page.locator("#contributions")).to_have_text("1")
+
+
+def test_offline_update_is_discarded_once_the_model_moved_on(page, context, live_app):
+    """An update trained offline on version 1 cannot get a version-1 ticket after the server
+    published version 2: the page says so and drops it instead of retrying forever."""
+    # Prepare: train while the server is unreachable
+    open_page(page)
+    visit(page, PERSONAL_HISTORIES[2][0])
+    expect(page.get_by_role("button", name="Train now")).to_be_enabled()
+    context.route("**/api/**", lambda route: route.abort("connectionrefused"))
+    train_and_wait(page, "kept on this device")
+    # Execute: meanwhile another client's update closes round 1; then the page retries
+    other = FederatedClient(live_app.test_client())
+    zeros = {name: np.zeros(tensor.shape, np.float32) for name, tensor in other.global_weights().items()}
+    other.upload(zeros, other.ticket(), num_examples=1, loss_before=1.0, loss_after=1.0)
+    live_app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    context.unroute("**/api/**")
+    page.get_by_role("button", name="Retry upload").click()
+    # Assert
+    expect(page.locator("#server-answer")).to_contain_text("Update discarded: The global model moved on to version 2")
+    expect(page.get_by_role("button", name="Retry upload")).to_be_hidden()
+    expect(page.locator("#contributions")).to_have_text("0")
 
 
 def test_refused_update_shows_the_servers_message_and_is_kept(page, live_app):
