@@ -21,7 +21,7 @@ const memo = new Map(); // key -> promise, so concurrent callers share one load
 function once(key, load) {
   if (!memo.has(key)) {
     const promise = load();
-    promise.catch(() => memo.delete(key)); // a failed load may be retried
+    promise.catch(() => memo.get(key) === promise && memo.delete(key)); // a failed load may be retried
     memo.set(key, promise);
   }
   return memo.get(key);
