@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
         rows = transfer_rows(browser, base_url, urls)
         context = browser.new_context(base_url=base_url)
-        page = open_page(context.new_page(), "/?train_after_urls=0&poll_ms=60000&epochs=60")
+        page = open_page(context.new_page(), "/?train_after_urls=0&poll_ms=60000&epochs=150")
         rows += latency_rows(page, urls, args) + training_rows(page, args.bundle)
         browser.close()
     return rows

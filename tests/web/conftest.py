@@ -99,3 +99,14 @@ def raw_url_lines() -> list[str]:
         with open(folder / name, encoding="utf-8", newline="") as handle:
             lines += handle.read().splitlines(keepends=True)[:1000]
     return lines
+
+
+@pytest.fixture(scope="session")
+def canonical_urls() -> list[str]:
+    """Canonical URLs to type and train on: kasztp's links where the shared data is present, else
+    the top-sites domains that npm installs, so the completer and training checks never skip."""
+    from model.export import DEFAULT_CORPUS, load_urls
+    from model.normalize import read_corpus
+
+    kasztp = REPO.parent / "shared" / "data" / "urls" / "kasztp.txt"
+    return read_corpus(kasztp) if kasztp.is_file() else load_urls(DEFAULT_CORPUS, None)

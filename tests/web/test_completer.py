@@ -26,11 +26,11 @@ def prefixes(urls: list[str], tokenizer: Tokenizer, count: int) -> tuple[list[st
     return cuts + HAND_MADE, mid_piece
 
 
-def test_page_suggestions_equal_python_completer(page, bundle_dir, kasztp_urls):
+def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_urls):
     """230 prefixes, over 50 of them ending mid-piece: the same five suggestions in the same order."""
     # Prepare
     completer = Completer(bundle_dir)
-    typed, mid_piece = prefixes(kasztp_urls, completer.tokenizer, 210)
+    typed, mid_piece = prefixes(canonical_urls, completer.tokenizer, 210)
     expected = {text: completer.complete(text, k=5) for text in typed}
     open_page(page)
     # Execute

@@ -31,11 +31,11 @@ def bundle(bundle_dir):
     return load_bundle(bundle_dir)
 
 
-def test_one_train_step_matches_python(module_page, bundle, kasztp_urls):
+def test_one_train_step_matches_python(module_page, bundle, canonical_urls):
     """Same batch, same weights, lr 0.5: loss and every updated parameter within 1e-5."""
     # Prepare: 12 real URLs, so the batch also holds 4 all-padding rows
     trainer, global_weights = LocalTrainer(bundle), bundle.load_weights()
-    tokens, targets, mask = next(batches(trainer.rows(kasztp_urls[100:112]), trainer.batch_size))
+    tokens, targets, mask = next(batches(trainer.rows(canonical_urls[100:112]), trainer.batch_size))
     expected_loss, expected = trainer.step(global_weights, tokens, targets, mask, LR)
     fields = {"tokens": tokens.ravel().tolist(), "targets": targets.ravel().tolist(),
               "mask": mask.ravel().tolist(), "lr": LR}
@@ -53,11 +53,11 @@ def test_one_train_step_matches_python(module_page, bundle, kasztp_urls):
     assert moved == len(expected), "the step should move every parameter"
 
 
-def test_local_training_reports_python_losses_and_a_delta(module_page, bundle, kasztp_urls):
+def test_local_training_reports_python_losses_and_a_delta(module_page, bundle, canonical_urls):
     """The `train` verb: loss before equals Python's mean_loss on the same URLs, the loss drops,
     and the delta is non-zero with every manifest parameter's name and shape, in order."""
     # Prepare
-    urls = kasztp_urls[200:240]
+    urls = canonical_urls[200:240]
     trainer = LocalTrainer(bundle)
     expected_before = trainer.mean_loss(bundle.load_weights(), trainer.rows(urls))
     # Execute
