@@ -12,12 +12,16 @@ import threading
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 from werkzeug.serving import make_server
 
 from page_helpers import ADMIN_TOKEN, CHROMIUM_ARGS
 from server.app import create_app
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Page state can take a while on a shared 2-core box (uploads, model swaps): wait, never sleep.
+expect.set_options(timeout=20_000)
 
 
 class AppSlot:
