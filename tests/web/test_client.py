@@ -50,6 +50,12 @@ def server_model(app) -> tuple[dict, dict]:
     return info, tensors
 
 
+def downloads_expected(v1_files: dict, v2_files: dict) -> list[str]:
+    """Each file once: version 1's graphs, tokenizer and weights, then only version 2's weights."""
+    browser_files = ("infer.onnx", "tokenizer.json", "weights.safetensors", "train_step.onnx")
+    return sorted([v1_files[name] for name in browser_files] + [v2_files["weights.safetensors"]])
+
+
 def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live_app, bundle_dir):
     """Three browsers with their own histories train and upload; the server aggregates; every
     page swaps in version 2 without a reload, fetching only the new weights, and then suggests
@@ -80,10 +86,8 @@ def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live
     for page in pages:
         assert {probe: suggestions_for(page, probe) for probe in PROBES} == expected
     assert info["version"] == 2 and expected != before, "the aggregated model should suggest differently"
-    browser_files = ("infer.onnx", "tokenizer.json", "weights.safetensors", "train_step.onnx")
-    expected_fetches = sorted([v1_files[name] for name in browser_files] + [info["files"]["weights.safetensors"]])
-    for seen in fetched:  # each file once: v1's graphs, tokenizer and weights, then v2's weights only
-        assert sorted(seen) == expected_fetches
+    for seen in fetched:
+        assert sorted(seen) == downloads_expected(v1_files, info["files"])
     for context in contexts:
         context.close()
 
