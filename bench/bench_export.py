@@ -22,7 +22,8 @@ from model.bundle import load_bundle
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=5, help="exports; the median is reported (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="exports; the median is reported (default: %(default)s)")
     return parser.parse_args(argv)
 
 

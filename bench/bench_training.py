@@ -28,10 +28,13 @@ LR = 0.5
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"), help="bundle (default: %(default)s)")
-    parser.add_argument("--runs", type=int, default=5, help="timed runs; the median is reported (default: %(default)s)")
+    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
+                        help="bundle (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="timed runs; the median is reported (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=10, help="steps per run (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="threads for both runtimes (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for both runtimes (default: %(default)s)")
     return parser.parse_args(argv)
 
 

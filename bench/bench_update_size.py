@@ -27,7 +27,8 @@ CLIENT_ID = "c" * 22
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"), help="bundle (default: %(default)s)")
+    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
+                        help="bundle (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -42,10 +43,11 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
     model_bytes = 4 * elements
     rows = [("parameters", f"{elements:,}"),
             ("float32 model (4 bytes x parameters)", f"{model_bytes:,} B"),
-            ("weights.safetensors (download)", f"{bundle.manifest['files']['weights.safetensors']['bytes']:,} B")]
+            ("weights.safetensors (download)",
+             f"{bundle.manifest['files']['weights.safetensors']['bytes']:,} B")]
     for dtype in (np.float32, np.float16):
-        body = encode_update(delta, TICKET, CLIENT_ID, result.num_examples, result.loss_before, result.loss_after,
-                             dtype)
+        body = encode_update(delta, TICKET, CLIENT_ID, result.num_examples, result.loss_before,
+                             result.loss_after, dtype)
         rows.append((f"update body, {np.dtype(dtype).name} deltas",
                      f"{len(body):,} B = {len(body) / model_bytes:.4f} x float32 model"))
     return rows

@@ -33,11 +33,13 @@ STEPS = ("browser", "training", "update_size", "server", "export")
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"), help="bundle (default: %(default)s)")
+    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
+                        help="bundle (default: %(default)s)")
     parser.add_argument("--runs", type=int, default=5, help="runs behind every median (default: %(default)s)")
     parser.add_argument("--server-updates", default="1000,10000", help="updates per round, comma-separated "
                         "(default: %(default)s)")
-    parser.add_argument("--skip", default="", help=f"comma-separated benchmarks to leave out, of {','.join(STEPS)}")
+    parser.add_argument("--skip", default="",
+                        help=f"comma-separated benchmarks to leave out, of {','.join(STEPS)}")
     args = parser.parse_args(argv)
     args.skip = {name for name in args.skip.split(",") if name}
     if args.skip - set(STEPS):
@@ -49,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def run_script(name: str, *flags: str) -> tuple[str, dict[str, str]]:
     """Run bench/<name> in a fresh interpreter; return its stdout and its `metric | value` rows."""
     began = time.perf_counter()
-    done = subprocess.run([sys.executable, str(BENCH / name), *flags], cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, str(BENCH / name), *flags], cwd=REPO, capture_output=True,
+                          text=True)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
         return f"{name} failed (exit {done.returncode}):\n" + "\n".join(tail), {}
@@ -83,7 +86,8 @@ def server_runs(args: argparse.Namespace) -> None:
         if len(rates) > 1:
             text += (f"\n(ingest rate over {len(rates)} runs: median {statistics.median(rates):.1f}, "
                      f"min {min(rates):.1f}, max {max(rates):.1f} updates/s; table above is the last run)")
-        section(f"Server, {updates:,} updates in one round", f"bench/bench_server.py --updates {updates}", text)
+        section(f"Server, {updates:,} updates in one round",
+                f"bench/bench_server.py --updates {updates}", text)
 
 
 def step_table(browser_ms: float | None, rows: dict[str, str]) -> None:
@@ -109,9 +113,11 @@ def main(argv=None) -> None:
     browser_rows: dict[str, str] = {}
     training_rows: dict[str, str] = {}
     if "browser" not in args.skip:
-        text, browser_rows = (run_script("bench_browser.py", "--bundle", args.bundle) if (BENCH / "bench_browser.py")
-                              .is_file() else ("bench/bench_browser.py is not there yet", {}))
-        section("Browser: keystroke -> top-5, training step (headless Chromium)", "bench/bench_browser.py", text)
+        present = (BENCH / "bench_browser.py").is_file()
+        text, browser_rows = (run_script("bench_browser.py", "--bundle", args.bundle) if present
+                              else ("bench/bench_browser.py is not there yet", {}))
+        section("Browser: keystroke -> top-5, training step (headless Chromium)", "bench/bench_browser.py",
+                text)
     if "training" not in args.skip:
         text, training_rows = run_script("bench_training.py", "--bundle", args.bundle, *runs)
         section("One training step: onnxruntime Python vs torch eager", "bench/bench_training.py", text)
@@ -121,7 +127,8 @@ def main(argv=None) -> None:
     if "server" not in args.skip:
         server_runs(args)
     if "export" not in args.skip:
-        section("Export of the default model", "bench/bench_export.py", run_script("bench_export.py", *runs)[0])
+        section("Export of the default model", "bench/bench_export.py",
+                run_script("bench_export.py", *runs)[0])
     if training_rows:
         step_table(first_ms(browser_rows, "train step", "browser"), training_rows)
 

@@ -88,12 +88,14 @@ def write_outputs(args, split, rows: list[dict], table: dict, personal: list[dic
     sizes = [len(client.history) for client in split.clients]
     updates = sum(row["clients"] for row in rows)
     summary = {
-        "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()},
+        "settings": {key: str(value) if isinstance(value, Path) else value
+                     for key, value in vars(args).items()},
         "split": {"clients": len(split.clients), "train_urls": len(split.train), "test_urls": len(split.test),
                   "history_min_median_max": [min(sizes), int(np.median(sizes)), max(sizes)],
                   "host_skew_tv": split.skew, "iid_skew_tv": split.iid_skew},
         "training": {"rounds": len(rows) - 1, "updates": updates, "steps": sum(row["steps"] for row in rows),
                      "examples": sum(row["examples"] for row in rows),
+                     "central_examples": sum(row.get("central_examples", 0) for row in rows),
                      "upload_bytes": sum(row["upload_bytes"] for row in rows),
                      "bytes_per_update": sum(row["upload_bytes"] for row in rows) / max(updates, 1),
                      "model_float32_bytes": model_bytes},
@@ -117,7 +119,10 @@ def format_summary(summary: dict) -> str:
     s, t = summary["split"], summary["training"]
     lines.append(f"split: {s['clients']} clients, host skew TV {s['host_skew_tv']:.3f} "
                  f"(IID split of the same sizes {s['iid_skew_tv']:.3f}); {t['updates']} updates, "
-                 f"{t['bytes_per_update'] / 1e6:.3f} MB each (float32 model {t['model_float32_bytes'] / 1e6:.3f} MB)")
+                 f"{t['bytes_per_update'] / 1e6:.3f} MB each "
+                 f"(float32 model {t['model_float32_bytes'] / 1e6:.3f} MB)")
+    lines.append(f"{t['steps']} SGD steps: the clients trained on {t['examples']:,} URLs in them, "
+                 f"centralized on {t['central_examples']:,}")
     return "\n".join(lines)
 
 

@@ -144,12 +144,15 @@ class Centralized:
         while True:
             yield from batches(rows, self.trainer.batch_size, rng.permutation(len(rows)))
 
-    def advance(self, steps: int) -> dict:
-        """Take steps SGD steps; return the weights."""
+    def advance(self, steps: int) -> int:
+        """Take steps SGD steps; return the examples (URLs) they saw. The federation sees a few
+        fewer in as many steps: each client's last batch is partly padding."""
+        examples = 0
         for _ in range(steps):
             tokens, targets, mask = next(self.stream)
             _, self.weights = self.trainer.step(self.weights, tokens, targets, mask, self.lr)
-        return self.weights
+            examples += int(mask.any(axis=1).sum())
+        return examples
 
 
 def held_out_metrics(bundle, weights: dict, urls: list[str]) -> dict:
@@ -162,14 +165,13 @@ def federate(url: str, trainer: LocalTrainer, split: Split, args: argparse.Names
     """Run every round against the server at url; return per-round rows and the final weights."""
     observer = FederatedClient(url)
     observer.fetch_model()
-    weights = observer.global_weights()
+    weights = initial_weights = observer.global_weights()
     users = [FederatedClient(url) for _ in split.clients]
     central = (Centralized(trainer, weights, split.train, args.client_lr, local_seed(args.seed, 1, 0))
                if args.centralized else None)
     eval_urls = split.test[:args.eval_urls]
     initial = held_out_metrics(bundle, weights, eval_urls)
-    rows = [_row(0, RoundStats(), initial, initial if central else None)]
-    result = {"initial": weights}
+    rows = [_row(0, RoundStats(), initial, {"examples": 0, **initial} if central else None)]
     rng = np.random.default_rng([args.seed, 1])
     progress = tqdm(range(1, args.rounds + 1), desc="rounds", unit="round", file=sys.stderr)
     for round_index in progress:
@@ -180,10 +182,12 @@ def federate(url: str, trainer: LocalTrainer, split: Split, args: argparse.Names
         assert answer["version"] == round_index + 1, f"round {round_index} did not close: {answer}"
         observer.fetch_model()
         weights = observer.global_weights()
-        central_metrics = held_out_metrics(bundle, central.advance(stats.steps), eval_urls) if central else None
+        central_metrics = ({"examples": central.advance(stats.steps),
+                            **held_out_metrics(bundle, central.weights, eval_urls)} if central else None)
         rows.append(_row(round_index, stats, held_out_metrics(bundle, weights, eval_urls), central_metrics))
         progress.set_postfix(loss=f"{rows[-1]['fed_loss']:.3f}", top1=f"{rows[-1]['fed_top1']:.3f}")
-    return {**result, "rows": rows, "federated": weights, "centralized": central.weights if central else None}
+    return {"rows": rows, "initial": initial_weights, "federated": weights,
+            "centralized": central.weights if central else None}
 
 
 def _row(round_index: int, stats: RoundStats, fed: dict, central: dict | None) -> dict:
@@ -211,26 +215,28 @@ def held_out_table(run: dict, split: Split, completer: Completer, bundle, args) 
             table[name]["ksr@3"] = ksr(completer, run[name], ksr_urls) if ksr_urls else None
     if args.trie and ksr_urls:
         trie = FrequencyTrie(split.train)
-        table["trie"] = {"ksr@3": keystroke_savings(ksr_urls, lambda typed: trie.complete(typed, KSR_K), KSR_K)}
+        table["trie"] = {"ksr@3": keystroke_savings(ksr_urls, lambda t: trie.complete(t, KSR_K), KSR_K)}
     return table
 
 
 def personalization(run: dict, split: Split, trainer: LocalTrainer, completer: Completer, bundle,
                     args) -> list[dict]:
-    """Per sampled client: KSR@3 and loss on its later URLs, global model vs fine-tuned on its history."""
+    """Per sampled client: KSR@3 and loss on its later URLs, global model vs fine-tuned on its history
+    (local SGD as in a round: --local-epochs at --client-lr); KSR on at most --ksr-urls of them."""
     eligible = [k for k, client in enumerate(split.clients) if client.later]
     chosen = np.random.default_rng([args.seed, 2]).permutation(eligible)[:args.personal_clients]
     results = []
     for k in tqdm(sorted(chosen), desc="personalization", unit="client", file=sys.stderr):
         client = split.clients[k]
+        typed = client.later[:args.ksr_urls]
         own_trie = FrequencyTrie(client.history)
         tuned = trainer.train(run["federated"], client.history, epochs=args.local_epochs, lr=args.client_lr,
                               seed=local_seed(args.seed, 0, int(k))).weights
         results.append({
             "client": int(k), "history": len(client.history), "later": len(client.later),
-            "ksr_global": ksr(completer, run["federated"], client.later),
-            "ksr_personal": ksr(completer, tuned, client.later),
-            "ksr_own_trie": keystroke_savings(client.later, lambda t: own_trie.complete(t, KSR_K), KSR_K),
+            "ksr_global": ksr(completer, run["federated"], typed),
+            "ksr_personal": ksr(completer, tuned, typed),
+            "ksr_own_trie": keystroke_savings(typed, lambda t: own_trie.complete(t, KSR_K), KSR_K),
             "loss_global": held_out_metrics(bundle, run["federated"], client.later)["loss"],
             "loss_personal": held_out_metrics(bundle, tuned, client.later)["loss"]})
     return results
@@ -243,7 +249,8 @@ def run(args: argparse.Namespace) -> dict:
         keep = np.sort(np.random.default_rng([args.seed, 0]).choice(len(urls), args.limit, replace=False))
         urls = [urls[i] for i in keep]
     try:
-        split = split_corpus(urls, args.clients, args.alpha, args.test_fraction, args.later_fraction, args.seed)
+        split = split_corpus(urls, args.clients, args.alpha, args.test_fraction, args.later_fraction,
+                             args.seed)
     except ValueError as exc:
         raise SystemExit(f"fedurl-simulate: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="fedurl-sim-") as work, \
@@ -253,15 +260,16 @@ def run(args: argparse.Namespace) -> dict:
         result = federate(url, trainer, split, args, bundle)
         completer = Completer(bundle.directory, weights=result["federated"], threads=args.threads)
         table = held_out_table(result, split, completer, bundle, args)
-        personal = personalization(result, split, trainer, completer, bundle, args) if args.personal_clients else []
+        wanted = args.personal_clients and args.ksr_urls
+        personal = personalization(result, split, trainer, completer, bundle, args) if wanted else []
     model_bytes = 4 * sum(math.prod(p["shape"]) for p in bundle.manifest["parameters"])
     summary = write_outputs(args, split, result["rows"], table, personal, model_bytes)
     print_summary(summary)
     return {**summary, "weights": {k: result[k] for k in ("initial", "federated", "centralized")}}
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    """Command-line options; every default lives here, and unknown options are errors."""
+def build_parser() -> argparse.ArgumentParser:
+    """Every option and its default, in one place."""
     parser = argparse.ArgumentParser(prog="fedurl-simulate", description=__doc__.split("\n\n")[0])
     add = parser.add_argument
     add("--corpus", type=Path, required=True, help="URLs, one per line (or top-sites JSON)")
@@ -270,28 +278,46 @@ def parse_args(argv=None) -> argparse.Namespace:
     add("--clients", type=int, default=100, help="simulated users N (default: %(default)s)")
     add("--rounds", type=int, default=20, help="federated rounds R (default: %(default)s)")
     add("--clients-per-round", type=int, default=10, help="users sampled per round K (default: %(default)s)")
-    add("--alpha", type=float, default=0.1, help="Dirichlet concentration over hosts; small = skewed (default: %(default)s)")
+    add("--alpha", type=float, default=0.1,
+        help="Dirichlet concentration over hosts; small = skewed (default: %(default)s)")
     add("--local-epochs", type=int, default=1, help="local SGD epochs per round E (default: %(default)s)")
     add("--client-lr", type=float, default=0.5, help="local (and centralized) SGD lr (default: %(default)s)")
     add("--server-optimizer", default="fedavg", help="fedavg, fedavgm or fedadam (default: %(default)s)")
     add("--server-lr", type=float, default=None, help="server lr (default: the server's, 1.0 for fedavg)")
-    add("--seed", type=int, default=0, help="seed of the split, the sampling and the shuffles (default: %(default)s)")
+    add("--seed", type=int, default=0,
+        help="seed of the split, the sampling and the shuffles (default: %(default)s)")
     add("--limit", type=int, default=None, help="use a random subset of this many corpus URLs")
-    add("--test-fraction", type=float, default=0.1, help="held-out share of the corpus (default: %(default)s)")
-    add("--later-fraction", type=float, default=0.2, help="share of each client's URLs kept as 'later' (default: %(default)s)")
+    add("--test-fraction", type=float, default=0.1,
+        help="held-out share of the corpus (default: %(default)s)")
+    add("--later-fraction", type=float, default=0.2,
+        help="share of each client's URLs kept as 'later' (default: %(default)s)")
     add("--eval-urls", type=int, default=1000, help="held-out URLs scored each round (default: %(default)s)")
-    add("--ksr-urls", type=int, default=200, help="held-out URLs typed for KSR@3; 0 skips KSR (default: %(default)s)")
-    add("--personal-clients", type=int, default=10, help="clients in the personalization measure; 0 skips it (default: %(default)s)")
-    add("--centralized", action=argparse.BooleanOptionalAction, default=True, help="run the centralized reference")
-    add("--trie", action=argparse.BooleanOptionalAction, default=True, help="score the frequency-trie baseline")
+    add("--ksr-urls", type=int, default=200, help="URLs typed for KSR@3, held-out and per personalization "
+        "client; 0 skips KSR (default: %(default)s)")
+    add("--personal-clients", type=int, default=10,
+        help="clients in the personalization measure; 0 skips it (default: %(default)s)")
+    add("--centralized", action=argparse.BooleanOptionalAction, default=True,
+        help="run the centralized reference")
+    add("--trie", action=argparse.BooleanOptionalAction, default=True,
+        help="score the frequency-trie baseline")
     add("--threads", type=int, default=1, help="onnxruntime threads (default: %(default)s)")
+    return parser
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    """Parse and check the command line; unknown or impossible options are errors."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     for name in ("clients", "rounds", "clients_per_round", "local_epochs", "eval_urls", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    for name in ("ksr_urls", "personal_clients", "limit"):
+        if (getattr(args, name) or 0) < 0:
+            parser.error(f"--{name.replace('_', '-')} cannot be negative")
     if args.clients_per_round > args.clients:
         parser.error("--clients-per-round cannot exceed --clients")
-    if not (args.alpha > 0 and args.client_lr > 0 and 0 < args.test_fraction < 1 and 0 <= args.later_fraction < 1):
+    fractions = 0 < args.test_fraction < 1 and 0 <= args.later_fraction < 1
+    if not (args.alpha > 0 and args.client_lr > 0 and fractions):
         parser.error("need --alpha > 0, --client-lr > 0, 0 < --test-fraction < 1, 0 <= --later-fraction < 1")
     if not (args.bundle / "manifest.json").is_file():
         parser.error(f"{args.bundle} is not a bundle (make one with `fedurl-export --out {args.bundle}`)")

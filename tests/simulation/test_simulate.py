@@ -42,7 +42,8 @@ def test_small_federation_lowers_held_out_loss(bundle_dir, corpus, tmp_path):
     losses = [float(r["fed_loss"]) for r in rows]
     assert losses[-1] < losses[0], f"held-out loss per round: {losses}"
     assert float(rows[-1]["central_loss"]) < float(rows[0]["central_loss"])
-    assert {p.name for p in tmp_path.glob("*.png")} == {"accuracy.png", "loss.png", "clients.png", "upload.png"}
+    assert {p.name for p in tmp_path.glob("*.png")} == {"accuracy.png", "loss.png", "clients.png",
+                                                          "upload.png"}
     assert set(summary["held_out"]) == {"initial", "federated", "centralized", "trie"}
     assert summary["personalization"]["clients"] == 1
 
@@ -50,13 +51,15 @@ def test_small_federation_lowers_held_out_loss(bundle_dir, corpus, tmp_path):
 def test_one_client_one_round_equals_centralized(bundle_dir, corpus, tmp_path):
     """Plain SGD, one client, one round, server FedAvg with lr 1: the same weights as centralized."""
     # Execute
-    result = simulate(bundle_dir, corpus, tmp_path, "--clients", "1", "--rounds", "1", "--clients-per-round", "1",
-                      "--limit", "60", "--later-fraction", "0", "--server-optimizer", "fedavg", "--server-lr",
-                      "1", "--personal-clients", "0", "--ksr-urls", "0")
+    result = simulate(bundle_dir, corpus, tmp_path, "--clients", "1", "--rounds", "1",
+                      "--clients-per-round", "1", "--limit", "60", "--later-fraction", "0",
+                      "--server-optimizer", "fedavg", "--server-lr", "1", "--personal-clients", "0",
+                      "--ksr-urls", "0")
     # Assert: training moved the weights, and both paths moved them identically
     weights = result["weights"]
     assert result["training"]["steps"] >= 3
-    moved = max(float(np.abs(weights["federated"][n] - weights["initial"][n]).max()) for n in weights["initial"])
+    moved = max(float(np.abs(weights["federated"][name] - start).max())
+                for name, start in weights["initial"].items())
     assert moved > 1e-3
     for name, central in weights["centralized"].items():
         np.testing.assert_allclose(weights["federated"][name], central, rtol=0, atol=1e-5, err_msg=name)
