@@ -11,6 +11,7 @@ what lets onnxruntime-web, which has no training build since 1.19, train the mod
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -104,6 +105,8 @@ def example_train_inputs(config: LMConfig) -> tuple[torch.Tensor, ...]:
 def _export(module: nn.Module, args: tuple, path: str, input_names, output_names,
             dynamic_shapes=None) -> None:
     """Dynamo-export to a single self-contained .onnx file (the browser loads single files)."""
+    # The exporter logs a warning per torchvision op it cannot register; we use none of them.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET,
