@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 import time
 
-from flask import Blueprint, current_app, jsonify, request, send_file
+from flask import Blueprint, current_app, jsonify, request
 
 from server import logs
 from server.errors import ApiError
 from server.rounds import Coordinator
 from server.status import status_document
 from server.validation import check_client_id, check_delta, decode_payload, parse_metadata
+from server.web import send_encoded
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -65,7 +66,7 @@ def files(sha256: str):
         raise ApiError("not_found", f"no file with sha256 {sha256[:64]}", 404)
     path, name = found
     mimetype = "application/json" if name.endswith(".json") else "application/octet-stream"
-    response = send_file(path, mimetype=mimetype, etag=sha256, conditional=True, max_age=ONE_YEAR_S)
+    response = send_encoded(path, mimetype=mimetype, etag=sha256, max_age=ONE_YEAR_S)
     response.cache_control.public = True
     response.cache_control.immutable = True
     return response

@@ -30,6 +30,8 @@ SETTINGS: dict[str, Setting] = {
     "DATA_DIR": Setting(None, str, "versions and the SQLite file live here (default: the instance folder)", True),
     "DATABASE_URL": Setting(None, str, "SQLAlchemy URL (default: sqlite:///DATA_DIR/fedurl.sqlite3)", True),
     "WEB_CLIENT_DIR": Setting(str(REPO / "web_client"), str, "the demo page served at / and /static/"),
+    "GZIP_CACHE_BYTES": Setting(64 * 2**20, int, "memory for gzip bodies of page, ORT and model files "
+                                                  "(0: never compress)"),
     "ADMIN_TOKEN": Setting(None, str, "bearer token for /api/admin/...; unset disables admin (403)", True),
     "MIN_CLIENTS": Setting(10, int, "a round closes as soon as this many updates arrived"),
     "MIN_CLIENTS_FLOOR": Setting(2, int, "after the deadline, a round closes once it has this many "
