@@ -49,3 +49,8 @@ def test_eval_reports_a_bad_bundle(tmp_path, capsys):
     urls.write_text("a.org\n")
     with pytest.raises(SystemExit, match="not a model bundle"):
         evaluate.main(["--bundle", str(tmp_path), "--urls", str(urls)])
+
+
+@pytest.mark.parametrize("urls, expected", [(500, 1000), (43_000, 2688), (1_000_000, 4000)])
+def test_default_steps_are_about_four_epochs_within_bounds(urls, expected):
+    assert export.default_steps(urls, 64) == expected
