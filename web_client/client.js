@@ -3,12 +3,13 @@
  * suggestions, records visits locally, trains in the second worker and uploads the update.
  *
  * main.js listens for three events: "change" (detail: the state snapshot below), "suggestions"
- * ({typed, suggestions}) and "history" (the visit list changed).
+ * ({typed, suggestions: [{text, source: "history"|"model"}]}) and "history" (the visit list changed).
  */
 
 import { ServerError, fetchModel, requestTicket, uploadUpdate } from "./api.js";
-import { SUGGESTIONS_K } from "./constants.js";
+import { HISTORY_SUGGESTIONS, SUGGESTIONS_K } from "./constants.js";
 import { History } from "./history.js";
+import { HistoryIndex, mergeSuggestions } from "./history_index.js";
 import { fetchVerified, pruneCache } from "./model_store.js";
 import { normalizeUrl } from "./normalize.js";
 import { WorkerClient } from "./protocol.js";
@@ -30,6 +31,7 @@ export class Client extends EventTarget {
     super();
     this.config = config;
     this.history = history;
+    this.historyIndex = new HistoryIndex(); // in memory, rebuilt by refreshHistory
     this.clientId = clientId;
     this.completion = startWorker();
     this.training = startWorker();
@@ -115,7 +117,10 @@ export class Client extends EventTarget {
     }
   }
 
-  /** Ask for suggestions; while one request runs only the newest text waits (latest wins). */
+  /**
+   * Ask for suggestions: visited URLs first, then the model's. While one model request runs only
+   * the newest text waits (latest wins).
+   */
   complete(typed) {
     this.lastTyped = typed;
     this.wanted = typed;
@@ -129,7 +134,9 @@ export class Client extends EventTarget {
         const typed = this.wanted;
         this.wanted = null;
         const reply = await this.completion.request("complete", { typed, k: SUGGESTIONS_K });
-        this.dispatchEvent(new CustomEvent("suggestions", { detail: { typed, suggestions: reply.suggestions } }));
+        const visited = this.historyIndex.match(typed, HISTORY_SUGGESTIONS);
+        const suggestions = mergeSuggestions(visited, reply.suggestions, SUGGESTIONS_K);
+        this.dispatchEvent(new CustomEvent("suggestions", { detail: { typed, suggestions } }));
       }
     } catch (error) {
       this.update({ answer: { ok: false, text: `Completion failed: ${error.message}` } });
@@ -138,8 +145,10 @@ export class Client extends EventTarget {
     }
   }
 
+  /** Re-read the visits; the counters, the suggestion index and the page's list follow them. */
   async refreshHistory() {
     const visits = await this.history.listVisits();
+    this.historyIndex = new HistoryIndex(visits);
     this.update({ localUrls: visits.length, newUrls: visits.filter((v) => !v.trained).length });
     this.dispatchEvent(new CustomEvent("history", { detail: visits }));
     return visits;

@@ -17,6 +17,9 @@ export const CONTEXT_CACHE_ENTRIES = 256;
 /** Suggestions shown under the URL bar. */
 export const SUGGESTIONS_K = 5;
 
+/** Of those, at most this many come from the local history (shown first); the model fills the rest. */
+export const HISTORY_SUGGESTIONS = 2;
+
 /** Where the page fetches onnxruntime-web's wasm files: served locally, never from a CDN. */
 export const ORT_WASM_PATH = "/ort/";
 

@@ -29,16 +29,28 @@ function setActive(index) {
   }
 }
 
-/** One option: the typed part plain, the completion emphasised. */
-function optionElement(text, index) {
+/** One option: the typed part plain, the completion emphasised; a visited URL is tagged "history". */
+function optionElement({ text, source }, index) {
   const option = document.createElement("li");
   option.id = `suggestion-${index}`;
   option.setAttribute("role", "option");
   option.setAttribute("aria-selected", "false");
   option.dataset.value = text;
+  option.dataset.source = source;
+  const label = document.createElement("span");
+  label.className = "option-text";
   const rest = document.createElement("strong");
   rest.textContent = text.slice(combo.typed.length);
-  option.append(text.slice(0, combo.typed.length), rest);
+  label.append(text.slice(0, combo.typed.length), rest);
+  option.append(label);
+  if (source === "history") {
+    option.setAttribute("aria-label", `${text}, from your history`);
+    const tag = document.createElement("span");
+    tag.className = "history-tag";
+    tag.setAttribute("aria-hidden", "true"); // the label says it
+    tag.textContent = "history";
+    option.append(tag);
+  }
   return option;
 }
 
@@ -57,7 +69,7 @@ function showSuggestions({ typed, suggestions }) {
 }
 
 function accept(index) {
-  input.value = combo.items[index];
+  input.value = combo.items[index].text;
   setOpen(false);
   input.setSelectionRange(input.value.length, input.value.length);
 }
@@ -77,7 +89,7 @@ function onKeyDown(event, client) {
     Tab: () => combo.open && acceptActive(),
     ArrowRight: () => combo.open && atEnd && acceptActive(),
     Escape: () => combo.open && (setOpen(false), true),
-    Enter: () => (visit(client, combo.open && combo.active >= 0 ? combo.items[combo.active] : input.value), true),
+    Enter: () => (visit(client, combo.open && combo.active >= 0 ? combo.items[combo.active].text : input.value), true),
   };
   const handler = keys[event.key];
   if (handler && !event.altKey && !event.ctrlKey && !event.metaKey && handler() === true) event.preventDefault();

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from playwright.sync_api import expect
+
 # Debian's chromium, quiet: no background traffic that would muddle request recording or timing.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -19,9 +21,29 @@ def open_page(page, path: str = PAGE):
     return page
 
 
-def suggestions_for(page, typed: str) -> list[str]:
-    """Fill the URL bar with typed and return the suggestions the page shows for exactly it."""
+def shown_suggestions(page, typed: str) -> list[tuple[str, str]]:
+    """Fill the URL bar with typed; return what the page suggests for exactly it, as
+    (text, source) pairs, source "history" (a visited URL) or "model"."""
     page.evaluate("delete document.getElementById('suggestions').dataset.for")  # forget earlier answers
     page.fill("#url", typed)
     page.wait_for_function("t => document.getElementById('suggestions').dataset.for === t", arg=typed)
-    return page.locator("#suggestions [role=option]").evaluate_all("els => els.map(e => e.dataset.value)")
+    pairs = page.locator("#suggestions [role=option]").evaluate_all(
+        "els => els.map(e => [e.dataset.value, e.dataset.source])")
+    return [tuple(pair) for pair in pairs]
+
+
+def suggestions_for(page, typed: str) -> list[str]:
+    """The texts of shown_suggestions, history and model alike."""
+    return [text for text, _ in shown_suggestions(page, typed)]
+
+
+def visit(page, url: str) -> None:
+    """Clear the URL bar, type a URL key by key, close the suggestions, press Enter; wait until
+    it is in the history."""
+    count = page.locator("#history li").count()
+    page.get_by_role("combobox").fill("")  # earlier text would prefix the URL
+    page.get_by_role("combobox").click()
+    page.keyboard.type(url)
+    page.keyboard.press("Escape")
+    page.keyboard.press("Enter")
+    expect(page.locator("#history li")).to_have_count(count + 1)

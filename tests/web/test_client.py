@@ -14,7 +14,7 @@ from model.complete import Completer
 from model.normalize import normalize_url
 from server.client import FederatedClient
 
-from page_helpers import ADMIN_TOKEN, PAGE, open_page, suggestions_for
+from page_helpers import ADMIN_TOKEN, PAGE, open_page, shown_suggestions, suggestions_for, visit
 
 TRAINING_MS = 120_000  # a few train_step runs, three browsers on two cores
 PERSONAL_HISTORIES = [  # one per browser: what each user typed and visited
@@ -23,16 +23,7 @@ PERSONAL_HISTORIES = [  # one per browser: what each user typed and visited
     ["qxgamma.com/shop/shoes", "qxgamma.com/shop/hats", "qxgamma.com/cart", "qxgamma.com/shop/socks"],
 ]
 PROBES = ["qx", "qxa", "qxb", "qxg", "qxalpha.org/", "qxbeta.net/d", "qxgamma.com/s"]
-
-
-def visit(page, url: str) -> None:
-    """Type a URL key by key, close the suggestions, press Enter; wait until it is in the history."""
-    count = page.locator("#history li").count()
-    page.get_by_role("combobox").click()
-    page.keyboard.type(url)
-    page.keyboard.press("Escape")
-    page.keyboard.press("Enter")
-    expect(page.locator("#history li")).to_have_count(count + 1)
+HISTORY_SUGGESTIONS = 2  # web_client/constants.js
 
 
 def train_and_wait(page, expected_answer: str) -> None:
@@ -56,10 +47,18 @@ def downloads_expected(v1_files: dict, v2_files: dict) -> list[str]:
     return sorted([v1_files[name] for name in browser_files] + [v2_files["weights.safetensors"]])
 
 
+def expected_suggestions(history: list[str], probe: str, model: list[str]) -> list[tuple[str, str]]:
+    """What a page whose user visited `history` (canonical URLs, each once, in order) shows for a
+    canonical probe: the newest visits extending it, then the model's suggestions not among them."""
+    visited = [url for url in reversed(history) if url.startswith(probe) and url != probe][:HISTORY_SUGGESTIONS]
+    rest = [text for text in model if text not in visited]
+    return ([(url, "history") for url in visited] + [(text, "model") for text in rest])[:5]
+
+
 def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live_app, bundle_dir):
-    """Three browsers with their own histories train and upload; the server aggregates; every
-    page swaps in version 2 without a reload, fetching only the new weights, and then suggests
-    what the Python completer suggests with the new global weights."""
+    """Three browsers with their own histories train and upload; the server aggregates;
+    every page swaps in version 2 without a reload, fetching only the new weights, and then shows
+    its own visited URLs followed by what the Python completer suggests with the new weights."""
     # Prepare
     contexts = [browser.new_context(base_url=base_url) for _ in PERSONAL_HISTORIES]
     fetched = [[] for _ in contexts]  # bundle files each browser downloaded
@@ -83,8 +82,9 @@ def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live
     info, new_weights = server_model(live_app)
     completer = Completer(bundle_dir, weights=new_weights)
     expected = {probe: completer.complete(probe, k=5) for probe in PROBES}
-    for page in pages:
-        assert {probe: suggestions_for(page, probe) for probe in PROBES} == expected
+    for page, history in zip(pages, PERSONAL_HISTORIES):
+        for probe in PROBES:
+            assert shown_suggestions(page, probe) == expected_suggestions(history, probe, expected[probe]), probe
     assert info["version"] == 2 and expected != before, "the aggregated model should suggest differently"
     for seen in fetched:
         assert sorted(seen) == downloads_expected(v1_files, info["files"])
@@ -117,6 +117,8 @@ def test_no_typed_url_leaves_the_browser(page, context):
     page.get_by_role("combobox").click()
     page.keyboard.type("secret-cl")
     page.wait_for_function("document.getElementById('suggestions').dataset.for === 'secret-cl'")
+    expect(page.get_by_role("option").first).to_have_accessible_name(
+        "secret-clinic.example/patients/4242, from your history")  # history suggestions are on
     train_and_wait(page, "accepted")
     # Assert
     secrets = set().union(*(leak_forms(t) | leak_forms(normalize_url(t)) for t in typed))

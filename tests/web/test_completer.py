@@ -27,7 +27,8 @@ def prefixes(urls: list[str], tokenizer: Tokenizer, count: int) -> tuple[list[st
 
 
 def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_urls):
-    """230 prefixes, over 50 of them ending mid-piece: the same five suggestions in the same order."""
+    """230 prefixes, over 50 of them ending mid-piece: the same five suggestions in the same order
+    (a fresh browser context has no history, so every suggestion is the model's)."""
     # Prepare
     completer = Completer(bundle_dir)
     typed, mid_piece = prefixes(canonical_urls, completer.tokenizer, 210)
