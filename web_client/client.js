@@ -7,13 +7,13 @@
  */
 
 import { ServerError, fetchModel, requestTicket, uploadUpdate } from "./api.js";
-import { HISTORY_SUGGESTIONS, SUGGESTIONS_K } from "./constants.js";
+import { HISTORY_SUGGESTIONS, SUGGESTIONS_K, UPLOAD_DTYPE } from "./constants.js";
 import { History } from "./history.js";
 import { HistoryIndex, mergeSuggestions } from "./history_index.js";
 import { fetchVerified, pruneCache } from "./model_store.js";
 import { normalizeUrl } from "./normalize.js";
 import { WorkerClient } from "./protocol.js";
-import { encode } from "./safetensors.js";
+import { canWriteF16, encode, toF16 } from "./safetensors.js";
 
 function startWorker() {
   return new WorkerClient(new Worker(new URL("./worker.js", import.meta.url), { type: "module" }));
@@ -23,6 +23,12 @@ function startWorker() {
 function randomClientId() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
   return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+}
+
+/** The delta as uploaded: F16 if UPLOAD_DTYPE asks for it and this browser can write it, else F32. */
+function wireDelta(delta) {
+  if (UPLOAD_DTYPE !== "F16" || !canWriteF16()) return delta;
+  return delta.map((tensor) => ({ ...tensor, data: toF16(tensor.data) }));
 }
 
 export class Client extends EventTarget {
@@ -217,7 +223,7 @@ export class Client extends EventTarget {
     if (!pending) return;
     try {
       const ticket = pending.ticket ?? await this.freshTicket(pending);
-      const answer = await uploadUpdate(encode(pending.delta, {
+      const answer = await uploadUpdate(encode(wireDelta(pending.delta), {
         ticket: ticket.ticket, client_id: this.clientId, base_version: String(pending.baseVersion),
         num_examples: String(pending.numExamples), loss_before: String(pending.lossBefore),
         loss_after: String(pending.lossAfter) }));

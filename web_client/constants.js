@@ -20,6 +20,12 @@ export const SUGGESTIONS_K = 5;
 /** Of those, at most this many come from the local history (shown first); the model fills the rest. */
 export const HISTORY_SUGGESTIONS = 2;
 
+/**
+ * Dtype of the uploaded delta: "F16" halves the upload where the browser has Float16Array
+ * (Chromium >= 135; elsewhere the page sends "F32"), "F32" always sends full precision.
+ */
+export const UPLOAD_DTYPE = "F16";
+
 /** Where the page fetches onnxruntime-web's wasm files: served locally, never from a CDN. */
 export const ORT_WASM_PATH = "/ort/";
 

@@ -7,9 +7,27 @@
  * writes it (non-ASCII escaped), so both codecs produce identical bytes for identical input.
  */
 
-/** dtype name -> typed-array class (F16 stays raw 16-bit words: nothing here computes in it). */
+/** dtype name -> typed-array class (F16 stays raw 16-bit words: Float16Array is not everywhere). */
 export const DTYPES = { F32: Float32Array, F16: Uint16Array, I64: BigInt64Array, I32: Int32Array };
 const MAX_HEADER_BYTES = 1 << 20; // same bound as model/weights.py
+const F16_MAX = 65504; // the largest finite IEEE 754 half
+
+/** Whether this browser can round to F16 (Float16Array, Chromium >= 135). */
+export function canWriteF16() {
+  return typeof globalThis.Float16Array === "function";
+}
+
+/**
+ * F32 values as F16 words for encode(), rounded to nearest even by Float16Array. Values past
+ * the half range are clipped to +-65504 first: rounding would make them infinite, which the
+ * server refuses. Needs canWriteF16().
+ * @param {Float32Array} values
+ * @returns {Uint16Array}
+ */
+export function toF16(values) {
+  const clipped = values.map((v) => Math.min(F16_MAX, Math.max(-F16_MAX, v)));
+  return new Uint16Array(new Float16Array(clipped).buffer);
+}
 
 export class WeightsFormatError extends Error {}
 

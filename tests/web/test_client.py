@@ -7,6 +7,7 @@ import re
 from urllib.parse import quote, quote_plus, urlparse
 
 import numpy as np
+import pytest
 from playwright.sync_api import expect
 
 from model import weights as weights_codec
@@ -24,6 +25,21 @@ PERSONAL_HISTORIES = [  # one per browser: what each user typed and visited
 ]
 PROBES = ["qx", "qxa", "qxb", "qxg", "qxalpha.org/", "qxbeta.net/d", "qxgamma.com/s"]
 HISTORY_SUGGESTIONS = 2  # web_client/constants.js
+# Where a float32 value lands after F16 rounding (half an ulp: 2^-11 relative, 2^-25 among
+# subnormals) and one float32 addition to a weight of magnitude w (2^-24 w, doubled for slack).
+F16_RELATIVE, F16_ABSOLUTE, F32_RELATIVE = 2.0 ** -11, 2.0 ** -25, 2.0 ** -23
+# The update kept in IndexedDB (float32, before any upload conversion), as base64 safetensors.
+PENDING_UPDATE = """async () => {
+  const { History } = await import("/static/history.js");
+  const { encode } = await import("/static/safetensors.js");
+  const bytes = encode((await (await History.open()).getPending()).delta);
+  const url = await new Promise((resolve) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.readAsDataURL(new Blob([bytes]));
+  });
+  return url.slice(url.indexOf(",") + 1);
+}"""
 
 
 def train_and_wait(page, expected_answer: str) -> None:
@@ -56,14 +72,16 @@ def expected_suggestions(history: list[str], probe: str, model: list[str]) -> li
 
 
 def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live_app, bundle_dir):
-    """Three browsers with their own histories train and upload; the server aggregates;
+    """Three browsers with their own histories train and upload F16 deltas; the server aggregates;
     every page swaps in version 2 without a reload, fetching only the new weights, and then shows
     its own visited URLs followed by what the Python completer suggests with the new weights."""
     # Prepare
     contexts = [browser.new_context(base_url=base_url) for _ in PERSONAL_HISTORIES]
     fetched = [[] for _ in contexts]  # bundle files each browser downloaded
+    uploads = []  # bodies of every POST /api/updates
     for context, seen in zip(contexts, fetched):
         context.on("request", lambda r, seen=seen: "/api/files/" in r.url and seen.append(urlparse(r.url).path))
+        context.on("request", lambda r: urlparse(r.url).path == "/api/updates" and uploads.append(r.post_data_buffer))
     pages = [open_page(context.new_page()) for context in contexts]
     v1_files = server_model(live_app)[0]["files"]
     before = {probe: suggestions_for(pages[0], probe) for probe in PROBES}
@@ -88,6 +106,9 @@ def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live
     assert info["version"] == 2 and expected != before, "the aggregated model should suggest differently"
     for seen in fetched:
         assert sorted(seen) == downloads_expected(v1_files, info["files"])
+    parameters = sum(int(np.prod(p["shape"])) for p in info["manifest"]["parameters"])
+    assert len(uploads) == 3 and all(len(body) < 2 * parameters + 4096 for body in uploads), "F16: 2 bytes a value"
+    assert all(t.dtype == np.float16 for body in uploads for t in weights_codec.decode(body)[0].values())
     for context in contexts:
         context.close()
 
@@ -152,6 +173,40 @@ def test_server_down_keeps_history_and_update_for_a_retry(page, context):
     expect(page.locator("#server-answer")).to_contain_text("accepted")
     expect(page.get_by_role("button", name="Retry upload")).to_be_hidden()
     expect(page.locator("#contributions")).to_have_text("1")
+
+
+@pytest.mark.parametrize("float16", [True, False], ids=["Float16Array", "no-Float16Array"])
+def test_upload_is_f16_and_aggregates_within_f16_precision(page, context, live_app, float16):
+    """The delta goes up as F16 (half the bytes) where the browser has Float16Array, else as F32;
+    once the server aggregates it, the global weights moved by the local float32 delta to within
+    F16 rounding."""
+    # Prepare: train offline, so the float32 delta waits in IndexedDB where the test can read it
+    if not float16:
+        page.add_init_script("delete globalThis.Float16Array")
+    open_page(page)
+    visit(page, PERSONAL_HISTORIES[1][0])
+    expect(page.get_by_role("button", name="Train now")).to_be_enabled()
+    context.route("**/api/**", lambda route: route.abort("connectionrefused"))
+    train_and_wait(page, "kept on this device")
+    local, _ = weights_codec.decode(base64.b64decode(page.evaluate(PENDING_UPDATE)))
+    v1 = server_model(live_app)[1]
+    bodies = []
+    context.on("request", lambda r: urlparse(r.url).path == "/api/updates" and bodies.append(r.post_data_buffer))
+    context.unroute("**/api/**")
+    # Execute
+    page.get_by_role("button", name="Retry upload").click()
+    expect(page.locator("#server-answer")).to_contain_text("accepted")
+    live_app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    # Assert
+    sent, _ = weights_codec.decode(bodies[0])
+    v2 = server_model(live_app)[1]
+    dtype = np.float16 if float16 else np.float32
+    for name, delta in local.items():
+        assert sent[name].dtype == dtype and np.array_equal(sent[name], delta.astype(dtype)), name
+        moved = v2[name].astype(np.float64) - v1[name]
+        bound = F16_RELATIVE * np.abs(delta) + F16_ABSOLUTE + F32_RELATIVE * np.abs(v1[name])
+        assert (np.abs(moved - delta) <= bound).all(), name
+    assert sum(np.count_nonzero(d) for d in local.values()) > 0, "training should move the weights"
 
 
 def test_offline_update_is_discarded_once_the_model_moved_on(page, context, live_app):

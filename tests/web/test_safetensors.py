@@ -99,3 +99,26 @@ def test_both_codecs_reject_malformed_payloads(module_page, payload):
     with pytest.raises(weights.WeightsFormatError):
         weights.decode(payload)
     assert module_page.evaluate(REJECTS, list(payload)) == "rejected"
+
+
+TO_F16 = """async (values) => {
+  const { toF16 } = await import("/static/safetensors.js");
+  return Array.from(toF16(Float32Array.from(values)));
+}"""
+
+
+def test_to_f16_rounds_like_numpy_and_clips_instead_of_overflowing(module_page):
+    """Deltas sent as F16: the bits numpy's float32 -> float16 rounding gives, except that values
+    past the half range become +-65504 instead of infinities the server would refuse."""
+    # Prepare: normal and subnormal magnitudes, exact ties, the range's edges, far beyond it
+    rng = np.random.default_rng(5)
+    spread = rng.standard_normal(4000) * 10.0 ** rng.integers(-9, 6, 4000)
+    edges = [0.0, -0.0, 2 ** -24, 2 ** -25, 3 * 2 ** -25, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 65504, 65519, 65520,
+             -65520, 1e6, -3e38]
+    values = np.concatenate([spread, edges]).astype(np.float32)
+    # Execute
+    got = np.array(module_page.evaluate(TO_F16, values.tolist()), np.uint16)
+    # Assert
+    expected = np.clip(values, -65504, 65504).astype(np.float16)
+    assert np.array_equal(got, expected.view(np.uint16))
+    assert np.isfinite(got.view(np.float16)).all() and (np.abs(values) > 65504).sum() > 100
