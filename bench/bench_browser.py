@@ -14,12 +14,10 @@ bodies) on a first visit, on a reload, and over one federated round (train, uplo
 from __future__ import annotations
 
 import argparse
-import logging
 import random
 import shutil
 import sys
 import tempfile
-import threading
 from contextlib import contextmanager
 
 import numpy as np
@@ -60,21 +58,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 @contextmanager
 def serve(bundle_dir: str):
     """The real server on 127.0.0.1 (port 0); rounds close at the first update."""
-    from werkzeug.serving import make_server
-
     from server.app import create_app
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    from server.background import serving
 
     data = tempfile.mkdtemp(prefix="bench-browser-")
     app = create_app({"BUNDLE_DIR": bundle_dir, "DATA_DIR": data, "MIN_CLIENTS": 1, "MIN_CLIENTS_FLOOR": 1,
                       "TICK_INTERVAL_S": 0, "LOG_LEVEL": "WARNING"})
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        with serving(app, name="bench-browser-server") as url:
+            yield url
     finally:
-        server.shutdown()
         shutil.rmtree(data, ignore_errors=True)
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,6 @@ from model.bundle import MANIFEST, file_entries, write_json_atomic
 from server import db
 from server.app import create_app
 from server.client import FederatedClient
-from werkzeug.serving import make_server
 
 ADMIN_TOKEN = "test-admin-token-0123"
 TINY_PARAMETERS = {"embed.weight": (4, 3), "head.bias": (5,)}
@@ -111,15 +108,3 @@ def rejected(app, code: str) -> int:
         return c.get("/api/status").get_json()["rejected"].get(code, 0)
 
 
-@contextmanager
-def serving(app):
-    """Serve app over real HTTP on a free loopback port from a daemon thread; yield its base URL."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()

@@ -9,7 +9,8 @@ import numpy as np
 
 from server.app import create_app
 from server.client import FederatedClient
-from tests.server.conftest import TINY_PARAMETERS, serving
+from server.background import serving
+from tests.server.conftest import TINY_PARAMETERS
 
 CLIENTS = 50
 

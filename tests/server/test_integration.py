@@ -9,7 +9,7 @@ from model.bundle import load_bundle
 from model.trainer import LocalTrainer
 from server.app import create_app
 from server.client import FederatedClient
-from tests.server.conftest import serving
+from server.background import serving
 
 CLIENTS, URLS_PER_CLIENT, EPOCHS, CLIENT_LR = 5, 48, 2, 0.5
 

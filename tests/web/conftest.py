@@ -8,15 +8,14 @@ at global version 1 with an empty database, and every browser context starts wit
 from __future__ import annotations
 
 import shutil
-import threading
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
-from werkzeug.serving import make_server
 
 from page_helpers import ADMIN_TOKEN, CHROMIUM_ARGS
 from server.app import create_app
+from server.background import serving
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -50,13 +49,9 @@ def browser_type_launch_args(browser_type_launch_args):
 def app_slot():
     """The session's HTTP server; tests swap the app behind it."""
     slot = AppSlot()
-    server = make_server("127.0.0.1", 0, slot, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, name="fedurl-web-tests", daemon=True)
-    thread.start()
-    slot.port = server.server_port
-    yield slot
-    server.shutdown()
-    thread.join()
+    with serving(slot, name="fedurl-web-tests") as url:
+        slot.port = int(url.rsplit(":", 1)[1])
+        yield slot
 
 
 @pytest.fixture(scope="session")
