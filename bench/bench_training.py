@@ -63,8 +63,10 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
     weights, batch = bundle.load_weights(), fixed_batch(trainer)
     ort_loss, ort_updated = trainer.step(weights, *batch, LR)
     eager, torch_loss, torch_updated = torch_step(bundle, weights, batch, args.threads)
-    ort_ms = time_runs(lambda: trainer.step(weights, *batch, LR), args.runs, args.steps)
-    torch_ms = time_runs(eager, args.runs, args.steps)
+    ort_ms, torch_ms = [], []
+    for _ in range(args.runs):  # interleaved, so a load change on the shared machine hits both alike
+        ort_ms += time_runs(lambda: trainer.step(weights, *batch, LR), 1, args.steps)
+        torch_ms += time_runs(eager, 1, args.steps)
     drift = max(float(np.abs(ort_updated[n] - torch_updated[n]).max()) for n in ort_updated)
     config = bundle.manifest["config"]
     return [("batch", f"{config['batch_size']} x {config['seq_len']} pieces, "

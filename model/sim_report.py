@@ -121,8 +121,8 @@ def format_summary(summary: dict) -> str:
                  f"(IID split of the same sizes {s['iid_skew_tv']:.3f}); {t['updates']} updates, "
                  f"{t['bytes_per_update'] / 1e6:.3f} MB each "
                  f"(float32 model {t['model_float32_bytes'] / 1e6:.3f} MB)")
-    lines.append(f"{t['steps']} SGD steps: the clients trained on {t['examples']:,} URLs in them, "
-                 f"centralized on {t['central_examples']:,}")
+    lines.append(f"{t['steps']} SGD steps: {t['examples']:,} examples in the clients' steps, "
+                 f"{t['central_examples']:,} in the centralized ones")
     return "\n".join(lines)
 
 

@@ -98,21 +98,22 @@ class RoundStats:
     examples: int = 0
     steps: int = 0
     upload_bytes: int = 0
-    losses: list[tuple[int, float, float]] = field(default_factory=list)  # (examples, before, after)
+    losses: list[tuple[int, float, float]] = field(default_factory=list)  # (URLs, before, after)
 
-    def add(self, result, body_bytes: int) -> None:
-        """Count one client's accepted update."""
+    def add(self, result, epochs: int, body_bytes: int) -> None:
+        """Count one client's accepted update; examples counts URL passes (URLs x epochs)."""
         self.clients += 1
-        self.examples += result.num_examples
+        self.examples += result.num_examples * epochs
         self.steps += result.steps
         self.upload_bytes += body_bytes
         self.losses.append((result.num_examples, result.loss_before, result.loss_after))
 
     def mean_losses(self) -> dict:
         """Example-weighted mean of the clients' reported local losses (blank before round 1)."""
-        if not self.examples:
+        urls = sum(n for n, _, _ in self.losses)
+        if not urls:
             return {"client_loss_before": "", "client_loss_after": ""}
-        return {f"client_loss_{when}": sum(n * loss[i] for n, *loss in self.losses) / self.examples
+        return {f"client_loss_{when}": sum(n * loss[i] for n, *loss in self.losses) / urls
                 for i, when in enumerate(("before", "after"))}
 
 
@@ -128,7 +129,7 @@ def client_round(fed: FederatedClient, trainer: LocalTrainer, history: list[str]
     body = encode_update(delta, ticket, fed.client_id, result.num_examples, result.loss_before,
                          result.loss_after)
     answer = fed.post_update(body)
-    stats.add(result, len(body))
+    stats.add(result, args.local_epochs, len(body))
     return answer
 
 
