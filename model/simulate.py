@@ -24,14 +24,11 @@ import argparse
 import math
 import sys
 import tempfile
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from model.bundle import load_bundle
 from model.complete import Completer
@@ -41,6 +38,7 @@ from model.sim_report import print_summary, write_outputs
 from model.split import Split, split_corpus
 from model.trainer import LocalTrainer, batches
 from server.app import create_app
+from server.background import serving
 from server.client import FederatedClient, encode_update
 
 DEFAULT_BUNDLE = REPO / "bundles" / "default"
@@ -51,13 +49,6 @@ def local_seed(seed: int, round_index: int, client: int) -> int:
     """The shuffling seed of one client's local training in one round (centralized uses round 1,
     client 0's, so a one-client, one-round federation sees exactly the centralized batches)."""
     return int(np.random.SeedSequence([seed, round_index, client]).generate_state(1)[0])
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """werkzeug's handler without a log line per request (tqdm owns the terminal)."""
-
-    def log_request(self, *args, **kwargs) -> None:
-        """Drop the access log."""
 
 
 def server_settings(bundle: Path, data_dir: str, args: argparse.Namespace, split: Split) -> dict:
@@ -74,20 +65,6 @@ def server_settings(bundle: Path, data_dir: str, args: argparse.Namespace, split
             "TICKETS_PER_CLIENT_PER_MIN": 1e9, "REQUESTS_PER_ADDR_PER_MIN": 1e9,
             "MAX_NUM_EXAMPLES": max(10_000, largest),
             "MAX_UPDATE_NORM": max(50.0, 1.01 * args.client_lr * manifest["config"]["clip_norm"] * steps)}
-
-
-@contextmanager
-def serving(settings: dict):
-    """Run create_app(settings) over real HTTP on a free loopback port in a thread; yield its URL."""
-    server = make_server("127.0.0.1", 0, create_app(settings), threaded=True, request_handler=_QuietHandler)
-    thread = threading.Thread(target=server.serve_forever, name="fedurl-sim-server", daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @dataclass
@@ -127,7 +104,7 @@ def client_round(fed: FederatedClient, trainer: LocalTrainer, history: list[str]
     result = trainer.train(start, history, epochs=args.local_epochs, lr=args.client_lr, seed=seed)
     delta = {name: result.weights[name] - start[name] for name in start}
     body = encode_update(delta, ticket, fed.client_id, result.num_examples, result.loss_before,
-                         result.loss_after)
+                         result.loss_after, np.dtype(args.upload_dtype))
     answer = fed.post_update(body)
     stats.add(result, args.local_epochs, len(body))
     return answer
@@ -255,7 +232,8 @@ def run(args: argparse.Namespace) -> dict:
     except ValueError as exc:
         raise SystemExit(f"fedurl-simulate: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="fedurl-sim-") as work, \
-            serving(server_settings(args.bundle, str(Path(work) / "server"), args, split)) as url:
+            serving(create_app(server_settings(args.bundle, str(Path(work) / "server"), args, split)),
+                    "fedurl-simulate-server") as url:
         bundle = load_bundle(FederatedClient(url).save_bundle(Path(work) / "bundle"))
         trainer = LocalTrainer(bundle, threads=args.threads)
         result = federate(url, trainer, split, args, bundle)
@@ -301,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the centralized reference")
     add("--trie", action=argparse.BooleanOptionalAction, default=True,
         help="score the frequency-trie baseline")
+    add("--upload-dtype", choices=("float32", "float16"), default="float32",
+        help="dtype of uploaded deltas; browsers with Float16Array send float16 (default: %(default)s)")
     add("--threads", type=int, default=1, help="onnxruntime threads (default: %(default)s)")
     return parser
 
