@@ -189,13 +189,14 @@ export class Client extends EventTarget {
     }
   }
 
-  /** Train on the whole local history in the training worker, keep the update, upload it. */
+  /** Train on the most recent local history in the training worker, keep the update, upload it. */
   async train() {
     if (this.state.training || !this.model) return;
     this.update({ training: true, progress: null });
     try {
       const visits = await this.history.listVisits();
-      const urls = visits.map((v) => normalizeUrl(v.url)).filter((url) => url !== null);
+      const urls = visits.slice(0, this.config.max_train_urls).map((v) => normalizeUrl(v.url))
+        .filter((url) => url !== null);
       if (!urls.length) throw new Error("the local history holds no usable URL yet");
       const ticket = await this.takeTicket();
       const result = await this.training.request("train",

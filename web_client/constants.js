@@ -50,6 +50,12 @@ export const DEFAULTS = Object.freeze({
   train_after_urls: 20,
   /** Local SGD epochs over the history per training run. */
   epochs: 2,
+  /**
+   * Most recent visits trained on per run. Bounds a run's compute, and its delta: with lr 0.5 and
+   * the graph's gradient clip of 1, 512 URLs x 2 epochs is 64 steps, an L2 norm of at most 32,
+   * under the server's default MAX_UPDATE_NORM of 50.
+   */
+  max_train_urls: 512,
   /** SGD learning rate of train_step.onnx (model/trainer.py's default). */
   lr: 0.5,
   /** Milliseconds between checks for a new global model version. */

@@ -297,3 +297,15 @@ def test_enough_new_urls_start_training_by_themselves(page):
     expect(page.locator("#local-urls")).to_have_text("3 (0 not yet trained on)")
     expect(page.locator("#local-loss")).to_have_text(re.compile(r"^\d+\.\d{3} → \d+\.\d{3}$"))
     expect(page.locator("#contributions")).to_have_text("1")
+
+
+def test_training_uses_only_the_most_recent_visits(page):
+    """max_train_urls bounds a run: with 2, three visits train on two URLs, and all count as trained."""
+    open_page(page, "/?train_after_urls=0&poll_ms=500&max_train_urls=2")
+    for url in PERSONAL_HISTORIES[0][:3]:
+        visit(page, url)
+    with page.expect_request(lambda request: request.url.endswith("/api/updates"), timeout=TRAINING_MS) as upload:
+        page.get_by_role("button", name="Train now").click()
+    _, metadata = weights_codec.decode(upload.value.post_data_buffer)
+    assert metadata["num_examples"] == "2"
+    expect(page.locator("#local-urls")).to_have_text("3 (0 not yet trained on)")
