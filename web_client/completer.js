@@ -9,6 +9,7 @@
  */
 
 import { BEAM_WIDTH, CONTEXT_CACHE_ENTRIES, MAX_STEPS } from "./constants.js";
+import { Heap } from "./heap.js";
 import { splitTyped } from "./normalize.js";
 
 const BOUNDARY_BYTES = "/?";
@@ -29,45 +30,11 @@ function decodeBytes(bytes) {
   }
 }
 
-/** Flat candidate indices popped best first: score desc, then index (numpy's stable argsort). */
-class CandidateQueue {
-  constructor(scores) {
-    this.scores = scores;
-    this.heap = [];
-    scores.forEach((score, index) => { if (score !== -Infinity) this.heap.push(index); });
-    for (let i = (this.heap.length >> 1) - 1; i >= 0; i--) this.sink(i);
-  }
-
-  before(a, b) {
-    const sa = this.scores[a], sb = this.scores[b];
-    return sa > sb || (sa === sb && a < b);
-  }
-
-  sink(i) {
-    const heap = this.heap;
-    for (;;) {
-      const l = 2 * i + 1, r = l + 1;
-      let best = i;
-      if (l < heap.length && this.before(heap[l], heap[best])) best = l;
-      if (r < heap.length && this.before(heap[r], heap[best])) best = r;
-      if (best === i) return;
-      [heap[i], heap[best]] = [heap[best], heap[i]];
-      i = best;
-    }
-  }
-
-  /** The next best index, or -1 when none is left. */
-  pop() {
-    const heap = this.heap;
-    if (!heap.length) return -1;
-    const top = heap[0];
-    const last = heap.pop();
-    if (heap.length) {
-      heap[0] = last;
-      this.sink(0);
-    }
-    return top;
-  }
+/** Flat candidate indices, best first: score desc, then index (numpy's stable argsort). */
+function candidateQueue(scores) {
+  const live = [];
+  scores.forEach((score, index) => { if (score !== -Infinity) live.push(index); });
+  return new Heap((a, b) => scores[a] > scores[b] || (scores[a] === scores[b] && a < b), live);
 }
 
 export class Completer {
@@ -149,13 +116,14 @@ export class Completer {
     let beams = [root];
     const finished = new Map();
     for (let stepIndex = 0; stepIndex < MAX_STEPS; stepIndex++) {
-      const queue = new CandidateQueue(this.scores(beams));
+      const scores = this.scores(beams);
+      const queue = candidateQueue(scores);
       const chosen = [];
-      for (let flat = queue.pop(); flat !== -1; flat = queue.pop()) {
+      for (let flat = queue.pop(); flat !== undefined; flat = queue.pop()) {
         const beamIndex = Math.floor(flat / this.vocabSize), piece = flat % this.vocabSize;
         const outcome = this.extend(beams[beamIndex], piece);
         if (!outcome) continue;
-        const score = queue.scores[flat];
+        const score = scores[flat];
         if (outcome.done) {
           const old = finished.get(outcome.text);
           finished.set(outcome.text, old === undefined ? score : logAdd(old, score));

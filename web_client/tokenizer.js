@@ -8,56 +8,15 @@
  * The wasm port of sentencepiece is 4 MB and disagrees with 0.2.1, hence this file.
  */
 
+import { Heap } from "./heap.js";
+
 const WHITESPACE = " ";
 const ESCAPED_WHITESPACE = "\u2581"; // sentencepiece's "▁"
 const KIND = { normal: 1, unknown: 2, control: 3, userDefined: 4, unused: 5, byte: 6 };
 
-/** Max-heap of candidate merges: best score first, then the leftmost (bpe_model.cc's agenda). */
-class MergeAgenda {
-  constructor() {
-    this.items = [];
-  }
-
-  get size() {
-    return this.items.length;
-  }
-
-  /** True when a should pop before b. */
-  static before(a, b) {
-    return a.score > b.score || (a.score === b.score && a.left < b.left);
-  }
-
-  push(item) {
-    const items = this.items;
-    items.push(item);
-    let i = items.length - 1;
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      if (!MergeAgenda.before(items[i], items[parent])) break;
-      [items[i], items[parent]] = [items[parent], items[i]];
-      i = parent;
-    }
-  }
-
-  pop() {
-    const items = this.items;
-    const top = items[0];
-    const last = items.pop();
-    if (items.length > 0) {
-      items[0] = last;
-      let i = 0;
-      for (;;) {
-        const l = 2 * i + 1, r = l + 1;
-        let best = i;
-        if (l < items.length && MergeAgenda.before(items[l], items[best])) best = l;
-        if (r < items.length && MergeAgenda.before(items[r], items[best])) best = r;
-        if (best === i) break;
-        [items[i], items[best]] = [items[best], items[i]];
-        i = best;
-      }
-    }
-    return top;
-  }
+/** True when merge a goes first: best score, then the leftmost (bpe_model.cc's agenda). */
+function mergesBefore(a, b) {
+  return a.score > b.score || (a.score === b.score && a.left < b.left);
 }
 
 export class Tokenizer {
@@ -132,7 +91,7 @@ export class Tokenizer {
   /** BPE: merge the best-scoring adjacent pair (leftmost on ties) until no pair is a piece. */
   segment(normalized) {
     const symbols = this.initialSymbols(normalized);
-    const agenda = new MergeAgenda();
+    const agenda = new Heap(mergesBefore);
     const maybeAdd = (left, right) => {
       if (left === -1 || right === -1 || symbols[left].freeze || symbols[right].freeze) return;
       const piece = symbols[left].piece + symbols[right].piece;
