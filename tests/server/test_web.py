@@ -15,7 +15,8 @@ import pytest
 from model.bundle import MANIFEST, file_entries, write_json_atomic
 from server import web as web_module
 from server.app import ISOLATION_HEADERS, create_app
-from tests.server.conftest import fetch, serving, write_tiny_bundle
+from server.background import serving
+from tests.server.conftest import fetch, write_tiny_bundle
 
 GZIP = {"Accept-Encoding": "gzip, deflate, br"}
 DIST = "node_modules/onnxruntime-web/dist"
