@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from model import weights as weights_codec
 from model.bundle import FORMAT_VERSION, MANIFEST, file_entries, write_json_atomic
-from model.graphs import export_infer, export_train_step, parameter_names, UPDATED_PREFIX
+from model.graphs import export_infer, export_train_step
 from model.lm import LMConfig, URLLanguageModel, count_parameters, masked_cross_entropy
 from model.normalize import read_corpus, normalize_url
 from model.tokenizer import SPECIAL_IDS, Tokenizer, train_tokenizer
@@ -72,9 +72,8 @@ def pretrain(model: URLLanguageModel, rows, steps: int, batch_size: int, lr: flo
 
 def build_manifest(model: URLLanguageModel, infer_io: dict, train_io: dict, training: dict,
                    directory: Path) -> dict:
-    """The manifest: every name a client needs, plus a sha256 per file."""
+    """The manifest: every name a client needs (graph entries come from model.graphs), plus sha256s."""
     config = model.config
-    names = parameter_names(model)
     return {
         "format_version": FORMAT_VERSION, "model_version": 1, "parent_version": None,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -85,12 +84,9 @@ def build_manifest(model: URLLanguageModel, infer_io: dict, train_io: dict, trai
         "parameters": [{"name": n, "shape": list(p.shape), "dtype": "float32"}
                        for n, p in model.named_parameters()],
         "graphs": {
-            "infer": {"file": "infer.onnx", **infer_io, "tokens_input": "tokens", "state_input": "state",
-                      "log_probs_output": "log_probs", "state_output": "new_state"},
+            "infer": {"file": "infer.onnx", **infer_io},
             "train_step": {"file": "train_step.onnx", **train_io, "batch_size": config.batch_size,
-                           "seq_len": config.seq_len, "loss_output": "loss",
-                           "data_inputs": {k: k for k in ("tokens", "targets", "mask", "lr")},
-                           "parameter_outputs": {n: UPDATED_PREFIX + n for n in names}},
+                           "seq_len": config.seq_len},
         },
         "training": training,
         "files": file_entries(directory),

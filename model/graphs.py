@@ -27,6 +27,7 @@ OPSET = 20
 INFER_INPUTS = ("tokens", "state")
 INFER_OUTPUTS = ("log_probs", "new_state")
 TRAIN_INPUTS = ("tokens", "targets", "mask", "lr")
+LOSS_OUTPUT = "loss"
 UPDATED_PREFIX = "updated."  # train_step output for parameter p is named "updated.p"
 
 
@@ -125,18 +126,20 @@ def _export(module: nn.Module, args: tuple, path: str, input_names, output_names
 
 
 def export_train_step(model: URLLanguageModel, path: str) -> dict:
-    """Write train_step.onnx; return its input/output description for the manifest."""
+    """Write train_step.onnx; return its manifest entry: I/O description and the role of each name."""
     names = parameter_names(model)
     params = [p.detach() for p in model.parameters()]
     inputs = example_train_inputs(model.config)
     traced = make_fx(sgd_train_step(model), decomposition_table=core_aten_decompositions())(*inputs, *params)
-    output_names = ("loss", *(UPDATED_PREFIX + n for n in names))
-    _export(_TracedStep(traced), (*inputs, *params), path, (*TRAIN_INPUTS, *names), output_names)
-    return describe_io(path)
+    updated = {n: UPDATED_PREFIX + n for n in names}
+    _export(_TracedStep(traced), (*inputs, *params), path, (*TRAIN_INPUTS, *names),
+            (LOSS_OUTPUT, *updated.values()))
+    return {**describe_io(path), "loss_output": LOSS_OUTPUT,
+            "data_inputs": {name: name for name in TRAIN_INPUTS}, "parameter_outputs": updated}
 
 
 def export_infer(model: URLLanguageModel, path: str) -> dict:
-    """Write infer.onnx (one decoding step, dynamic batch); return its I/O description."""
+    """Write infer.onnx (one decoding step, dynamic batch); return its manifest entry."""
     names = parameter_names(model)
     params = tuple(p.detach() for p in model.parameters())
     tokens = torch.zeros(2, dtype=torch.int64)
@@ -145,7 +148,10 @@ def export_infer(model: URLLanguageModel, path: str) -> dict:
     dynamic = ({0: batch}, {1: batch}, tuple({} for _ in params))
     _export(_InferStep(model), (tokens, state, *params), path, (*INFER_INPUTS, *names),
             INFER_OUTPUTS, dynamic_shapes=dynamic)
-    return describe_io(path)
+    tokens, state = INFER_INPUTS
+    log_probs, new_state = INFER_OUTPUTS
+    return {**describe_io(path), "tokens_input": tokens, "state_input": state,
+            "log_probs_output": log_probs, "state_output": new_state}
 
 
 def describe_io(path: str) -> dict:
