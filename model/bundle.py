@@ -75,6 +75,22 @@ class Bundle:
         """Parameter names in graph-input order."""
         return [p["name"] for p in self.manifest["parameters"]]
 
+    def session(self, graph: str, threads: int = 1):
+        """An onnxruntime CPU session for one of the manifest's graphs ("infer", "train_step")."""
+        import onnxruntime as ort  # imported here: the server reads bundles without running them
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        path = self.path(self.manifest["graphs"][graph]["file"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def tokenizer(self):
+        """The bundle's sentencepiece tokenizer (model.tokenizer.Tokenizer)."""
+        from model.tokenizer import Tokenizer
+
+        return Tokenizer.load(self.path(self.manifest["tokenizer"]["model"]))
+
     def load_weights(self) -> dict[str, np.ndarray]:
         """The global weights, checked against the manifest's names, shapes and dtypes."""
         tensors, _ = weights_codec.load(self.path("weights.safetensors"))

@@ -29,11 +29,9 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
 from model.bundle import load_bundle
 from model.normalize import split_typed
-from model.tokenizer import Tokenizer
 
 BOUNDARY_BYTES = b"/?"
 BEAM_WIDTH = 8
@@ -62,14 +60,10 @@ class Completer:
     def __init__(self, bundle_dir, weights: dict | None = None, beam_width: int = BEAM_WIDTH,
                  max_steps: int = MAX_STEPS, threads: int = 1):
         bundle = load_bundle(bundle_dir)
-        graph = bundle.manifest["graphs"]["infer"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(bundle.path(graph["file"])), options,
-                                            providers=["CPUExecutionProvider"])
-        self.io = graph
+        self.session = bundle.session("infer", threads)
+        self.io = bundle.manifest["graphs"]["infer"]
         self.config = bundle.manifest["config"]
-        self.tokenizer = Tokenizer.load(bundle.path(bundle.manifest["tokenizer"]["model"]))
+        self.tokenizer = bundle.tokenizer()
         self.weights = bundle.load_weights() if weights is None else weights
         self.beam_width, self.max_steps = beam_width, max_steps
         self.blocked = np.zeros(self.tokenizer.vocab_size, dtype=bool)  # never generated

@@ -20,14 +20,12 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import onnxruntime as ort
 from tqdm import tqdm
 
 from model.bundle import Bundle, BundleError, load_bundle
 from model.complete import Completer
 from model.normalize import read_corpus
 from model.trainer import encode_rows
-from model.tokenizer import Tokenizer
 
 
 def keystrokes(target: str, suggest: Callable[[str], list[str]], k: int = 3) -> int:
@@ -68,9 +66,8 @@ class FrequencyTrie:
 
 def next_token_metrics(bundle: Bundle, weights: dict, urls: list[str], batch: int = 256) -> dict:
     """Teacher-forced top-1/top-3 accuracy and perplexity of the model with infer.onnx."""
-    tokenizer = Tokenizer.load(bundle.path(bundle.manifest["tokenizer"]["model"]))
+    tokenizer, session = bundle.tokenizer(), bundle.session("infer")
     config, io = bundle.manifest["config"], bundle.manifest["graphs"]["infer"]
-    session = ort.InferenceSession(str(bundle.path(io["file"])), providers=["CPUExecutionProvider"])
     width = max((len(tokenizer.encode(u)) + 1 for u in urls), default=1)
     rows = encode_rows(tokenizer, urls, width, config)
     hits1 = hits3 = 0

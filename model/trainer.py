@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
 from model.bundle import Bundle
 from model.tokenizer import Tokenizer
@@ -71,12 +70,8 @@ class LocalTrainer:
 
     def __init__(self, bundle: Bundle, threads: int = 1):
         graph = bundle.manifest["graphs"]["train_step"]
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(bundle.path(graph["file"])), options,
-                                            providers=["CPUExecutionProvider"])
-        self.tokenizer = Tokenizer.load(bundle.path(bundle.manifest["tokenizer"]["model"]))
+        self.session = bundle.session("train_step", threads)
+        self.tokenizer = bundle.tokenizer()
         self.config = bundle.manifest["config"]
         self.batch_size, self.seq_len = graph["batch_size"], graph["seq_len"]
         self.data_inputs = graph["data_inputs"]
