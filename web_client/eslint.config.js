@@ -1,0 +1,23 @@
+// Lint for the browser client: ESLint's recommended rules on ES modules in a browser or worker.
+// Types are checked separately by `tsc -p jsconfig.json` (checkJs over the JSDoc).
+import js from "@eslint/js";
+import globals from "globals";
+
+export default [
+  { ignores: ["node_modules/**"] },
+  js.configs.recommended,
+  {
+    files: ["**/*.js"],
+    languageOptions: {
+      ecmaVersion: 2024,
+      sourceType: "module",
+      globals: { ...globals.browser, ...globals.worker },
+    },
+    rules: {
+      "no-unused-vars": ["error", { argsIgnorePattern: "^_" }],
+      eqeqeq: ["error", "always"],
+      "prefer-const": "error",
+      "no-var": "error",
+    },
+  },
+];
