@@ -21,13 +21,12 @@ import tempfile
 from contextlib import contextmanager
 
 import numpy as np
-
-from common import REPO, median, print_table, time_runs  # first: puts the repo on sys.path
 from bench_training import LR, fixed_batch
-from model.bundle import load_bundle
-from model.export import DEFAULT_CORPUS, load_urls
-from model.normalize import read_corpus
-from model.trainer import LocalTrainer
+from common import REPO, median, print_table, time_runs  # first: puts the repo on sys.path
+
+from formats.bundle import load_bundle
+from formats.urls import DEFAULT_CORPUS, load_urls, read_corpus
+from runtime.trainer import LocalTrainer
 
 sys.path.insert(0, str(REPO / "tests" / "web"))
 from page_helpers import CHROMIUM_ARGS, open_page  # noqa: E402  (shared with the browser tests)
@@ -59,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def serve(bundle_dir: str):
     """The real server on 127.0.0.1 (port 0); rounds close at the first update."""
     from server.app import create_app
-    from server.background import serving
+    from study.background import serving
 
     data = tempfile.mkdtemp(prefix="bench-browser-")
     app = create_app({"BUNDLE_DIR": bundle_dir, "DATA_DIR": data, "MIN_CLIENTS": 1, "MIN_CLIENTS_FLOOR": 1,

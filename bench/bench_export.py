@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from common import REPO, print_table, spread  # first: puts the repo on sys.path
-from model.bundle import load_bundle
+
+from formats.bundle import load_bundle
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -26,8 +26,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from model.bundle import load_bundle  # noqa: E402
-from server.client import FederatedClient, encode_update  # noqa: E402
+from client.protocol import FederatedClient, encode_update  # noqa: E402
+from formats.bundle import load_bundle  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:

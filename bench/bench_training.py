@@ -1,6 +1,6 @@
 """One training step of a bundle's model on one fixed batch: onnxruntime (Python) vs torch eager.
 
-Both run the same math: onnxruntime runs the bundle's train_step.onnx (model.trainer.LocalTrainer,
+Both run the same math: onnxruntime runs the bundle's train_step.onnx (runtime.trainer.LocalTrainer,
 what simulated clients run), torch runs ``model.graphs.sgd_train_step`` eagerly, the function that
 graph was traced from. Same batch (the first batch_size URLs of the default corpus), same weights,
 same lr, the same thread count for both. The browser's number comes from bench/bench_browser.py.
@@ -14,13 +14,13 @@ import argparse
 
 import numpy as np
 import torch
-
 from common import REPO, print_table, spread, time_runs  # first: puts the repo on sys.path
-from model.bundle import load_bundle
-from model.export import DEFAULT_CORPUS, load_urls
+
+from formats.bundle import load_bundle
+from formats.urls import DEFAULT_CORPUS, load_urls
 from model.graphs import sgd_train_step
 from model.lm import LMConfig, URLLanguageModel
-from model.trainer import LocalTrainer, batches
+from runtime.trainer import LocalTrainer, batches
 
 LR = 0.5
 

@@ -1,6 +1,6 @@
 """Bytes of one update on the wire next to the float32 size of the model it updates.
 
-An update is the safetensors body a client POSTs (server.client.encode_update): one delta per
+An update is the safetensors body a client POSTs (client.protocol.encode_update): one delta per
 parameter plus the six metadata fields. The delta here is a real one, one training step's.
 
     .venv/bin/python bench/bench_update_size.py --bundle bundles/default
@@ -12,12 +12,12 @@ import argparse
 import math
 
 import numpy as np
-
 from common import REPO, print_table  # first: puts the repo on sys.path
-from model.bundle import load_bundle
-from model.export import DEFAULT_CORPUS, load_urls
-from model.trainer import LocalTrainer
-from server.client import encode_update
+
+from client.protocol import encode_update
+from formats.bundle import load_bundle
+from formats.urls import DEFAULT_CORPUS, load_urls
+from runtime.trainer import LocalTrainer
 
 # What a real ticket looks like (secrets.token_urlsafe(24)) and a client id (token_urlsafe(16)).
 TICKET = {"ticket": "t" * 32, "version": 1}

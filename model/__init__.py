@@ -1,5 +1,5 @@
-"""fedurl's model core: URL normalisation, tokenizer, the tiny LM, its ONNX graphs and bundles.
+"""The network and its export: the URL LM (lm.py), its ONNX graphs (graphs.py), fedurl-export.
 
-Only ``lm``, ``graphs`` and ``export`` import torch; everything else (bundle, weights,
-complete, evaluate) runs on numpy and onnxruntime, so the server never needs torch.
+The only package that imports torch. It writes bundles (formats.bundle) that runtime/ and the
+browser run; nothing outside model/ imports it.
 """

@@ -8,42 +8,29 @@ temporary directory that replaces --out in one rename.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from model import weights as weights_codec
-from model.bundle import FORMAT_VERSION, MANIFEST, file_entries, write_json_atomic
+from formats import durable
+from formats import tensors as tensor_codec
+from formats.bundle import FORMAT_VERSION, MANIFEST, file_entries
+from formats.urls import DEFAULT_CORPUS, load_urls
 from model.graphs import export_infer, export_train_step
 from model.lm import LMConfig, URLLanguageModel, count_parameters, masked_cross_entropy
-from model.normalize import read_corpus, normalize_url
-from model.tokenizer import SPECIAL_IDS, Tokenizer, train_tokenizer
-from model.trainer import batches, encode_rows
+from runtime.tokenizer import SPECIAL_IDS, Tokenizer, train_tokenizer
+from runtime.trainer import batches, encode_rows
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CORPUS = REPO / "web_client" / "node_modules" / "top-sites" / "top-sites.json"
-
-
-def load_urls(path: Path, limit: int | None) -> list[str]:
-    """Canonical URLs of a corpus: a text file (one per line) or the top-sites JSON."""
-    if not path.is_file():
-        hint = " (run `npm ci` in web_client/ to install the default corpus)" if path == DEFAULT_CORPUS else ""
-        raise SystemExit(f"fedurl-export: corpus {path} not found{hint}")
-    if path.suffix == ".json":
-        entries = json.loads(path.read_text())
-        urls = list(dict.fromkeys(u for u in (normalize_url(e["rootDomain"]) for e in entries) if u))
-        return urls[:limit]
-    return read_corpus(path, limit)
 
 
 def pretrain(model: URLLanguageModel, rows, steps: int, batch_size: int, lr: float, seed: int) -> float:
@@ -76,11 +63,11 @@ def build_manifest(model: URLLanguageModel, infer_io: dict, train_io: dict, trai
     config = model.config
     return {
         "format_version": FORMAT_VERSION, "model_version": 1, "parent_version": None,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "config": config.to_dict(),
         "tokenizer": {"model": "tokenizer.model", "vocab": "tokenizer.json", "type": "bpe",
                       "vocab_size": config.vocab_size, **SPECIAL_IDS,
-                      "normalization": "model/normalize.py (scheme and www. dropped, host lower-cased)"},
+                      "normalization": "formats/urls.py (scheme and www. dropped, host lower-cased)"},
         "parameters": [{"name": n, "shape": list(p.shape), "dtype": "float32"}
                        for n, p in model.named_parameters()],
         "graphs": {
@@ -113,7 +100,7 @@ def export_bundle(urls: list[str], out: Path, config: LMConfig, steps: int, lr: 
         rows = encode_rows(tokenizer, urls, config.seq_len, config.to_dict())
         final_loss = pretrain(model, rows, steps, batch_size, lr, seed)
         model.eval()
-        weights_codec.save(work / "weights.safetensors",
+        tensor_codec.save(work / "weights.safetensors",
                            {n: p.detach().numpy() for n, p in model.named_parameters()})
         print("exporting ONNX graphs…", file=sys.stderr)
         infer_io = export_infer(model, str(work / "infer.onnx"))
@@ -123,7 +110,7 @@ def export_bundle(urls: list[str], out: Path, config: LMConfig, steps: int, lr: 
                     "parameters": count_parameters(model),
                     "seconds": round(time.monotonic() - started, 1)}
         manifest = build_manifest(model, infer_io, train_io, training, work)
-        write_json_atomic(work / MANIFEST, manifest)
+        durable.write_json(work / MANIFEST, manifest)
         _replace_directory(work, out)
         return manifest
     finally:
@@ -179,7 +166,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     """Entry point of fedurl-export."""
     args = parse_args(argv)
-    urls = load_urls(args.corpus, args.limit)
+    try:
+        urls = load_urls(args.corpus, args.limit)
+    except FileNotFoundError as error:
+        raise SystemExit(f"fedurl-export: {error}") from None
     if len(urls) < 10:
         raise SystemExit(f"fedurl-export: {args.corpus} holds {len(urls)} usable URLs; need at least 10")
     print(f"corpus: {len(urls)} URLs from {args.corpus}", file=sys.stderr)

@@ -12,15 +12,15 @@ what lets onnxruntime-web, which has no training build since 1.19, train the mod
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 import warnings
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch._decomp import core_aten_decompositions
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from formats import durable
 from model.lm import LMConfig, URLLanguageModel, masked_cross_entropy
 
 OPSET = 20
@@ -113,16 +113,8 @@ def _export(module: nn.Module, args: tuple, path: str, input_names, output_names
         program = torch.onnx.export(module, args, dynamo=True, opset_version=OPSET,
                                     input_names=list(input_names), output_names=list(output_names),
                                     dynamic_shapes=dynamic_shapes, verbose=False, optimize=True)
-    directory = os.path.dirname(os.path.abspath(path))
-    with tempfile.NamedTemporaryFile(dir=directory, suffix=".onnx.tmp", delete=False) as tmp:
-        tmp_path = tmp.name
-    try:
-        program.save(tmp_path, external_data=False)
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
-    finally:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
+    # the ONNX proto is serialised in memory, then written durably: a crash leaves no half graph
+    durable.write_bytes(Path(path), program.model_proto.SerializeToString())
 
 
 def export_train_step(model: URLLanguageModel, path: str) -> dict:

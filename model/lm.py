@@ -39,7 +39,7 @@ class LMConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "LMConfig":
+    def from_dict(cls, values: dict) -> LMConfig:
         """Inverse of to_dict; unknown keys are an error, not silently dropped."""
         unknown = set(values) - set(cls.__dataclass_fields__)
         assert not unknown, f"unknown LMConfig keys: {sorted(unknown)}"

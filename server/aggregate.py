@@ -58,7 +58,7 @@ def staleness_weight(staleness: int, exponent: float) -> float:
 
 
 def apply_delta(weights: Arrays, step: Arrays, lr: float) -> Arrays:
-    """x + lr * step, cast back to each weight's dtype."""
+    """X + lr * step, cast back to each weight's dtype."""
     return {name: (w + lr * step[name]).astype(w.dtype) for name, w in weights.items()}
 
 
@@ -107,7 +107,8 @@ class FedAvg:
 
     def _store(self, slot: str, arrays: Arrays) -> None:
         """Replace a state slot, kept as float32 (as Adam's moments usually are) so that the
-        saved safetensors copy restores bit for bit."""
+        saved safetensors copy restores bit for bit.
+        """
         self.state.update({f"{slot}/{n}": a.astype(np.float32) for n, a in arrays.items()})
 
 

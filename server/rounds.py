@@ -26,7 +26,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from model.bundle import load_bundle
+from formats.bundle import load_bundle
 from server import db, logs
 from server.aggregate import FedAvg, WeightedSum, staleness_weight
 from server.errors import ApiError
@@ -315,7 +315,8 @@ class Coordinator:
     def _publish(self, parent: dict, weights: dict, state: dict, extra: dict, kind: str, reason: str,
                  now: float) -> dict:
         """Write the next version (graphs from parent), record it, end the open round (closed, or
-        aborted by a rollback), open the next round, and switch to it."""
+        aborted by a rollback), open the next round, and switch to it.
+        """
         self.store.sweep(set(self.parents))  # a failed earlier attempt may have left its directory
         manifest = self.store.write(parent, self.version + 1, weights, state, extra, now)
         version, ended = manifest["model_version"], self.round["id"]

@@ -10,9 +10,10 @@ database file, about six times slower than one sequential write and fsync.
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
+
+from formats import durable
 
 SUFFIX = ".st"
 
@@ -32,17 +33,7 @@ class Spool:
         """Write durably: temp file, fsync, rename, fsync the directory."""
         path = self.path(round_id, key)
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(body)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        durable.write_bytes(path, body)
 
     def read(self, round_id: int, key: str) -> bytes:
         """One stored body."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model import weights as weights_codec
+from formats import tensors as tensor_codec
 from server.errors import ApiError
 
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -50,11 +50,11 @@ def decode_payload(body: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     :raise ApiError: malformed_payload for broken bytes, bad_dtype for other dtypes.
     """
     try:
-        tensors, metadata = weights_codec.decode(body)
-    except weights_codec.WeightsFormatError as exc:
+        tensors, metadata = tensor_codec.decode(body)
+    except tensor_codec.WeightsFormatError as exc:
         raise ApiError("malformed_payload", f"body is not a valid safetensors payload: {exc}") from None
     for name, array in tensors.items():
-        if array.dtype not in (weights_codec.DTYPES[d] for d in DELTA_DTYPES):
+        if array.dtype not in (tensor_codec.DTYPES[d] for d in DELTA_DTYPES):
             raise ApiError("bad_dtype", f"tensor {name!r} is {array.dtype.name}; deltas must be F32 or F16")
     return tensors, metadata
 

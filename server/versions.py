@@ -15,13 +15,14 @@ import json
 import os
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from model import weights as weights_codec
-from model.bundle import BUNDLE_FILES, MANIFEST, check_parameters, load_bundle, write_json_atomic
+from formats import durable
+from formats import tensors as tensor_codec
+from formats.bundle import BUNDLE_FILES, MANIFEST, check_parameters, load_bundle
 
 WEIGHTS = "weights.safetensors"
 SERVER_STATE = "server_state.safetensors"
@@ -30,24 +31,7 @@ TMP_PREFIX = ".tmp-"
 
 def iso(timestamp: float) -> str:
     """ISO 8601 UTC with a Z, to the second."""
-    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _write_durable(path: Path, data: bytes) -> None:
-    """Write bytes and fsync them before the directory is renamed into place."""
-    with open(path, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    """fsync a directory so a rename inside it is durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class VersionStore:
@@ -71,10 +55,10 @@ class VersionStore:
         tmp = Path(tempfile.mkdtemp(dir=self.root, prefix=f"{TMP_PREFIX}{version}-"))
         try:
             manifest = fill(tmp)
-            write_json_atomic(tmp / MANIFEST, manifest)  # manifest last, as fedurl-export does
-            _fsync_dir(tmp)
+            durable.write_json(tmp / MANIFEST, manifest)  # manifest last, as fedurl-export does
+            durable.fsync_dir(tmp)
             os.rename(tmp, self.path(version))  # fails if the version exists: never overwrite
-            _fsync_dir(self.root)
+            durable.fsync_dir(self.root)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return manifest
@@ -102,15 +86,15 @@ class VersionStore:
         parent_dir = self.path(parent["model_version"])
         ordered = {p["name"]: weights[p["name"]] for p in parent["parameters"]}
         check_parameters(parent, ordered)
-        blob = weights_codec.encode(ordered)
+        blob = tensor_codec.encode(ordered)
 
         def fill(tmp: Path) -> dict:
             """Link the parent's graphs and tokenizer, write weights and state, build the manifest."""
             for name in BUNDLE_FILES:
                 if name != WEIGHTS:
                     os.link(parent_dir / name, tmp / name)
-            _write_durable(tmp / WEIGHTS, blob)
-            _write_durable(tmp / SERVER_STATE, weights_codec.encode(state))
+            durable.write_bytes(tmp / WEIGHTS, blob)
+            durable.write_bytes(tmp / SERVER_STATE, tensor_codec.encode(state))
             files = dict(parent["files"])
             files[WEIGHTS] = {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob)}
             return {**parent, "model_version": version, "parent_version": parent["model_version"],
@@ -124,14 +108,15 @@ class VersionStore:
 
     def weights(self, version: int) -> dict[str, np.ndarray]:
         """A version's weights, writable copies; every file's sha256 and the weights' names and
-        shapes are checked against its manifest first (a corrupt version is never served)."""
+        shapes are checked against its manifest first (a corrupt version is never served).
+        """
         bundle = load_bundle(self.path(version))
         return {name: np.array(array) for name, array in bundle.load_weights().items()}
 
     def optimizer_state(self, version: int) -> dict[str, np.ndarray]:
         """The optimizer state saved with a version (empty for an imported bundle)."""
         path = self.path(version) / SERVER_STATE
-        return {n: np.array(a) for n, a in weights_codec.load(path)[0].items()} if path.exists() else {}
+        return {n: np.array(a) for n, a in tensor_codec.load(path)[0].items()} if path.exists() else {}
 
     def sweep(self, known: set[int]) -> list[str]:
         """Remove temp dirs and version dirs the database does not know (a crash mid-publish)."""

@@ -79,7 +79,7 @@ class GzipCache:
 
 
 def _compress(path: Path, size: int, limit: int) -> bytes | None:
-    """gzip of the file, or None if it saves less than MIN_SAVING or the entry would exceed limit."""
+    """Gzip of the file, or None if it saves less than MIN_SAVING or the entry would exceed limit."""
     # Level 9: done once per file, it saves ~32 KB per first visit over level 6 for ~1.5 s more CPU.
     # mtime=0: the same file always gives the same bytes, as a strong ETag promises (Range requests).
     body = gzip.compress(path.read_bytes(), compresslevel=9, mtime=0)

@@ -12,8 +12,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_URLS = REPO.parent / "shared" / "data" / "urls"
 TEST_BUNDLE_STEPS = 200
 # Files whose change alters the exported bundle (the cache key); completer/eval edits reuse it.
-BUNDLE_SOURCES = ("lm.py", "graphs.py", "tokenizer.py", "export.py", "normalize.py", "bundle.py",
-                  "weights.py", "trainer.py")
+BUNDLE_SOURCES = ("model/lm.py", "model/graphs.py", "model/export.py", "runtime/tokenizer.py",
+                  "runtime/trainer.py", "formats/urls.py", "formats/bundle.py", "formats/tensors.py")
 
 
 def shared_url_file(name: str) -> Path:
@@ -27,15 +27,14 @@ def shared_url_file(name: str) -> Path:
 @pytest.fixture(scope="session")
 def kasztp_urls() -> list[str]:
     """Canonical URLs of kasztp.txt (DMOZ-style directory links, ~48k)."""
-    from model.normalize import read_corpus
+    from formats.urls import read_corpus
 
     return read_corpus(shared_url_file("kasztp.txt"))
 
 
 def _test_corpus() -> tuple[list[str], str]:
     """top-sites domains, plus every 40th kasztp URL when the shared data is there (for paths)."""
-    from model.export import DEFAULT_CORPUS, load_urls
-    from model.normalize import read_corpus
+    from formats.urls import DEFAULT_CORPUS, load_urls, read_corpus
 
     urls = load_urls(DEFAULT_CORPUS, None)
     kasztp = SHARED_URLS / "kasztp.txt"
@@ -51,7 +50,7 @@ def bundle_dir() -> Path:
     from model.lm import LMConfig
 
     urls, name = _test_corpus()
-    source = b"".join((REPO / "model" / name).read_bytes() for name in BUNDLE_SOURCES)
+    source = b"".join((REPO / name).read_bytes() for name in BUNDLE_SOURCES)
     key = hashlib.sha256(source + name.encode()).hexdigest()[:12]
     path = REPO / "build" / f"test-bundle-{key}"
     path.parent.mkdir(exist_ok=True)

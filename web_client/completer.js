@@ -1,5 +1,5 @@
 /**
- * URL completion by beam search with token healing: model/complete.py's algorithm, step for step.
+ * URL completion by beam search with token healing: runtime/complete.py's algorithm, step for step.
  *
  * Read that module's docstring for the algorithm; this file keeps its names (context, heal,
  * search, extend, advance) and its tie-breaking: candidates in (score desc, beam, piece) order,
@@ -111,7 +111,7 @@ export class Completer {
     return suggestions;
   }
 
-  /** Beam search (model/complete.py steps 3-4); returns Map text -> log-prob. */
+  /** Beam search (runtime/complete.py steps 3-4); returns Map text -> log-prob. */
   async search(root, k) {
     let beams = [root];
     const finished = new Map();

@@ -1,17 +1,17 @@
 /**
  * Every tunable of the browser client, with its unit in its name.
  *
- * The completer's search constants must equal model/complete.py's (BEAM_WIDTH, MAX_STEPS):
+ * The completer's search constants must equal runtime/complete.py's (BEAM_WIDTH, MAX_STEPS):
  * tests/web compare the page's suggestions with the Python completer's.
  */
 
-/** Beams kept per decoding step (model/complete.py BEAM_WIDTH). */
+/** Beams kept per decoding step (runtime/complete.py BEAM_WIDTH). */
 export const BEAM_WIDTH = 8;
 
-/** Decoding steps before the search gives up (model/complete.py MAX_STEPS). */
+/** Decoding steps before the search gives up (runtime/complete.py MAX_STEPS). */
 export const MAX_STEPS = 16;
 
-/** Prefix contexts (BOS + pieces -> state) kept between keystrokes (model/complete.py). */
+/** Prefix contexts (BOS + pieces -> state) kept between keystrokes (runtime/complete.py). */
 export const CONTEXT_CACHE_ENTRIES = 256;
 
 /** Suggestions shown under the URL bar. */
@@ -56,7 +56,7 @@ export const DEFAULTS = Object.freeze({
    * under the server's default MAX_UPDATE_NORM of 50.
    */
   max_train_urls: 512,
-  /** SGD learning rate of train_step.onnx (model/trainer.py's default). */
+  /** SGD learning rate of train_step.onnx (runtime/trainer.py's default). */
   lr: 0.5,
   /** Milliseconds between checks for a new global model version. */
   poll_ms: 15000,

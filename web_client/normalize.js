@@ -1,5 +1,5 @@
 /**
- * URL normalisation, rule for rule the JS twin of model/normalize.py (read its docstring).
+ * URL normalisation, rule for rule the JS twin of formats/urls.py (read its docstring).
  *
  * Python and JS disagree on details that matter here, so they are spelled out: Python's
  * "\s" / str.strip() whitespace set (it includes U+001C..U+001F and U+0085, not U+FEFF),
@@ -44,7 +44,7 @@ function cleanHost(host) {
   return clean.startsWith("www.") ? clean.slice(4) : clean;
 }
 
-/** Canonical form of one URL, or null if it is not usable (model/normalize.py normalize_url). */
+/** Canonical form of one URL, or null if it is not usable (formats/urls.py normalize_url). */
 export function normalizeUrl(raw) {
   let text = stripBom(raw).replace(STRIP, "");
   if (!text) return null;
@@ -62,7 +62,7 @@ export function normalizeUrl(raw) {
 }
 
 /**
- * Map text typed in the URL bar to {fill, canonical} (model/normalize.py split_typed).
+ * Map text typed in the URL bar to {fill, canonical} (formats/urls.py split_typed).
  * A suggestion is typed + fill + completion, so it always starts with exactly what was typed.
  */
 export function splitTyped(typed) {

@@ -1,5 +1,5 @@
 /**
- * safetensors in the browser: the JS twin of model/weights.py, checked on the same bytes.
+ * safetensors in the browser: the JS twin of formats/tensors.py, checked on the same bytes.
  *
  * 8-byte little-endian header length N, N bytes of JSON {name: {dtype, shape, data_offsets},
  * "__metadata__": {str: str}} padded with spaces to a multiple of 8, then the raw tensor bytes,
@@ -9,7 +9,7 @@
 
 /** dtype name -> typed-array class (F16 stays raw 16-bit words: Float16Array is not everywhere). */
 export const DTYPES = { F32: Float32Array, F16: Uint16Array, I64: BigInt64Array, I32: Int32Array };
-const MAX_HEADER_BYTES = 1 << 20; // same bound as model/weights.py
+const MAX_HEADER_BYTES = 1 << 20; // same bound as formats/tensors.py
 const F16_MAX = 65504; // the largest finite IEEE 754 half
 
 /** Whether this browser can round to F16 (Float16Array, Chromium >= 135). */
@@ -78,7 +78,7 @@ export function encode(tensors, metadata) {
 }
 
 /**
- * Parse safetensors bytes, checking every bound like model/weights.py's decode.
+ * Parse safetensors bytes, checking every bound like formats/tensors.py's decode.
  * @param {ArrayBuffer|Uint8Array} payload
  * @returns {{tensors: Map<string, {dtype: string, shape: number[], data: ArrayBufferView}>,
  *            metadata: Object<string, string>}}

@@ -46,7 +46,7 @@ export class Tokenizer {
     if (this.byteFallback && this.byteIds.includes(-1)) throw new Error("tokenizer.json: byte pieces missing");
     this.userDefined = userDefined.sort((a, b) => b.length - a.length); // longest match first
     this.utf8 = new TextEncoder();
-    /** What each piece adds to a URL, as a byte string (one char per byte): model/tokenizer.py piece_bytes. */
+    /** What each piece adds to a URL, as a byte string (one char per byte): runtime/tokenizer.py piece_bytes. */
     this.pieceBytes = spec.pieces.map(([piece, , kind]) => {
       if (kind === KIND.byte) return String.fromCharCode(parseInt(piece.slice(3, 5), 16));
       if (kind === KIND.control || kind === KIND.unknown) return "";

@@ -1,5 +1,5 @@
 /**
- * Local training over the device's history: model/trainer.py's rows, batches and loop in JS.
+ * Local training over the device's history: runtime/trainer.py's rows, batches and loop in JS.
  *
  * No onnxruntime here: the worker passes in `step(weights, batch, lr) -> {loss, weights}`, one
  * train_step.onnx call. Loss before/after are full lr-0 passes over the same rows (the step

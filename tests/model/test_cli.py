@@ -2,7 +2,8 @@
 
 import pytest
 
-from model import evaluate, export
+from model import export
+from study import evaluate
 
 
 def test_export_help_explains_the_options(capsys):

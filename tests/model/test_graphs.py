@@ -5,10 +5,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model.bundle import load_bundle
+from formats.bundle import load_bundle
 from model.graphs import sgd_train_step
 from model.lm import LMConfig, URLLanguageModel
-from model.trainer import LocalTrainer, batches
+from runtime.trainer import LocalTrainer, batches
 
 
 @pytest.fixture(scope="module")

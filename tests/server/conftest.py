@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from model import weights as weights_codec
-from model.bundle import MANIFEST, file_entries, write_json_atomic
+from client.protocol import FederatedClient
+from formats import durable
+from formats import tensors as tensor_codec
+from formats.bundle import MANIFEST, file_entries
 from server import db
 from server.app import create_app
-from server.client import FederatedClient
 
 ADMIN_TOKEN = "test-admin-token-0123"
 TINY_PARAMETERS = {"embed.weight": (4, 3), "head.bias": (5,)}
@@ -24,14 +25,14 @@ def write_tiny_bundle(directory, parameters=TINY_PARAMETERS, seed=0):
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     weights = {name: rng.normal(size=shape).astype(np.float32) for name, shape in parameters.items()}
-    weights_codec.save(directory / "weights.safetensors", weights)
+    tensor_codec.save(directory / "weights.safetensors", weights)
     for name in ("tokenizer.model", "tokenizer.json", "infer.onnx", "train_step.onnx"):
         (directory / name).write_bytes(f"placeholder {name}".encode())
     manifest = {"format_version": 1, "model_version": 1, "parent_version": None, "created": "2026-01-01T00:00:00Z",
                 "config": {}, "tokenizer": {},
                 "parameters": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in parameters.items()],
                 "graphs": {}, "files": file_entries(directory)}
-    write_json_atomic(directory / MANIFEST, manifest)
+    durable.write_json(directory / MANIFEST, manifest)
     return directory
 
 

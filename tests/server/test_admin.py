@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from client.protocol import FederatedClient, ProtocolError
 from server.app import create_app
-from server.client import FederatedClient, ProtocolError
 from tests.server.conftest import ADMIN_TOKEN, small_delta, snapshot
 
 ROUTES = [("GET", "/api/admin/status", None), ("POST", "/api/admin/close", None),

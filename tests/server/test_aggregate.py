@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from server.aggregate import (FedAdam, FedAvg, FedAvgM, WeightedSum, make_optimizer,
-                              staleness_weight)
+from server.aggregate import FedAdam, FedAvg, FedAvgM, WeightedSum, make_optimizer, staleness_weight
 
 
 def naive_weighted_mean(deltas: list[dict], weights: list[float]) -> dict:

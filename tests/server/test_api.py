@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model.bundle import load_bundle
+from client.protocol import FederatedClient
+from formats.bundle import load_bundle
 from server.app import ISOLATION_HEADERS, create_app
-from server.client import FederatedClient
 from tests.server.conftest import fetch, small_delta
 
 

@@ -11,15 +11,15 @@ from __future__ import annotations
 import json
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pytest
 
-from model import weights as weights_codec
+from client.protocol import FederatedClient
+from formats import tensors as tensor_codec
 from server.app import create_app
-from server.client import FederatedClient
 from tests.server.conftest import TINY_PARAMETERS, rejected, small_delta, snapshot
 
 
@@ -40,7 +40,7 @@ class Ctx:
 
     def body(self, delta=None, **overrides) -> bytes:
         """A safetensors update body: delta (default: a valid small one) and metadata overrides."""
-        return weights_codec.encode(small_delta() if delta is None else delta, self.metadata(**overrides))
+        return tensor_codec.encode(small_delta() if delta is None else delta, self.metadata(**overrides))
 
     def post(self, body: bytes, content_type="application/octet-stream", path="/api/updates"):
         """POST bytes."""

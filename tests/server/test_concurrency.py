@@ -7,9 +7,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from client.protocol import FederatedClient
 from server.app import create_app
-from server.client import FederatedClient
-from server.background import serving
+from study.background import serving
 from tests.server.conftest import TINY_PARAMETERS
 
 CLIENTS = 50

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from client.protocol import FederatedClient
 from server.app import create_app
 from server.config import from_environ
 from server.ratelimit import RateLimiter
-from server.client import FederatedClient
 from tests.server.conftest import small_delta, write_tiny_bundle
 
 
@@ -66,9 +66,10 @@ def test_a_data_dir_keeps_its_model(config, tmp_path):
     create_app(config)
     other = write_tiny_bundle(tmp_path / "other")
     (other / "infer.onnx").write_bytes(b"other graph")
-    from model.bundle import file_entries, load_bundle, write_json_atomic
+    from formats import durable
+    from formats.bundle import file_entries, load_bundle
     manifest = load_bundle(other, verify=False).manifest
-    write_json_atomic(other / "manifest.json", {**manifest, "files": file_entries(other)})
+    durable.write_json(other / "manifest.json", {**manifest, "files": file_entries(other)})
     with pytest.raises(RuntimeError, match="different infer.onnx"):
         create_app({**config, "BUNDLE_DIR": str(other)})
     assert create_app({**config, "BUNDLE_DIR": None}).extensions["fedurl.coordinator"].version == 1

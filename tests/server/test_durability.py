@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from model.bundle import load_bundle
-from server.client import FederatedClient, ProtocolError
+from client.protocol import FederatedClient, ProtocolError
+from formats.bundle import load_bundle
 from tests.server.conftest import write_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from model.bundle import load_bundle
-from model.trainer import LocalTrainer
+from client.protocol import FederatedClient
+from formats.bundle import load_bundle
+from runtime.trainer import LocalTrainer
 from server.app import create_app
-from server.client import FederatedClient
-from server.background import serving
+from study.background import serving
 
 CLIENTS, URLS_PER_CLIENT, EPOCHS, CLIENT_LR = 5, 48, 2, 0.5
 

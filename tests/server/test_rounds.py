@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from client.protocol import FederatedClient, ProtocolError
 from server.app import create_app
-from server.client import FederatedClient, ProtocolError
 from tests.server.conftest import small_delta, snapshot
 
 

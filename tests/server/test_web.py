@@ -12,10 +12,11 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from model.bundle import MANIFEST, file_entries, write_json_atomic
+from formats import durable
+from formats.bundle import MANIFEST, file_entries
 from server import web as web_module
 from server.app import ISOLATION_HEADERS, create_app
-from server.background import serving
+from study.background import serving
 from tests.server.conftest import fetch, write_tiny_bundle
 
 GZIP = {"Accept-Encoding": "gzip, deflate, br"}
@@ -229,7 +230,7 @@ def compressible_bundle(tmp_path):
     (bundle / "train_step.onnx").write_bytes(b"\x08\x07\x12\x06pytorch" + bytes(4096))
     manifest = json.loads((bundle / MANIFEST).read_text())
     manifest["files"] = file_entries(bundle)
-    write_json_atomic(bundle / MANIFEST, manifest)
+    durable.write_json(bundle / MANIFEST, manifest)
     return bundle
 
 

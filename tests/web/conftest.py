@@ -11,11 +11,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from page_helpers import ADMIN_TOKEN, CHROMIUM_ARGS
 from playwright.sync_api import expect
 
-from page_helpers import ADMIN_TOKEN, CHROMIUM_ARGS
 from server.app import create_app
-from server.background import serving
+from study.background import serving
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,8 +104,7 @@ def raw_url_lines() -> list[str]:
 def canonical_urls() -> list[str]:
     """Canonical URLs to type and train on: kasztp's links where the shared data is present, else
     the top-sites domains that npm installs, so the completer and training checks never skip."""
-    from model.export import DEFAULT_CORPUS, load_urls
-    from model.normalize import read_corpus
+    from formats.urls import DEFAULT_CORPUS, load_urls, read_corpus
 
     kasztp = REPO.parent / "shared" / "data" / "urls" / "kasztp.txt"
     return read_corpus(kasztp) if kasztp.is_file() else load_urls(DEFAULT_CORPUS, None)

@@ -8,14 +8,13 @@ from urllib.parse import quote, quote_plus, urlparse
 
 import numpy as np
 import pytest
+from page_helpers import ADMIN_TOKEN, PAGE, open_page, shown_suggestions, suggestions_for, visit
 from playwright.sync_api import expect
 
-from model import weights as weights_codec
-from model.complete import Completer
-from model.normalize import normalize_url
-from server.client import FederatedClient
-
-from page_helpers import ADMIN_TOKEN, PAGE, open_page, shown_suggestions, suggestions_for, visit
+from client.protocol import FederatedClient
+from formats import tensors as tensor_codec
+from formats.urls import normalize_url
+from runtime.complete import Completer
 
 TRAINING_MS = 120_000  # a few train_step runs, three browsers on two cores
 PERSONAL_HISTORIES = [  # one per browser: what each user typed and visited
@@ -53,7 +52,7 @@ def server_model(app) -> tuple[dict, dict]:
     client = app.test_client()
     info = client.get("/api/model").get_json()
     with client.get(info["files"]["weights.safetensors"]) as response:
-        tensors, _ = weights_codec.decode(response.data)
+        tensors, _ = tensor_codec.decode(response.data)
     return info, tensors
 
 
@@ -108,7 +107,7 @@ def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live
         assert sorted(seen) == downloads_expected(v1_files, info["files"])
     parameters = sum(int(np.prod(p["shape"])) for p in info["manifest"]["parameters"])
     assert len(uploads) == 3 and all(len(body) < 2 * parameters + 4096 for body in uploads), "F16: 2 bytes a value"
-    assert all(t.dtype == np.float16 for body in uploads for t in weights_codec.decode(body)[0].values())
+    assert all(t.dtype == np.float16 for body in uploads for t in tensor_codec.decode(body)[0].values())
     for context in contexts:
         context.close()
 
@@ -188,7 +187,7 @@ def test_upload_is_f16_and_aggregates_within_f16_precision(page, context, live_a
     expect(page.get_by_role("button", name="Train now")).to_be_enabled()
     context.route("**/api/**", lambda route: route.abort("connectionrefused"))
     train_and_wait(page, "kept on this device")
-    local, _ = weights_codec.decode(base64.b64decode(page.evaluate(PENDING_UPDATE)))
+    local, _ = tensor_codec.decode(base64.b64decode(page.evaluate(PENDING_UPDATE)))
     v1 = server_model(live_app)[1]
     bodies = []
     context.on("request", lambda r: urlparse(r.url).path == "/api/updates" and bodies.append(r.post_data_buffer))
@@ -198,7 +197,7 @@ def test_upload_is_f16_and_aggregates_within_f16_precision(page, context, live_a
     expect(page.locator("#server-answer")).to_contain_text("accepted")
     live_app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     # Assert
-    sent, _ = weights_codec.decode(bodies[0])
+    sent, _ = tensor_codec.decode(bodies[0])
     v2 = server_model(live_app)[1]
     dtype = np.float16 if float16 else np.float32
     for name, delta in local.items():
@@ -306,6 +305,6 @@ def test_training_uses_only_the_most_recent_visits(page):
         visit(page, url)
     with page.expect_request(lambda request: request.url.endswith("/api/updates"), timeout=TRAINING_MS) as upload:
         page.get_by_role("button", name="Train now").click()
-    _, metadata = weights_codec.decode(upload.value.post_data_buffer)
+    _, metadata = tensor_codec.decode(upload.value.post_data_buffer)
     assert metadata["num_examples"] == "2"
     expect(page.locator("#local-urls")).to_have_text("3 (0 not yet trained on)")

@@ -1,13 +1,13 @@
-"""The page's suggestions are model.complete.Completer's, prefix for prefix."""
+"""The page's suggestions are runtime.complete.Completer's, prefix for prefix."""
 
 from __future__ import annotations
 
 import random
 
-from model.complete import Completer
-from model.tokenizer import Tokenizer
-
 from page_helpers import open_page, suggestions_for
+
+from runtime.complete import Completer
+from runtime.tokenizer import Tokenizer
 
 HAND_MADE = ["g", "goo", "GOO", "githu", "http", "https:/", "HTTPS://WWW.Goo", "http://www.", "www.",
              "www.wiki", "en.wikipedia.org/wiki/", "amazon.co", "a b", "x.com/%2", "é", "日本", "youtube.com/",

@@ -5,11 +5,10 @@ from __future__ import annotations
 import random
 
 import pytest
+from page_helpers import open_page, shown_suggestions, visit
 from playwright.sync_api import expect
 
-from model.normalize import normalize_url, split_typed
-
-from page_helpers import open_page, shown_suggestions, visit
+from formats.urls import normalize_url, split_typed
 
 MATCH = """async ([visits, queries]) => {
   const { HistoryIndex } = await import("/static/history_index.js");

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from playwright.sync_api import expect
-
 from page_helpers import PAGE, open_page, visit
+from playwright.sync_api import expect
 
 
 def type_and_wait(page, text: str):

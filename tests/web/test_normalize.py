@@ -1,8 +1,8 @@
-"""web_client/normalize.js maps URLs and typed prefixes exactly like model/normalize.py."""
+"""web_client/normalize.js maps URLs and typed prefixes exactly like formats/urls.py."""
 
 from __future__ import annotations
 
-from model.normalize import normalize_url, split_typed
+from formats.urls import normalize_url, split_typed
 
 EDGE_CASES = [
     "", " ", "\ufeff  x.com\r\n", "HTTPS://WWW.Example.COM:443/", "http://user:pw@Host.com:80/a b  c#frag",

@@ -1,4 +1,4 @@
-"""web_client/safetensors.js and model/weights.py read and write the same bytes."""
+"""web_client/safetensors.js and formats/tensors.py read and write the same bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from model import weights
+from formats import tensors as tensor_codec
 
 METADATA = {"ticket": "t-123", "client_id": "abc_DEF-9", "loss_before": "2.5", "note": "ünïcode ✓"}
 DECODE = """async (payload) => {
@@ -48,7 +48,7 @@ def test_js_decodes_python_bytes(module_page):
     """Every dtype, shape, value, metadata string and the tensor order survive Python -> JS."""
     # Prepare
     tensors = sample_tensors()
-    payload = weights.encode(tensors, METADATA)
+    payload = tensor_codec.encode(tensors, METADATA)
     # Execute
     got = module_page.evaluate(DECODE, list(payload))
     # Assert
@@ -56,7 +56,7 @@ def test_js_decodes_python_bytes(module_page):
     assert got["order"] == list(tensors)
     for name, array in tensors.items():
         entry = got["tensors"][name]
-        assert entry["dtype"] == weights.DTYPE_NAMES[array.dtype] and entry["shape"] == list(array.shape)
+        assert entry["dtype"] == tensor_codec.DTYPE_NAMES[array.dtype] and entry["shape"] == list(array.shape)
         expected = array.view(np.uint16) if array.dtype == np.float16 else array
         assert [type(v)(s) for v, s in zip(expected.ravel().tolist(), entry["values"])] == expected.ravel().tolist()
 
@@ -65,13 +65,13 @@ def test_js_encodes_the_same_bytes_as_python(module_page):
     """JS encode == Python encode, byte for byte (header JSON, padding, data), and Python reads it."""
     # Prepare
     tensors = sample_tensors()
-    spec = [[name, weights.DTYPE_NAMES[a.dtype], list(a.shape),
+    spec = [[name, tensor_codec.DTYPE_NAMES[a.dtype], list(a.shape),
              (a.view(np.uint16) if a.dtype == np.float16 else a).ravel().tolist()] for name, a in tensors.items()]
     # Execute
     payload = bytes(module_page.evaluate(ENCODE, [spec, METADATA]))
     # Assert
-    assert payload == weights.encode(tensors, METADATA)
-    decoded, metadata = weights.decode(payload)
+    assert payload == tensor_codec.encode(tensors, METADATA)
+    decoded, metadata = tensor_codec.decode(payload)
     assert metadata == METADATA and all(np.array_equal(decoded[n], a) for n, a in tensors.items())
 
 
@@ -96,8 +96,8 @@ MALFORMED = {
 @pytest.mark.parametrize("payload", MALFORMED.values(), ids=MALFORMED.keys())
 def test_both_codecs_reject_malformed_payloads(module_page, payload):
     """Each malformed payload is a WeightsFormatError in Python and in JS."""
-    with pytest.raises(weights.WeightsFormatError):
-        weights.decode(payload)
+    with pytest.raises(tensor_codec.WeightsFormatError):
+        tensor_codec.decode(payload)
     assert module_page.evaluate(REJECTS, list(payload)) == "rejected"
 
 

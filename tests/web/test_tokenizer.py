@@ -7,7 +7,7 @@ import json
 import random
 from pathlib import Path
 
-from model.tokenizer import Tokenizer
+from runtime.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 EDGE_CASES = [

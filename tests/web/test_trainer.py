@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.bundle import load_bundle
-from model.trainer import LocalTrainer, batches
+from formats.bundle import load_bundle
+from runtime.trainer import LocalTrainer, batches
 
 TOLERANCE = 1e-5
 LR = 0.5

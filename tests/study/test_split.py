@@ -7,7 +7,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from model.split import dirichlet_split, host_of, host_skew, iid_reference, split_corpus
+from study.split import dirichlet_split, host_of, host_skew, iid_reference, split_corpus
 
 
 def synthetic_urls(hosts: int = 20, per_host: int = 30) -> list[str]:

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from model.bundle import MANIFEST, BundleError, load_bundle, sha256_file
+from formats.bundle import MANIFEST, BundleError, load_bundle, sha256_file
 
 
 @pytest.fixture

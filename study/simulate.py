@@ -2,12 +2,12 @@
 
     fedurl-simulate --clients 100 --rounds 20 --corpus urls.txt --out runs/sim [--alpha 0.1 ...]
 
-1. The corpus is split (model/split.py): a uniform held-out test split, then N non-IID clients by a
+1. The corpus is split (study/split.py): a uniform held-out test split, then N non-IID clients by a
    Dirichlet(alpha) split over hosts, each client's URLs cut into earlier (history) and later ones.
 2. The real server (``server.app.create_app``) serves --bundle as version 1 over HTTP on a free
    loopback port. Each round K sampled clients do what the browser does (docs/PROTOCOL.md), with
-   ``server.client.FederatedClient``: fetch the model, get a ticket, download the weights, run
-   ``train_step.onnx`` in onnxruntime on their history (``model.trainer.LocalTrainer``, the graph
+   ``client.protocol.FederatedClient``: fetch the model, get a ticket, download the weights, run
+   ``train_step.onnx`` in onnxruntime on their history (``runtime.trainer.LocalTrainer``, the graph
    the server serves), upload ``new - global``. The K-th upload closes the round.
 3. References in the same command: **centralized** SGD with the same graph, lr and batch on the
    union of the histories, taking exactly as many steps per round as all clients together took;
@@ -30,16 +30,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from model.bundle import load_bundle
-from model.complete import Completer
-from model.evaluate import FrequencyTrie, keystroke_savings, next_token_metrics
-from model.export import REPO, load_urls
-from model.sim_report import print_summary, write_outputs
-from model.split import Split, split_corpus
-from model.trainer import LocalTrainer, batches
+from client.protocol import FederatedClient, encode_update
+from formats.bundle import load_bundle
+from formats.urls import REPO, load_urls
+from runtime.complete import Completer
+from runtime.trainer import LocalTrainer, batches
 from server.app import create_app
-from server.background import serving
-from server.client import FederatedClient, encode_update
+from study.background import serving
+from study.evaluate import FrequencyTrie, keystroke_savings, next_token_metrics
+from study.report import print_summary, write_outputs
+from study.split import Split, split_corpus
 
 DEFAULT_BUNDLE = REPO / "bundles" / "default"
 KSR_K = 3
@@ -47,7 +47,8 @@ KSR_K = 3
 
 def local_seed(seed: int, round_index: int, client: int) -> int:
     """The shuffling seed of one client's local training in one round (centralized uses round 1,
-    client 0's, so a one-client, one-round federation sees exactly the centralized batches)."""
+    client 0's, so a one-client, one-round federation sees exactly the centralized batches).
+    """
     return int(np.random.SeedSequence([seed, round_index, client]).generate_state(1)[0])
 
 
@@ -55,7 +56,8 @@ def server_settings(bundle: Path, data_dir: str, args: argparse.Namespace, split
     """Server settings for a simulation: the round closes at the K-th update, and the per-client
     and per-address rate limits are lifted (every simulated user shares 127.0.0.1 and rounds take
     seconds). The norm and example limits are raised to what an honest client here can send: each
-    clipped SGD step moves the weights by at most lr * clip_norm."""
+    clipped SGD step moves the weights by at most lr * clip_norm.
+    """
     largest = max(len(client.history) for client in split.clients)
     manifest = load_bundle(bundle, verify=False).manifest
     steps = args.local_epochs * math.ceil(largest / manifest["graphs"]["train_step"]["batch_size"])
@@ -124,7 +126,8 @@ class Centralized:
 
     def advance(self, steps: int) -> int:
         """Take steps SGD steps; return the examples (URLs) they saw. The federation sees a few
-        fewer in as many steps: each client's last batch is partly padding."""
+        fewer in as many steps: each client's last batch is partly padding.
+        """
         examples = 0
         for _ in range(steps):
             tokens, targets, mask = next(self.stream)
@@ -178,7 +181,7 @@ def _row(round_index: int, stats: RoundStats, fed: dict, central: dict | None) -
 
 
 def ksr(completer: Completer, weights: dict, urls: list[str]) -> float:
-    """KSR@3 of the model with these weights (model/evaluate.py's typing rule)."""
+    """KSR@3 of the model with these weights (study/evaluate.py's typing rule)."""
     completer.set_weights(weights)
     return keystroke_savings(urls, lambda typed: completer.complete(typed, KSR_K), KSR_K)
 
@@ -200,7 +203,8 @@ def held_out_table(run: dict, split: Split, completer: Completer, bundle, args) 
 def personalization(run: dict, split: Split, trainer: LocalTrainer, completer: Completer, bundle,
                     args) -> list[dict]:
     """Per sampled client: KSR@3 and loss on its later URLs, global model vs fine-tuned on its history
-    (local SGD as in a round: --local-epochs at --client-lr); KSR on at most --ksr-urls of them."""
+    (local SGD as in a round: --local-epochs at --client-lr); KSR on at most --ksr-urls of them.
+    """
     eligible = [k for k, client in enumerate(split.clients) if client.later]
     chosen = np.random.default_rng([args.seed, 2]).permutation(eligible)[:args.personal_clients]
     results = []
@@ -222,7 +226,10 @@ def personalization(run: dict, split: Split, trainer: LocalTrainer, completer: C
 
 def run(args: argparse.Namespace) -> dict:
     """The whole simulation; writes --out and returns the summary plus the final weights."""
-    urls = load_urls(args.corpus, None)
+    try:
+        urls = load_urls(args.corpus, None)
+    except FileNotFoundError as error:
+        raise SystemExit(f"fedurl-simulate: {error}") from None
     if args.limit is not None and args.limit < len(urls):
         keep = np.sort(np.random.default_rng([args.seed, 0]).choice(len(urls), args.limit, replace=False))
         urls = [urls[i] for i in keep]

@@ -1,6 +1,6 @@
 """What fedurl-simulate writes: metrics.csv, personalization.csv, summary.json, PNG plots, the split.
 
-Kept apart from model/simulate.py so the simulation reads as the protocol and this as bookkeeping.
+Kept apart from study/simulate.py so the simulation reads as the protocol and this as bookkeeping.
 """
 
 from __future__ import annotations

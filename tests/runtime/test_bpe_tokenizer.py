@@ -2,8 +2,8 @@
 
 import pytest
 
-from model.bundle import load_bundle
-from model.tokenizer import Tokenizer
+from formats.bundle import load_bundle
+from runtime.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")

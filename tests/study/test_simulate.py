@@ -11,8 +11,8 @@ import csv
 import numpy as np
 import pytest
 
-from model.export import DEFAULT_CORPUS
-from model.simulate import parse_args, run
+from formats.urls import DEFAULT_CORPUS
+from study.simulate import parse_args, run
 from tests.conftest import SHARED_URLS
 
 

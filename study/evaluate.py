@@ -1,6 +1,6 @@
 """fedurl-eval: how good are a bundle's suggestions, next to the frequency trie every browser has.
 
-Metrics on held-out URLs (canonical form, see model/normalize.py):
+Metrics on held-out URLs (canonical form, see formats/urls.py):
 - next-piece top-1 / top-3 accuracy and perplexity, teacher-forced over BOS + pieces + EOS;
 - keystroke savings rate (KSR) at k=3: type the target left to right; before each keystroke, if a
   top-k suggestion ``c`` with ``target.startswith(c)`` and ``len(c) > len(typed)`` exists, accept the
@@ -16,16 +16,17 @@ import heapq
 import json
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from tqdm import tqdm
 
-from model.bundle import Bundle, BundleError, load_bundle
-from model.complete import Completer
-from model.normalize import read_corpus
-from model.trainer import encode_rows
+from formats.bundle import Bundle, BundleError, load_bundle
+from formats.urls import read_corpus
+from runtime.complete import Completer
+from runtime.session import open_session, open_tokenizer
+from runtime.trainer import encode_rows
 
 
 def keystrokes(target: str, suggest: Callable[[str], list[str]], k: int = 3) -> int:
@@ -66,7 +67,7 @@ class FrequencyTrie:
 
 def next_token_metrics(bundle: Bundle, weights: dict, urls: list[str], batch: int = 256) -> dict:
     """Teacher-forced top-1/top-3 accuracy and perplexity of the model with infer.onnx."""
-    tokenizer, session = bundle.tokenizer(), bundle.session("infer")
+    tokenizer, session = open_tokenizer(bundle), open_session(bundle, "infer")
     config, io = bundle.manifest["config"], bundle.manifest["graphs"]["infer"]
     width = max((len(tokenizer.encode(u)) + 1 for u in urls), default=1)
     rows = encode_rows(tokenizer, urls, width, config)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from model.complete import Completer
-from model.export import DEFAULT_CORPUS, load_urls
+from formats.urls import DEFAULT_CORPUS, load_urls
+from runtime.complete import Completer
 
 
 class UnhealedCompleter(Completer):

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.bundle import Bundle
-from model.tokenizer import Tokenizer
+from formats.bundle import Bundle
+from runtime.session import open_session, open_tokenizer
+from runtime.tokenizer import Tokenizer
 
 
 @dataclass
@@ -70,8 +71,8 @@ class LocalTrainer:
 
     def __init__(self, bundle: Bundle, threads: int = 1):
         graph = bundle.manifest["graphs"]["train_step"]
-        self.session = bundle.session("train_step", threads)
-        self.tokenizer = bundle.tokenizer()
+        self.session = open_session(bundle, "train_step", threads)
+        self.tokenizer = open_tokenizer(bundle)
         self.config = bundle.manifest["config"]
         self.batch_size, self.seq_len = graph["batch_size"], graph["seq_len"]
         self.data_inputs = graph["data_inputs"]

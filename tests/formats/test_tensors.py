@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from model.weights import WeightsFormatError, decode, encode
+from formats.tensors import WeightsFormatError, decode, encode
 
 
 def test_round_trip_keeps_names_order_values_and_metadata():

@@ -1,8 +1,8 @@
-"""URL normalisation rules (model/normalize.py) and typed-prefix mapping."""
+"""URL normalisation rules (formats/urls.py) and typed-prefix mapping."""
 
 import pytest
 
-from model.normalize import MAX_URL_CHARS, normalize_url, read_corpus, split_typed
+from formats.urls import MAX_URL_CHARS, normalize_url, read_corpus, split_typed
 
 
 @pytest.mark.parametrize("raw, expected", [

@@ -2,8 +2,8 @@
 
 import pytest
 
-from model.evaluate import FrequencyTrie, keystroke_savings, keystrokes, next_token_metrics
-from model.bundle import load_bundle
+from formats.bundle import load_bundle
+from study.evaluate import FrequencyTrie, keystroke_savings, keystrokes, next_token_metrics
 
 
 def test_keystrokes_without_suggestions_is_one_per_character():

@@ -27,7 +27,7 @@ SPLIT_ATTEMPTS = 100
 
 
 def host_of(url: str) -> str:
-    """The host of a canonical URL (model/normalize.py form: no scheme)."""
+    """The host of a canonical URL (formats/urls.py form: no scheme)."""
     return _HOST_END.split(url, maxsplit=1)[0]
 
 

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from model import weights as weights_codec
+from formats import tensors as tensor_codec
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -42,23 +40,6 @@ def file_entries(directory: Path, names=BUNDLE_FILES) -> dict:
             for name in names}
 
 
-def write_json_atomic(path: Path, document: dict) -> None:
-    """Write JSON to a temp file in the same directory, fsync, then rename over path."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; bundles are served and shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 @dataclass
 class Bundle:
     """A verified bundle on disk."""
@@ -75,27 +56,11 @@ class Bundle:
         """Parameter names in graph-input order."""
         return [p["name"] for p in self.manifest["parameters"]]
 
-    def session(self, graph: str, threads: int = 1):
-        """An onnxruntime CPU session for one of the manifest's graphs ("infer", "train_step")."""
-        import onnxruntime as ort  # imported here: the server reads bundles without running them
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        path = self.path(self.manifest["graphs"][graph]["file"])
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def tokenizer(self):
-        """The bundle's sentencepiece tokenizer (model.tokenizer.Tokenizer)."""
-        from model.tokenizer import Tokenizer
-
-        return Tokenizer.load(self.path(self.manifest["tokenizer"]["model"]))
-
     def load_weights(self) -> dict[str, np.ndarray]:
         """The global weights, checked against the manifest's names, shapes and dtypes."""
-        tensors, _ = weights_codec.load(self.path("weights.safetensors"))
-        check_parameters(self.manifest, tensors)
-        return tensors
+        arrays, _ = tensor_codec.load(self.path("weights.safetensors"))
+        check_parameters(self.manifest, arrays)
+        return arrays
 
 
 def check_parameters(manifest: dict, tensors: dict[str, np.ndarray]) -> None:

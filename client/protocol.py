@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from model import weights as weights_codec
-from model.bundle import MANIFEST, write_json_atomic
+from formats import durable
+from formats import tensors as tensor_codec
+from formats.bundle import MANIFEST
 
 
 class ProtocolError(Exception):
@@ -70,7 +71,7 @@ def encode_update(delta: dict[str, np.ndarray], ticket: dict, client_id: str, nu
     metadata = {"ticket": ticket["ticket"], "client_id": client_id, "base_version": str(ticket["version"]),
                 "num_examples": str(num_examples), "loss_before": repr(float(loss_before)),
                 "loss_after": repr(float(loss_after))}
-    return weights_codec.encode({n: np.asarray(a, dtype=dtype) for n, a in delta.items()}, metadata)
+    return tensor_codec.encode({n: np.asarray(a, dtype=dtype) for n, a in delta.items()}, metadata)
 
 
 class FederatedClient:
@@ -114,16 +115,16 @@ class FederatedClient:
 
     def global_weights(self) -> dict[str, np.ndarray]:
         """The fetched version's weights."""
-        return weights_codec.decode(self.download("weights.safetensors"))[0]
+        return tensor_codec.decode(self.download("weights.safetensors"))[0]
 
     def save_bundle(self, directory) -> Path:
-        """Write the fetched model as a bundle directory (e.g. for model.trainer.LocalTrainer)."""
+        """Write the fetched model as a bundle directory (e.g. for runtime.trainer.LocalTrainer)."""
         model = self.model or self.fetch_model()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         for name in model["manifest"]["files"]:
             (directory / name).write_bytes(self.download(name))
-        write_json_atomic(directory / MANIFEST, model["manifest"])
+        durable.write_json(directory / MANIFEST, model["manifest"])
         return directory
 
     def ticket(self) -> dict:

@@ -30,8 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from model.bundle import load_bundle
-from model.normalize import split_typed
+from formats.bundle import load_bundle
+from formats.urls import split_typed
+from runtime.session import open_session, open_tokenizer
 
 BOUNDARY_BYTES = b"/?"
 BEAM_WIDTH = 8
@@ -60,10 +61,10 @@ class Completer:
     def __init__(self, bundle_dir, weights: dict | None = None, beam_width: int = BEAM_WIDTH,
                  max_steps: int = MAX_STEPS, threads: int = 1):
         bundle = load_bundle(bundle_dir)
-        self.session = bundle.session("infer", threads)
+        self.session = open_session(bundle, "infer", threads)
         self.io = bundle.manifest["graphs"]["infer"]
         self.config = bundle.manifest["config"]
-        self.tokenizer = bundle.tokenizer()
+        self.tokenizer = open_tokenizer(bundle)
         self.weights = bundle.load_weights() if weights is None else weights
         self.beam_width, self.max_steps = beam_width, max_steps
         self.blocked = np.zeros(self.tokenizer.vocab_size, dtype=bool)  # never generated

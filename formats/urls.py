@@ -23,6 +23,7 @@ Suggestions are shown in this canonical form; ``split_typed`` maps what a user t
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from pathlib import Path
@@ -99,3 +100,23 @@ def read_corpus(path, limit: int | None = None) -> list[str]:
                 if limit is not None and len(seen) >= limit:
                     break
     return list(seen)
+
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CORPUS = REPO / "web_client" / "node_modules" / "top-sites" / "top-sites.json"
+
+
+def load_urls(path: Path, limit: int | None) -> list[str]:
+    """Canonical URLs of a corpus: a text file (one per line) or the top-sites JSON.
+
+    :raise FileNotFoundError: with a hint when the default corpus is not installed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        hint = " (run `npm ci` in web_client/ to install the default corpus)" if path == DEFAULT_CORPUS else ""
+        raise FileNotFoundError(f"corpus {path} not found{hint}")
+    if path.suffix == ".json":
+        entries = json.loads(path.read_text())
+        urls = list(dict.fromkeys(u for u in (normalize_url(e["rootDomain"]) for e in entries) if u))
+        return urls[:limit]
+    return read_corpus(path, limit)

@@ -2,7 +2,7 @@
 
 BPE rather than unigram because its encoding is a deterministic merge order that a 100-line
 JS encoder reproduces exactly (web_client/tokenizer.js); unigram's Viterbi ties differ between
-implementations. No normalisation inside sentencepiece (model/normalize.py owns that), no
+implementations. No normalisation inside sentencepiece (formats/urls.py owns that), no
 dummy prefix, and byte fallback so any Unicode URL encodes without <unk>.
 """
 
@@ -47,7 +47,7 @@ class Tokenizer:
         self.piece_bytes = [self._bytes_of(i) for i in range(self.vocab_size)]
 
     @classmethod
-    def load(cls, path) -> "Tokenizer":
+    def load(cls, path) -> Tokenizer:
         """Load a tokenizer.model file."""
         return cls(Path(path).read_bytes())
 
@@ -82,7 +82,7 @@ class Tokenizer:
 
 
 def _piece_kind(proto: spm.SentencePieceProcessor, piece_id: int) -> int:
-    """sentencepiece's ModelProto.SentencePiece.Type: 1 normal, 2 unknown, 3 control, 6 byte."""
+    """Sentencepiece's ModelProto.SentencePiece.Type: 1 normal, 2 unknown, 3 control, 6 byte."""
     if proto.is_unknown(piece_id):
         return 2
     if proto.is_control(piece_id):

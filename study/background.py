@@ -7,8 +7,8 @@ For what runs the real server in-process and talks to it over sockets: the simul
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 
