@@ -6,14 +6,15 @@ BUNDLE ?= bundles/default
 HOST ?= 127.0.0.1
 PORT ?= 5000
 
-.PHONY: install demo bundle serve test bench chromium clean
+.PHONY: install demo bundle serve test lint bench chromium clean
 
 install: $(VENV)/.installed web_client/node_modules/.installed
 
-$(VENV)/.installed: pyproject.toml
+# constraints.txt locks every version (torch's CPU build lies on this machine's disk).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[train,sim,test]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[train,sim,test,lint]'
 	touch $@
 
 web_client/node_modules/.installed: web_client/package.json web_client/package-lock.json
@@ -35,6 +36,13 @@ demo: install bundle
 
 test: install chromium
 	$(PY) -m pytest
+
+# Python: ruff (pycodestyle, pyflakes, isort, bugbear, pyupgrade, docstrings) and mypy on the
+# torch-free packages; browser: eslint and TypeScript's checkJs over the JSDoc.
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	cd web_client && npx --no-install eslint . && npx --no-install tsc -p jsconfig.json
 
 bench: install chromium bundle
 	$(PY) bench/run_all.py --bundle $(BUNDLE)

@@ -39,7 +39,9 @@ TRAIN_STEPS = """async ([fields, runs]) => {
   const batch = { tokens: Int32Array.from(fields.tokens), targets: Int32Array.from(fields.targets),
                   mask: Float32Array.from(fields.mask), lr: fields.lr };
   const seconds = [];
-  for (let i = 0; i <= runs; i++) seconds.push((await worker.request("trainStep", { ...batch, model })).seconds);
+  for (let i = 0; i <= runs; i++) {
+    seconds.push((await worker.request("trainStep", { ...batch, model })).seconds);
+  }
   worker.worker.terminate();
   return seconds.slice(1);  // the first run compiles kernels
 }"""
@@ -48,9 +50,12 @@ TRAIN_STEPS = """async ([fields, runs]) => {
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"), help="bundle (default: %(default)s)")
-    parser.add_argument("--keystrokes", type=int, default=500, help="keys typed per latency run (default: %(default)s)")
-    parser.add_argument("--key-delay-ms", type=float, default=80, help="pause between keys (default: %(default)s)")
+    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
+                        help="bundle (default: %(default)s)")
+    parser.add_argument("--keystrokes", type=int, default=500,
+                        help="keys typed per latency run (default: %(default)s)")
+    parser.add_argument("--key-delay-ms", type=float, default=80,
+                        help="pause between keys (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -115,7 +120,8 @@ def total_bytes(requests, start: int = 0) -> tuple[float, dict]:
         sizes = request.sizes()
         size = sum(sizes.values()) / 1e6
         path = request.url.split("//", 1)[1].split("/", 1)[1].split("?")[0]
-        kind = "ort" if path.startswith("ort/") else path.split("/")[1] if path.startswith("api/") else "page code"
+        kind = ("ort" if path.startswith("ort/") else path.split("/")[1] if path.startswith("api/")
+                else "page code")
         kinds[kind] = kinds.get(kind, 0) + size
     return sum(kinds.values()), kinds
 
@@ -148,7 +154,8 @@ def transfer_rows(browser, base_url: str, urls: list[str]) -> list[tuple[str, st
         visit(page, url)
     mark = len(requests)
     page.get_by_role("button", name="Train now").click()
-    page.wait_for_function("document.getElementById('model-version').textContent.startsWith('v2')", timeout=300_000)
+    page.wait_for_function("document.getElementById('model-version').textContent.startsWith('v2')",
+                           timeout=300_000)
     round_ = total_bytes(requests, mark)
     context.close()
     return [("transfer: first visit (model + training graph)", describe(*first)),
@@ -169,7 +176,8 @@ def training_rows(page, bundle_dir: str) -> list[tuple[str, str]]:
 
     def rate(ms: list[float]) -> str:
         step = median(ms)
-        return f"{step:.0f} ms/step = {counted / step * 1000:,.0f} tokens/s ({positions / step * 1000:,.0f} positions/s)"
+        return (f"{step:.0f} ms/step = {counted / step * 1000:,.0f} tokens/s "
+                f"({positions / step * 1000:,.0f} positions/s)")
 
     return [("train batch", f"{batch[0].shape[0]} x {batch[0].shape[1]}, {counted} counted tokens"),
             ("train step, browser (onnxruntime-web wasm, 1 thread)", rate(browser_ms)),

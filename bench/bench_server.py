@@ -33,10 +33,14 @@ from formats.bundle import load_bundle  # noqa: E402
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"), help="model bundle (default: %(default)s)")
-    parser.add_argument("--updates", type=int, default=1000, help="uploads in the round (default: %(default)s)")
-    parser.add_argument("--senders", type=int, default=8, help="parallel sender threads (default: %(default)s)")
-    parser.add_argument("--distinct", type=int, default=16, help="distinct random deltas cycled (default: %(default)s)")
+    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
+                        help="model bundle (default: %(default)s)")
+    parser.add_argument("--updates", type=int, default=1000,
+                        help="uploads in the round (default: %(default)s)")
+    parser.add_argument("--senders", type=int, default=8,
+                        help="parallel sender threads (default: %(default)s)")
+    parser.add_argument("--distinct", type=int, default=16,
+                        help="distinct random deltas cycled (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -56,8 +60,8 @@ def start_server(bundle: str, data_dir: str, updates: int) -> tuple[subprocess.P
     """fedurl-serve on a free port; returns the process and its base URL (log drained in a thread)."""
     env = {**os.environ, "FEDURL_MIN_CLIENTS": str(updates), "FEDURL_TICK_INTERVAL_S": "0",
            "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "1000000", "FEDURL_LOG_LEVEL": "INFO"}
-    process = subprocess.Popen([sys.executable, "-m", "server.cli", "--bundle", bundle, "--data-dir", data_dir,
-                                "--port", "0"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "server.cli", "--bundle", bundle, "--data-dir", data_dir, "--port", "0"]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     found: list[str] = []
     ready = threading.Event()
 
@@ -78,8 +82,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Run the benchmark; return (metric, value) rows."""
     manifest = load_bundle(args.bundle, verify=False).manifest
     rng = np.random.default_rng(0)
-    deltas = [{p["name"]: rng.normal(scale=1e-4, size=p["shape"]).astype(np.float32) for p in manifest["parameters"]}
-              for _ in range(args.distinct)]
+    deltas = [{p["name"]: rng.normal(scale=1e-4, size=p["shape"]).astype(np.float32)
+               for p in manifest["parameters"]} for _ in range(args.distinct)]
     elements = sum(int(np.prod(p["shape"])) for p in manifest["parameters"])
     with tempfile.TemporaryDirectory(prefix="fedurl-bench-") as data_dir:
         process, url = start_server(args.bundle, data_dir, args.updates)
@@ -90,7 +94,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
             latencies = [0.0] * args.updates
 
             def send(i: int) -> None:
-                body = encode_update(deltas[i % args.distinct], tickets[i], clients[i].client_id, 20, 3.0, 2.5)
+                delta = deltas[i % args.distinct]
+                body = encode_update(delta, tickets[i], clients[i].client_id, 20, 3.0, 2.5)
                 began = time.perf_counter()
                 clients[i].post_update(body)
                 latencies[i] = time.perf_counter() - began
@@ -109,8 +114,10 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
     from tests.server.test_bad_input import CASES  # the suite's own list: counted, not typed in
     return [("model parameters", f"{elements:,} ({4 * elements / 2**20:.2f} MiB as float32)"),
             ("updates in the round", f"{args.updates} from {args.senders} sender threads"),
-            ("ingest rate", f"{args.updates / seconds:.1f} updates/s ({seconds:.1f} s, aggregation included)"),
-            ("server CPU per update", f"{1000 * server_cpu / args.updates:.1f} ms (user + system, all threads)"),
+            ("ingest rate", f"{args.updates / seconds:.1f} updates/s "
+                            f"({seconds:.1f} s, aggregation included)"),
+            ("server CPU per update", f"{1000 * server_cpu / args.updates:.1f} ms "
+                                      f"(user + system, all threads)"),
             ("upload latency p50 / p95", f"{np.percentile(ms, 50):.1f} / {np.percentile(ms, 95):.1f} ms"),
             ("last upload (closes the round)", f"{latencies[-1] * 1000:.0f} ms"),
             ("server RSS before uploads", f"{idle['VmRSS'] / 1024:.1f} MiB"),

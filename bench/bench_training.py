@@ -52,7 +52,7 @@ def torch_step(bundle, weights: dict, batch, threads: int):
     params = [torch.from_numpy(np.array(weights[name])) for name in bundle.parameter_names]
     inputs = [torch.from_numpy(a) for a in batch] + [torch.tensor(LR, dtype=torch.float32)]
     loss, *updated = step(*inputs, *params)
-    first = dict(zip(bundle.parameter_names, (u.detach().numpy() for u in updated)))
+    first = dict(zip(bundle.parameter_names, (u.detach().numpy() for u in updated), strict=True))
     return (lambda: step(*inputs, *params)), float(loss), first
 
 

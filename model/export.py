@@ -40,7 +40,8 @@ def pretrain(model: URLLanguageModel, rows, steps: int, batch_size: int, lr: flo
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * s / steps)))
     recent: list[float] = []
-    progress = tqdm(range(steps), desc="pretraining", unit="step", file=sys.stderr, mininterval=1.0)
+    progress = tqdm(range(steps), desc="pretraining", unit="step", file=sys.stderr, mininterval=1.0,
+                    disable=None)  # None: quiet when stderr is not a terminal (logs, CI)
     for _ in progress:
         order = rng.choice(len(rows), size=batch_size, replace=len(rows) < batch_size)
         tokens, targets, mask = next(batches(rows, batch_size, order))

@@ -43,7 +43,8 @@ def keystroke_savings(targets: list[str], suggest: Callable[[str], list[str]], k
                       progress: bool = False) -> float:
     """KSR over all targets: 1 - total keystrokes / total characters."""
     total_keys = total_chars = 0
-    for target in tqdm(targets, desc="KSR", unit="url", disable=not progress, file=sys.stderr):
+    for target in tqdm(targets, desc="KSR", unit="url", disable=None if progress else True,
+                       file=sys.stderr):
         total_keys += keystrokes(target, suggest, k)
         total_chars += len(target)
     return 1.0 - total_keys / max(total_chars, 1)

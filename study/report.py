@@ -52,7 +52,7 @@ def plot_rounds(rows: list[dict], out: Path) -> list[str]:
             elif points:  # one colour per metric; federated solid, centralized dashed
                 style = "--" if column.startswith("central") else "-"
                 color = COLORS[column.rsplit("_", 1)[-1]]
-                ax.plot(*zip(*points), style, color=color, marker=".", label=label)
+                ax.plot(*zip(*points, strict=True), style, color=color, marker=".", label=label)
         ax.set(title=title, xlabel="round", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -25,6 +25,7 @@ import math
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -154,7 +155,7 @@ def federate(url: str, trainer: LocalTrainer, split: Split, args: argparse.Names
     initial = held_out_metrics(bundle, weights, eval_urls)
     rows = [_row(0, RoundStats(), initial, {"examples": 0, **initial} if central else None)]
     rng = np.random.default_rng([args.seed, 1])
-    progress = tqdm(range(1, args.rounds + 1), desc="rounds", unit="round", file=sys.stderr)
+    progress = tqdm(range(1, args.rounds + 1), desc="rounds", unit="round", file=sys.stderr, disable=None)
     for round_index in progress:
         stats = RoundStats()
         for k in sorted(rng.choice(len(users), size=args.clients_per_round, replace=False)):
@@ -208,7 +209,8 @@ def personalization(run: dict, split: Split, trainer: LocalTrainer, completer: C
     eligible = [k for k, client in enumerate(split.clients) if client.later]
     chosen = np.random.default_rng([args.seed, 2]).permutation(eligible)[:args.personal_clients]
     results = []
-    for k in tqdm(sorted(chosen), desc="personalization", unit="client", file=sys.stderr):
+    for k in tqdm(sorted(chosen), desc="personalization", unit="client", file=sys.stderr,
+                  disable=None):
         client = split.clients[k]
         typed = client.later[:args.ksr_urls]
         own_trie = FrequencyTrie(client.history)
@@ -218,7 +220,7 @@ def personalization(run: dict, split: Split, trainer: LocalTrainer, completer: C
             "client": int(k), "history": len(client.history), "later": len(client.later),
             "ksr_global": ksr(completer, run["federated"], typed),
             "ksr_personal": ksr(completer, tuned, typed),
-            "ksr_own_trie": keystroke_savings(typed, lambda t: own_trie.complete(t, KSR_K), KSR_K),
+            "ksr_own_trie": keystroke_savings(typed, partial(own_trie.complete, k=KSR_K), KSR_K),
             "loss_global": held_out_metrics(bundle, run["federated"], client.later)["loss"],
             "loss_personal": held_out_metrics(bundle, tuned, client.later)["loss"]})
     return results

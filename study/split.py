@@ -69,7 +69,7 @@ def dirichlet_split(urls: list[str], n_clients: int, alpha: float, rng: np.rando
         parts: list[list[str]] = [[] for _ in range(n_clients)]
         for host_urls in by_host.values():
             owners = rng.choice(n_clients, size=len(host_urls), p=rng.dirichlet([alpha] * n_clients))
-            for url, owner in zip(host_urls, owners):
+            for url, owner in zip(host_urls, owners, strict=True):
                 parts[owner].append(url)
         if min(len(part) for part in parts) >= min_urls:
             return [[part[i] for i in rng.permutation(len(part))] for part in parts]
@@ -96,7 +96,7 @@ def iid_reference(parts: list[list[str]], rng: np.random.Generator) -> list[list
     pool = [url for part in parts for url in part]
     order = rng.permutation(len(pool))
     bounds = np.cumsum([0] + [len(part) for part in parts])
-    return [[pool[i] for i in order[lo:hi]] for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [[pool[i] for i in order[lo:hi]] for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def split_corpus(urls: list[str], n_clients: int, alpha: float, test_fraction: float,
