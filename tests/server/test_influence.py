@@ -1,0 +1,59 @@
+"""server/influence.py against hand-computed numbers and the quantile it should track."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from server.influence import AdaptiveClip, capped_weights, clip_to_norm, global_norm
+
+
+def test_global_norm_flattens_every_tensor():
+    assert global_norm({"a": np.array([3.0], np.float32), "b": np.array([[4.0]], np.float32)}) == 5.0
+
+
+def test_a_long_delta_is_scaled_to_the_bound_and_keeps_its_direction():
+    delta = {"a": np.array([3.0, 0.0], np.float32), "b": np.array([4.0], np.float32)}
+    clipped, norm = clip_to_norm(delta, 1.0)
+    assert norm == 5.0
+    np.testing.assert_allclose(clipped["a"], [0.6, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(clipped["b"], [0.8], rtol=1e-6)
+    assert clipped["a"].dtype == np.float32
+
+
+def test_a_short_delta_is_left_alone():
+    delta = {"a": np.array([0.1], np.float32)}
+    clipped, _ = clip_to_norm(delta, 1.0)
+    assert clipped is delta
+
+
+def test_one_inflated_claim_weighs_at_most_the_cap_times_the_median():
+    weights = capped_weights([100, 90, 110, 10_000, 95], cap_factor=2.0)
+    assert weights == [100.0, 90.0, 110.0, 200.0, 95.0]
+    share = weights[3] / sum(weights)
+    assert share < 0.35, "the liar held 91.7 % of the weight before the cap"
+
+
+def test_a_cap_below_the_median_is_refused():
+    with pytest.raises(AssertionError):
+        capped_weights([1, 2], cap_factor=0.5)
+
+
+@pytest.mark.parametrize("quantile", [0.5, 0.8])
+def test_the_bound_converges_to_the_target_quantile_of_honest_norms(quantile):
+    """Oracle: the empirical quantile of the norm distribution the rounds draw from."""
+    rng = np.random.default_rng(0)
+    clip = AdaptiveClip(bound=50.0, quantile=quantile, learning_rate=0.2)
+    for _ in range(400):
+        clip.update(list(rng.lognormal(mean=np.log(2.0), sigma=0.3, size=20)))
+    expected = float(np.quantile(rng.lognormal(mean=np.log(2.0), sigma=0.3, size=200_000), quantile))
+    assert clip.bound == pytest.approx(expected, rel=0.15)
+
+
+def test_the_bound_starts_24x_too_high_and_comes_down_within_40_rounds():
+    """Today's fixed cap (50) sits ~24x above honest norms (~2); adaptive clipping closes the gap."""
+    rng = np.random.default_rng(1)
+    clip = AdaptiveClip(bound=50.0, quantile=0.5, learning_rate=0.2)
+    for _ in range(40):
+        clip.update(list(rng.lognormal(mean=np.log(2.0), sigma=0.3, size=20)))
+    assert clip.bound < 4.0
