@@ -11,7 +11,7 @@ from server import logs
 from server.errors import ApiError
 from server.rounds import Coordinator
 from server.status import status_document
-from server.validation import check_client_id, check_delta, decode_payload, parse_metadata
+from server.validation import check_client_id, check_delta, decode_payload, json_body, parse_metadata
 from server.web import send_encoded
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -78,7 +78,7 @@ def tickets():
     rate_limit("addr", request.remote_addr or "-")
     if not request.is_json:
         raise ApiError("bad_content_type", "send the ticket request as application/json", 415)
-    body = request.get_json(silent=True)
+    body = json_body(request.get_data(cache=False))  # never raises: deep nesting, huge numbers are None
     if not isinstance(body, dict):
         raise ApiError("malformed_json", 'body must be a JSON object like {"client_id": "..."}')
     client_id = check_client_id(body.get("client_id"))

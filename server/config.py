@@ -8,11 +8,17 @@ Unknown keys are errors rather than silently ignored. server/README.md documents
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "FEDURL_"
+MIN_ADMIN_TOKEN_BYTES = 32  # secrets.token_urlsafe(32) gives 43 bytes, 256 random bits
+SECRET_KEYS = ("ADMIN_TOKEN",)  # never shown, not even redacted
+SECRET_QUERY = re.compile(r"pass|secret|token|key", re.IGNORECASE)  # URL query parameters shown as ***
+REDACTED = "***"
 
 
 @dataclass(frozen=True)
@@ -27,12 +33,16 @@ class Setting:
 
 SETTINGS: dict[str, Setting] = {
     "BUNDLE_DIR": Setting(None, str, "bundle imported as the first global version on first start", True),
-    "DATA_DIR": Setting(None, str, "versions and the SQLite file live here (default: the instance folder)", True),
+    "DATA_DIR": Setting(None, str, "versions and the SQLite file live here (default: the instance folder)",
+                        True),
     "DATABASE_URL": Setting(None, str, "SQLAlchemy URL (default: sqlite:///DATA_DIR/fedurl.sqlite3)", True),
     "WEB_CLIENT_DIR": Setting(str(REPO / "web_client"), str, "the demo page served at / and /static/"),
     "GZIP_CACHE_BYTES": Setting(64 * 2**20, int, "memory for gzip bodies of page, ORT and model files "
                                                   "(0: never compress)"),
-    "ADMIN_TOKEN": Setting(None, str, "bearer token for /api/admin/...; unset disables admin (403)", True),
+    "ADMIN_TOKEN": Setting(None, str, "bearer token for /api/admin/... (at least 32 bytes); unset or empty "
+                                      "disables admin (403)", True),
+    "ADMIN_FAILURES_PER_ADDR_PER_MIN": Setting(5.0, float, "wrong admin tokens allowed per remote address "
+                                                           "(burst and per minute); past that, 429"),
     "MIN_CLIENTS": Setting(10, int, "a round closes as soon as this many updates arrived"),
     "MIN_CLIENTS_FLOOR": Setting(2, int, "after the deadline, a round closes once it has this many "
                                          "(no effect above MIN_CLIENTS)"),
@@ -53,6 +63,15 @@ SETTINGS: dict[str, Setting] = {
     "REQUESTS_PER_ADDR_PER_MIN": Setting(600.0, float, "ticket + update rate limit per remote address"),
     "TICK_INTERVAL_S": Setting(5.0, float, "how often a background thread checks deadlines (0: off)"),
     "LOG_LEVEL": Setting("INFO", str, "level of the JSON-lines log on stderr"),
+    # fedurl-serve (waitress) only; Flask's development server ignores these.
+    "CONNECTION_LIMIT": Setting(100, int, "open connections fedurl-serve accepts; "
+                                          "more wait in the listen backlog"),
+    "IDLE_TIMEOUT_S": Setting(20.0, float, "fedurl-serve closes a connection that has sent nothing of a "
+                                           "next request for this long (keep-alive, or since connecting)"),
+    "HEADER_TIMEOUT_S": Setting(10.0, float, "fedurl-serve answers 408 and closes when a request's headers "
+                                             "are not complete this long after its first byte"),
+    "BODY_TIMEOUT_S": Setting(60.0, float, "fedurl-serve answers 408 and closes when a request's body is "
+                                           "not complete this long after its headers"),
 }
 
 
@@ -91,3 +110,41 @@ def check(config) -> None:
             raise ValueError(f"setting {key} must be a {setting.type.__name__}, got {value!r}")
     if config["MIN_CLIENTS"] < 1 or config["MIN_CLIENTS_FLOOR"] < 1:
         raise ValueError("MIN_CLIENTS and MIN_CLIENTS_FLOOR must be at least 1")
+    token = config.get("ADMIN_TOKEN")
+    if token and len(token.encode()) < MIN_ADMIN_TOKEN_BYTES:
+        raise ValueError(f"ADMIN_TOKEN is {len(token.encode())} bytes; it must be at least "
+                         f"{MIN_ADMIN_TOKEN_BYTES} (make one with: python -c \"import secrets; "
+                         "print(secrets.token_urlsafe(32))\"), or leave it unset to disable admin")
+    for key in ("CONNECTION_LIMIT", "IDLE_TIMEOUT_S", "HEADER_TIMEOUT_S", "BODY_TIMEOUT_S"):
+        if config[key] <= 0:
+            raise ValueError(f"{key} must be positive")
+
+
+def shown(config) -> dict:
+    """The settings as an admin may see them: secrets left out, credentials in URLs replaced by ***.
+
+    Any string setting that parses as a URL with a password (``postgresql://user:pw@host/db``) or a
+    query parameter named like a password, secret, token or key has that value redacted.
+    """
+    return {key: redact_url(config[key]) if isinstance(config[key], str) else config[key]
+            for key in SETTINGS if key not in SECRET_KEYS}
+
+
+def redact_url(value: str) -> str:
+    """Value with a URL's password and secret-looking query values as ***; other strings as they are."""
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:  # e.g. an invalid port: not a URL we can show safely
+        return REDACTED if "@" in value else value
+    if not parts.scheme or not parts.netloc and not parts.query:
+        return value
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:{REDACTED}@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, REDACTED if SECRET_QUERY.search(k) else v) for k, v in pairs], safe="*/:")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))

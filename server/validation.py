@@ -7,6 +7,7 @@ stable code; nothing here touches the database or the running round.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 METADATA_FIELDS = ("ticket", "client_id", "base_version", "num_examples", "loss_before", "loss_after")
 DELTA_DTYPES = ("F32", "F16")
 MAX_LOSS = 1000.0  # cross-entropy over a 512-piece vocabulary starts near ln 512 = 6.2
+MAX_JSON_INT_DIGITS = 20  # any int64, sign included; Python's own limit (4300 digits) may be lifted
 
 
 @dataclass(frozen=True)
@@ -44,15 +46,54 @@ def check_client_id(value: object) -> str:
     return value
 
 
+def _json_int(text: str) -> int:
+    """A JSON integer of at most MAX_JSON_INT_DIGITS characters."""
+    if len(text) > MAX_JSON_INT_DIGITS:
+        raise ValueError(f"integer of {len(text)} digits")
+    return int(text)
+
+
+def _json_float(text: str) -> float:
+    """A JSON number with a fraction or exponent that is a finite float."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]}... overflows a float")
+    return value
+
+
+def _json_constant(name: str) -> float:
+    """NaN and Infinity are not JSON."""
+    raise ValueError(f"{name} is not JSON")
+
+
+def json_body(body: bytes) -> object | None:
+    """The JSON value of a request body, or None if it is not strict JSON of a sane shape.
+
+    None for: bytes that are not UTF-8 JSON, nesting deep enough to raise RecursionError (about
+    1000 levels), integers longer than MAX_JSON_INT_DIGITS (whatever Python's int-to-str limit
+    is), NaN, Infinity and numbers that overflow a float. Callers answer None with their own 400.
+    """
+    try:
+        return json.loads(body, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant)
+    except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return None
+
+
 def decode_payload(body: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Parse safetensors bytes; only F32/F16 tensors are deltas.
 
-    :raise ApiError: malformed_payload for broken bytes, bad_dtype for other dtypes.
+    :raise ApiError: malformed_payload for broken bytes (whatever the decoder raises), bad_dtype
+        for other dtypes.
     """
     try:
         tensors, metadata = tensor_codec.decode(body)
     except tensor_codec.WeightsFormatError as exc:
         raise ApiError("malformed_payload", f"body is not a valid safetensors payload: {exc}") from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:
+        # Whatever else the decoder trips on in untrusted bytes (a header nested thousands deep, a
+        # 200,000-digit number, a list where a dtype string belongs) is still the client's fault.
+        raise ApiError("malformed_payload", f"body is not a valid safetensors payload: "
+                                            f"{type(exc).__name__} in its header") from None
     for name, array in tensors.items():
         if array.dtype not in (tensor_codec.DTYPES[d] for d in DELTA_DTYPES):
             raise ApiError("bad_dtype", f"tensor {name!r} is {array.dtype.name}; deltas must be F32 or F16")

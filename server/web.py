@@ -2,26 +2,36 @@
 
 Files go out through ``send_encoded``, which api.py's content-addressed files use as well: gzip
 when the client accepts it, compressed once per file version and kept in memory, with an ETag
-per encoding so ``If-None-Match`` revalidates to a 304.
+per encoding so ``If-None-Match`` revalidates to a 304. Compression never runs in a request
+thread: ``precompress`` (called by fedurl-serve at start) fills the cache in the background, and a
+request for a file not compressed yet gets it as it is while a background thread compresses it.
 """
 
 from __future__ import annotations
 
 import gzip
 import mimetypes
+import os
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from io import BytesIO
 from pathlib import Path
 
-from flask import Blueprint, Response, abort, current_app, render_template, request, send_file
+from flask import Blueprint, Flask, Response, current_app, render_template, request, send_file
 from werkzeug.security import safe_join
+
+from server import logs
+from server.errors import ApiError
 
 bp = Blueprint("web", __name__, static_folder="static", static_url_path="/dashboard/static",
                template_folder="templates")
 
 ORT_DIST = Path("node_modules", "onnxruntime-web", "dist")
 ORT_MAX_AGE_S = 86_400  # dist files change only when package-lock.json moves onnxruntime-web
+# The dist files the page loads (web_client/worker.js, constants.js): compressed at start; the other
+# 130 MB of dist (other builds, source maps) only in the background once someone asks for them.
+ORT_PRECOMPRESS = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 MIMETYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
              ".json": "application/json", ".map": "application/json", ".html": "text/html",
              ".css": "text/css"}
@@ -36,7 +46,9 @@ class GzipCache:
     """gzip bodies of files, each compressed once per (path, mtime, size), least recently used out first.
 
     A file whose gzip saves less than MIN_SAVING, or would not fit in max_bytes, is remembered as
-    None: it is sent as it is, without compressing it again.
+    None: it is sent as it is, without compressing it again. Requests use ``cached``, which never
+    compresses: a miss is queued for one background thread (started when there is work, gone
+    when there is none) at the lowest CPU priority.
     """
 
     def __init__(self, max_bytes: int):
@@ -45,9 +57,54 @@ class GzipCache:
         self._size = 0
         self._lock = threading.Lock()
         self._pending: dict[tuple, threading.Lock] = {}  # one lock per file being compressed
+        self._queue: deque[tuple[Path, int, int]] = deque()
+        self._queued: set[tuple] = set()
+        self._worker: threading.Thread | None = None
+        self._idle = threading.Condition(self._lock)
+
+    def cached(self, path: Path, mtime_ns: int, size: int) -> bytes | None:
+        """The gzip body if ready; else None (send the file as it is) while a background thread makes it."""
+        key = (str(path), mtime_ns, size)
+        with self._lock:
+            if key in self._bodies:
+                self._bodies.move_to_end(key)
+                return self._bodies[key]
+            if key not in self._queued and key not in self._pending:
+                self._queued.add(key)
+                self._queue.append((path, mtime_ns, size))
+                if self._worker is None:
+                    self._worker = threading.Thread(target=self._work, name="fedurl-gzip", daemon=True)
+                    self._worker.start()
+        return None
+
+    def _work(self) -> None:
+        """Compress queued files until the queue is empty, then end."""
+        _lower_priority()
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._worker = None
+                    self._idle.notify_all()
+                    return
+                path, mtime_ns, size = self._queue.popleft()
+            try:
+                self.get(path, mtime_ns, size)
+            except OSError:  # gone or changed since it was asked for: the next request asks again
+                pass
+            finally:
+                with self._lock:
+                    self._queued.discard((str(path), mtime_ns, size))
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no background compression is queued or running; False on timeout."""
+        with self._lock:
+            return self._idle.wait_for(lambda: self._worker is None, timeout)
 
     def get(self, path: Path, mtime_ns: int, size: int) -> bytes | None:
-        """The gzip body of path as of (mtime_ns, size), or None if it is better sent as it is."""
+        """The gzip body of path as of (mtime_ns, size), or None if it is better sent as it is.
+
+        Compresses now if needed: for background threads only, never a request's.
+        """
         key = (str(path), mtime_ns, size)
         with self._lock:
             if key in self._bodies:
@@ -88,13 +145,70 @@ def _compress(path: Path, size: int, limit: int) -> bytes | None:
     return body
 
 
-def _gzip_cache() -> GzipCache:
-    """The app's gzip cache, made on first use (GZIP_CACHE_BYTES)."""
-    extensions = current_app.extensions
+def _lower_priority() -> None:
+    """Give the calling thread the lowest CPU priority (Linux: per-thread nice), so requests come first."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):  # not Linux, or not allowed: compress at normal priority
+        pass
+
+
+def gzip_cache(app: Flask | None = None) -> GzipCache:
+    """The app's gzip cache (default: the current app's), made on first use (GZIP_CACHE_BYTES)."""
+    app = app or current_app
+    extensions = app.extensions
     if "fedurl.gzip" not in extensions:
         # setdefault is atomic: of two threads here at once, both get the same cache
-        extensions.setdefault("fedurl.gzip", GzipCache(current_app.config["GZIP_CACHE_BYTES"]))
+        extensions.setdefault("fedurl.gzip", GzipCache(app.config["GZIP_CACHE_BYTES"]))
     return extensions["fedurl.gzip"]
+
+
+def precompress_list(app: Flask) -> list[Path]:
+    """What a first visit downloads: the web client's files, ORT's page files, the current model's files."""
+    root = Path(app.config["WEB_CLIENT_DIR"])
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d.lower() != "node_modules" and not d.startswith("."))
+        files += [Path(folder, name) for name in sorted(names) if not name.startswith(".")]
+    files += [root / ORT_DIST / name for name in ORT_PRECOMPRESS]
+    coordinator = app.extensions.get("fedurl.coordinator")
+    if coordinator is not None:
+        for url in coordinator.model_info()["files"].values():
+            found = coordinator.find_file(url.rsplit("/", 1)[1])
+            if found is not None:
+                files.append(found[0])
+    return [f for f in files if f.suffix.lower() in COMPRESSIBLE and f.is_file()]
+
+
+def precompress(app: Flask) -> threading.Thread | None:
+    """Compress precompress_list(app) in a background thread (fedurl-serve calls this at start).
+
+    Requests meanwhile get files as they are. Logs ``precompressed`` when done. None if
+    compression is off (GZIP_CACHE_BYTES = 0).
+    """
+    if app.config["GZIP_CACHE_BYTES"] <= 0:
+        return None
+    cache, files = gzip_cache(app), precompress_list(app)
+
+    def run() -> None:
+        """Compress each file once, least important last (the cache keeps the newest)."""
+        _lower_priority()
+        started, done, sizes = time.monotonic(), 0, [0, 0]
+        for path in files:
+            try:
+                stat = path.stat()
+                body = cache.get(path, stat.st_mtime_ns, stat.st_size)
+            except OSError:
+                continue
+            done += 1
+            sizes[0] += stat.st_size
+            sizes[1] += len(body) if body is not None else stat.st_size
+        logs.event("precompressed", files=done, bytes=sizes[0], gzip_bytes=sizes[1],
+                   seconds=round(time.monotonic() - started, 2))
+
+    thread = threading.Thread(target=run, name="fedurl-precompress", daemon=True)
+    thread.start()
+    return thread
 
 
 def send_encoded(path: Path, *, mimetype: str | None = None, etag: str | None = None,
@@ -113,7 +227,7 @@ def send_encoded(path: Path, *, mimetype: str | None = None, etag: str | None = 
     body = None
     if (current_app.config["GZIP_CACHE_BYTES"] > 0 and path.suffix.lower() in COMPRESSIBLE
             and request.accept_encodings["gzip"] > 0):
-        body = _gzip_cache().get(path, stat.st_mtime_ns, stat.st_size)
+        body = gzip_cache().cached(path, stat.st_mtime_ns, stat.st_size)  # never compresses here
     if body is None:
         response = send_file(path, mimetype=mimetype, etag=etag, max_age=max_age)
     else:
@@ -125,11 +239,18 @@ def send_encoded(path: Path, *, mimetype: str | None = None, etag: str | None = 
 
 
 def _file_in(directory: Path, path: str) -> Path:
-    """The file at path under directory; 404 for anything missing, not a file, or outside it."""
+    """The file at path under directory.
+
+    :raise ApiError: not_found (404, JSON) for anything missing, not a file, outside directory, or
+        a name the file system refuses (too long, ...).
+    """
     joined = safe_join(str(directory), path)
-    if joined is None or not Path(joined).is_file():
-        abort(404)
-    return Path(joined)
+    try:
+        if joined is not None and Path(joined).is_file():
+            return Path(joined)
+    except (OSError, ValueError):  # ENAMETOOLONG for a 10,000-character path; ValueError: NUL
+        pass
+    raise ApiError("not_found", f"no file {path[:100]!r} here", 404)
 
 
 def _web_client() -> Path:
@@ -150,7 +271,7 @@ def static_file(path: str):
     file = _file_in(root, path)
     parts = file.relative_to(root).parts
     if parts[0].lower() == "node_modules" or any(part.startswith(".") for part in parts):
-        abort(404)
+        raise ApiError("not_found", f"no file {path[:100]!r} here", 404)
     return send_encoded(file)
 
 

@@ -16,7 +16,7 @@ from formats.bundle import MANIFEST, file_entries
 from server import db
 from server.app import create_app
 
-ADMIN_TOKEN = "test-admin-token-0123"
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef-32+"  # at least 32 bytes, as start-up requires
 TINY_PARAMETERS = {"embed.weight": (4, 3), "head.bias": (5,)}
 
 

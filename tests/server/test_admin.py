@@ -1,13 +1,24 @@
-"""Admin routes: nothing without the token; status, close now, rollback."""
+"""Admin routes: nothing without the token, wrong tokens throttled, short tokens refused; status
+(credentials redacted), close now, rollback."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from client.protocol import FederatedClient, ProtocolError
+from server import admin as admin_module
 from server.app import create_app
+from server.config import redact_url
 from tests.server.conftest import ADMIN_TOKEN, small_delta, snapshot
+
+REPO = Path(__file__).resolve().parents[2]
 
 ROUTES = [("GET", "/api/admin/status", None), ("POST", "/api/admin/close", None),
           ("POST", "/api/admin/rollback", {"version": 1})]
@@ -110,3 +121,75 @@ def test_rollback_refuses_bad_targets(app, client, admin_headers, body, status, 
     response = call(client, "POST", "/api/admin/rollback", body, admin_headers)
     assert (response.status_code, response.get_json()["error"]) == (status, code)
     assert snapshot(app) == before
+
+
+def test_wrong_tokens_are_throttled_per_address(app, monkeypatch):
+    """Five wrong tokens from one address, then 429 for every admin request from it (the right token
+    too, so guessing fast gains nothing) until a token refills; other addresses are not affected."""
+    now = [1000.0]
+    monkeypatch.setattr(admin_module, "clock", lambda: now[0])
+    guesser = app.test_client()
+    guesser.environ_base["REMOTE_ADDR"] = "203.0.113.7"
+    wrong, right = {"Authorization": "Bearer guess"}, {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    statuses = [call(guesser, "GET", "/api/admin/status", headers=wrong).status_code for _ in range(5)]
+    assert statuses == [401] * 5
+    for headers in (wrong, right):
+        response = call(guesser, "GET", "/api/admin/status", headers=headers)
+        assert (response.status_code, response.get_json()["error"]) == (429, "rate_limited")
+        assert response.headers["Retry-After"] == "12"  # 5 per minute: one back every 12 s
+    admin = app.test_client()
+    admin.environ_base["REMOTE_ADDR"] = "198.51.100.1"
+    assert call(admin, "GET", "/api/admin/status", headers=right).status_code == 200
+    now[0] += 12
+    assert call(guesser, "GET", "/api/admin/status", headers=right).status_code == 200
+    assert call(guesser, "GET", "/api/admin/status", headers=wrong).status_code == 401
+    assert call(guesser, "GET", "/api/admin/status", headers=right).status_code == 429
+
+
+def test_a_right_token_takes_nothing_from_the_allowance(client, admin_headers):
+    """Only failures count: an admin may call as often as they like."""
+    statuses = {call(client, "GET", "/api/admin/status", headers=admin_headers).status_code for _ in range(9)}
+    assert statuses == {200}
+
+
+@pytest.mark.parametrize("token, accepted", [("x" * 31, False), ("short", False), ("é" * 15, False),
+                                             ("x" * 32, True), ("é" * 16, True), ("", True), (None, True)])
+def test_admin_tokens_under_32_bytes_stop_start_up(config, token, accepted):
+    """Under 32 bytes (UTF-8) stops start-up, saying how to make a token; unset or empty disables admin."""
+    if accepted:
+        create_app({**config, "ADMIN_TOKEN": token})
+    else:
+        with pytest.raises(ValueError, match=r"ADMIN_TOKEN is \d+ bytes; it must be at least 32 .*token_url"):
+            create_app({**config, "ADMIN_TOKEN": token})
+
+
+def test_fedurl_serve_explains_a_short_admin_token(tiny_bundle, tmp_path):
+    """fedurl-serve exits at once with the reason, instead of serving a guessable admin API."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "FEDURL_ADMIN_TOKEN": "hunter2"}
+    result = subprocess.run([sys.executable, "-m", "server.cli", "--bundle", str(tiny_bundle), "--data-dir",
+                             str(tmp_path / "data"), "--port", "0"], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode != 0
+    assert "fedurl-serve: ADMIN_TOKEN is 7 bytes; it must be at least 32" in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_admin_status_redacts_database_credentials(app, client, admin_headers):
+    """A DATABASE_URL's password is shown as ***, user, host and database kept."""
+    app.config["DATABASE_URL"] = "postgresql+psycopg://fedurl:hunter2@db.internal:5432/fedurl?sslmode=require"
+    status = call(client, "GET", "/api/admin/status", headers=admin_headers).get_json()
+    assert status["settings"]["DATABASE_URL"] == "postgresql+psycopg://fedurl:***@db.internal:5432/fedurl?sslmode=require"
+    assert "hunter2" not in json.dumps(status)
+
+
+@pytest.mark.parametrize("value, shown", [
+    ("postgresql://u:p%40ss@h/db", "postgresql://u:***@h/db"),
+    ("mysql+pymysql://u@h/db?password=pw&charset=utf8", "mysql+pymysql://u@h/db?password=***&charset=utf8"),
+    ("postgresql://u:pw@h:notaport/db", "postgresql://u:***@h:notaport/db"),
+    ("postgresql://h/db?sslkey=/etc/k.pem&api_token=t", "postgresql://h/db?sslkey=***&api_token=***"),
+    ("sqlite:////var/lib/fedurl/fedurl.sqlite3", "sqlite:////var/lib/fedurl/fedurl.sqlite3"),
+    ("bundles/default", "bundles/default"),
+])
+def test_urls_in_settings_are_redacted(value, shown):
+    """Passwords in the authority and secret-looking query values go; everything else stays readable."""
+    assert redact_url(value) == shown

@@ -3,12 +3,18 @@
 Each case prepares what it needs (tickets, closed rounds), takes a snapshot of all server state,
 sends one bad request through the real HTTP API, and checks the status, the error code, a piece
 of the message, that the snapshot is unchanged, and (for protocol routes) that the refusal was
-counted under its code.
+counted under its code. Most go through Flask's test client; what only the HTTP server sees
+(``Transfer-Encoding``) goes through fedurl-serve's waitress server on a loopback port.
+
+Safetensors headers that make the decoder itself raise (nesting, huge numbers, a list for a
+dtype) are refused by server/validation.py whatever formats/tensors.py does with them.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -20,7 +26,8 @@ import pytest
 from client.protocol import FederatedClient
 from formats import tensors as tensor_codec
 from server.app import create_app
-from tests.server.conftest import TINY_PARAMETERS, rejected, small_delta, snapshot
+from server.cli import serving
+from tests.server.conftest import ADMIN_TOKEN, TINY_PARAMETERS, rejected, small_delta, snapshot
 
 
 class Ctx:
@@ -81,6 +88,50 @@ def with_value(value) -> dict:
     return delta
 
 
+class RawResponse:
+    """The status and body of a response read off a socket, shaped like a test client's."""
+
+    def __init__(self, status_code: int, body: bytes):
+        self.status_code, self.body = status_code, body
+
+    def get_data(self, as_text: bool = False):
+        return self.body.decode() if as_text else self.body
+
+    def get_json(self):
+        return json.loads(self.body)
+
+
+def over_http(ctx: Ctx, head: bytes, body: bytes = b"") -> RawResponse:
+    """Send head (request line and headers, without the blank line) and body to fedurl-serve's
+    waitress server running ctx.app; return the whole response once the server closes."""
+    with serving(ctx.app) as address, socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(head + b"\r\nConnection: close\r\n\r\n" + body)
+        answer, deadline = b"", time.monotonic() + 10
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    status_line, _, rest = answer.partition(b"\r\n")
+    return RawResponse(int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2])
+
+
+def admin_post(ctx: Ctx, path: str, body: bytes):
+    """POST a JSON body to an admin route with the admin token."""
+    return ctx.client.post(path, data=body, headers={"Content-Type": "application/json",
+                                                     "Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+def post_json(ctx: Ctx, path: str, body: bytes):
+    """POST bytes as application/json."""
+    return ctx.post(body, "application/json", path)
+
+
+def head(path: str, *headers: bytes) -> bytes:
+    """A POST request line and headers for over_http."""
+    return b"\r\n".join([f"POST {path} HTTP/1.1".encode(), b"Host: x", *headers])
+
+
 def expire(ctx: Ctx) -> None:
     """Move the server clock past the ticket's expiry."""
     ctx.app.extensions["fedurl.coordinator"].clock = lambda: time.time() + 10 ** 6
@@ -118,12 +169,17 @@ class Case:
 
 
 U = "/api/updates"
+T = "/api/tickets"
+BIG_BODIES = {"MAX_UPDATE_BYTES": 1_000_000}  # the real model's limit is about 2 MB; the tiny one's 65 KB
+HUGE_INT = b"9" * 200_000
 CASES = [
     Case("json_content_type", 415, "bad_content_type", "application/octet-stream",
          lambda c: c.post(c.body(), "application/json")),
-    Case("text_content_type", 415, "bad_content_type", "octet-stream", lambda c: c.post(c.body(), "text/plain")),
+    Case("text_content_type", 415, "bad_content_type", "octet-stream",
+         lambda c: c.post(c.body(), "text/plain")),
     Case("no_content_type", 415, "bad_content_type", "octet-stream", lambda c: c.post(c.body(), None)),
-    Case("body_too_large", 413, "payload_too_large", "byte limit", lambda c: c.post(b"\0" * (TINY_BYTES + 70_000))),
+    Case("body_too_large", 413, "payload_too_large", "byte limit",
+         lambda c: c.post(b"\0" * (TINY_BYTES + 70_000))),
     Case("empty_body", 400, "malformed_payload", "shorter than", lambda c: c.post(b"")),
     Case("seven_bytes", 400, "malformed_payload", "shorter than", lambda c: c.post(b"1234567")),
     Case("header_length_past_end", 400, "malformed_payload", "does not fit",
@@ -146,11 +202,13 @@ CASES = [
          lambda c: c.post(c.body(loss_before=None, loss_after=None))),
     Case("unknown_metadata_key", 400, "bad_metadata", "unknown __metadata__ keys",
          lambda c: c.post(c.body(epochs="3"))),
-    Case("base_version_not_int", 400, "bad_metadata", "base_version", lambda c: c.post(c.body(base_version="v1"))),
+    Case("base_version_not_int", 400, "bad_metadata", "base_version",
+         lambda c: c.post(c.body(base_version="v1"))),
     Case("client_id_too_short", 400, "bad_client_id", "8-64", lambda c: c.post(c.body(client_id="abc"))),
     Case("client_id_with_slash", 400, "bad_client_id", "8-64",
          lambda c: c.post(c.body(client_id="../../etc/passwd"))),
-    Case("zero_examples", 400, "bad_num_examples", "from 1 to 1000", lambda c: c.post(c.body(num_examples="0"))),
+    Case("zero_examples", 400, "bad_num_examples", "from 1 to 1000",
+         lambda c: c.post(c.body(num_examples="0"))),
     Case("negative_examples", 400, "bad_num_examples", "-5", lambda c: c.post(c.body(num_examples="-5"))),
     Case("absurd_examples", 400, "bad_num_examples", "1000000000",
          lambda c: c.post(c.body(num_examples="1000000000"))),
@@ -169,13 +227,18 @@ CASES = [
     Case("inf_delta", 400, "non_finite", "NaN or infinite", lambda c: c.post(c.body(with_value(np.inf)))),
     Case("f16_overflow_inf", 400, "non_finite", "NaN or infinite",
          lambda c: c.post(c.body({n: a.astype(np.float16) for n, a in with_value(-np.inf).items()}))),
-    Case("norm_too_large", 400, "norm_too_large", "exceeds the limit 10", lambda c: c.post(c.body(with_value(11.0)))),
-    Case("unknown_version", 400, "unknown_version", "base_version 99", lambda c: c.post(c.body(base_version="99"))),
-    Case("stale_version", 409, "stale_version", "too old", lambda c: c.post(c.body()), prepare=two_rounds_later),
-    Case("unknown_ticket", 403, "ticket_invalid", "unknown ticket", lambda c: c.post(c.body(ticket="forged-ticket"))),
+    Case("norm_too_large", 400, "norm_too_large", "exceeds the limit 10",
+         lambda c: c.post(c.body(with_value(11.0)))),
+    Case("unknown_version", 400, "unknown_version", "base_version 99",
+         lambda c: c.post(c.body(base_version="99"))),
+    Case("stale_version", 409, "stale_version", "too old",
+         lambda c: c.post(c.body()), prepare=two_rounds_later),
+    Case("unknown_ticket", 403, "ticket_invalid", "unknown ticket",
+         lambda c: c.post(c.body(ticket="forged-ticket"))),
     Case("other_clients_ticket", 403, "ticket_mismatch", "another client_id",
          lambda c: c.post(c.body(client_id="someone-else-entirely"))),
-    Case("reused_ticket", 409, "ticket_reused", "already used", lambda c: c.post(c.body()), prepare=use_ticket),
+    Case("reused_ticket", 409, "ticket_reused", "already used",
+         lambda c: c.post(c.body()), prepare=use_ticket),
     Case("expired_ticket", 403, "ticket_expired", "expired at", lambda c: c.post(c.body()), prepare=expire),
     Case("ticket_for_other_version", 409, "version_mismatch", "ticket is for version 1",
          lambda c: c.post(c.body(base_version="2")), prepare=lambda c: c.close_round()),
@@ -185,7 +248,8 @@ CASES = [
          prepare=lambda c: [c.post(b"") for _ in range(3)], config={"REQUESTS_PER_ADDR_PER_MIN": 4}),
     Case("ticket_bad_client_id", 400, "bad_client_id", "8-64",
          lambda c: c.client.post("/api/tickets", json={"client_id": "no spaces allowed"})),
-    Case("ticket_missing_client_id", 400, "bad_client_id", "8-64", lambda c: c.client.post("/api/tickets", json={})),
+    Case("ticket_missing_client_id", 400, "bad_client_id", "8-64",
+         lambda c: c.client.post("/api/tickets", json={})),
     Case("ticket_form_encoded", 415, "bad_content_type", "application/json",
          lambda c: c.client.post("/api/tickets", data={"client_id": "client-under-test"})),
     Case("ticket_malformed_json", 400, "malformed_json", "JSON object",
@@ -195,9 +259,56 @@ CASES = [
          config={"TICKETS_PER_CLIENT_PER_MIN": 1}),
     Case("unknown_file", 404, "not_found", "no file with sha256",
          lambda c: c.client.get("/api/files/" + "0" * 64), counted=False),
-    Case("file_path_traversal", 404, "not_found", "not found", lambda c: c.client.get("/api/files/..%2fmanifest.json"),
+    Case("file_path_traversal", 404, "not_found", "not found",
+         lambda c: c.client.get("/api/files/..%2fmanifest.json"),
          counted=False),
     Case("get_updates", 405, "method_not_allowed", "method", lambda c: c.client.get(U), counted=False),
+    # Issue H, item 7: inputs that answered 500 (or 501)
+    Case("ticket_deeply_nested_json", 400, "malformed_json", "JSON object",
+         lambda c: post_json(c, T, b"[" * 30_000 + b"]" * 30_000)),
+    Case("ticket_deeply_nested_object", 400, "malformed_json", "JSON object",
+         lambda c: post_json(c, T, b'{"a": ' * 5_000 + b"1" + b"}" * 5_000)),
+    Case("ticket_200000_digit_integer", 400, "malformed_json", "JSON object",
+         lambda c: post_json(c, T, b'{"client_id": "client-under-test", "n": ' + HUGE_INT + b"}"),
+         config=BIG_BODIES),
+    Case("ticket_float_overflow", 400, "malformed_json", "JSON object",
+         lambda c: post_json(c, T, b'{"client_id": "client-under-test", "n": 1e999}')),
+    Case("admin_rollback_deeply_nested", 400, "bad_request", "version",
+         lambda c: admin_post(c, "/api/admin/rollback", b"[" * 30_000 + b"]" * 30_000), counted=False),
+    Case("admin_rollback_200000_digit_version", 400, "bad_request", "version",
+         lambda c: admin_post(c, "/api/admin/rollback", b'{"version": ' + HUGE_INT + b"}"),
+         config=BIG_BODIES, counted=False),
+    Case("static_path_10000_chars", 404, "not_found", "no file",
+         lambda c: c.client.get("/static/" + "a" * 10_000), counted=False),
+    Case("ort_path_10000_chars", 404, "not_found", "no file",
+         lambda c: c.client.get("/ort/" + "b" * 10_000), counted=False),
+    Case("static_path_with_nul", 404, "not_found", "no file",
+         lambda c: c.client.get("/static/main.js%00"), counted=False),
+    Case("ticket_transfer_encoding_gzip", 400, "bad_request", "Transfer-Encoding",
+         lambda c: over_http(c, head(T, b"Content-Type: application/json", b"Transfer-Encoding: gzip"),
+                             gzip.compress(b'{"client_id": "client-under-test"}')), counted=False),
+    Case("update_transfer_encoding_gzip_chunked", 400, "bad_request", "Transfer-Encoding",
+         lambda c: over_http(c, head(U, b"Content-Type: application/octet-stream",
+                                     b"Transfer-Encoding: gzip, chunked"), b"5\r\nhello\r\n0\r\n\r\n"),
+         counted=False),
+    Case("content_length_not_a_number_over_http", 400, "bad_request", "Content-Length",
+         lambda c: over_http(c, head(U, b"Content-Length: nope")), counted=False),
+    Case("body_far_too_large_over_http", 413, "payload_too_large", "limit",
+         lambda c: over_http(c, head(U, b"Content-Type: application/octet-stream",
+                                     b"Content-Length: 10000000")), counted=False),
+    # Safetensors headers the decoder (formats/tensors.py) trips on: refused by validation.decode_payload
+    Case("header_deeply_nested", 400, "malformed_payload", "valid safetensors payload",
+         lambda c: c.post(raw(b'{"x": ' + b"[" * 20_000 + b"]" * 20_000 + b"}"))),
+    Case("header_dtype_is_a_list", 400, "malformed_payload", "valid safetensors payload",
+         lambda c: c.post(raw(tiny_header(c.metadata(), **{"head.bias": {
+             "dtype": ["F32"], "shape": [5], "data_offsets": [48, 68]}}), b"\0" * TINY_BYTES))),
+    Case("header_shape_product_overflows_int64", 400, "malformed_payload", "valid safetensors payload",
+         lambda c: c.post(raw(tiny_header(c.metadata(), **{"head.bias": {
+             "dtype": "F32", "shape": [2 ** 32, 2 ** 32, 4], "data_offsets": [48, 68]}}),
+             b"\0" * TINY_BYTES))),
+    Case("header_200000_digit_offset", 400, "malformed_payload", "valid safetensors payload",
+         lambda c: c.post(raw(b'{"x": {"dtype": "F32", "shape": [1], "data_offsets": [0, '
+                              + HUGE_INT + b"]}}")), config=BIG_BODIES),
 ]
 
 

@@ -1,4 +1,8 @@
-"""Static serving: gzip, ETag revalidation and Cache-Control for /, /static/, /ort/ and /api/files/."""
+"""Static serving: gzip, ETag revalidation and Cache-Control for /, /static/, /ort/ and /api/files/.
+
+Compression happens in background threads only (issue H, item 8): a file is gzip-encoded once
+``warm`` has asked for it and waited for the background thread, or after ``web.precompress``.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import http.client
 import json
 import os
 import threading
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -72,6 +77,14 @@ def web(web_app):
     return web_app.test_client()
 
 
+def warm(app, *paths: str, headers=GZIP) -> None:
+    """Ask for paths once (gzip is made in the background meanwhile) and wait until it is ready."""
+    client = app.test_client()
+    for path in paths:
+        fetch(client, path, headers=headers)
+    assert web_module.gzip_cache(app).wait_idle(30)
+
+
 @pytest.fixture
 def compress_calls(monkeypatch):
     """Count the files web.py compresses."""
@@ -88,9 +101,10 @@ def compress_calls(monkeypatch):
 
 
 @pytest.mark.parametrize("path", WEB_FILES)
-def test_gzip_round_trips_to_the_file(web, web_dir, path):
+def test_gzip_round_trips_to_the_file(web_app, web, web_dir, path):
     """With Accept-Encoding: gzip the body is gzip of the file, with its own length, type and headers."""
     name, mimetype = WEB_FILES[path]
+    warm(web_app, path)
     response = fetch(web, path, headers=GZIP)
     assert response.status_code == 200
     assert response.headers["Content-Encoding"] == "gzip"
@@ -117,10 +131,11 @@ def test_no_gzip_unless_the_client_accepts_it(web, web_dir, path, accept):
 
 def test_incompressible_files_are_sent_as_they_are(web, web_dir, compress_calls):
     """Random bytes gain nothing from gzip: sent identity, and not compressed again next time."""
-    for _ in range(2):
+    for _ in range(3):
         response = fetch(web, "/ort/random.wasm", headers=GZIP)
         assert "Content-Encoding" not in response.headers
         assert response.data == (web_dir / DIST / "random.wasm").read_bytes()
+        assert web_module.gzip_cache(web.application).wait_idle(30)
     assert compress_calls == ["random.wasm"]
 
 
@@ -147,14 +162,18 @@ def test_each_file_is_compressed_once_even_by_concurrent_requests(web_app, compr
         thread.start()
     for thread in threads:
         thread.join()
+    assert web_module.gzip_cache(web_app).wait_idle(30)
     assert statuses == [200] * 8
     assert compress_calls == ["ort-wasm-simd-threaded.wasm"]
 
 
-def test_a_changed_file_is_compressed_again(web, web_dir, compress_calls):
+def test_a_changed_file_is_compressed_again(web_app, web, web_dir, compress_calls):
     """The cache is keyed by mtime and size: an edited script is served new, with a new ETag."""
+    warm(web_app, "/static/main.js")
     first = fetch(web, "/static/main.js", headers=GZIP)
     (web_dir / "main.js").write_text("export const y = 2;\n" * 300)
+    assert "Content-Encoding" not in fetch(web, "/static/main.js", headers=GZIP).headers  # new: not ready yet
+    warm(web_app, "/static/main.js")
     second = fetch(web, "/static/main.js", headers=GZIP)
     assert gzip.decompress(second.data) == (web_dir / "main.js").read_bytes()
     assert second.headers["ETag"] != first.headers["ETag"]
@@ -174,8 +193,9 @@ def test_cache_drops_the_least_recently_used_body(web_dir, compress_calls):
 
 @pytest.mark.parametrize("headers", [{}, GZIP])
 @pytest.mark.parametrize("path", WEB_FILES)
-def test_if_none_match_gives_304(web, path, headers):
+def test_if_none_match_gives_304(web_app, web, path, headers):
     """The ETag of either encoding revalidates to a 304 that still carries Vary and isolation headers."""
+    warm(web_app, path, headers=headers)
     etag = fetch(web, path, headers=headers).headers["ETag"]
     response = fetch(web, path, headers={**headers, "If-None-Match": etag})
     assert response.status_code == 304 and response.data == b""
@@ -184,8 +204,9 @@ def test_if_none_match_gives_304(web, path, headers):
     assert response.headers["Cross-Origin-Embedder-Policy"] == "require-corp"
 
 
-def test_etags_differ_between_encodings(web):
+def test_etags_differ_between_encodings(web_app, web):
     """A gzip body and the plain file are different representations: an identity ETag gets no 304 for gzip."""
+    warm(web_app, "/static/main.js")
     plain = fetch(web, "/static/main.js").headers["ETag"]
     zipped = fetch(web, "/static/main.js", headers={**GZIP, "If-None-Match": plain})
     assert zipped.status_code == 200 and zipped.headers["ETag"] != plain
@@ -236,9 +257,11 @@ def compressible_bundle(tmp_path):
 
 def test_model_files_gzip_with_their_own_etag(config, compressible_bundle):
     """/api/files/<sha256>: gzip decodes to the hashed bytes, under a distinct ETag, still immutable."""
-    client = create_app({**config, "BUNDLE_DIR": str(compressible_bundle)}).test_client()
+    app = create_app({**config, "BUNDLE_DIR": str(compressible_bundle)})
+    client = app.test_client()
     url = client.get("/api/model").get_json()["files"]["train_step.onnx"]
     sha = url.rsplit("/", 1)[1]
+    warm(app, url)
     response = fetch(client, url, headers=GZIP)
     assert response.headers["Content-Encoding"] == "gzip" and "Accept-Encoding" in response.vary
     assert hashlib.sha256(gzip.decompress(response.data)).hexdigest() == sha
@@ -246,3 +269,45 @@ def test_model_files_gzip_with_their_own_etag(config, compressible_bundle):
     assert {"public", "immutable", "max-age=31536000"} <= set(response.headers["Cache-Control"].split(", "))
     assert fetch(client, url, headers={**GZIP, "If-None-Match": f'"{sha}-gzip"'}).status_code == 304
     assert fetch(client, url).headers["ETag"] == f'"{sha}"'
+
+
+def test_requests_never_compress(web_app, web, web_dir, monkeypatch):
+    """A file not compressed yet goes out as it is, at once, while another thread compresses it;
+    the next request gets the gzip body (issue H: 136 MB took 20.8 s inside request threads)."""
+    compressing_threads, release = [], threading.Event()
+    original = web_module._compress
+
+    def slow_compress(path, size, limit):
+        """Level 9 on a big file: slow, and recorded with the thread doing it."""
+        compressing_threads.append(threading.current_thread().name)
+        release.wait(10)
+        return original(path, size, limit)
+
+    monkeypatch.setattr(web_module, "_compress", slow_compress)
+    started = time.monotonic()
+    first = fetch(web, "/ort/ort-wasm-simd-threaded.wasm", headers=GZIP)
+    assert time.monotonic() - started < 5
+    assert first.status_code == 200 and "Content-Encoding" not in first.headers
+    assert first.data == (web_dir / DIST / "ort-wasm-simd-threaded.wasm").read_bytes()
+    release.set()
+    assert web_module.gzip_cache(web_app).wait_idle(30)
+    assert compressing_threads == ["fedurl-gzip"]
+    assert fetch(web, "/ort/ort-wasm-simd-threaded.wasm", headers=GZIP).headers["Content-Encoding"] == "gzip"
+
+
+def test_precompress_covers_a_first_visit(web_app, web, web_dir, compress_calls):
+    """At start (fedurl-serve), the page's files, ORT's page files and the model's files are compressed
+    in the background; node_modules, dotfiles and the rest of ORT's dist wait until asked for."""
+    web_module.precompress(web_app).join(60)
+    assert {"index.html", "main.js", "styles.css", "ort-wasm-simd-threaded.wasm", "weights.safetensors",
+            "tokenizer.json"} <= set(compress_calls)
+    assert not {"secret.js", ".npmrc", "random.wasm", "ort.min.mjs"} & set(compress_calls)
+    assert len(compress_calls) == len(set(compress_calls))
+    for path in ("/", "/static/main.js", "/ort/ort-wasm-simd-threaded.wasm"):
+        assert fetch(web, path, headers=GZIP).headers["Content-Encoding"] == "gzip", path
+
+
+def test_precompress_is_off_with_a_zero_cache(config, web_dir):
+    """GZIP_CACHE_BYTES = 0: nothing to precompress."""
+    app = create_app({**config, "WEB_CLIENT_DIR": str(web_dir), "GZIP_CACHE_BYTES": 0})
+    assert web_module.precompress(app) is None

@@ -7,7 +7,7 @@ from playwright.sync_api import expect
 # Debian's chromium, quiet: no background traffic that would muddle request recording or timing.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ADMIN_TOKEN = "web-test-admin-token"  # the test servers' admin bearer token
+ADMIN_TOKEN = "web-test-admin-token-0123456789abcdef"  # the test servers' admin bearer token (>= 32 bytes)
 MODEL_READY_MS = 60_000  # first load: 14 MB of ORT wasm plus the bundle, on a busy 2-core box
 # Page settings for tests: never train on their own, look for new versions twice a second.
 PAGE = "/?train_after_urls=0&poll_ms=500"
