@@ -10,10 +10,9 @@ import hmac
 
 from flask import Blueprint, current_app, request
 
-from server.api import coordinator
+from server.api import coordinator, status_document
 from server.config import SETTINGS
 from server.errors import ApiError
-from server.status import status_document
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
 
@@ -37,7 +36,7 @@ def require_token() -> None:
 @bp.get("/status")
 def status():
     """The public status plus the effective settings (the token itself withheld)."""
-    document = status_document(coordinator().engine, coordinator().live())
+    document = status_document()
     document["settings"] = {k: current_app.config[k] for k in SETTINGS if k != "ADMIN_TOKEN"}
     return document
 

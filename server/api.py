@@ -1,17 +1,23 @@
-"""The client protocol (docs/PROTOCOL.md): model, files, tickets, updates, status."""
+"""The client protocol (docs/PROTOCOL.md): model, files, tickets, updates, status.
+
+This blueprint builds every HTTP document (the /api/model file URLs, the /api/status JSON, ISO
+times); the coordinator hands it plain values and raises ``server.refusals``, which
+``server.errors`` turns into JSON errors.
+"""
 
 from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request
 
-from server import logs
+from server import db, logs
 from server.errors import ApiError
 from server.rounds import Coordinator
-from server.status import status_document
 from server.validation import check_client_id, check_delta, decode_payload, parse_metadata
+from server.versions import iso
 from server.web import send_encoded
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -19,6 +25,9 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 ONE_YEAR_S = 31_536_000
 COUNTED = {"api.tickets", "api.updates"}  # refusals here are counted by code in /api/status
+HISTORY = 200  # rounds and versions listed in a status document
+NO_UPDATES = {"participants": 0, "examples": 0, "loss_before": None, "loss_after": None,
+              "mean_staleness": 0.0}
 
 
 def coordinator() -> Coordinator:
@@ -33,8 +42,9 @@ def rate_limit(kind: str, key: str) -> None:
     """
     wait = current_app.extensions["fedurl.limits"][kind].acquire(key, time.monotonic())
     if wait > 0:
-        raise ApiError("rate_limited", f"too many requests from this {'client' if kind == 'client' else 'address'};"
-                                       f" retry in {wait:.0f} s", 429, {"Retry-After": str(max(1, round(wait)))})
+        who = "client" if kind == "client" else "address"
+        raise ApiError("rate_limited", f"too many requests from this {who}; retry in {wait:.0f} s", 429,
+                       {"Retry-After": str(max(1, round(wait)))})
 
 
 @bp.after_request
@@ -51,9 +61,10 @@ def count_refusals(response):
 @bp.get("/model")
 def model():
     """Name the current global model; cacheable by ETag until the version or round changes."""
-    document = coordinator().model_info()
-    response = jsonify(document)
-    response.set_etag(f"v{document['version']}-r{document['round']}")
+    version, round_id, manifest = coordinator().current()
+    files = {name: f"/api/files/{entry['sha256']}" for name, entry in manifest["files"].items()}
+    response = jsonify(version=version, round=round_id, manifest=manifest, files=files)
+    response.set_etag(f"v{version}-r{round_id}")
     response.cache_control.no_cache = True
     return response.make_conditional(request)
 
@@ -61,12 +72,16 @@ def model():
 @bp.get("/files/<sha256>")
 def files(sha256: str):
     """Serve a bundle file by content hash: immutable, so a browser fetches each graph once."""
-    found = coordinator().find_file(sha256) if SHA256.fullmatch(sha256) else None
+    found = None
+    if SHA256.fullmatch(sha256):
+        with db.transaction(db.get_engine()) as conn:
+            found = db.find_file(conn, sha256)
     if found is None:
         raise ApiError("not_found", f"no file with sha256 {sha256[:64]}", 404)
     path, name = found
     mimetype = "application/json" if name.endswith(".json") else "application/octet-stream"
-    response = send_encoded(path, mimetype=mimetype, etag=sha256, max_age=ONE_YEAR_S)
+    response = send_encoded(Path(current_app.config["DATA_DIR"]) / path, mimetype=mimetype, etag=sha256,
+                            max_age=ONE_YEAR_S)
     response.cache_control.public = True
     response.cache_control.immutable = True
     return response
@@ -83,7 +98,8 @@ def tickets():
         raise ApiError("malformed_json", 'body must be a JSON object like {"client_id": "..."}')
     client_id = check_client_id(body.get("client_id"))
     rate_limit("client", client_id)
-    return coordinator().issue_ticket(client_id), 201
+    ticket = coordinator().issue_ticket(client_id)
+    return {**ticket, "expires_at": iso(ticket["expires_at"])}, 201
 
 
 @bp.post("/updates")
@@ -95,11 +111,35 @@ def updates():
     body = request.get_data(cache=False)
     tensors, metadata = decode_payload(body)
     meta = parse_metadata(metadata, current_app.config["MAX_NUM_EXAMPLES"])
-    delta, norm = check_delta(tensors, coordinator().manifest["parameters"], current_app.config["MAX_UPDATE_NORM"])
+    parameters = coordinator().current()[2]["parameters"]
+    delta, norm = check_delta(tensors, parameters, current_app.config["MAX_UPDATE_NORM"])
     return coordinator().submit(meta, delta, norm, body), 202
 
 
 @bp.get("/status")
 def status():
     """Rounds, participants, accepted and refused counts, losses, version history."""
-    return status_document(coordinator().engine, coordinator().live())
+    return status_document()
+
+
+def status_document() -> dict:
+    """The /api/status JSON: live round, totals, rejections by code, round and version history."""
+    progress = coordinator().progress()
+    with db.transaction(db.get_engine()) as conn:
+        rounds = db.recent_rounds(conn, HISTORY)
+        ids = [row["id"] for row in rounds]
+        stats, rejected = db.round_stats(conn, ids), db.rejections_by_round(conn, ids)
+        versions = db.recent_versions(conn, HISTORY)
+        accepted, by_code = db.accepted_count(conn), db.rejections_by_code(conn)
+    for row in rounds:
+        row.update(stats.get(row["id"], NO_UPDATES), rejected=rejected.get(row["id"], {}))
+        row["opened_at"], row["deadline"] = iso(row["opened_at"]), iso(row["deadline"])
+        row["closed_at"] = iso(row["closed_at"]) if row["closed_at"] is not None else None
+    current, rules = progress.round, progress.rules
+    return {"version": progress.version, "optimizer": progress.optimizer, "aggregator": progress.aggregator,
+            "round": {"id": current.id, "base_version": current.base_version, "updates": progress.updates,
+                      "opened_at": iso(current.opened_at), "deadline": iso(current.deadline),
+                      "min_clients": rules.min_clients, "min_clients_floor": rules.floor},
+            "accepted": accepted, "rejected": dict(sorted(by_code.items())), "rounds": rounds,
+            "versions": [{"version": v["version"], "parent": v["parent"], "kind": v["kind"],
+                          "round": v["round_id"], "created": iso(v["created"])} for v in versions]}

@@ -18,6 +18,7 @@ from server import db, errors, logs
 from server.aggregate import make_optimizer
 from server.ratelimit import RateLimiter
 from server.rounds import Coordinator, RoundRules
+from server.strategies import make_aggregator
 from server.versions import VersionStore
 
 HEADER_SLACK = 64 * 1024  # safetensors header with 6 metadata fields and every parameter name
@@ -75,8 +76,13 @@ def _start_coordinator(app: Flask) -> Coordinator:
         return make_optimizer(cfg["SERVER_OPTIMIZER"], lr=cfg["SERVER_LR"], momentum=cfg["SERVER_MOMENTUM"],
                               beta1=cfg["ADAM_BETA1"], beta2=cfg["ADAM_BETA2"], tau=cfg["ADAM_TAU"])
 
+    def new_aggregator():
+        """A fresh aggregation strategy as configured."""
+        return make_aggregator(cfg["AGGREGATOR"], trim_fraction=cfg["TRIM_FRACTION"])
+
     new_optimizer()  # fail at start-up, not at the first round's end, on a misspelt optimizer
-    coordinator = Coordinator(db.get_engine(app), VersionStore(Path(cfg["DATA_DIR"])), rules, new_optimizer)
+    coordinator = Coordinator(db.get_engine(app), VersionStore(Path(cfg["DATA_DIR"])), rules, new_optimizer,
+                              new_aggregator)
     coordinator.start(cfg["BUNDLE_DIR"])
     app.extensions["fedurl.coordinator"] = coordinator
     return coordinator

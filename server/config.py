@@ -40,6 +40,10 @@ SETTINGS: dict[str, Setting] = {
     "TICKET_TTL_S": Setting(900.0, float, "seconds a round ticket stays valid"),
     "MAX_STALENESS": Setting(1, int, "accept deltas this many versions behind (0: current only)"),
     "STALENESS_EXPONENT": Setting(0.5, float, "stale delta weight is (1 + staleness) ** -exponent"),
+    "AGGREGATOR": Setting("fedavg", str, "how a round's deltas are combined: fedavg (weighted mean), "
+                                         "trimmed_mean or median (coordinate-wise, Yin et al. 2018)"),
+    "TRIM_FRACTION": Setting(0.1, float, "trimmed_mean: share of the values cut from each end of "
+                                         "every coordinate"),
     "SERVER_OPTIMIZER": Setting("fedavg", str, "fedavg, fedavgm or fedadam"),
     "SERVER_LR": Setting(None, float, "server learning rate (default: 1.0, fedadam 0.01)", True),
     "SERVER_MOMENTUM": Setting(0.9, float, "fedavgm momentum"),
