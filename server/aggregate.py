@@ -103,6 +103,17 @@ def coordinate_median(stack: np.ndarray) -> np.ndarray:
     return np.median(stack.astype(np.float64), axis=0)
 
 
+def unsafe_weights(weights: Arrays, max_abs: float) -> str | None:
+    """Why weights must not be published (a NaN, an infinity, or |w| above max_abs), or None."""
+    for name, array in weights.items():
+        if not np.isfinite(array).all():
+            return f"{name} holds NaN or infinite values"
+        largest = float(np.abs(array).max(initial=0.0))
+        if largest > max_abs:
+            return f"{name} reaches |w| = {largest:.3g}, above the limit {max_abs:g}"
+    return None
+
+
 class ServerOptimizer(ABC):
     """The server-optimizer contract: next weights from the current ones and a pseudo-gradient.
 

@@ -7,6 +7,7 @@ times); the coordinator hands it plain values and raises ``server.refusals``, wh
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from pathlib import Path
@@ -49,10 +50,10 @@ def rate_limit(kind: str, key: str) -> None:
 
 @bp.after_request
 def count_refusals(response):
-    """Count (and log) refused ticket and update requests by error code."""
+    """Count (in memory: a refusal writes nothing) and log refused ticket and update requests."""
     if request.endpoint in COUNTED and response.status_code >= 400 and response.is_json:
         code = response.get_json()["error"]
-        coordinator().count_rejection(code)
+        current_app.extensions["fedurl.refusals"].add(coordinator().current()[1], code)
         logs.event("request_refused", path=request.path, status=response.status_code, code=code,
                    addr=request.remote_addr)
     return response
@@ -71,7 +72,11 @@ def model():
 
 @bp.get("/files/<sha256>")
 def files(sha256: str):
-    """Serve a bundle file by content hash: immutable, so a browser fetches each graph once."""
+    """Serve a bundle file by content hash: immutable, so a browser fetches each graph once.
+
+    The bytes are checked against the hash first (once per file change): a damaged copy is a
+    404, never cached forever under a hash it does not have.
+    """
     found = None
     if SHA256.fullmatch(sha256):
         with db.transaction(db.get_engine()) as conn:
@@ -79,6 +84,9 @@ def files(sha256: str):
     if found is None:
         raise ApiError("not_found", f"no file with sha256 {sha256[:64]}", 404)
     path, name = found
+    if not coordinator().store.intact(path, sha256):
+        logs.event("file_damaged", level=logging.ERROR, path=path, sha256=sha256)
+        raise ApiError("not_found", f"the stored copy of {name} ({sha256}) is damaged", 404)
     mimetype = "application/json" if name.endswith(".json") else "application/octet-stream"
     response = send_encoded(Path(current_app.config["DATA_DIR"]) / path, mimetype=mimetype, etag=sha256,
                             max_age=ONE_YEAR_S)
@@ -98,8 +106,29 @@ def tickets():
         raise ApiError("malformed_json", 'body must be a JSON object like {"client_id": "..."}')
     client_id = check_client_id(body.get("client_id"))
     rate_limit("client", client_id)
-    ticket = coordinator().issue_ticket(client_id)
+    outstanding, addr = current_app.extensions["fedurl.tickets"], request.remote_addr or "-"
+    slot = reserve_ticket_slot(outstanding, addr)
+    try:
+        ticket = coordinator().issue_ticket(client_id)
+    except BaseException:
+        outstanding.release(addr, slot)
+        raise
+    outstanding.bind(addr, slot, db.ticket_digest(ticket["ticket"]))
     return {**ticket, "expires_at": iso(ticket["expires_at"])}, 201
+
+
+def reserve_ticket_slot(outstanding, addr: str) -> int:
+    """Reserve one of the address's MAX_TICKETS_PER_ADDR unused-ticket slots.
+
+    :raise ApiError: rate_limited (429, with Retry-After) while all are taken.
+    """
+    now = coordinator().clock()
+    slot, wait = outstanding.reserve(addr, now, now + coordinator().rules.ticket_ttl_s)
+    if slot is None:
+        raise ApiError("rate_limited", f"this address holds {outstanding.limit} unused tickets; use one or "
+                                       f"retry in {wait:.0f} s", 429,
+                       {"Retry-After": str(max(1, round(wait)))})
+    return slot
 
 
 @bp.post("/updates")
@@ -113,7 +142,9 @@ def updates():
     meta = parse_metadata(metadata, current_app.config["MAX_NUM_EXAMPLES"])
     parameters = coordinator().current()[2]["parameters"]
     delta, norm = check_delta(tensors, parameters, current_app.config["MAX_UPDATE_NORM"])
-    return coordinator().submit(meta, delta, norm, body), 202
+    accepted = coordinator().submit(meta, delta, norm, body)
+    current_app.extensions["fedurl.tickets"].used(db.ticket_digest(meta.ticket))
+    return accepted, 202
 
 
 @bp.get("/status")
@@ -123,7 +154,10 @@ def status():
 
 
 def status_document() -> dict:
-    """The /api/status JSON: live round, totals, rejections by code, round and version history."""
+    """The /api/status JSON: live round, totals, rejections by code, round and version history.
+
+    Refusal counts are the stored ones plus those the ticker has not written yet.
+    """
     progress = coordinator().progress()
     with db.transaction(db.get_engine()) as conn:
         rounds = db.recent_rounds(conn, HISTORY)
@@ -131,6 +165,11 @@ def status_document() -> dict:
         stats, rejected = db.round_stats(conn, ids), db.rejections_by_round(conn, ids)
         versions = db.recent_versions(conn, HISTORY)
         accepted, by_code = db.accepted_count(conn), db.rejections_by_code(conn)
+        quarantined = db.quarantined_count(conn)
+    for (round_id, code), count in current_app.extensions["fedurl.refusals"].pending().items():
+        by_code[code] = by_code.get(code, 0) + count
+        per_round = rejected.setdefault(round_id, {})
+        per_round[code] = per_round.get(code, 0) + count
     for row in rounds:
         row.update(stats.get(row["id"], NO_UPDATES), rejected=rejected.get(row["id"], {}))
         row["opened_at"], row["deadline"] = iso(row["opened_at"]), iso(row["deadline"])
@@ -140,6 +179,7 @@ def status_document() -> dict:
             "round": {"id": current.id, "base_version": current.base_version, "updates": progress.updates,
                       "opened_at": iso(current.opened_at), "deadline": iso(current.deadline),
                       "min_clients": rules.min_clients, "min_clients_floor": rules.floor},
-            "accepted": accepted, "rejected": dict(sorted(by_code.items())), "rounds": rounds,
+            "accepted": accepted, "rejected": dict(sorted(by_code.items())), "quarantined": quarantined,
+            "rounds": rounds,
             "versions": [{"version": v["version"], "parent": v["parent"], "kind": v["kind"],
                           "round": v["round_id"], "created": iso(v["created"])} for v in versions]}

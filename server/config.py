@@ -55,6 +55,9 @@ SETTINGS: dict[str, Setting] = {
     "MAX_UPDATE_BYTES": Setting(None, int, "request body limit (default: float32 model size + 64 KiB)", True),
     "TICKETS_PER_CLIENT_PER_MIN": Setting(6.0, float, "ticket rate limit per client id"),
     "REQUESTS_PER_ADDR_PER_MIN": Setting(600.0, float, "ticket + update rate limit per remote address"),
+    "MAX_TICKETS_PER_ADDR": Setting(64, int, "unused, unexpired tickets one remote address may hold"),
+    "MAX_WEIGHT_ABS": Setting(1e4, float, "a round whose new weights are not finite or exceed this "
+                                          "absolute value is not published"),
     "TICK_INTERVAL_S": Setting(5.0, float, "how often a background thread checks deadlines (0: off)"),
     "LOG_LEVEL": Setting("INFO", str, "level of the JSON-lines log on stderr"),
 }
@@ -95,3 +98,5 @@ def check(config) -> None:
             raise ValueError(f"setting {key} must be a {setting.type.__name__}, got {value!r}")
     if config["MIN_CLIENTS"] < 1 or config["MIN_CLIENTS_FLOOR"] < 1:
         raise ValueError("MIN_CLIENTS and MIN_CLIENTS_FLOOR must be at least 1")
+    if config["MAX_TICKETS_PER_ADDR"] < 1:
+        raise ValueError("MAX_TICKETS_PER_ADDR must be at least 1")

@@ -9,6 +9,8 @@ writes SQL, and rows come back as plain dataclasses, dicts and tuples.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +21,17 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
-from server.schema import files, metadata, rejections, rounds, tickets, updates, versions
+from server.schema import (
+    ADDED_COLUMNS,
+    files,
+    metadata,
+    quarantine,
+    rejections,
+    rounds,
+    tickets,
+    updates,
+    versions,
+)
 
 Connection = sa.Connection  # what the functions below take; callers need not import SQLAlchemy
 Engine = sa.Engine
@@ -52,6 +64,12 @@ class StoredUpdate:
 
     key: str  # the ticket digest, which also names the spool body
     weight: float
+    sha256: str | None = None  # of the body; None for rows stored before checksums
+
+
+def ticket_digest(ticket: str) -> str:
+    """The stored form of a ticket: a leaked database holds no usable ticket."""
+    return hashlib.sha256(ticket.encode()).hexdigest()
 
 
 # -- connections -----------------------------------------------------------------------------------
@@ -78,8 +96,14 @@ def create_engine(url: str) -> sa.Engine:
 
 
 def init_schema(engine: sa.Engine) -> None:
-    """Create every missing table (existing ones and their rows are kept)."""
+    """Create every missing table and add columns newer than an existing table (rows are kept)."""
     metadata.create_all(engine)
+    inspector = sa.inspect(engine)
+    with engine.begin() as conn:
+        for table, column in ADDED_COLUMNS:
+            if column.name not in {c["name"] for c in inspector.get_columns(table.name)}:
+                kind = column.type.compile(engine.dialect)
+                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 @contextmanager
@@ -127,6 +151,11 @@ def record_version(conn: Connection, version: int, parent: int | None, kind: str
     for sha256, name, path in new_files:
         if conn.execute(sa.select(files.c.sha256).where(files.c.sha256 == sha256)).first() is None:
             conn.execute(files.insert().values(sha256=sha256, name=name, path=path))
+
+
+def database_name(engine: sa.Engine) -> str:
+    """The engine's URL without its password, for messages."""
+    return engine.url.render_as_string(hide_password=True)
 
 
 def find_file(conn: Connection, sha256: str) -> tuple[str, str] | None:
@@ -206,6 +235,16 @@ def use_ticket(conn: Connection, digest: str, now: float) -> None:
     conn.execute(tickets.update().where(tickets.c.digest == digest).values(used_at=now))
 
 
+def ticket_was_used(conn: Connection, digest: str) -> bool:
+    """Whether an accepted update came with this ticket (its ticket row may be pruned since)."""
+    return conn.execute(sa.select(updates.c.id).where(updates.c.ticket_digest == digest)).first() is not None
+
+
+def prune_tickets(conn: Connection, expired_before: float) -> int:
+    """Delete the tickets that expired before the given time; return how many went."""
+    return conn.execute(tickets.delete().where(tickets.c.expires_at < expired_before)).rowcount
+
+
 def has_update(conn: Connection, round_id: int, client_id: str) -> bool:
     """Whether client_id already has an update in the round."""
     query = sa.select(updates.c.id).where(updates.c.round_id == round_id, updates.c.client_id == client_id)
@@ -219,9 +258,30 @@ def insert_update(conn: Connection, **values: object) -> None:
 
 def round_updates(conn: Connection, round_id: int) -> list[StoredUpdate]:
     """The round's accepted updates in arrival order."""
-    query = (sa.select(updates.c.ticket_digest, updates.c.weight)
+    query = (sa.select(updates.c.ticket_digest, updates.c.weight, updates.c.sha256)
              .where(updates.c.round_id == round_id).order_by(updates.c.id))
-    return [StoredUpdate(key, weight) for key, weight in conn.execute(query)]
+    return [StoredUpdate(key, weight, sha) for key, weight, sha in conn.execute(query)]
+
+
+def quarantine_update(conn: Connection, round_id: int, key: str, reason: str, moved_to: str | None,
+                      now: float) -> None:
+    """Take an update out of its round: its row moves into the quarantine table (kept as JSON)."""
+    row = conn.execute(sa.select(updates).where(updates.c.ticket_digest == key)).first()
+    conn.execute(quarantine.insert().values(kind="update", round_id=round_id, ref=key, reason=reason[:255],
+                                            moved_to=moved_to, at=now,
+                                            record=json.dumps(row._asdict()) if row else None))
+    conn.execute(updates.delete().where(updates.c.ticket_digest == key))
+
+
+def quarantine_version(conn: Connection, version: int, reason: str, moved_to: str, now: float) -> None:
+    """Record a version directory that start-up moved aside."""
+    conn.execute(quarantine.insert().values(kind="version", ref=str(version), reason=reason[:255],
+                                            moved_to=moved_to, at=now))
+
+
+def quarantined_count(conn: Connection) -> int:
+    """How many things start-up ever quarantined."""
+    return conn.execute(sa.select(sa.func.count()).select_from(quarantine)).scalar_one()
 
 
 def accepted_count(conn: Connection) -> int:

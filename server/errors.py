@@ -23,6 +23,7 @@ STATUS: dict[type[refusals.Refused], int] = {
     refusals.NoSuchVersion: 404,
     refusals.StaleVersion: 409, refusals.TicketReused: 409, refusals.VersionMismatch: 409,
     refusals.DuplicateClient: 409, refusals.EmptyRound: 409, refusals.NotEarlier: 409,
+    refusals.VersionDamaged: 409, refusals.UnsafeWeights: 409,
 }
 
 

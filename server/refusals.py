@@ -85,3 +85,15 @@ class NotEarlier(Refused):
     """An admin rollback to the current version."""
 
     code = "not_earlier"
+
+
+class VersionDamaged(Refused):
+    """An admin rollback to a version whose files no longer match their sha256."""
+
+    code = "version_damaged"
+
+
+class UnsafeWeights(Refused):
+    """Closing the round would publish non-finite or out-of-range weights."""
+
+    code = "unsafe_weights"

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 import threading
 import time
@@ -32,8 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from server import db, logs, recovery
-from server.aggregate import ServerOptimizer, staleness_weight
+from server import db, logs, quarantine, recovery
+from server.aggregate import ServerOptimizer, staleness_weight, unsafe_weights
 from server.refusals import (
     DuplicateClient,
     EmptyRound,
@@ -45,6 +46,8 @@ from server.refusals import (
     TicketMismatch,
     TicketReused,
     UnknownBaseVersion,
+    UnsafeWeights,
+    VersionDamaged,
     VersionMismatch,
 )
 from server.spool import Spool
@@ -63,6 +66,8 @@ class RoundRules:
     ticket_ttl_s: float
     max_staleness: int
     staleness_exponent: float
+    max_update_norm: float = math.inf  # checked again when a stored body is replayed
+    max_weight_abs: float = math.inf  # the last check before publishing
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,6 @@ class Progress:
     round: db.Round
     updates: int
     rules: RoundRules
-
-
-def digest(ticket: str) -> str:
-    """The stored form of a ticket."""
-    return hashlib.sha256(ticket.encode()).hexdigest()
 
 
 class Coordinator:
@@ -102,7 +102,7 @@ class Coordinator:
     def start(self, bundle_dir: str | None) -> None:
         """Import the first version if the database has none, clear debris, resume the open round."""
         with self.lock:
-            self.parents = recovery.known_versions(self.engine, self.store)
+            self.parents = recovery.known_versions(self.engine, self.store, self.clock())
             if not self.parents:
                 self.parents = recovery.import_first_version(self.engine, self.store, bundle_dir,
                                                              self.clock(), self.rules.deadline_s)
@@ -129,7 +129,9 @@ class Coordinator:
     def _resume(self) -> None:
         """Start the strategy on the open round and replay that round's stored deltas into it."""
         self.aggregator.start({p["name"]: tuple(p["shape"]) for p in self.manifest["parameters"]})
-        self.round, self.accepted = recovery.replay(self.engine, self.spool, self.aggregator)
+        self.round, self.accepted = recovery.replay(self.engine, self.spool, self.aggregator,
+                                                    self.manifest["parameters"], self.rules.max_update_norm,
+                                                    self.clock())
         logs.event("round_open", version=self.version, round=self.round.id, updates=self.aggregator.count)
         self._maybe_close(self.clock())
 
@@ -153,7 +155,8 @@ class Coordinator:
             now = self.clock()
             expires = now + self.rules.ticket_ttl_s
             with db.transaction(self.engine) as conn:
-                db.insert_ticket(conn, digest(ticket), client_id, self.version, self.round.id, now, expires)
+                db.insert_ticket(conn, db.ticket_digest(ticket), client_id, self.version, self.round.id, now,
+                                 expires)
             return {"ticket": ticket, "version": self.version, "round": self.round.id, "expires_at": expires}
 
     def submit(self, meta: UpdateMeta, delta: dict[str, np.ndarray], norm: float, body: bytes) -> dict:
@@ -166,6 +169,7 @@ class Coordinator:
             now, round_id = self.clock(), self.round.id
             staleness = self._staleness(meta.base_version)
             weight = meta.num_examples * staleness_weight(staleness, self.rules.staleness_exponent)
+            sha256 = hashlib.sha256(body).hexdigest()  # replay checks the stored body against it
             with db.transaction(self.engine) as conn:
                 key = self._claim_ticket(conn, meta, now)
                 if db.has_update(conn, round_id, meta.client_id):
@@ -174,10 +178,10 @@ class Coordinator:
                 db.insert_update(conn, round_id=round_id, client_id=meta.client_id, ticket_digest=key,
                                  base_version=meta.base_version, staleness=staleness,
                                  num_examples=meta.num_examples, weight=weight, loss_before=meta.loss_before,
-                                 loss_after=meta.loss_after, norm=norm, received_at=now)
+                                 loss_after=meta.loss_after, norm=norm, received_at=now, sha256=sha256)
                 self.spool.write(round_id, key, body)  # before the commit: a committed row has its body
             self.aggregator.accumulate(delta, weight)
-            self.accepted.append(db.StoredUpdate(key, weight))
+            self.accepted.append(db.StoredUpdate(key, weight, sha256))
             count = self.aggregator.count
             logs.event("update_accepted", round=round_id, client=meta.client_id, staleness=staleness,
                        examples=meta.num_examples, norm=round(norm, 6), updates_in_round=count)
@@ -199,8 +203,10 @@ class Coordinator:
 
     def _claim_ticket(self, conn: db.Connection, meta: UpdateMeta, now: float) -> str:
         """Mark the update's ticket used, after checking it is this client's, unused and unexpired."""
-        key = digest(meta.ticket)
+        key = db.ticket_digest(meta.ticket)
         ticket = db.find_ticket(conn, key)
+        if ticket is None and db.ticket_was_used(conn, key):  # used, then pruned after it expired
+            raise TicketReused("this ticket was already used")
         if ticket is None:
             raise TicketInvalid("unknown ticket; get one from POST /api/tickets")
         if ticket.client_id != meta.client_id:
@@ -216,10 +222,10 @@ class Coordinator:
         db.use_ticket(conn, key, now)
         return key
 
-    def count_rejection(self, code: str) -> None:
-        """Count one refused request under its error code in the current round."""
-        with self.lock, db.transaction(self.engine) as conn:
-            db.add_rejections(conn, self.round.id, code)
+    def prune_tickets(self) -> int:
+        """Delete tickets expired for longer than a TTL (until then they still read expired)."""
+        with db.transaction(self.engine) as conn:
+            return db.prune_tickets(conn, self.clock() - self.rules.ticket_ttl_s)
 
     # -- closing, rollback -------------------------------------------------------------------------
 
@@ -273,24 +279,31 @@ class Coordinator:
         """Publish a copy of an earlier version (weights and optimizer state) as the next version.
 
         The open round is aborted: its deltas were computed on the model being rolled back.
-        :raise NoSuchVersion, NotEarlier: for an unknown or the current version.
+        :raise NoSuchVersion, NotEarlier, VersionDamaged: for an unknown, the current or a damaged version.
         """
         with self.lock:
             if version not in self.parents:
                 raise NoSuchVersion(f"there is no version {version}")
             if version == self.version:
                 raise NotEarlier(f"version {version} is already current")
-            now = self.clock()
+            try:  # every file is checked against its sha256
+                parent, weights = self.store.manifest(version), self.store.weights(version)
+                state = self.store.optimizer_state(version)
+            except (OSError, ValueError) as exc:
+                logs.event("version_damaged", level=logging.ERROR, version=version, error=str(exc))
+                raise VersionDamaged(f"version {version} is damaged on disk ({exc})") from None
             extra = {"rollback_to": version, "rolled_back": self.version}
-            return self._publish(self.store.manifest(version), self.store.weights(version),
-                                 self.store.optimizer_state(version), extra, "rollback", "rollback", now)
+            return self._publish(parent, weights, state, extra, "rollback", "rollback", self.clock())
 
     def _publish(self, parent: dict, weights: dict, state: dict, extra: dict, kind: str, reason: str,
                  now: float) -> dict:
         """Write the next version (graphs from parent), record it, end the open round (closed, or
         aborted by a rollback), open the next round, and switch to it.
         """
-        self.store.sweep(set(self.parents))  # a failed earlier attempt may have left its directory
+        problem = unsafe_weights(weights, self.rules.max_weight_abs)
+        if problem:
+            raise UnsafeWeights(f"refusing to publish version {self.version + 1}: {problem}")
+        self._clear_way(self.version + 1)
         manifest = self.store.write(parent, self.version + 1, weights, state, extra, now)
         version, ended = manifest["model_version"], self.round.id
         status = "closed" if kind == "aggregate" else "aborted"
@@ -307,3 +320,12 @@ class Coordinator:
         logs.event("version_published", version=version, kind=kind, ended_round=ended, status=status,
                    reason=reason, parent=manifest["parent_version"])
         return {"version": version, "ended_round": ended, "round": self.round.id, "reason": reason}
+
+    def _clear_way(self, version: int) -> None:
+        """Move aside what a failed earlier publish left at version's directory (never deleted)."""
+        self.store.remove_temps()
+        if self.store.path(version).exists():
+            moved = quarantine.move_aside(self.store.data_dir, self.store.path(version), "versions")
+            with db.transaction(self.engine) as conn:
+                db.quarantine_version(conn, version, "left by a failed publish", moved, self.clock())
+            logs.event("version_quarantined", level=logging.WARNING, version=version, moved_to=moved)

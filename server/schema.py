@@ -58,6 +58,7 @@ updates = sa.Table(
     sa.Column("loss_after", sa.Float, nullable=False),
     sa.Column("norm", sa.Float, nullable=False),
     sa.Column("received_at", sa.Float, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=True),  # of the spool body; NULL in rows from before
     sa.UniqueConstraint("round_id", "client_id", name="one_update_per_client_and_round"))
 
 rejections = sa.Table(
@@ -66,3 +67,16 @@ rejections = sa.Table(
     sa.Column("code", sa.String(32), primary_key=True),
     sa.Column("total", sa.Integer, nullable=False))
 
+quarantine = sa.Table(  # what start-up refused to use: never silently deleted
+    "quarantine", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # update | version
+    sa.Column("round_id", sa.Integer, nullable=True),
+    sa.Column("ref", sa.String(64), nullable=False),  # the update's ticket digest, or the version
+    sa.Column("reason", sa.String(255), nullable=False),
+    sa.Column("moved_to", sa.String(255), nullable=True),  # relative to DATA_DIR; NULL: nothing on disk
+    sa.Column("record", sa.Text, nullable=True),  # the update's row as JSON
+    sa.Column("at", sa.Float, nullable=False))
+
+# columns added after a release: (table, column); create_engine adds them to older databases
+ADDED_COLUMNS = [(updates, updates.c.sha256)]

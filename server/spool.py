@@ -25,7 +25,8 @@ class Spool:
     """The per-round directories of stored update bodies."""
 
     def __init__(self, data_dir: Path):
-        self.root = Path(data_dir) / "spool"
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / "spool"
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, round_id: int, key: str) -> Path:

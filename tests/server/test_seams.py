@@ -103,3 +103,24 @@ def test_every_refusal_has_an_http_status():
                if isinstance(c, type) and issubclass(c, refusals.Refused) and c is not refusals.Refused]
     assert sorted(c.__name__ for c in classes) == sorted(c.__name__ for c in STATUS)
     assert all(400 <= status < 500 for status in STATUS.values())
+
+
+def test_an_older_database_gains_the_new_columns(tmp_path):
+    """A database made before updates.sha256 existed gets the column on start; its rows stay."""
+    # Prepare: the updates table as it was, with one row
+    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
+    old = sa.MetaData()
+    columns = [sa.Column(c.name, c.type, primary_key=c.primary_key) for c in schema.updates.columns
+               if c.name != "sha256"]
+    sa.Table("updates", old, *columns)
+    engine = sa.create_engine(url)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO updates VALUES (1, 1, 'client-01', 'k', 1, 0, 5, 5.0, 1.0, 0.5, 0.1, 0.0)"))
+    engine.dispose()
+    # Execute
+    engine = db.create_engine(url)
+    # Assert
+    assert "sha256" in {c["name"] for c in sa.inspect(engine).get_columns("updates")}
+    with db.transaction(engine) as conn:
+        assert db.round_updates(conn, 1) == [db.StoredUpdate("k", 5.0, None)]
