@@ -116,7 +116,8 @@ def test_an_older_database_gains_the_new_columns(tmp_path):
     engine = sa.create_engine(url)
     old.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO updates VALUES (1, 1, 'client-01', 'k', 1, 0, 5, 5.0, 1.0, 0.5, 0.1, 0.0)"))
+        conn.execute(sa.text("INSERT INTO updates VALUES "
+                             "(1, 1, 'client-01', 'k', 1, 0, 5, 5.0, 1.0, 0.5, 0.1, 0.0)"))
     engine.dispose()
     # Execute
     engine = db.create_engine(url)
