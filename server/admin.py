@@ -17,10 +17,9 @@ from collections import OrderedDict
 from flask import Blueprint, current_app, request
 
 from server import logs
-from server.api import coordinator
+from server.api import coordinator, status_document
 from server.config import shown
 from server.errors import ApiError
-from server.status import status_document
 from server.validation import json_body
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin")
@@ -101,7 +100,7 @@ def require_token() -> None:
 @bp.get("/status")
 def status():
     """The public status plus the effective settings (the token withheld, credentials in URLs redacted)."""
-    document = status_document(coordinator().engine, coordinator().live())
+    document = status_document()
     document["settings"] = shown(current_app.config)
     return document
 

@@ -12,11 +12,18 @@ naive batch formula.
   Distribution for Federated Visual Classification", 2019.
 - Staleness weighting: Xie et al., "Asynchronous Federated Optimization", 2019, polynomial
   s(t) = (1 + t)^-a.
+- Coordinate-wise median and trimmed mean: Yin et al., "Byzantine-Robust Distributed Learning:
+  Towards Optimal Statistical Rates", ICML 2018, Definitions 1 and 2.
+
+Two seams: a ``ServerOptimizer`` (below) turns the round's mean delta into the next weights, and
+an ``Aggregator`` (``server.strategies``) turns the round's deltas into that mean delta.
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import numpy as np
 
@@ -79,26 +86,55 @@ def adam_direction(m: Arrays, v: Arrays, tau: float) -> Arrays:
     return {n: m[n] / (np.sqrt(v[n]) + tau) for n in m}
 
 
-class FedAvg:
-    """Plain FedAvg as a server optimizer: x' = x + lr * mean_delta (lr 1 is McMahan et al. exactly).
+def trimmed_mean(stack: np.ndarray, beta: float) -> np.ndarray:
+    """Yin et al. 2018, Def. 2: per coordinate, drop the floor(beta n) largest and smallest of the
+    n values and average the rest. ``stack`` is (n, *shape); the result has ``shape`` (float64).
+    """
+    count = stack.shape[0]
+    cut = int(beta * count)
+    assert 0.0 <= beta < 0.5 and count > 2 * cut, f"cannot trim {cut} of {count} values from each end"
+    ordered = np.sort(stack.astype(np.float64), axis=0)
+    return ordered[cut:count - cut].mean(axis=0)
 
-    The base of the adaptive optimizers (as FedOpt in Reddi et al.); their ``state`` holds float32
-    arrays named ``<slot>/<parameter>``, saved beside each version as safetensors and restored
-    after a restart or a rollback.
+
+def coordinate_median(stack: np.ndarray) -> np.ndarray:
+    """Yin et al. 2018, Def. 1: the median of each coordinate over the n deltas in ``stack``."""
+    assert stack.shape[0] > 0, "median of no deltas"
+    return np.median(stack.astype(np.float64), axis=0)
+
+
+def unsafe_weights(weights: Arrays, max_abs: float) -> str | None:
+    """Why weights must not be published (a NaN, an infinity, or |w| above max_abs), or None."""
+    for name, array in weights.items():
+        if not np.isfinite(array).all():
+            return f"{name} holds NaN or infinite values"
+        largest = float(np.abs(array).max(initial=0.0))
+        if largest > max_abs:
+            return f"{name} reaches |w| = {largest:.3g}, above the limit {max_abs:g}"
+    return None
+
+
+class ServerOptimizer(ABC):
+    """The server-optimizer contract: next weights from the current ones and a pseudo-gradient.
+
+    ``step`` takes the round's aggregated delta (the negative pseudo-gradient of Reddi et al.) and
+    may keep float32 arrays in ``state`` named ``<slot>/<parameter>`` for each name in ``slots``;
+    the server saves them beside each version and restores them after a restart or a rollback.
+    A new optimizer is one subclass and one entry in ``OPTIMIZERS``.
     """
 
-    name = "fedavg"
-    default_lr = 1.0
-    hyperparameters: tuple[str, ...] = ()
-    slots: tuple[str, ...] = ()  # names of the state arrays, "<slot>/<parameter>"
+    name: ClassVar[str]
+    default_lr: ClassVar[float] = 1.0
+    hyperparameters: ClassVar[tuple[str, ...]] = ()  # constructor keywords taken from settings
+    slots: ClassVar[tuple[str, ...]] = ()  # names of the state arrays, "<slot>/<parameter>"
 
     def __init__(self, lr: float | None = None):
         self.lr = self.default_lr if lr is None else lr
         self.state: Arrays = {}
 
+    @abstractmethod
     def step(self, weights: Arrays, mean_delta: Arrays) -> Arrays:
         """Next global weights from the current ones and the aggregated delta."""
-        return apply_delta(weights, mean_delta, self.lr)
 
     def _slot(self, slot: str, like: Arrays, fill: float = 0.0) -> Arrays:
         """The named state slot, created as ``fill`` on first use."""
@@ -110,6 +146,19 @@ class FedAvg:
         saved safetensors copy restores bit for bit.
         """
         self.state.update({f"{slot}/{n}": a.astype(np.float32) for n, a in arrays.items()})
+
+
+class FedAvg(ServerOptimizer):
+    """Plain FedAvg as a server optimizer: x' = x + lr * mean_delta (lr 1 is McMahan et al. exactly).
+
+    The base of the adaptive optimizers (as FedOpt in Reddi et al.).
+    """
+
+    name = "fedavg"
+
+    def step(self, weights: Arrays, mean_delta: Arrays) -> Arrays:
+        """Next global weights from the current ones and the aggregated delta."""
+        return apply_delta(weights, mean_delta, self.lr)
 
 
 class FedAvgM(FedAvg):
@@ -151,12 +200,13 @@ class FedAdam(FedAvg):
         return apply_delta(weights, adam_direction(m, v, self.tau), self.lr)
 
 
-OPTIMIZERS = {cls.name: cls for cls in (FedAvg, FedAvgM, FedAdam)}
+OPTIMIZERS: dict[str, type[ServerOptimizer]] = {cls.name: cls for cls in (FedAvg, FedAvgM, FedAdam)}
 
 
-def make_optimizer(name: str, lr: float | None = None, **settings: float) -> FedAvg:
+def make_optimizer(name: str, lr: float | None = None, **settings: float | None) -> ServerOptimizer:
     """Build a server optimizer by name, passing it only the settings it takes (None = its default)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown server optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
     cls = OPTIMIZERS[name]
-    return cls(lr=lr, **{k: settings[k] for k in cls.hyperparameters if settings.get(k) is not None})
+    chosen = {k: settings[k] for k in cls.hyperparameters if settings.get(k) is not None}
+    return cls(lr=lr, **chosen)  # each subclass names its own keywords

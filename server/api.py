@@ -1,17 +1,24 @@
-"""The client protocol (docs/PROTOCOL.md): model, files, tickets, updates, status."""
+"""The client protocol (docs/PROTOCOL.md): model, files, tickets, updates, status.
+
+This blueprint builds every HTTP document (the /api/model file URLs, the /api/status JSON, ISO
+times); the coordinator hands it plain values and raises ``server.refusals``, which
+``server.errors`` turns into JSON errors.
+"""
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request
 
-from server import logs
+from server import db, logs
 from server.errors import ApiError
 from server.rounds import Coordinator
-from server.status import status_document
 from server.validation import check_client_id, check_delta, decode_payload, json_body, parse_metadata
+from server.versions import iso
 from server.web import send_encoded
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -19,6 +26,9 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 ONE_YEAR_S = 31_536_000
 COUNTED = {"api.tickets", "api.updates"}  # refusals here are counted by code in /api/status
+HISTORY = 200  # rounds and versions listed in a status document
+NO_UPDATES = {"participants": 0, "examples": 0, "loss_before": None, "loss_after": None,
+              "mean_staleness": 0.0}
 
 
 def coordinator() -> Coordinator:
@@ -33,16 +43,17 @@ def rate_limit(kind: str, key: str) -> None:
     """
     wait = current_app.extensions["fedurl.limits"][kind].acquire(key, time.monotonic())
     if wait > 0:
-        raise ApiError("rate_limited", f"too many requests from this {'client' if kind == 'client' else 'address'};"
-                                       f" retry in {wait:.0f} s", 429, {"Retry-After": str(max(1, round(wait)))})
+        who = "client" if kind == "client" else "address"
+        raise ApiError("rate_limited", f"too many requests from this {who}; retry in {wait:.0f} s", 429,
+                       {"Retry-After": str(max(1, round(wait)))})
 
 
 @bp.after_request
 def count_refusals(response):
-    """Count (and log) refused ticket and update requests by error code."""
+    """Count (in memory: a refusal writes nothing) and log refused ticket and update requests."""
     if request.endpoint in COUNTED and response.status_code >= 400 and response.is_json:
         code = response.get_json()["error"]
-        coordinator().count_rejection(code)
+        current_app.extensions["fedurl.refusals"].add(coordinator().current()[1], code)
         logs.event("request_refused", path=request.path, status=response.status_code, code=code,
                    addr=request.remote_addr)
     return response
@@ -51,22 +62,34 @@ def count_refusals(response):
 @bp.get("/model")
 def model():
     """Name the current global model; cacheable by ETag until the version or round changes."""
-    document = coordinator().model_info()
-    response = jsonify(document)
-    response.set_etag(f"v{document['version']}-r{document['round']}")
+    version, round_id, manifest = coordinator().current()
+    files = {name: f"/api/files/{entry['sha256']}" for name, entry in manifest["files"].items()}
+    response = jsonify(version=version, round=round_id, manifest=manifest, files=files)
+    response.set_etag(f"v{version}-r{round_id}")
     response.cache_control.no_cache = True
     return response.make_conditional(request)
 
 
 @bp.get("/files/<sha256>")
 def files(sha256: str):
-    """Serve a bundle file by content hash: immutable, so a browser fetches each graph once."""
-    found = coordinator().find_file(sha256) if SHA256.fullmatch(sha256) else None
+    """Serve a bundle file by content hash: immutable, so a browser fetches each graph once.
+
+    The bytes are checked against the hash first (once per file change): a damaged copy is a
+    404, never cached forever under a hash it does not have.
+    """
+    found = None
+    if SHA256.fullmatch(sha256):
+        with db.transaction(db.get_engine()) as conn:
+            found = db.find_file(conn, sha256)
     if found is None:
         raise ApiError("not_found", f"no file with sha256 {sha256[:64]}", 404)
     path, name = found
+    if not coordinator().store.intact(path, sha256):
+        logs.event("file_damaged", level=logging.ERROR, path=path, sha256=sha256)
+        raise ApiError("not_found", f"the stored copy of {name} ({sha256}) is damaged", 404)
     mimetype = "application/json" if name.endswith(".json") else "application/octet-stream"
-    response = send_encoded(path, mimetype=mimetype, etag=sha256, max_age=ONE_YEAR_S)
+    response = send_encoded(Path(current_app.config["DATA_DIR"]) / path, mimetype=mimetype, etag=sha256,
+                            max_age=ONE_YEAR_S)
     response.cache_control.public = True
     response.cache_control.immutable = True
     return response
@@ -83,7 +106,29 @@ def tickets():
         raise ApiError("malformed_json", 'body must be a JSON object like {"client_id": "..."}')
     client_id = check_client_id(body.get("client_id"))
     rate_limit("client", client_id)
-    return coordinator().issue_ticket(client_id), 201
+    outstanding, addr = current_app.extensions["fedurl.tickets"], request.remote_addr or "-"
+    slot = reserve_ticket_slot(outstanding, addr)
+    try:
+        ticket = coordinator().issue_ticket(client_id)
+    except BaseException:
+        outstanding.release(addr, slot)
+        raise
+    outstanding.bind(addr, slot, db.ticket_digest(ticket["ticket"]))
+    return {**ticket, "expires_at": iso(ticket["expires_at"])}, 201
+
+
+def reserve_ticket_slot(outstanding, addr: str) -> int:
+    """Reserve one of the address's MAX_TICKETS_PER_ADDR unused-ticket slots.
+
+    :raise ApiError: rate_limited (429, with Retry-After) while all are taken.
+    """
+    now = coordinator().clock()
+    slot, wait = outstanding.reserve(addr, now, now + coordinator().rules.ticket_ttl_s)
+    if slot is None:
+        raise ApiError("rate_limited", f"this address holds {outstanding.limit} unused tickets; use one or "
+                                       f"retry in {wait:.0f} s", 429,
+                       {"Retry-After": str(max(1, round(wait)))})
+    return slot
 
 
 @bp.post("/updates")
@@ -95,11 +140,46 @@ def updates():
     body = request.get_data(cache=False)
     tensors, metadata = decode_payload(body)
     meta = parse_metadata(metadata, current_app.config["MAX_NUM_EXAMPLES"])
-    delta, norm = check_delta(tensors, coordinator().manifest["parameters"], current_app.config["MAX_UPDATE_NORM"])
-    return coordinator().submit(meta, delta, norm, body), 202
+    parameters = coordinator().current()[2]["parameters"]
+    delta, norm = check_delta(tensors, parameters, current_app.config["MAX_UPDATE_NORM"])
+    accepted = coordinator().submit(meta, delta, norm, body)
+    current_app.extensions["fedurl.tickets"].used(db.ticket_digest(meta.ticket))
+    return accepted, 202
 
 
 @bp.get("/status")
 def status():
     """Rounds, participants, accepted and refused counts, losses, version history."""
-    return status_document(coordinator().engine, coordinator().live())
+    return status_document()
+
+
+def status_document() -> dict:
+    """The /api/status JSON: live round, totals, rejections by code, round and version history.
+
+    Refusal counts are the stored ones plus those the ticker has not written yet.
+    """
+    progress = coordinator().progress()
+    with db.transaction(db.get_engine()) as conn:
+        rounds = db.recent_rounds(conn, HISTORY)
+        ids = [row["id"] for row in rounds]
+        stats, rejected = db.round_stats(conn, ids), db.rejections_by_round(conn, ids)
+        versions = db.recent_versions(conn, HISTORY)
+        accepted, by_code = db.accepted_count(conn), db.rejections_by_code(conn)
+        quarantined = db.quarantined_count(conn)
+    for (round_id, code), count in current_app.extensions["fedurl.refusals"].pending().items():
+        by_code[code] = by_code.get(code, 0) + count
+        per_round = rejected.setdefault(round_id, {})
+        per_round[code] = per_round.get(code, 0) + count
+    for row in rounds:
+        row.update(stats.get(row["id"], NO_UPDATES), rejected=rejected.get(row["id"], {}))
+        row["opened_at"], row["deadline"] = iso(row["opened_at"]), iso(row["deadline"])
+        row["closed_at"] = iso(row["closed_at"]) if row["closed_at"] is not None else None
+    current, rules = progress.round, progress.rules
+    return {"version": progress.version, "optimizer": progress.optimizer, "aggregator": progress.aggregator,
+            "round": {"id": current.id, "base_version": current.base_version, "updates": progress.updates,
+                      "opened_at": iso(current.opened_at), "deadline": iso(current.deadline),
+                      "min_clients": rules.min_clients, "min_clients_floor": rules.floor},
+            "accepted": accepted, "rejected": dict(sorted(by_code.items())), "quarantined": quarantined,
+            "rounds": rounds,
+            "versions": [{"version": v["version"], "parent": v["parent"], "kind": v["kind"],
+                          "round": v["round_id"], "created": iso(v["created"])} for v in versions]}

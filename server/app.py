@@ -16,8 +16,9 @@ from flask import Flask
 from server import config as settings
 from server import db, errors, logs
 from server.aggregate import make_optimizer
-from server.ratelimit import RateLimiter
+from server.ratelimit import OutstandingTickets, RateLimiter, RefusalCounts
 from server.rounds import Coordinator, RoundRules
+from server.strategies import make_aggregator
 from server.versions import VersionStore
 
 HEADER_SLACK = 64 * 1024  # safetensors header with 6 metadata fields and every parameter name
@@ -51,6 +52,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["fedurl.limits"] = {
         "client": RateLimiter(app.config["TICKETS_PER_CLIENT_PER_MIN"]),
         "addr": RateLimiter(app.config["REQUESTS_PER_ADDR_PER_MIN"])}
+    app.extensions["fedurl.tickets"] = OutstandingTickets(app.config["MAX_TICKETS_PER_ADDR"])
+    app.extensions["fedurl.refusals"] = RefusalCounts()
 
     errors.init_app(app)
     app.after_request(_isolate)
@@ -59,7 +62,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(admin.bp)
     app.register_blueprint(web.bp)
     if app.config["TICK_INTERVAL_S"] > 0:
-        _start_ticker(coordinator, app.config["TICK_INTERVAL_S"])
+        _start_ticker(app, app.config["TICK_INTERVAL_S"])
     return app
 
 
@@ -68,15 +71,21 @@ def _start_coordinator(app: Flask) -> Coordinator:
     cfg = app.config
     rules = RoundRules(min_clients=cfg["MIN_CLIENTS"], floor=cfg["MIN_CLIENTS_FLOOR"],
                        deadline_s=cfg["ROUND_DEADLINE_S"], ticket_ttl_s=cfg["TICKET_TTL_S"],
-                       max_staleness=cfg["MAX_STALENESS"], staleness_exponent=cfg["STALENESS_EXPONENT"])
+                       max_staleness=cfg["MAX_STALENESS"], staleness_exponent=cfg["STALENESS_EXPONENT"],
+                       max_update_norm=cfg["MAX_UPDATE_NORM"], max_weight_abs=cfg["MAX_WEIGHT_ABS"])
 
     def new_optimizer():
         """A fresh server optimizer as configured."""
         return make_optimizer(cfg["SERVER_OPTIMIZER"], lr=cfg["SERVER_LR"], momentum=cfg["SERVER_MOMENTUM"],
                               beta1=cfg["ADAM_BETA1"], beta2=cfg["ADAM_BETA2"], tau=cfg["ADAM_TAU"])
 
+    def new_aggregator():
+        """A fresh aggregation strategy as configured."""
+        return make_aggregator(cfg["AGGREGATOR"], trim_fraction=cfg["TRIM_FRACTION"])
+
     new_optimizer()  # fail at start-up, not at the first round's end, on a misspelt optimizer
-    coordinator = Coordinator(db.get_engine(app), VersionStore(Path(cfg["DATA_DIR"])), rules, new_optimizer)
+    coordinator = Coordinator(db.get_engine(app), VersionStore(Path(cfg["DATA_DIR"])), rules, new_optimizer,
+                              new_aggregator)
     coordinator.start(cfg["BUNDLE_DIR"])
     app.extensions["fedurl.coordinator"] = coordinator
     return coordinator
@@ -94,14 +103,34 @@ def _isolate(response):
     return response
 
 
-def _start_ticker(coordinator: Coordinator, interval: float) -> None:
-    """Check round deadlines every interval seconds, even when no request arrives."""
+def housekeeping(app: Flask) -> None:
+    """What the ticker does: close a round past its deadline, write the refusal counts in one
+    commit, prune expired tickets (database and per-address slots).
+    """
+    coordinator = app.extensions["fedurl.coordinator"]
+    coordinator.tick()
+    refusals = app.extensions["fedurl.refusals"]
+    counts = refusals.take()
+    try:
+        if counts:
+            with db.transaction(db.get_engine(app)) as conn:
+                for (round_id, code), count in counts.items():
+                    db.add_rejections(conn, round_id, code, count)
+    except Exception:
+        refusals.put_back(counts)
+        raise
+    coordinator.prune_tickets()
+    app.extensions["fedurl.tickets"].prune(coordinator.clock())
+
+
+def _start_ticker(app: Flask, interval: float) -> None:
+    """Run ``housekeeping`` every interval seconds, even when no request arrives."""
     def run():
         """Tick forever (a daemon thread: it ends with the process)."""
         while True:
             threading.Event().wait(interval)
             try:
-                coordinator.tick()
+                housekeeping(app)
             except Exception:  # e.g. the database is unreachable: log, and try again next tick
                 logs.event("tick_failed", level=logging.ERROR, exc_info=True)
 

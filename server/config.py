@@ -50,6 +50,10 @@ SETTINGS: dict[str, Setting] = {
     "TICKET_TTL_S": Setting(900.0, float, "seconds a round ticket stays valid"),
     "MAX_STALENESS": Setting(1, int, "accept deltas this many versions behind (0: current only)"),
     "STALENESS_EXPONENT": Setting(0.5, float, "stale delta weight is (1 + staleness) ** -exponent"),
+    "AGGREGATOR": Setting("fedavg", str, "how a round's deltas are combined: fedavg (weighted mean), "
+                                         "trimmed_mean or median (coordinate-wise, Yin et al. 2018)"),
+    "TRIM_FRACTION": Setting(0.1, float, "trimmed_mean: share of the values cut from each end of "
+                                         "every coordinate"),
     "SERVER_OPTIMIZER": Setting("fedavg", str, "fedavg, fedavgm or fedadam"),
     "SERVER_LR": Setting(None, float, "server learning rate (default: 1.0, fedadam 0.01)", True),
     "SERVER_MOMENTUM": Setting(0.9, float, "fedavgm momentum"),
@@ -61,6 +65,9 @@ SETTINGS: dict[str, Setting] = {
     "MAX_UPDATE_BYTES": Setting(None, int, "request body limit (default: float32 model size + 64 KiB)", True),
     "TICKETS_PER_CLIENT_PER_MIN": Setting(6.0, float, "ticket rate limit per client id"),
     "REQUESTS_PER_ADDR_PER_MIN": Setting(600.0, float, "ticket + update rate limit per remote address"),
+    "MAX_TICKETS_PER_ADDR": Setting(64, int, "unused, unexpired tickets one remote address may hold"),
+    "MAX_WEIGHT_ABS": Setting(1e4, float, "a round whose new weights are not finite or exceed this "
+                                          "absolute value is not published"),
     "TICK_INTERVAL_S": Setting(5.0, float, "how often a background thread checks deadlines (0: off)"),
     "LOG_LEVEL": Setting("INFO", str, "level of the JSON-lines log on stderr"),
     # fedurl-serve (waitress) only; Flask's development server ignores these.
@@ -118,6 +125,8 @@ def check(config) -> None:
     for key in ("CONNECTION_LIMIT", "IDLE_TIMEOUT_S", "HEADER_TIMEOUT_S", "BODY_TIMEOUT_S"):
         if config[key] <= 0:
             raise ValueError(f"{key} must be positive")
+    if config["MAX_TICKETS_PER_ADDR"] < 1:
+        raise ValueError("MAX_TICKETS_PER_ADDR must be at least 1")
 
 
 def shown(config) -> dict:

@@ -1,78 +1,78 @@
-"""The one module that opens the database: schema, engine, transactions, and the init-db command.
+"""The one storage module: it opens the database and holds every SQL statement the server runs.
 
 SQLAlchemy Core over SQLite by default (a file under DATA_DIR, WAL journal, synchronous=FULL so a
 committed update survives kill -9 and power loss); any SQLAlchemy URL, e.g. PostgreSQL, works
-too. Other modules use ``transaction(engine)`` and the tables below, never their own connection.
+too. The tables are in ``server.schema``. Other modules open ``transaction(engine)`` and call the
+named functions below with its connection (as Flask's tutorial ``db.py`` does); none of them
+writes SQL, and rows come back as plain dataclasses, dicts and tuples.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
 import sqlalchemy as sa
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 
-metadata = sa.MetaData()
+from server.schema import (
+    ADDED_COLUMNS,
+    files,
+    metadata,
+    quarantine,
+    rejections,
+    rounds,
+    tickets,
+    updates,
+    versions,
+)
 
-versions = sa.Table(
-    "versions", metadata,
-    sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("parent", sa.Integer, nullable=True),
-    sa.Column("kind", sa.String(16), nullable=False),  # initial | aggregate | rollback
-    sa.Column("round_id", sa.Integer, nullable=True),  # the round whose updates made it
-    sa.Column("created", sa.Float, nullable=False))
+Connection = sa.Connection  # what the functions below take; callers need not import SQLAlchemy
+Engine = sa.Engine
 
-files = sa.Table(  # content-addressed: the graphs shared by every version are one row
-    "files", metadata,
-    sa.Column("sha256", sa.String(64), primary_key=True),
-    sa.Column("name", sa.String(64), nullable=False),
-    sa.Column("path", sa.String(255), nullable=False))  # relative to DATA_DIR
 
-rounds = sa.Table(
-    "rounds", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("base_version", sa.Integer, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),  # open | closed | aborted
-    sa.Column("opened_at", sa.Float, nullable=False),
-    sa.Column("deadline", sa.Float, nullable=False),
-    sa.Column("closed_at", sa.Float, nullable=True),
-    sa.Column("close_reason", sa.String(32), nullable=True),
-    sa.Column("result_version", sa.Integer, nullable=True))
+@dataclass(frozen=True)
+class Round:
+    """An open round: the version its deltas start from, and when it opened and falls due."""
 
-tickets = sa.Table(
-    "tickets", metadata,
-    sa.Column("digest", sa.String(64), primary_key=True),  # sha256 of the ticket: a DB leak is no ticket
-    sa.Column("client_id", sa.String(64), nullable=False),
-    sa.Column("version", sa.Integer, nullable=False),
-    sa.Column("round_id", sa.Integer, nullable=False),
-    sa.Column("issued_at", sa.Float, nullable=False),
-    sa.Column("expires_at", sa.Float, nullable=False),
-    sa.Column("used_at", sa.Float, nullable=True))
+    id: int
+    base_version: int
+    opened_at: float
+    deadline: float
 
-updates = sa.Table(
-    "updates", metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("round_id", sa.Integer, nullable=False, index=True),
-    sa.Column("client_id", sa.String(64), nullable=False),
-    sa.Column("ticket_digest", sa.String(64), nullable=False, unique=True),
-    sa.Column("base_version", sa.Integer, nullable=False),
-    sa.Column("staleness", sa.Integer, nullable=False),
-    sa.Column("num_examples", sa.Integer, nullable=False),
-    sa.Column("weight", sa.Float, nullable=False),  # num_examples * staleness factor
-    sa.Column("loss_before", sa.Float, nullable=False),
-    sa.Column("loss_after", sa.Float, nullable=False),
-    sa.Column("norm", sa.Float, nullable=False),
-    sa.Column("received_at", sa.Float, nullable=False),
-    sa.UniqueConstraint("round_id", "client_id", name="one_update_per_client_and_round"))
 
-rejections = sa.Table(
-    "rejections", metadata,
-    sa.Column("round_id", sa.Integer, primary_key=True, autoincrement=False),
-    sa.Column("code", sa.String(32), primary_key=True),
-    sa.Column("total", sa.Integer, nullable=False))
+@dataclass(frozen=True)
+class Ticket:
+    """A stored ticket (its digest, never the ticket itself)."""
 
+    digest: str
+    client_id: str
+    version: int
+    expires_at: float
+    used_at: float | None
+
+
+@dataclass(frozen=True)
+class StoredUpdate:
+    """What start-up needs to replay one accepted update of the open round."""
+
+    key: str  # the ticket digest, which also names the spool body
+    weight: float
+    sha256: str | None = None  # of the body; None for rows stored before checksums
+
+
+def ticket_digest(ticket: str) -> str:
+    """The stored form of a ticket: a leaked database holds no usable ticket."""
+    return hashlib.sha256(ticket.encode()).hexdigest()
+
+
+# -- connections -----------------------------------------------------------------------------------
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     """Durable, concurrent SQLite: WAL readers never block the writer; FULL fsyncs each commit."""
@@ -91,12 +91,23 @@ def create_engine(url: str) -> sa.Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True)
-    metadata.create_all(engine)
+    init_schema(engine)
     return engine
 
 
+def init_schema(engine: sa.Engine) -> None:
+    """Create every missing table and add columns newer than an existing table (rows are kept)."""
+    metadata.create_all(engine)
+    inspector = sa.inspect(engine)
+    with engine.begin() as conn:
+        for table, column in ADDED_COLUMNS:
+            if column.name not in {c["name"] for c in inspector.get_columns(table.name)}:
+                kind = column.type.compile(engine.dialect)
+                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+
+
 @contextmanager
-def transaction(engine: sa.Engine):
+def transaction(engine: sa.Engine) -> Iterator[Connection]:
     """A connection inside one transaction: committed on success, rolled back on any error."""
     with engine.begin() as connection:
         yield connection
@@ -108,12 +119,196 @@ def get_engine(app: Flask | None = None) -> sa.Engine:
 
 
 @click.command("init-db")
+@with_appcontext
 def init_db_command() -> None:
     """Create the tables if missing (the server also does this when it starts)."""
-    click.echo(f"database ready: {get_engine().url.render_as_string(hide_password=True)}")
+    engine = get_engine()
+    init_schema(engine)
+    click.echo(f"database ready: {engine.url.render_as_string(hide_password=True)}")
 
 
 def init_app(app: Flask) -> None:
     """Open the app's engine and register the init-db command."""
     app.extensions["fedurl.engine"] = create_engine(app.config["DATABASE_URL"])
     app.cli.add_command(init_db_command)
+
+
+# -- versions and their files ----------------------------------------------------------------------
+
+def version_parents(conn: Connection) -> dict[int, int | None]:
+    """Every recorded version and its parent (None for the imported one)."""
+    return {v: p for v, p in conn.execute(sa.select(versions.c.version, versions.c.parent))}
+
+
+def record_version(conn: Connection, version: int, parent: int | None, kind: str, round_id: int | None,
+                   created: float, new_files: list[tuple[str, str, str]]) -> None:
+    """Insert a version row and its new content-addressed files, each (sha256, name, path).
+
+    A file whose hash is already recorded (a graph shared with the parent) keeps its first row.
+    """
+    conn.execute(versions.insert().values(version=version, parent=parent, kind=kind, round_id=round_id,
+                                          created=created))
+    for sha256, name, path in new_files:
+        if conn.execute(sa.select(files.c.sha256).where(files.c.sha256 == sha256)).first() is None:
+            conn.execute(files.insert().values(sha256=sha256, name=name, path=path))
+
+
+def database_name(engine: sa.Engine) -> str:
+    """The engine's URL without its password, for messages."""
+    return engine.url.render_as_string(hide_password=True)
+
+
+def find_file(conn: Connection, sha256: str) -> tuple[str, str] | None:
+    """(path relative to DATA_DIR, bundle file name) of a content-addressed file, or None."""
+    row = conn.execute(sa.select(files.c.path, files.c.name).where(files.c.sha256 == sha256)).first()
+    return None if row is None else (row.path, row.name)
+
+
+def recent_versions(conn: Connection, limit: int) -> list[dict]:
+    """The latest versions, oldest first: version, parent, kind, round_id, created."""
+    query = sa.select(versions).order_by(versions.c.version.desc()).limit(limit)
+    return [row._asdict() for row in conn.execute(query)][::-1]
+
+
+# -- rounds ----------------------------------------------------------------------------------------
+
+def open_round(conn: Connection, base_version: int, now: float, deadline: float) -> None:
+    """Insert a new open round on base_version."""
+    conn.execute(rounds.insert().values(base_version=base_version, status="open", opened_at=now,
+                                        deadline=deadline))
+
+
+def current_round(conn: Connection) -> Round:
+    """The one open round."""
+    row = conn.execute(sa.select(rounds.c.id, rounds.c.base_version, rounds.c.opened_at, rounds.c.deadline)
+                       .where(rounds.c.status == "open")).one()
+    return Round(*row)
+
+
+def end_round(conn: Connection, round_id: int, status: str, now: float, reason: str,
+              result_version: int) -> None:
+    """Mark a round closed (aggregated) or aborted (rollback), naming the version it led to."""
+    conn.execute(rounds.update().where(rounds.c.id == round_id).values(
+        status=status, closed_at=now, close_reason=reason, result_version=result_version))
+
+
+def recent_rounds(conn: Connection, limit: int) -> list[dict]:
+    """The latest rounds, oldest first, as their table rows."""
+    query = sa.select(rounds).order_by(rounds.c.id.desc()).limit(limit)
+    return [row._asdict() for row in conn.execute(query)][::-1]
+
+
+def round_stats(conn: Connection, round_ids: list[int] | None = None) -> dict[int, dict]:
+    """Per round: participants, examples, example-weighted mean loss before/after, mean staleness."""
+    u = updates.c
+    examples = sa.func.sum(u.num_examples)
+    query = sa.select(u.round_id, sa.func.count(), examples,
+                      sa.func.sum(u.loss_before * u.num_examples) / examples,
+                      sa.func.sum(u.loss_after * u.num_examples) / examples,
+                      sa.func.avg(u.staleness)).group_by(u.round_id)
+    if round_ids is not None:
+        query = query.where(u.round_id.in_(round_ids))
+    return {rid: {"participants": n, "examples": int(ex), "loss_before": before, "loss_after": after,
+                  "mean_staleness": float(stale)}
+            for rid, n, ex, before, after, stale in conn.execute(query)}
+
+
+# -- tickets and updates ---------------------------------------------------------------------------
+
+def insert_ticket(conn: Connection, digest: str, client_id: str, version: int, round_id: int,
+                  issued_at: float, expires_at: float) -> None:
+    """Store an issued ticket by its digest."""
+    conn.execute(tickets.insert().values(digest=digest, client_id=client_id, version=version,
+                                         round_id=round_id, issued_at=issued_at, expires_at=expires_at))
+
+
+def find_ticket(conn: Connection, digest: str) -> Ticket | None:
+    """The ticket with this digest, or None."""
+    row = conn.execute(sa.select(tickets.c.digest, tickets.c.client_id, tickets.c.version,
+                                 tickets.c.expires_at, tickets.c.used_at)
+                       .where(tickets.c.digest == digest)).first()
+    return None if row is None else Ticket(*row)
+
+
+def use_ticket(conn: Connection, digest: str, now: float) -> None:
+    """Mark a ticket used."""
+    conn.execute(tickets.update().where(tickets.c.digest == digest).values(used_at=now))
+
+
+def ticket_was_used(conn: Connection, digest: str) -> bool:
+    """Whether an accepted update came with this ticket (its ticket row may be pruned since)."""
+    return conn.execute(sa.select(updates.c.id).where(updates.c.ticket_digest == digest)).first() is not None
+
+
+def prune_tickets(conn: Connection, expired_before: float) -> int:
+    """Delete the tickets that expired before the given time; return how many went."""
+    return conn.execute(tickets.delete().where(tickets.c.expires_at < expired_before)).rowcount
+
+
+def has_update(conn: Connection, round_id: int, client_id: str) -> bool:
+    """Whether client_id already has an update in the round."""
+    query = sa.select(updates.c.id).where(updates.c.round_id == round_id, updates.c.client_id == client_id)
+    return conn.execute(query).first() is not None
+
+
+def insert_update(conn: Connection, **values: object) -> None:
+    """Insert an accepted update's row (columns as in ``server.schema.updates``)."""
+    conn.execute(updates.insert().values(**values))
+
+
+def round_updates(conn: Connection, round_id: int) -> list[StoredUpdate]:
+    """The round's accepted updates in arrival order."""
+    query = (sa.select(updates.c.ticket_digest, updates.c.weight, updates.c.sha256)
+             .where(updates.c.round_id == round_id).order_by(updates.c.id))
+    return [StoredUpdate(key, weight, sha) for key, weight, sha in conn.execute(query)]
+
+
+def quarantine_update(conn: Connection, round_id: int, key: str, reason: str, moved_to: str | None,
+                      now: float) -> None:
+    """Take an update out of its round: its row moves into the quarantine table (kept as JSON)."""
+    row = conn.execute(sa.select(updates).where(updates.c.ticket_digest == key)).first()
+    conn.execute(quarantine.insert().values(kind="update", round_id=round_id, ref=key, reason=reason[:255],
+                                            moved_to=moved_to, at=now,
+                                            record=json.dumps(row._asdict()) if row else None))
+    conn.execute(updates.delete().where(updates.c.ticket_digest == key))
+
+
+def quarantine_version(conn: Connection, version: int, reason: str, moved_to: str, now: float) -> None:
+    """Record a version directory that start-up moved aside."""
+    conn.execute(quarantine.insert().values(kind="version", ref=str(version), reason=reason[:255],
+                                            moved_to=moved_to, at=now))
+
+
+def quarantined_count(conn: Connection) -> int:
+    """How many things start-up ever quarantined."""
+    return conn.execute(sa.select(sa.func.count()).select_from(quarantine)).scalar_one()
+
+
+def accepted_count(conn: Connection) -> int:
+    """How many updates were ever accepted."""
+    return conn.execute(sa.select(sa.func.count()).select_from(updates)).scalar_one()
+
+
+# -- refusal counts --------------------------------------------------------------------------------
+
+def add_rejections(conn: Connection, round_id: int, code: str, count: int = 1) -> None:
+    """Add count refusals under code to the round's counter."""
+    key = (rejections.c.round_id == round_id) & (rejections.c.code == code)
+    if conn.execute(rejections.update().where(key).values(total=rejections.c.total + count)).rowcount == 0:
+        conn.execute(rejections.insert().values(round_id=round_id, code=code, total=count))
+
+
+def rejections_by_round(conn: Connection, round_ids: list[int]) -> dict[int, dict[str, int]]:
+    """Refused requests per round and code."""
+    r = rejections.c
+    counts: dict[int, dict[str, int]] = {}
+    query = sa.select(r.round_id, r.code, r.total).where(r.round_id.in_(round_ids))
+    for rid, code, total in conn.execute(query):
+        counts.setdefault(rid, {})[code] = total
+    return counts
+
+
+def rejections_by_code(conn: Connection) -> dict[str, int]:
+    """Refused requests per code, over every round."""
+    query = sa.select(rejections.c.code, sa.func.sum(rejections.c.total)).group_by(rejections.c.code)
+    return {code: int(total) for code, total in conn.execute(query)}

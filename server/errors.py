@@ -1,7 +1,9 @@
 """Client errors as JSON: ``{"error": "<stable_code>", "message": "<human sentence>"}`` with a 4xx.
 
-Views raise ``ApiError``; werkzeug's own HTTP errors (404, 405, 413) under /api/ are turned into
-the same shape so a client never has to parse HTML.
+Views raise ``ApiError``; the coordinator raises domain refusals (``server.refusals``), which
+``STATUS`` maps to their HTTP status here, so no domain code knows HTTP. werkzeug's own HTTP
+errors (404, 405, 413) under /api/ are turned into the same shape so a client never has to parse
+HTML.
 """
 
 from __future__ import annotations
@@ -9,7 +11,20 @@ from __future__ import annotations
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from server import refusals
+
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 500: "internal_error"}
+
+
+# HTTP status of each domain refusal (docs/PROTOCOL.md, Errors)
+STATUS: dict[type[refusals.Refused], int] = {
+    refusals.UnknownBaseVersion: 400,
+    refusals.TicketInvalid: 403, refusals.TicketMismatch: 403, refusals.TicketExpired: 403,
+    refusals.NoSuchVersion: 404,
+    refusals.StaleVersion: 409, refusals.TicketReused: 409, refusals.VersionMismatch: 409,
+    refusals.DuplicateClient: 409, refusals.EmptyRound: 409, refusals.NotEarlier: 409,
+    refusals.VersionDamaged: 409, refusals.UnsafeWeights: 409,
+}
 
 
 class ApiError(Exception):
@@ -34,6 +49,11 @@ def _handle_api_error(error: ApiError):
     return error_response(error.code, error.message, error.status, error.headers)
 
 
+def _handle_refusal(refusal: refusals.Refused):
+    """Render a domain refusal with the status its class maps to (400 if unmapped)."""
+    return error_response(refusal.code, refusal.message, STATUS.get(type(refusal), 400))
+
+
 def _handle_http_error(error: HTTPException):
     """JSON for werkzeug's errors under /api/, its default HTML elsewhere."""
     if not request.path.startswith("/api/"):
@@ -41,10 +61,12 @@ def _handle_http_error(error: HTTPException):
     message = error.description or error.name
     if error.code == 413:
         message = f"request body is larger than the {request.max_content_length} byte limit"
-    return error_response(HTTP_CODES.get(error.code, "bad_request"), message, error.code or 400)
+    status = error.code or 400
+    return error_response(HTTP_CODES.get(status, "bad_request"), message, status)
 
 
 def init_app(app: Flask) -> None:
     """Register the JSON error handlers."""
     app.register_error_handler(ApiError, _handle_api_error)
+    app.register_error_handler(refusals.Refused, _handle_refusal)
     app.register_error_handler(HTTPException, _handle_http_error)

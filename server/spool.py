@@ -13,7 +13,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from formats import durable
+from formats import tensors as tensor_codec
 
 SUFFIX = ".st"
 
@@ -22,7 +25,8 @@ class Spool:
     """The per-round directories of stored update bodies."""
 
     def __init__(self, data_dir: Path):
-        self.root = Path(data_dir) / "spool"
+        self.data_dir = Path(data_dir)
+        self.root = self.data_dir / "spool"
         self.root.mkdir(parents=True, exist_ok=True)
 
     def path(self, round_id: int, key: str) -> Path:
@@ -38,6 +42,19 @@ class Spool:
     def read(self, round_id: int, key: str) -> bytes:
         """One stored body."""
         return self.path(round_id, key).read_bytes()
+
+    def column(self, round_id: int, keys: list[str], name: str) -> np.ndarray:
+        """Tensor ``name`` of each listed body, stacked as float32: (len(keys), *shape).
+
+        One body is decoded at a time and only the one tensor is kept, so reading a whole round
+        back costs updates x one parameter of memory.
+        """
+        return np.stack([tensor_codec.decode(self.read(round_id, key))[0][name].astype(np.float32)
+                         for key in keys])
+
+    def deltas(self, round_id: int, keys: list[str]) -> RoundDeltas:
+        """The listed bodies of a round as ``server.strategies.Deltas``."""
+        return RoundDeltas(self, round_id, list(keys))
 
     def drop_round(self, round_id: int) -> None:
         """Forget a finished round's bodies."""
@@ -56,3 +73,14 @@ class Spool:
                     entry.unlink()
                     removed.append(f"{directory.name}/{entry.name}")
         return removed
+
+
+class RoundDeltas:
+    """One round's stored deltas, read back from the spool one parameter at a time."""
+
+    def __init__(self, spool: Spool, round_id: int, keys: list[str]):
+        self.spool, self.round_id, self.keys = spool, round_id, keys
+
+    def column(self, name: str) -> np.ndarray:
+        """Every listed delta's tensor ``name``, stacked: (updates, *shape) float32."""
+        return self.spool.column(self.round_id, self.keys, name)

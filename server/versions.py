@@ -4,8 +4,10 @@
 parent, so they cost no space), the version's ``weights.safetensors``, ``manifest.json`` with
 ``model_version``/``parent_version`` and every file's sha256, and ``server_state.safetensors``
 (the server optimizer's moments, never served). Each is written into ``versions/.tmp-*`` and
-renamed into place, so a crash leaves either the whole version or debris that ``sweep`` removes.
-The database, not the directory listing, says which versions exist.
+renamed into place, so a crash leaves either the whole version or a temp dir that
+``remove_temps`` deletes. The database, not the directory listing, says which versions exist; a
+version directory it does not know is never deleted (``server.recovery``). Files are verified
+against their sha256 before they are served (``intact``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import json
 import os
 import shutil
 import tempfile
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,11 +26,12 @@ import numpy as np
 
 from formats import durable
 from formats import tensors as tensor_codec
-from formats.bundle import BUNDLE_FILES, MANIFEST, check_parameters, load_bundle
+from formats.bundle import BUNDLE_FILES, MANIFEST, check_parameters, load_bundle, sha256_file
 
 WEIGHTS = "weights.safetensors"
 SERVER_STATE = "server_state.safetensors"
 TMP_PREFIX = ".tmp-"
+CHECKED_FILES = 4096  # (path, mtime, size) -> verdict entries kept by ``intact``
 
 
 def iso(timestamp: float) -> str:
@@ -41,6 +46,8 @@ class VersionStore:
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / "versions"
         self.root.mkdir(parents=True, exist_ok=True)
+        self._checked: OrderedDict[tuple, bool] = OrderedDict()  # (path, sha, mtime_ns, size) -> intact
+        self._lock = threading.Lock()
 
     def path(self, version: int) -> Path:
         """Directory of a version."""
@@ -118,11 +125,38 @@ class VersionStore:
         path = self.path(version) / SERVER_STATE
         return {n: np.array(a) for n, a in tensor_codec.load(path)[0].items()} if path.exists() else {}
 
-    def sweep(self, known: set[int]) -> list[str]:
-        """Remove temp dirs and version dirs the database does not know (a crash mid-publish)."""
+    def listing(self) -> tuple[list[int], list[str]]:
+        """(version numbers of the directories under versions/, every other entry's name)."""
+        names = [entry.name for entry in self.root.iterdir()]
+        return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if not n.isdigit())
+
+    def remove_temps(self) -> list[str]:
+        """Delete half-written temp dirs (a crash mid-write); they never were a version."""
         removed = []
         for entry in self.root.iterdir():
-            if entry.name.startswith(TMP_PREFIX) or not (entry.name.isdigit() and int(entry.name) in known):
+            if entry.name.startswith(TMP_PREFIX):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry.name)
         return removed
+
+    def intact(self, relative: str, sha256: str) -> bool:
+        """Whether a file under DATA_DIR still hashes to sha256.
+
+        Each verdict is kept per (path, mtime, size), so a file is hashed once until it changes.
+        """
+        path = self.data_dir / relative
+        try:
+            stat = path.stat()
+        except OSError:
+            return False
+        key = (relative, sha256, stat.st_mtime_ns, stat.st_size)
+        with self._lock:
+            if key in self._checked:
+                self._checked.move_to_end(key)
+                return self._checked[key]
+        verdict = sha256_file(path) == sha256
+        with self._lock:
+            self._checked[key] = verdict
+            while len(self._checked) > CHECKED_FILES:
+                self._checked.popitem(last=False)
+        return verdict

@@ -28,9 +28,10 @@ def write_tiny_bundle(directory, parameters=TINY_PARAMETERS, seed=0):
     tensor_codec.save(directory / "weights.safetensors", weights)
     for name in ("tokenizer.model", "tokenizer.json", "infer.onnx", "train_step.onnx"):
         (directory / name).write_bytes(f"placeholder {name}".encode())
-    manifest = {"format_version": 1, "model_version": 1, "parent_version": None, "created": "2026-01-01T00:00:00Z",
-                "config": {}, "tokenizer": {},
-                "parameters": [{"name": n, "shape": list(s), "dtype": "float32"} for n, s in parameters.items()],
+    manifest = {"format_version": 1, "model_version": 1, "parent_version": None,
+                "created": "2026-01-01T00:00:00Z", "config": {}, "tokenizer": {},
+                "parameters": [{"name": n, "shape": list(s), "dtype": "float32"}
+                               for n, s in parameters.items()],
                 "graphs": {}, "files": file_entries(directory)}
     durable.write_json(directory / MANIFEST, manifest)
     return directory
@@ -89,7 +90,7 @@ def fetch(client, path: str, **kwargs):
 
 def snapshot(app) -> dict:
     """Everything an update could change: every table but the refusal counters, the version and
-    spool files on disk, and the coordinator's running sum. Equal snapshots mean nothing changed."""
+    spool files on disk, and the coordinator's running aggregate. Equal snapshots mean nothing changed."""
     engine = app.extensions["fedurl.engine"]
     with db.transaction(engine) as conn:
         tables = {t.name: sorted(repr(tuple(row)) for row in conn.execute(sa.select(t)))
@@ -98,8 +99,9 @@ def snapshot(app) -> dict:
     files = sorted((str(p.relative_to(root)), hashlib.sha256(p.read_bytes()).hexdigest())
                    for folder in ("versions", "spool") for p in (root / folder).rglob("*") if p.is_file())
     coordinator = app.extensions["fedurl.coordinator"]
-    running = (coordinator.version, coordinator.round["id"], coordinator.sum.count, coordinator.sum.total_weight,
-               [s.tobytes() for s in coordinator.sum.sums.values()])
+    aggregator = coordinator.aggregator
+    running = (coordinator.version, coordinator.round.id, aggregator.count, list(coordinator.accepted),
+               [s.tobytes() for s in aggregator.sum.sums.values()] if hasattr(aggregator, "sum") else None)
     return {"tables": tables, "files": files, "running": running}
 
 

@@ -8,8 +8,8 @@ from server.aggregate import FedAdam, FedAvg, FedAvgM, WeightedSum, make_optimiz
 
 def naive_weighted_mean(deltas: list[dict], weights: list[float]) -> dict:
     """Test oracle: FedAvg written as the textbook batch formula, all deltas held at once."""
-    return {name: sum(w * d[name].astype(np.float64) for d, w in zip(deltas, weights)) / sum(weights)
-            for name in deltas[0]}
+    pairs = list(zip(deltas, weights, strict=True))
+    return {name: sum(w * d[name].astype(np.float64) for d, w in pairs) / sum(weights) for name in deltas[0]}
 
 
 def test_weighted_mean_by_hand():
@@ -33,7 +33,7 @@ def test_streaming_equals_batch_on_random_arrays():
     weights = list(rng.integers(1, 500, size=40).astype(float))
     acc = WeightedSum(shapes)
     # Execute
-    for delta, weight in zip(deltas, weights):
+    for delta, weight in zip(deltas, weights, strict=True):
         acc.add(delta, weight)
     # Assert
     expected = naive_weighted_mean(deltas, weights)

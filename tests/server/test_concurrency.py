@@ -46,5 +46,6 @@ def test_fifty_concurrent_uploads_are_each_counted_once(config, admin_headers):
     assert closed.status_code == 200
     v2 = app.extensions["fedurl.coordinator"].store.weights(2)
     for name in v1:
-        expected = sum(w * d[name].astype(np.float64) for w, d in zip(examples, deltas)) / sum(examples)
+        pairs = zip(examples, deltas, strict=True)
+        expected = sum(w * d[name].astype(np.float64) for w, d in pairs) / sum(examples)
         np.testing.assert_allclose(v2[name], v1[name] + expected, rtol=1e-5, atol=1e-7)

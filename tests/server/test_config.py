@@ -18,8 +18,9 @@ def test_environment_values_are_parsed_by_type():
     assert values == {"MIN_CLIENTS": 7, "SERVER_LR": 0.5, "ADMIN_TOKEN": "123"}
 
 
-@pytest.mark.parametrize("environ, message", [({"FEDURL_MIN_CLIENT": "7"}, "unknown setting FEDURL_MIN_CLIENT"),
-                                              ({"FEDURL_MIN_CLIENTS": "seven"}, "not a valid int")])
+@pytest.mark.parametrize("environ, message", [
+    ({"FEDURL_MIN_CLIENT": "7"}, "unknown setting FEDURL_MIN_CLIENT"),
+    ({"FEDURL_MIN_CLIENTS": "seven"}, "not a valid int")])
 def test_environment_mistakes_are_errors(environ, message):
     """A misspelt key or a value of the wrong type stops the server instead of being ignored."""
     with pytest.raises(ValueError, match=message):

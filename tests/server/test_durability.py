@@ -113,7 +113,8 @@ def test_sigkill_mid_round_keeps_every_acknowledged_update(tmp_path):
         acknowledged = upload_until_killed(server, clients, tickets, deltas)
         server = ServerProcess(bundle, data_dir)
         counted = FederatedClient(server.url).status()["round"]["updates"]
-        retried = {i: _retry(server.url, clients[i].client_id, deltas[i], 10 + i) for i in range(KILLED_CLIENTS)}
+        retried = {i: _retry(server.url, clients[i].client_id, deltas[i], 10 + i)
+                   for i in range(KILLED_CLIENTS)}
         fillers = deltas_for(MIN_CLIENTS - KILLED_CLIENTS, seed=2)
         for delta in fillers:
             filler = FederatedClient(server.url)
@@ -130,7 +131,8 @@ def test_sigkill_mid_round_keeps_every_acknowledged_update(tmp_path):
     weights = [10 + i for i in range(KILLED_CLIENTS)] + [5] * len(fillers)
     v2 = load_bundle(data_dir / "versions" / "2").load_weights()  # verifies every sha256
     for name in PARAMETERS:
-        mean = sum(w * d[name].astype(np.float64) for w, d in zip(weights, deltas + fillers)) / sum(weights)
+        pairs = zip(weights, deltas + fillers, strict=True)
+        mean = sum(w * d[name].astype(np.float64) for w, d in pairs) / sum(weights)
         np.testing.assert_allclose(v2[name], v1[name] + mean, rtol=1e-5, atol=1e-7)
     assert sorted(p.name for p in (data_dir / "versions").iterdir()) == ["1", "2"]
 

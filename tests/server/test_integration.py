@@ -17,8 +17,9 @@ CLIENTS, URLS_PER_CLIENT, EPOCHS, CLIENT_LR = 5, 48, 2, 0.5
 def test_five_clients_train_locally_and_the_new_version_is_better(bundle_dir, kasztp_urls, tmp_path):
     """FedAvg of five real local trainings lowers the loss on the union of the clients' URLs."""
     # Prepare: disjoint random slices of real URLs, one per client
-    app = create_app({"BUNDLE_DIR": str(bundle_dir), "DATA_DIR": str(tmp_path / "data"), "MIN_CLIENTS": CLIENTS,
-                      "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "LOG_LEVEL": "WARNING"})
+    app = create_app({"BUNDLE_DIR": str(bundle_dir), "DATA_DIR": str(tmp_path / "data"),
+                      "MIN_CLIENTS": CLIENTS, "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0,
+                      "LOG_LEVEL": "WARNING"})
     order = np.random.default_rng(0).permutation(len(kasztp_urls))[:CLIENTS * URLS_PER_CLIENT]
     slices = [[kasztp_urls[i] for i in order[k::CLIENTS]] for k in range(CLIENTS)]
     with serving(app) as url:

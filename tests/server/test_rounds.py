@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from client.protocol import FederatedClient, ProtocolError
+from server import db
 from server.app import create_app
 from tests.server.conftest import small_delta, snapshot
 
@@ -87,7 +88,7 @@ def test_restart_resumes_the_open_round(config):
     v1 = weights(first, 1)
     # Execute
     second = create_app(config)
-    resumed = coordinator(second).sum.count
+    resumed = coordinator(second).aggregator.count
     upload(second.test_client(), 0.6)
     # Assert
     assert resumed == 2 and coordinator(second).version == 2
@@ -106,8 +107,8 @@ def test_crash_between_publish_and_record_is_swept_and_redone(config):
     c = coordinator(app)
     c.store.write(c.manifest, 2, {n: a + 99 for n, a in c.weights.items()}, {}, {}, time.time())
     data = Path(config["DATA_DIR"])
-    debris = [data / "versions" / ".tmp-2-crashed", data / "spool" / "1" / "f00d.st", data / "spool" / "1" / "x.tmp",
-              data / "spool" / "0"]
+    debris = [data / "versions" / ".tmp-2-crashed", data / "spool" / "1" / "f00d.st",
+              data / "spool" / "1" / "x.tmp", data / "spool" / "0"]
     for path in debris:  # a half-written version; bodies written but never committed; an old round
         path.mkdir() if path.suffix == "" else path.write_bytes(b"half")
     # Execute
@@ -115,7 +116,7 @@ def test_crash_between_publish_and_record_is_swept_and_redone(config):
     # Assert
     assert not any(path.exists() for path in debris) and not (data / "versions" / "2").exists()
     assert len(list((data / "spool" / "1").iterdir())) == 2  # the two committed bodies stay
-    assert (coordinator(restarted).version, coordinator(restarted).sum.count) == (1, 2)
+    assert (coordinator(restarted).version, coordinator(restarted).aggregator.count) == (1, 2)
     upload(restarted.test_client(), 0.3)
     for name, array in weights(restarted, 2).items():
         np.testing.assert_allclose(array, c.weights[name] + 0.2, rtol=1e-6)
@@ -188,14 +189,13 @@ def test_a_failed_close_keeps_the_round_and_its_updates(app, client, monkeypatch
     stays open, and the next tick sweeps the orphaned directory and publishes the version."""
     # Prepare: the version row cannot be written once
     c = coordinator(app)
-    record = c._record_version
-    monkeypatch.setattr(c, "_record_version", disk_full)
+    monkeypatch.setattr(db, "record_version", disk_full)
     upload(client, 0.1)
     upload(client, 0.2)
     # Execute
     third = upload(client, 0.3)
-    stuck = (c.version, c.sum.count, (Path(app.config["DATA_DIR"]) / "versions" / "2").exists())
-    monkeypatch.setattr(c, "_record_version", record)
+    stuck = (c.version, c.aggregator.count, (Path(app.config["DATA_DIR"]) / "versions" / "2").exists())
+    monkeypatch.undo()
     c.tick()
     # Assert
     assert third == {"accepted": True, "round": 1, "updates_in_round": 3, "version": 1}

@@ -1,0 +1,99 @@
+"""Why the federation refuses a request: domain exceptions with a stable code, and no HTTP.
+
+The coordinator (``server.rounds``) raises these; ``server.errors`` maps each class to its HTTP
+status and renders ``{"error": code, "message": ...}``. The codes are the wire codes of
+docs/PROTOCOL.md, so a class's ``code`` never changes; a new refusal is a new class here plus
+one line in ``errors.STATUS``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class Refused(Exception):
+    """A request the federation turns down: a stable machine code and a sentence for people."""
+
+    code: ClassVar[str] = "refused"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class UnknownBaseVersion(Refused):
+    """An update's base_version was never a version of this server."""
+
+    code = "unknown_version"
+
+
+class StaleVersion(Refused):
+    """An update's base version is too far behind the current one, or was rolled back."""
+
+    code = "stale_version"
+
+
+class TicketInvalid(Refused):
+    """No such ticket."""
+
+    code = "ticket_invalid"
+
+
+class TicketMismatch(Refused):
+    """The ticket was issued to another client id."""
+
+    code = "ticket_mismatch"
+
+
+class TicketReused(Refused):
+    """The ticket was already used."""
+
+    code = "ticket_reused"
+
+
+class TicketExpired(Refused):
+    """The ticket is past its expiry."""
+
+    code = "ticket_expired"
+
+
+class VersionMismatch(Refused):
+    """The update's base_version differs from its ticket's version."""
+
+    code = "version_mismatch"
+
+
+class DuplicateClient(Refused):
+    """The client already has an update in the open round."""
+
+    code = "duplicate_client"
+
+
+class EmptyRound(Refused):
+    """An admin close of a round that has no update."""
+
+    code = "empty_round"
+
+
+class NoSuchVersion(Refused):
+    """An admin rollback to a version that does not exist."""
+
+    code = "unknown_version"
+
+
+class NotEarlier(Refused):
+    """An admin rollback to the current version."""
+
+    code = "not_earlier"
+
+
+class VersionDamaged(Refused):
+    """An admin rollback to a version whose files no longer match their sha256."""
+
+    code = "version_damaged"
+
+
+class UnsafeWeights(Refused):
+    """Closing the round would publish non-finite or out-of-range weights."""
+
+    code = "unsafe_weights"

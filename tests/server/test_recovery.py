@@ -1,0 +1,197 @@
+"""Start-up never trusts the disk blindly: unknown versions, damaged spool bodies, damaged old
+versions (docs/PROTOCOL.md and server/README.md, Durability)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from client.protocol import FederatedClient
+from server.app import create_app
+from tests.server.conftest import fetch, small_delta
+
+
+def upload(app, value: float, examples: int = 10) -> dict:
+    """One new client uploads a constant delta."""
+    fed = FederatedClient(app.test_client())
+    return fed.upload(small_delta(value), fed.ticket(), examples, 5.0, 4.0)
+
+
+def coordinator(app):
+    """The app's coordinator."""
+    return app.extensions["fedurl.coordinator"]
+
+
+def versions_on_disk(config) -> list[str]:
+    """Names under DATA_DIR/versions."""
+    return sorted(p.name for p in (Path(config["DATA_DIR"]) / "versions").iterdir())
+
+
+def spool_bodies(config) -> list[Path]:
+    """The open round's stored bodies, oldest first."""
+    return sorted((Path(config["DATA_DIR"]) / "spool").rglob("*.st"), key=lambda p: p.stat().st_mtime_ns)
+
+
+def overwrite_tensors(path: Path, value: float) -> None:
+    """Replace every tensor element of a stored body with value, keeping its size and header."""
+    data = bytearray(path.read_bytes())
+    (header_len,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + header_len])
+    start = 8 + header_len
+    for name, info in header.items():
+        if name != "__metadata__":
+            begin, end = info["data_offsets"]
+            data[start + begin:start + end] = np.full((end - begin) // 4, value, np.float32).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def three_versions(config):
+    """An app after two closed rounds: versions 1, 2, 3."""
+    app = create_app(config)
+    for value in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6):
+        upload(app, value)
+    assert versions_on_disk(config) == ["1", "2", "3"]
+    return app
+
+
+# -- [H] 1: an empty or new database never deletes the model history ----------------------------
+
+def test_a_new_database_url_refuses_to_start_and_keeps_every_version(config, tmp_path):
+    """DATABASE_URL pointing at a new database: start-up stops with a clear message, and versions
+    1, 2, 3 are still there (they used to be swept, leaving only a re-imported 1)."""
+    three_versions(config)
+    other = {**config, "DATABASE_URL": f"sqlite:///{tmp_path / 'new.sqlite3'}"}
+    with pytest.raises(RuntimeError, match=r"versions \[1, 2, 3\].*database"):
+        create_app(other)
+    assert versions_on_disk(config) == ["1", "2", "3"]
+
+
+def test_a_deleted_database_file_refuses_to_start_and_keeps_every_version(config):
+    """The SQLite file deleted: same refusal, nothing on disk removed."""
+    three_versions(config)
+    for path in Path(config["DATA_DIR"]).glob("fedurl.sqlite3*"):
+        path.unlink()
+    with pytest.raises(RuntimeError, match="does not know"):
+        create_app(config)
+    assert versions_on_disk(config) == ["1", "2", "3"]
+
+
+def test_the_one_version_a_crash_leaves_is_quarantined_not_deleted(config):
+    """A version directory renamed into place whose row never committed (kill -9 mid-publish) is
+    moved to DATA_DIR/quarantine/versions, and the round closes again into a fresh version."""
+    app = create_app(config)
+    c = coordinator(app)
+    c.store.write(c.manifest, 2, {n: a + 99 for n, a in c.weights.items()}, {}, {}, 0.0)
+    restarted = create_app(config)
+    quarantined = list((Path(config["DATA_DIR"]) / "quarantine" / "versions").iterdir())
+    assert versions_on_disk(config) == ["1"] and [p.name.split(".")[0] for p in quarantined] == ["2"]
+    assert coordinator(restarted).version == 1
+
+
+# -- [H] 2: a corrupted spool body is never published -------------------------------------------
+
+@pytest.mark.parametrize("value", [float("nan"), 1e30])
+def test_a_corrupted_spool_body_is_quarantined_not_published(config, value):
+    """Overwrite one stored body's tensors with NaN (or 1e30) and restart: the body fails its
+    checksum and is moved to quarantine, counted in /api/status; the next version is the mean of
+    the intact updates only."""
+    # Prepare
+    app = create_app(config)
+    v1 = coordinator(app).weights
+    upload(app, 0.1)
+    upload(app, 0.2)
+    overwrite_tensors(spool_bodies(config)[0], value)
+    # Execute
+    restarted = create_app(config)
+    resumed = coordinator(restarted).aggregator.count
+    upload(restarted, 0.3)
+    upload(restarted, 0.4)
+    # Assert
+    assert resumed == 1
+    status = FederatedClient(restarted.test_client()).status()
+    assert status["version"] == 2 and status["quarantined"] == 1
+    for name, array in coordinator(restarted).store.weights(2).items():
+        assert np.isfinite(array).all()
+        np.testing.assert_allclose(array, v1[name] + 0.3, rtol=1e-5)
+    assert len(list((Path(config["DATA_DIR"]) / "quarantine" / "spool").rglob("*.st"))) == 1
+
+
+def test_a_body_without_checksum_is_validated_again(config):
+    """A body that matches no stored checksum (a row from before checksums) is decoded and checked
+    like a new upload: NaN is quarantined all the same."""
+    app = create_app(config)
+    upload(app, 0.1)
+    upload(app, 0.2)
+    from server import db, schema
+    with db.transaction(db.get_engine(app)) as conn:
+        conn.execute(schema.updates.update().values(sha256=None))
+    overwrite_tensors(spool_bodies(config)[1], float("nan"))
+    assert coordinator(create_app(config)).aggregator.count == 1
+
+
+def test_weights_out_of_range_are_never_published(config):
+    """The last check before publishing: a server step that makes weights huge (SERVER_LR 1e30)
+    is refused, the round stays open with its updates, and an admin close says why (409)."""
+    app = create_app({**config, "SERVER_LR": 1e30})
+    for value in (0.1, 0.2, 0.3):
+        upload(app, value)
+    assert coordinator(app).version == 1 and coordinator(app).aggregator.count == 3
+    assert versions_on_disk(config) == ["1"]
+    admin = {"Authorization": f"Bearer {config['ADMIN_TOKEN']}"}
+    response = app.test_client().post("/api/admin/close", headers=admin)
+    assert (response.status_code, response.get_json()["error"]) == (409, "unsafe_weights")
+
+
+# -- [H] 3: a truncated or missing spool body does not stop the server ---------------------------
+
+def test_truncated_and_missing_spool_bodies_are_quarantined_and_start_goes_on(config):
+    """One body truncated, one deleted: the server starts, counts both as quarantined, and the
+    round completes with the third update and two new ones."""
+    # Prepare
+    app = create_app(config)
+    v1 = coordinator(app).weights
+    for value in (0.1, 0.2):
+        upload(app, value)
+    config_small = {**config, "MIN_CLIENTS": 4}
+    app = create_app(config_small)
+    upload(app, 0.3)
+    truncated, missing, _ = spool_bodies(config)
+    truncated.write_bytes(truncated.read_bytes()[:50])
+    missing.unlink()
+    # Execute
+    restarted = create_app(config_small)
+    resumed = coordinator(restarted).aggregator.count
+    for value in (0.4, 0.5, 0.6):
+        upload(restarted, value)
+    # Assert
+    assert resumed == 1
+    status = FederatedClient(restarted.test_client()).status()
+    assert status["quarantined"] == 2 and status["version"] == 2
+    for name, array in coordinator(restarted).store.weights(2).items():
+        np.testing.assert_allclose(array, v1[name] + 0.45, rtol=1e-5)
+
+
+# -- [H] 4: a damaged older version is neither served as immutable nor rolled back to ------------
+
+def test_a_damaged_old_version_is_a_json_404_and_a_409_rollback(config, admin_headers):
+    """Truncate version 2's weights: its content-addressed URL answers 404 JSON (never the
+    truncated bytes under the original sha256), and a rollback to it answers 409 version_damaged
+    without changing anything."""
+    # Prepare
+    app = three_versions(config)
+    client = app.test_client()
+    sha = coordinator(app).store.manifest(2)["files"]["weights.safetensors"]["sha256"]
+    assert fetch(client, f"/api/files/{sha}").status_code == 200
+    weights = Path(config["DATA_DIR"]) / "versions" / "2" / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    # Execute
+    served = fetch(client, f"/api/files/{sha}")
+    rollback = client.post("/api/admin/rollback", json={"version": 2}, headers=admin_headers)
+    # Assert
+    assert (served.status_code, served.get_json()["error"]) == (404, "not_found")
+    assert (rollback.status_code, rollback.get_json()["error"]) == (409, "version_damaged")
+    assert coordinator(app).version == 3
