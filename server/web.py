@@ -21,7 +21,7 @@ from pathlib import Path
 from flask import Blueprint, Flask, Response, current_app, render_template, request, send_file
 from werkzeug.security import safe_join
 
-from server import logs
+from server import db, logs
 from server.errors import ApiError
 
 bp = Blueprint("web", __name__, static_folder="static", static_url_path="/dashboard/static",
@@ -173,10 +173,12 @@ def precompress_list(app: Flask) -> list[Path]:
     files += [root / ORT_DIST / name for name in ORT_PRECOMPRESS]
     coordinator = app.extensions.get("fedurl.coordinator")
     if coordinator is not None:
-        for url in coordinator.model_info()["files"].values():
-            found = coordinator.find_file(url.rsplit("/", 1)[1])
-            if found is not None:
-                files.append(found[0])
+        _, _, manifest = coordinator.current()
+        with db.transaction(coordinator.engine) as conn:
+            for entry in manifest["files"].values():
+                found = db.find_file(conn, entry["sha256"])
+                if found is not None:
+                    files.append(Path(app.config["DATA_DIR"]) / found[0])
     return [f for f in files if f.suffix.lower() in COMPRESSIBLE and f.is_file()]
 
 
