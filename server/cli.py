@@ -42,8 +42,9 @@ def main(argv=None) -> None:
     # answers 413 itself (plain text), below that the app answers 413 as JSON.
     server = waitress.create_server(app, host=args.host, port=args.port, threads=args.threads,
                                     max_request_body_size=2 * app.config["MAX_CONTENT_LENGTH"])
-    logs.event("listening", url=f"http://{args.host}:{server.effective_port}",
-               version=app.extensions["fedurl.coordinator"].version)
+    url = f"http://{args.host}:{server.effective_port}"
+    logs.event("listening", url=url, version=app.extensions["fedurl.coordinator"].version)
+    print(f"Open {url}  (dashboard: {url}/dashboard)", flush=True)  # for people, beside the JSON logs
     server.run()
 
 
