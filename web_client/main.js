@@ -69,11 +69,13 @@ function optionElement({ text, source }, index) {
   label.append(text.slice(0, combo.typed.length), rest);
   option.append(label);
   if (source === "history") {
-    // Read as "<url>, from your history"; seen as a "history" tag (axe: the name contains what is seen).
+    // Heard as "<url>, from your history" (text, not aria-label, so the name contains all that is seen).
+    label.append(Object.assign(document.createElement("span"),
+      { className: "spoken", textContent: ", from your history" }));
     const tag = document.createElement("span");
     tag.className = "history-tag";
-    const spoken = Object.assign(document.createElement("span"), { className: "visually-hidden", textContent: ", from your " });
-    tag.append(spoken, "history");
+    tag.setAttribute("aria-hidden", "true");
+    tag.textContent = "history";
     option.append(tag);
   }
   return option;
@@ -101,12 +103,16 @@ function accept(index) {
   setOpen(false);
 }
 
-/** Escape: close the list, forget the highlight and drop the inline completion. */
+/**
+ * Escape: close the list, forget the highlight and drop the inline completion, also one whose
+ * suggestions are still on their way. True when there was something to undo.
+ */
 function dismiss() {
+  const used = combo.open || input.value !== combo.typed;
   combo.inline = false;
   setActive(-1);
   setOpen(false);
-  return true;
+  return used;
 }
 
 /** Combobox keys; a handler returns true when it used the key (then the browser must not). */
@@ -118,7 +124,7 @@ function onKeyDown(event, client) {
     ArrowUp: () => (combo.open && setActive(combo.active > -1 ? combo.active - 1 : count - 1), true),
     Tab: () => combo.open && (accept(Math.max(combo.active, 0)), true),
     ArrowRight: () => combo.open && atEnd && (accept(Math.max(combo.active, 0)), true),
-    Escape: () => (combo.open || input.value !== combo.typed) && dismiss(),
+    Escape: dismiss,
     Enter: () => (visit(client, input.value), true), // what the input shows, completion included
   };
   const handler = keys[event.key];
