@@ -94,7 +94,7 @@ def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live
         train_and_wait(page, "accepted")
     # Assert
     for page in pages:
-        expect(page.locator("#model-version")).to_contain_text("v2", timeout=TRAINING_MS)
+        expect(page.locator("#model-version")).to_have_text("version 2", timeout=TRAINING_MS)
         expect(page.locator("#contributions")).to_have_text("1")
         assert page.evaluate("window.sameDocument === true"), "the model was swapped without a reload"
     info, new_weights = server_model(live_app)
@@ -165,7 +165,7 @@ def test_server_down_keeps_history_and_update_for_a_retry(page, context):
     train_and_wait(page, "cannot be reached")
     expect(page.locator("#server-answer")).to_contain_text("kept on this device")
     page.reload()
-    expect(page.locator("#model-version")).to_contain_text("v1", timeout=60_000)  # started from the cache
+    expect(page.locator("#model-version")).to_have_text("version 1", timeout=60_000)  # started from the cache
     expect(page.get_by_role("button", name="Retry upload")).to_be_visible()
     expect(page.locator("#history li")).to_have_count(2)
     context.unroute("**/api/**")  # the page sends the kept update by itself
