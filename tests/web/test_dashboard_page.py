@@ -7,10 +7,10 @@ import re
 
 import numpy as np
 import pytest
+from page_helpers import ADMIN_TOKEN, axe_violations
 from playwright.sync_api import expect
 
-from page_helpers import ADMIN_TOKEN, axe_violations
-from server.client import FederatedClient
+from client.protocol import FederatedClient
 
 
 def publish_version_2(app) -> None:
