@@ -10,8 +10,8 @@ from runtime.complete import Completer
 from runtime.tokenizer import Tokenizer
 
 HAND_MADE = ["g", "goo", "GOO", "githu", "http", "https:/", "HTTPS://WWW.Goo", "http://www.", "www.",
-             "www.wiki", "en.wikipedia.org/wiki/", "amazon.co", "a b", "x.com/%2", "é", "日本", "youtube.com/",
-             "news.", "mail.google.c", "stackoverflow.com/q"]
+             "www.wiki", "en.wikipedia.org/wiki/", "amazon.co", "a b", "x.com/%2", "é", "日本",
+             "youtube.com/", "news.", "mail.google.c", "stackoverflow.com/q"]
 
 
 def prefixes(urls: list[str], tokenizer: Tokenizer, count: int) -> tuple[list[str], int]:
@@ -40,4 +40,5 @@ def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_url
     assert mid_piece >= 50 and len(typed) >= 200
     assert sum(bool(s) for s in expected.values()) >= 0.9 * len(typed), "most prefixes should get suggestions"
     wrong = {text: (got[text], expected[text]) for text in typed if got[text] != expected[text]}
-    assert not wrong, f"{len(wrong)} of {len(typed)} prefixes differ (page, python): {list(wrong.items())[:3]}"
+    assert not wrong, (f"{len(wrong)} of {len(typed)} prefixes differ (page, python): "
+                       f"{list(wrong.items())[:3]}")
