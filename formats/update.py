@@ -24,6 +24,7 @@ DELTA_DTYPES = ("F32", "F16")
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 MAX_VERSION = 2 ** 31 - 1
 MAX_LOSS = 1000.0  # cross-entropy over a 512-piece vocabulary starts near ln 512 = 6.2
+F16_MAX = 65504.0  # the largest finite half: F16 deltas are clipped to it, never rounded to inf
 # What repr(float) and JS's String(number) write for finite numbers; not "nan", "1_0" or " 1".
 DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
 
@@ -63,9 +64,14 @@ class Update:
 
 
 def encode_update(delta: Mapping[str, np.ndarray], meta: UpdateMeta, dtype=np.float32) -> bytes:
-    """The update body: every delta cast to dtype (float32 or float16), then the metadata."""
-    if np.dtype(dtype) not in (tensor_codec.DTYPES[name] for name in DELTA_DTYPES):
-        raise TypeError(f"deltas are sent as {' or '.join(DELTA_DTYPES)}, not {np.dtype(dtype)}")
+    """The update body: every delta cast to dtype (float32, or float16 clipped to +-65504 as the
+    browser does, so no value becomes an infinity the server refuses), then the metadata.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (tensor_codec.DTYPES[name] for name in DELTA_DTYPES):
+        raise TypeError(f"deltas are sent as {' or '.join(DELTA_DTYPES)}, not {dtype}")
+    if dtype == np.float16:
+        delta = {n: np.clip(np.asarray(a, np.float32), -F16_MAX, F16_MAX) for n, a in delta.items()}
     return tensor_codec.encode({n: np.asarray(a, dtype=dtype) for n, a in delta.items()}, meta.to_strings())
 
 

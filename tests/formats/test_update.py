@@ -45,6 +45,12 @@ def test_metadata_strings_are_the_protocol_fields():
                        "loss_before": "2.5", "loss_after": "0.1"}
 
 
+def test_f16_deltas_are_clipped_to_the_half_range_not_rounded_to_infinity():
+    big = {"x": np.array([70000.0, -1e30, 65504.0, 1.5], np.float32)}
+    update = decode_update(encode_update(big, META, np.float16), max_examples=1000)
+    np.testing.assert_array_equal(update.tensors["x"], np.array([65504, -65504, 65504, 1.5], np.float16))
+
+
 def test_encode_refuses_integer_deltas():
     with pytest.raises(TypeError, match="F32 or F16"):
         encode_update(delta(), META, np.int32)
