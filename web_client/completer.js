@@ -44,6 +44,7 @@ function decodeBytes(bytes) {
  * @returns {{outer: number, inner: number, rowSize: number}}
  */
 export function stateLayout(spec) {
+  if (!spec) throw new Error("the manifest has no graphs.infer.state (a bundle or server older than this page)");
   const axis = spec.batch_axis;
   const sizes = spec.shape.filter((_, i) => i !== axis);
   if (spec.shape[axis] !== "batch" || !sizes.every((d) => Number.isInteger(d) && Number(d) > 0)) {
