@@ -20,10 +20,11 @@ Every refusal is a ``WeightsFormatError``, never another exception.
 Encoding stays here: the reference writer orders tensors by alignment, then name, while ours
 keeps the caller's (graph-input) order, which the JS encoder reproduces byte for byte.
 
-Measured (2 MB body of the default model's 7 float32 deltas, median of 20 decodes, a shared
-2-core box): the numpy-only decoder this replaced took 0.05 ms, this one 0.4 ms (the Rust
-parser copies the data out; the second header parse is small): no reason to keep a hand-written
-parser in front of a server that spends milliseconds per update on disk and SQL anyway.
+Measured (a 1.98 MB update body: the default model's 7 float32 deltas and the six metadata
+fields; median of 20 decodes on a shared 2-core box, safetensors 0.8.0): the numpy-only decoder
+this replaced took 0.05 ms, this one 0.11 ms, of which 0.06 ms in ``safetensors.deserialize``
+(it copies the data out, which also makes every array aligned). No reason to keep a
+hand-written parser in front of a server that spends milliseconds per update on disk and SQL.
 """
 
 from __future__ import annotations
