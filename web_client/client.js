@@ -13,7 +13,8 @@ import { HistoryIndex, mergeSuggestions } from "./history_index.js";
 import { fetchVerified, pruneCache } from "./model_store.js";
 import { normalizeUrl } from "./normalize.js";
 import { WorkerClient } from "./protocol.js";
-import { canWriteF16, encode, toF16 } from "./safetensors.js";
+import { canWriteF16 } from "./safetensors.js";
+import { encodeUpdate } from "./update.js";
 
 /** Upload failures that go away by themselves (network, server busy or down, an old ticket). */
 function retriesHelp(error) {
@@ -31,10 +32,9 @@ function randomClientId() {
   return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
 }
 
-/** The delta as uploaded: F16 if UPLOAD_DTYPE asks for it and this browser can write it, else F32. */
-function wireDelta(delta) {
-  if (UPLOAD_DTYPE !== "F16" || !canWriteF16()) return delta;
-  return delta.map((tensor) => ({ ...tensor, data: toF16(tensor.data) }));
+/** The dtype deltas are uploaded as: F16 if UPLOAD_DTYPE asks for it and this browser can write it. */
+function wireDtype() {
+  return UPLOAD_DTYPE === "F16" && canWriteF16() ? "F16" : "F32";
 }
 
 export class Client extends EventTarget {
@@ -252,10 +252,9 @@ export class Client extends EventTarget {
       if (!pending) return;
       try {
         const ticket = pending.ticket ?? await this.freshTicket(pending);
-        const answer = await uploadUpdate(encode(wireDelta(pending.delta), {
-          ticket: ticket.ticket, client_id: this.clientId, base_version: String(pending.baseVersion),
-          num_examples: String(pending.numExamples), loss_before: String(pending.lossBefore),
-          loss_after: String(pending.lossAfter) }));
+        const answer = await uploadUpdate(encodeUpdate(pending.delta, { ticket: ticket.ticket,
+          clientId: this.clientId, baseVersion: pending.baseVersion, numExamples: pending.numExamples,
+          lossBefore: pending.lossBefore, lossAfter: pending.lossAfter }, wireDtype()));
         await this.delivered(answer.version > pending.baseVersion
           ? `Update accepted: it is part of version ${answer.version}.`
           : `Update accepted: it will be averaged into version ${answer.version + 1} `

@@ -31,6 +31,7 @@ const SHELL = [
   "/static/model_store.js",
   "/static/protocol.js",
   "/static/safetensors.js",
+  "/static/update.js",
   "/static/worker.js",
   "/static/completer.js",
   "/static/heap.js",
