@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from formats.update import UpdateMeta
 from server import db, logs, quarantine, recovery
 from server.aggregate import ServerOptimizer, staleness_weight, unsafe_weights
 from server.refusals import (
@@ -52,7 +53,6 @@ from server.refusals import (
 )
 from server.spool import Spool
 from server.strategies import Aggregator
-from server.validation import UpdateMeta
 from server.versions import WEIGHTS, VersionStore, iso
 
 
