@@ -81,6 +81,7 @@ export class HistoryIndex {
  */
 export function mergeSuggestions(history, model, k) {
   const shown = new Set(history);
-  return [...history.map((text) => ({ text, source: "history" })),
-    ...model.filter((text) => !shown.has(text)).map((text) => ({ text, source: "model" }))].slice(0, k);
+  return [...history.map((text) => ({ text, source: /** @type {const} */ ("history") })),
+    ...model.filter((text) => !shown.has(text)).map((text) => ({ text, source: /** @type {const} */ ("model") }))]
+    .slice(0, k);
 }

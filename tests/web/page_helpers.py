@@ -16,7 +16,7 @@ PAGE = "/?train_after_urls=0&poll_ms=500"
 def open_page(page, path: str = PAGE):
     """Go to the demo page and wait until its model is loaded."""
     page.goto(path)
-    page.wait_for_function("document.body.dataset.version !== undefined && document.body.dataset.version !== ''",
+    page.wait_for_function("(document.body.dataset.version ?? '') !== ''",
                            timeout=MODEL_READY_MS)
     return page
 

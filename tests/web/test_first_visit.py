@@ -5,12 +5,12 @@ transfer sizes and axe-core, at desktop and phone sizes where layout matters."""
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from urllib.parse import urlparse
 
 import pytest
-from playwright.sync_api import expect
-
 from page_helpers import PAGE, axe_violations, open_page, visit
+from playwright.sync_api import expect
 
 TRAINING_MS = 120_000  # a few train_step runs on a shared 2-core box
 MIN_TARGET_PX = 44  # WCAG 2.5.5 target size
@@ -95,7 +95,9 @@ def test_only_web_addresses_are_recorded_once_per_address_with_counts(page):
     open_page(page)
     enter(page, "redd")
     expect(page.locator("#visit-note")).to_contain_text("“redd” is not a web address")
-    for text in ("https://www.GitHub.com/pallets/flask", "github.com/pallets/flask", "GITHUB.COM/pallets/flask#readme"):
+    spellings = ("https://www.GitHub.com/pallets/flask", "github.com/pallets/flask",
+                 "GITHUB.COM/pallets/flask#readme")
+    for text in spellings:
         enter(page, text)
     enter(page, "example.org")
     expect(page.locator("#history .history-url")).to_have_text(["example.org", "github.com/pallets/flask"])
@@ -160,12 +162,14 @@ def test_suggestions_are_a_list_under_the_input_with_big_enough_targets(sized_pa
     bar = page.locator("#url").bounding_box()
     width = page.viewport_size["width"]
     assert all(b["x"] == boxes[0]["x"] for b in boxes), "one column"
-    assert all(a["y"] + a["height"] <= b["y"] + 0.5 for a, b in zip(boxes, boxes[1:])), "top to bottom"
+    assert all(a["y"] + a["height"] <= b["y"] + 0.5 for a, b in pairwise(boxes)), "top to bottom"
     assert boxes[0]["y"] >= bar["y"] + bar["height"], "under the input"
     assert all(b["x"] >= 0 and b["x"] + b["width"] <= width for b in boxes), "inside the window"
-    assert [page.locator(s).bounding_box() for s in ("#url", "#visit-note", "section.panel >> nth=0")] == before
+    below = ("#url", "#visit-note", "section.panel >> nth=0")
+    assert [page.locator(s).bounding_box() for s in below] == before
     note = page.locator("#visit-note")
-    assert note.evaluate("n => n.scrollWidth <= n.clientWidth && n.scrollHeight <= n.clientHeight + 1"), "note cut"
+    fits = "n => n.scrollWidth <= n.clientWidth && n.scrollHeight <= n.clientHeight + 1"
+    assert note.evaluate(fits), "note cut"
     if page.size == "phone":
         assert all(b["height"] >= MIN_TARGET_PX for b in boxes)
         delete = page.get_by_role("button", name=re.compile("^Delete ")).bounding_box()
@@ -204,7 +208,8 @@ def test_trains_by_itself_when_idle_and_charging_and_says_so(page):
     page.evaluate("plugIn()")
     expect(page.locator("#server-answer")).to_contain_text("Update accepted", timeout=TRAINING_MS)
     expect(page.locator("#local-urls")).to_have_text("2 (0 not yet trained on)")
-    expect(page.locator("#loss-words")).to_contain_text(re.compile(r"(Better|Worse|About the same).* guesses per"))
+    in_words = re.compile(r"(Better|Worse|About the same).* guesses per")
+    expect(page.locator("#loss-words")).to_contain_text(in_words)
     expect(page.locator("#local-loss")).to_have_text(re.compile(r"^\d+\.\d{3} → \d+\.\d{3}$"))
     expect(page.locator("#train-status")).to_have_text("Done.")
     expect(plan).to_contain_text("(0 so far)")

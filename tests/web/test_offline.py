@@ -9,9 +9,8 @@ import re
 from pathlib import Path
 from urllib.parse import urlparse
 
-from playwright.sync_api import expect
-
 from page_helpers import open_page, shown_suggestions, visit
+from playwright.sync_api import expect
 
 SW_SOURCE = (Path(__file__).resolve().parents[2] / "web_client" / "sw.js").read_text()
 SHELL = set(re.findall(r'"(/[^"]*)"', SW_SOURCE[SW_SOURCE.index("const SHELL"):SW_SOURCE.index("];")]))
@@ -25,7 +24,8 @@ def test_reload_with_the_server_gone_still_suggests_and_trains(page, context, ap
     open_page(page)
     page.wait_for_function(CONTROLLED)
     visit(page, "qxdelta.org/garden/roses")
-    expect(page.locator("#train-hint")).to_contain_text("learns from your visits at once")  # train graph cached
+    # the train graph is cached
+    expect(page.locator("#train-hint")).to_contain_text("learns from your visits at once")
     # Execute: nothing answers any more
     app_slot.app = None
     context.set_offline(True)
