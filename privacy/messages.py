@@ -41,7 +41,11 @@ SERVER = 0xFFFFFFFF
 KEY = 32
 
 
-class MessageError(ValueError):
+class ProtocolError(Exception):
+    """A message or request that the protocol refuses (bad peer, wrong phase, unsafe request)."""
+
+
+class MessageError(ProtocolError, ValueError):
     """The bytes are not a well-formed message of the expected type and round."""
 
 

@@ -43,6 +43,7 @@ from .messages import (
     MAGIC,
     SERVER,
     MessageError,
+    ProtocolError,
     RoundConfig,
     Type,
     decode_words,
@@ -55,10 +56,6 @@ from .primitives import KeyPair, agree, decrypt, encrypt, prg_words
 MIN_COHORT = 3  # the sum of one or two updates is no secret
 SHARE_BYTES = 33  # a 32-byte secret plus the x coordinate
 B_SHARE, SK_SHARE = 0, 1
-
-
-class ProtocolError(Exception):
-    """A message or request that the protocol refuses (bad peer, wrong phase, unsafe request)."""
 
 
 class RoundAborted(ProtocolError):
