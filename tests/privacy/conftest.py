@@ -15,18 +15,11 @@ import threading
 from pathlib import Path
 
 import pytest
+from secagg_support import BLANK, BOOT
 
 REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "web_client"
-BLANK = b"<!doctype html><meta charset=utf-8><title>secagg tests</title>"
-# The page imports the module and leaves it, and hex helpers, on window.
-BOOT = """async () => {
-  window.sa = await import('/static/secagg.js');
-  window.shamir = await import('/static/vendor/shamir-secret-sharing/index.js');
-  window.unhex = (h) => Uint8Array.from(h.match(/../g) || [], (x) => parseInt(x, 16));
-  window.hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
-  window.clients = {};
-}"""
+
 
 
 def _chromium_args() -> list[str]:
@@ -87,14 +80,6 @@ def static_url():
 def base_url(static_url) -> str:
     """pytest-playwright's base_url: our static server (its own fixture warns under pytest 9)."""
     return static_url
-
-
-def open_secagg_page(context, static_url: str):
-    """A page of context with secagg.js loaded as window.sa."""
-    page = context.new_page()
-    page.goto(static_url + "/")
-    page.evaluate(BOOT)
-    return page
 
 
 @pytest.fixture

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import open_secagg_page
-from test_secagg_primitives import RFC7748
+from secagg_support import RFC7748, open_secagg_page
 
 from privacy import graph, quantize, shamir
 from privacy.messages import RoundConfig
