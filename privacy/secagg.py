@@ -280,7 +280,8 @@ class SecAggServer:
         self.phase = Type.ADVERTISE
         self.keys: dict[int, tuple[bytes, bytes]] = {}  # U1
         self.shares: dict[int, dict[int, bytes]] = {}  # U2: sender -> recipient -> ciphertext
-        self.inputs: dict[int, np.ndarray] = {}  # U3
+        self.inputs: set[int] = set()  # U3; their inputs are summed on arrival, never kept one by one
+        self.total = np.zeros(config.num_params, dtype=np.uint64)
         self.responses: dict[int, list[tuple[int, int, bytes]]] = {}  # U5
         self.dropped: list[int] = []
 
@@ -354,7 +355,9 @@ class SecAggServer:
         sender, reader = open_message(data, Type.MASKED_INPUT, self.config.round_id)
         if sender not in self.shares or sender in self.inputs:
             raise ProtocolError(f"masked input from {sender}: it shared no keys, or sent twice")
-        self.inputs[sender] = decode_words(reader, self.config.bits, self.config.num_params)
+        self.total += decode_words(reader, self.config.bits, self.config.num_params)
+        self.total &= _modulus_mask(self.config.bits)
+        self.inputs.add(sender)
         return sender
 
     def unmask_request(self) -> bytes:
@@ -406,9 +409,7 @@ class SecAggServer:
         self._expect(Type.UNMASK)
         self._abort_below(len(self.responses), "answered the unmask request")
         config, mask = self.config, _modulus_mask(self.config.bits)
-        total = np.zeros(config.num_params, dtype=np.uint64)
-        for words in self.inputs.values():
-            total += words
+        total = self.total.copy()
         b_shares, sk_shares = self._collect(B_SHARE), self._collect(SK_SHARE)
         for u in sorted(self.inputs):
             total -= pairwise_mask(config, self._rebuild(u, b_shares.get(u, [])))
