@@ -72,3 +72,15 @@ def neighbours(round_seed: bytes, round_id: int, n: int, degree: int) -> list[li
     half = degree // 2
     return [sorted(ring[(position[u] + d) % n] for d in range(-half, half + 1) if d)
             for u in range(n)]
+
+
+def neighbours_of(round_seed: bytes, round_id: int, n: int, degree: int, client: int) -> list[int]:
+    """One client's sorted neighbours: neighbours(...)[client] without building the whole graph."""
+    if degree >= n - 1:
+        return [v for v in range(n) if v != client]
+    if degree < 2 or degree % 2:
+        raise ValueError("a sparse graph's degree must be even and at least 2")
+    ring = permutation(round_seed, round_id, n)
+    at = ring.index(client)
+    return sorted(ring[(at + d) % n] for d in range(-(degree // 2), degree // 2 + 1) if d)
+

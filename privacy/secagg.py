@@ -148,8 +148,8 @@ class SecAggClient:
         self.config = config
         self.index = index
         self.rng = rng if rng is not None else np.random.default_rng()
-        self.neighbours = set(graph.neighbours(config.graph_seed, config.round_id, config.cohort_size,
-                                               config.degree)[index])
+        self.neighbours = set(graph.neighbours_of(config.graph_seed, config.round_id, config.cohort_size,
+                                                  config.degree, index))
         self.c_keys = KeyPair.generate()
         self.s_keys = KeyPair.generate()
         self.peers: dict[int, tuple[bytes, bytes]] = {}  # neighbours in the roster -> (c_pk, s_pk)

@@ -115,12 +115,13 @@ def test_module_runs_in_a_web_worker(sa_page):
     assert got == {"shares": 3, "words": prg_words(bytes(32), 4, 4).tolist()}
 
 
-def test_mixed_round_js_and_python_clients(browser, static_url):
+@pytest.mark.parametrize("bits", [16, 24])
+def test_mixed_round_js_and_python_clients(browser, static_url, bits):
     """10 clients: 4 in chromium (3 contexts), 6 in Python. Client 6 (Python) drops before sharing
     keys, 3 (JS) after its masked input, 8 (Python) before its masked input; the Python server
     unmasks, and the mean equals the plain mean of the 8 included deltas."""
     n, d = 10, 3000
-    config = make_config(round_id=77, cohort_size=n, num_params=d, bits=16, clip=1.0)
+    config = make_config(round_id=77, cohort_size=n, num_params=d, bits=bits, clip=1.0)
     rng = np.random.default_rng(9)
     deltas = [rng.normal(0, 0.02, d) * (rng.random(d) > 0.8) for _ in range(n)]
     js_home = {0: 0, 3: 1, 5: 2, 9: 2}  # client -> context

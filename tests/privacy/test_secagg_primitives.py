@@ -154,6 +154,8 @@ def test_graph_is_symmetric_regular_and_deterministic(n, k):
     assert adjacency == graph.neighbours(seed, 4, n, k)
     assert all(len(peers) == min(k, n - 1) and u not in peers for u, peers in enumerate(adjacency))
     assert all(u in adjacency[v] for u, peers in enumerate(adjacency) for v in peers)
+    assert [graph.neighbours_of(seed, 4, n, k, u) for u in (0, n // 2, n - 1)] == [
+        adjacency[0], adjacency[n // 2], adjacency[n - 1]]
     if k < n - 1:
         assert adjacency != graph.neighbours(seed, 5, n, k)  # another round, another graph
         assert sorted(graph.permutation(seed, 4, n)) == list(range(n))
