@@ -171,7 +171,7 @@ def encode_words(kind: int, round_id: int, sender: int, bits: int, words: np.nda
 
 
 def decode_words(reader: Reader, bits: int, count: int) -> np.ndarray:
-    """The words of a MASKED_INPUT body (uint64), checking bits, width and count."""
+    """The words of a MASKED_INPUT body (native uint16/uint32), checking bits, width and count."""
     got_bits, width, got_count = reader.unpack("BB2xI")
     if got_bits != bits or width != (2 if bits <= 16 else 4) or got_count != count:
         raise MessageError(f"masked input has bits {got_bits}, width {width}, {got_count} words")
@@ -179,4 +179,4 @@ def decode_words(reader: Reader, bits: int, count: int) -> np.ndarray:
     reader.end()
     if bits < 8 * width and int(words.max(initial=0)) >> bits:
         raise MessageError(f"a word exceeds {bits} bits")
-    return words.astype(np.uint64)
+    return words.astype(np.uint16 if width == 2 else np.uint32)

@@ -116,13 +116,24 @@ def mask_sign(u: int, v: int) -> int:
     return 1 if u < v else -1
 
 
-def _modulus_mask(bits: int) -> np.uint64:
-    return np.uint64((1 << bits) - 1)
+def word_dtype(config: RoundConfig) -> type[np.unsignedinteger]:
+    """The word type of the wire width, uint16 or uint32.
+
+    Its arithmetic wraps mod 2^(8*width), a multiple of 2^b, so sums and differences need
+    reducing mod 2^b only once, at the end.
+    """
+    return np.uint16 if config.width == 2 else np.uint32
+
+
+def reduce(config: RoundConfig, words: np.ndarray) -> np.ndarray:
+    """Words mod 2^b, in place."""
+    words &= word_dtype(config)((1 << config.bits) - 1)
+    return words
 
 
 def pairwise_mask(config: RoundConfig, seed: bytes) -> np.ndarray:
-    """PRG(seed) as num_params uint64 words in Z_{2^b}."""
-    return prg_words(seed, config.num_params, config.width).astype(np.uint64) & _modulus_mask(config.bits)
+    """PRG(seed) as num_params words of the wire width (reduce mod 2^b after summing)."""
+    return prg_words(seed, config.num_params, config.width)
 
 
 def _read_roster(config: RoundConfig, data: bytes) -> dict[int, tuple[bytes, bytes]]:
@@ -220,12 +231,15 @@ class SecAggClient:
         if config.noise_std > 0:
             noise = np.rint(self.rng.normal(0.0, config.noise_std, config.num_params)).astype(np.int64)
         value = quantize.encode(delta, config.bits, config.clip, config.scale, self.rng, noise)
+        value = value.astype(word_dtype(config))
         value += pairwise_mask(config, self.b_seed)
         for v in sorted(self.received):
             seed = agree(self.s_keys.private, self.peers[v][1], "mask", config.round_id)
-            mask = pairwise_mask(config, seed)
-            value = value + mask if mask_sign(self.index, v) > 0 else value - mask
-        value &= _modulus_mask(config.bits)
+            if mask_sign(self.index, v) > 0:
+                value += pairwise_mask(config, seed)
+            else:
+                value -= pairwise_mask(config, seed)
+        reduce(config, value)
         return encode_words(Type.MASKED_INPUT, config.round_id, self.index, config.bits, value)
 
     def unmask(self, request: bytes) -> bytes:
@@ -281,7 +295,7 @@ class SecAggServer:
         self.keys: dict[int, tuple[bytes, bytes]] = {}  # U1
         self.shares: dict[int, dict[int, bytes]] = {}  # U2: sender -> recipient -> ciphertext
         self.inputs: set[int] = set()  # U3; their inputs are summed on arrival, never kept one by one
-        self.total = np.zeros(config.num_params, dtype=np.uint64)
+        self.total = np.zeros(config.num_params, dtype=word_dtype(config))
         self.responses: dict[int, list[tuple[int, int, bytes]]] = {}  # U5
         self.dropped: list[int] = []
 
@@ -356,7 +370,6 @@ class SecAggServer:
         if sender not in self.shares or sender in self.inputs:
             raise ProtocolError(f"masked input from {sender}: it shared no keys, or sent twice")
         self.total += decode_words(reader, self.config.bits, self.config.num_params)
-        self.total &= _modulus_mask(self.config.bits)
         self.inputs.add(sender)
         return sender
 
@@ -408,7 +421,7 @@ class SecAggServer:
         """Close UNMASK: rebuild the secrets, remove every mask, return the sum of U3's inputs."""
         self._expect(Type.UNMASK)
         self._abort_below(len(self.responses), "answered the unmask request")
-        config, mask = self.config, _modulus_mask(self.config.bits)
+        config = self.config
         total = self.total.copy()
         b_shares, sk_shares = self._collect(B_SHARE), self._collect(SK_SHARE)
         for u in sorted(self.inputs):
@@ -421,9 +434,11 @@ class SecAggServer:
                 if v not in self.shares[u]:
                     continue  # u never addressed v, so v's input holds no mask shared with u
                 seed = agree(s_sk, self.keys[v][1], "mask", config.round_id)
-                term = pairwise_mask(config, seed)  # v added mask_sign(v, u) * term
-                total = total - term if mask_sign(v, u) > 0 else total + term
-        total &= mask
+                if mask_sign(v, u) > 0:  # v added mask_sign(v, u) * PRG(s_uv): take it back
+                    total -= pairwise_mask(config, seed)
+                else:
+                    total += pairwise_mask(config, seed)
+        reduce(config, total)
         self.phase = Type.UNMASK + 1
         return Aggregate(total=total, count=len(self.inputs), survivors=sorted(self.inputs),
                          dropped=list(self.dropped))
