@@ -307,6 +307,10 @@ export function decodeConfig(bytes) {
   if (cohortSize < 3 || minSurvivors < 3 || minSurvivors > cohortSize) {
     throw new ProtocolError("a secure cohort needs at least 3 clients");
   }
+  const peers = Math.min(degree, cohortSize - 1); // privacy.secagg.check_config
+  if (!(threshold >= 2 && Math.floor(peers / 2) < threshold && threshold <= peers && peers <= 255)) {
+    throw new ProtocolError("threshold must be above half the degree and at most the degree");
+  }
   return { roundId, cohortSize, degree, threshold, minSurvivors, bits, width, numParams, scale, clip, noiseStd,
     graphSeed };
 }

@@ -96,6 +96,9 @@ def test_config_decodes_in_js(sa_page):
     small = RoundConfig(**{**config.__dict__, "cohort_size": 2, "min_survivors": 2})
     with pytest.raises(Exception, match="at least 3"):
         sa_page.evaluate("(data) => sa.decodeConfig(unhex(data))", small.encode().hex())
+    weak = RoundConfig(**{**config.__dict__, "threshold": config.degree // 2})  # b and s_sk both rebuildable
+    with pytest.raises(Exception, match="threshold"):
+        sa_page.evaluate("(data) => sa.decodeConfig(unhex(data))", weak.encode().hex())
 
 
 def test_module_runs_in_a_web_worker(sa_page):
