@@ -12,6 +12,8 @@ import pytest
 from page_helpers import PAGE, axe_violations, open_page, visit
 from playwright.sync_api import expect
 
+from server import web
+
 TRAINING_MS = 120_000  # a few train_step runs on a shared 2-core box
 MIN_TARGET_PX = 44  # WCAG 2.5.5 target size
 # A battery that is not charging, which the test can plug in (Battery Status API stand-in).
@@ -242,9 +244,10 @@ def test_kept_update_is_sent_by_itself_when_the_connection_is_back(page, context
     assert "round" not in page.locator("main").inner_text().lower()
 
 
-def test_transfer_counts_the_bytes_actually_sent(page, context):
+def test_transfer_counts_the_bytes_actually_sent(page, context, live_app):
     """"Transferred" adds up the encoded (gzip) sizes of the runtime and model responses, well
     below their decoded sizes (the old page counted those)."""
+    web.precompress(live_app).join(120)  # as fedurl-serve does at start: requests never compress
     responses = []
     context.on("response", lambda r: urlparse(r.url).path.startswith("/api/files/") and responses.append(r))
     context.on("response", lambda r: urlparse(r.url).path.endswith(".wasm") and responses.append(r))
