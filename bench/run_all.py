@@ -25,16 +25,15 @@ import sys
 import time
 from pathlib import Path
 
+from common import REPO, bundle_parser
+
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
 STEPS = ("browser", "training", "update_size", "server", "export")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
-                        help="bundle (default: %(default)s)")
+    parser = bundle_parser(__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs behind every median (default: %(default)s)")
     parser.add_argument("--server-updates", default="1000,10000", help="updates per round, comma-separated "
                         "(default: %(default)s)")

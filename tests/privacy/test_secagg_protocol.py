@@ -136,8 +136,8 @@ def test_too_few_shares_to_rebuild_a_secret_aborts():
         run_round(config, deltas, {"unmask": {0, 1, 2, 3, 4}})
 
 
-def _client_at_unmask(config, index=0):
-    """A full cohort up to the unmask request; returns (clients, server)."""
+def _cohort_after_shares(config):
+    """A full cohort whose shares the server has routed; returns (clients, server)."""
     server = SecAggServer(config)
     clients = [SecAggClient(config, i) for i in range(config.cohort_size)]
     for c in clients:
@@ -146,6 +146,12 @@ def _client_at_unmask(config, index=0):
     for c in clients:
         server.receive_shares(c.share_keys(roster))
     server.close_shares()
+    return clients, server
+
+
+def _client_at_unmask(config, index=0):
+    """A full cohort up to the unmask request; returns (clients, server)."""
+    clients, server = _cohort_after_shares(config)
     for c in clients:
         server.receive_masked_input(c.masked_input(server.shares_for(c.index), np.zeros(config.num_params)))
     return clients, server
@@ -200,14 +206,7 @@ def test_server_refuses_misrouted_or_repeated_messages():
 
 def test_tampered_share_is_detected():
     config = make_config(round_id=6, cohort_size=4, num_params=10)
-    server = SecAggServer(config)
-    clients = [SecAggClient(config, i) for i in range(4)]
-    for c in clients:
-        server.receive_advertise(c.advertise())
-    roster = server.roster()
-    for c in clients:
-        server.receive_shares(c.share_keys(roster))
-    server.close_shares()
+    clients, server = _cohort_after_shares(config)
     routed = bytearray(server.shares_for(0))
     routed[-1] ^= 1
     with pytest.raises(ProtocolError, match="authenticate"):
