@@ -28,7 +28,7 @@ from pathlib import Path
 from common import REPO, bundle_parser
 
 BENCH = Path(__file__).resolve().parent
-STEPS = ("browser", "training", "update_size", "server", "export")
+STEPS = ("browser", "training", "update_size", "server", "secagg", "export")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -129,6 +129,9 @@ def main(argv=None) -> None:
                 run_script("bench_update_size.py", "--bundle", args.bundle)[0])
     if "server" not in args.skip:
         server_runs(args)
+    if "secagg" not in args.skip:
+        section("Secure aggregation: server unmasking, bytes per phase, browser masking",
+                "bench/bench_secagg.py", run_script("bench_secagg.py")[0])
     if "export" not in args.skip:
         section("Export of the default model", "bench/bench_export.py",
                 run_script("bench_export.py", *runs)[0])
