@@ -138,15 +138,37 @@ def default_steps(num_urls: int, batch_size: int) -> int:
     return max(1000, min(4000, math.ceil(4 * num_urls / batch_size)))
 
 
+def corpus_spec(text: str) -> tuple[Path, int | None]:
+    """--corpus FILE or FILE:N (the first N usable URLs of FILE)."""
+    path, colon, count = text.rpartition(":")
+    if colon and count.isdigit() and path:
+        if int(count) <= 0:
+            raise argparse.ArgumentTypeError(f"{text}: N must be positive")
+        return Path(path), int(count)
+    return Path(text), None
+
+
+def read_corpora(specs: list[tuple[Path, int | None]]) -> list[str]:
+    """The canonical URLs of every corpus in order, each cut to its N, duplicates dropped.
+
+    :raise FileNotFoundError: for a missing corpus file.
+    """
+    urls: dict[str, None] = {}
+    for path, count in specs:
+        urls.update(dict.fromkeys(load_urls(path, count)))
+    return list(urls)
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     """Command-line options; every default lives here."""
     defaults = LMConfig()
     parser = argparse.ArgumentParser(
         prog="fedurl-export", description="Train the tokenizer and the tiny URL LM on a corpus and "
         "write a versioned model bundle (manifest, tokenizer, weights, infer.onnx, train_step.onnx).")
-    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS,
-                        help="text file with one URL or domain per line, or top-sites JSON "
-                             "(default: the npm package top-sites, 500 popular domains)")
+    parser.add_argument("--corpus", type=corpus_spec, action="append",
+                        help="text file with one URL or domain per line, or top-sites JSON; FILE:N takes "
+                             "its first N URLs; repeat to combine files (default: the npm package "
+                             "top-sites, 500 popular domains)")
     parser.add_argument("--out", type=Path, default=REPO / "bundles" / "default",
                         help="bundle directory to write (replaced atomically; default: bundles/default)")
     parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="sentencepiece pieces")
@@ -158,6 +180,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for pretraining")
     args = parser.parse_args(argv)
+    args.corpus = args.corpus or [(DEFAULT_CORPUS, None)]
     for name in ("vocab_size", "steps", "batch_size", "threads"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
@@ -167,16 +190,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     """Entry point of fedurl-export."""
     args = parse_args(argv)
+    name = "+".join(path.name + (f":{count}" if count else "") for path, count in args.corpus)
     try:
-        urls = load_urls(args.corpus, args.limit)
+        urls = read_corpora(args.corpus)[:args.limit]
     except FileNotFoundError as error:
         raise SystemExit(f"fedurl-export: {error}") from None
     if len(urls) < 10:
-        raise SystemExit(f"fedurl-export: {args.corpus} holds {len(urls)} usable URLs; need at least 10")
-    print(f"corpus: {len(urls)} URLs from {args.corpus}", file=sys.stderr)
+        raise SystemExit(f"fedurl-export: {name} holds {len(urls)} usable URLs; need at least 10")
+    print(f"corpus: {len(urls)} URLs from {name}", file=sys.stderr)
     steps = args.steps or default_steps(len(urls), args.batch_size)
     manifest = export_bundle(urls, args.out, LMConfig(vocab_size=args.vocab_size), steps, args.lr,
-                             args.batch_size, args.seed, args.corpus.name, args.threads)
+                             args.batch_size, args.seed, name, args.threads)
     sizes = ", ".join(f"{n} {e['bytes'] / 1e6:.2f} MB" for n, e in manifest["files"].items())
     print(f"wrote {args.out}: {manifest['training']['parameters']:,} parameters, "
           f"final loss {manifest['training']['final_loss']}, {manifest['training']['seconds']} s; {sizes}")

@@ -55,3 +55,18 @@ def test_eval_reports_a_bad_bundle(tmp_path, capsys):
 @pytest.mark.parametrize("urls, expected", [(500, 1000), (43_000, 2688), (1_000_000, 4000)])
 def test_default_steps_are_about_four_epochs_within_bounds(urls, expected):
     assert export.default_steps(urls, 64) == expected
+
+
+def test_several_corpora_combine_in_order_each_cut_to_its_count(tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text("https://www.A.com/x\nb.com\nc.com\n")
+    second.write_text("c.com\nd.com\ne.com\nf.com\n")
+    specs = [export.corpus_spec(str(first)), export.corpus_spec(f"{second}:2")]
+    assert specs[1] == (second, 2)
+    assert export.read_corpora(specs) == ["a.com/x", "b.com", "c.com", "d.com"]
+
+
+def test_a_zero_count_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        export.main(["--corpus", "urls.txt:0"])
+    assert "N must be positive" in capsys.readouterr().err
