@@ -43,12 +43,29 @@ def tiny_bundle(tmp_path_factory):
     return write_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle"))
 
 
+def pytest_generate_tests(metafunc):
+    """Run the tests of a module marked ``databases("sqlite", "postgresql")`` once per database."""
+    marker = metafunc.definition.get_closest_marker("databases")
+    if marker is not None and "database" in metafunc.fixturenames:
+        metafunc.parametrize("database", marker.args, indirect=True)
+
+
 @pytest.fixture
-def config(tiny_bundle, tmp_path):
-    """Settings of a test server: fresh data dir, small rounds, no deadline thread."""
-    return {"BUNDLE_DIR": str(tiny_bundle), "DATA_DIR": str(tmp_path / "data"), "MIN_CLIENTS": 3,
-            "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "WARNING",
-            "MAX_UPDATE_NORM": 10.0, "MAX_NUM_EXAMPLES": 1000}
+def database(request) -> str:
+    """Which database the test's server uses: sqlite (the default) or postgresql."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def config(tiny_bundle, tmp_path, database, request):
+    """Settings of a test server: fresh data dir (and a fresh PostgreSQL database when the test runs
+    on it), small rounds, no deadline thread."""
+    settings = {"BUNDLE_DIR": str(tiny_bundle), "DATA_DIR": str(tmp_path / "data"), "MIN_CLIENTS": 3,
+                "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "ADMIN_TOKEN": ADMIN_TOKEN,
+                "LOG_LEVEL": "WARNING", "MAX_UPDATE_NORM": 10.0, "MAX_NUM_EXAMPLES": 1000}
+    if database == "postgresql":
+        settings["DATABASE_URL"] = request.getfixturevalue("postgresql_url")
+    return settings
 
 
 @pytest.fixture
