@@ -65,7 +65,40 @@ def config(tiny_bundle, tmp_path, database, request):
                 "LOG_LEVEL": "WARNING", "MAX_UPDATE_NORM": 10.0, "MAX_NUM_EXAMPLES": 1000}
     if database == "postgresql":
         settings["DATABASE_URL"] = request.getfixturevalue("postgresql_url")
+        request.getfixturevalue("dispose_engines")
     return settings
+
+
+@pytest.fixture
+def another_database(database, request):
+    """Makes settings for one more empty database of the test's kind: {} on SQLite (each DATA_DIR has
+    its own file), a new DATABASE_URL on PostgreSQL."""
+    def make() -> dict:
+        if database != "postgresql":
+            return {}
+        cluster = request.getfixturevalue("postgresql_cluster")
+        name, url = cluster.database()
+        request.addfinalizer(lambda: cluster.drop(name))
+        return {"DATABASE_URL": url}
+
+    return make
+
+
+@pytest.fixture
+def dispose_engines(monkeypatch):
+    """Close the pooled connections of every engine the test's apps open, when the test ends (psycopg
+    warns about a connection left to the garbage collector, and warnings are errors here)."""
+    engines, create = [], db.create_engine
+
+    def tracked(url):
+        engine = create(url)
+        engines.append(engine)
+        return engine
+
+    monkeypatch.setattr(db, "create_engine", tracked)
+    yield
+    for engine in engines:
+        engine.dispose()
 
 
 @pytest.fixture
