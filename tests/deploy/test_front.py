@@ -11,6 +11,7 @@ import gzip
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -43,6 +44,16 @@ PAGE_FILES = {"/": ("index.html", "static/index.html"), "/static/main.js": ("mai
               "/ort/ort-wasm-simd-threaded.wasm": (f"{ORT}/ort-wasm-simd-threaded.wasm",
                                                    "ort/ort-wasm-simd-threaded.wasm"),
               "/ort/ort.wasm.min.mjs": (f"{ORT}/ort.wasm.min.mjs", "ort/ort.wasm.min.mjs")}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def nginx_installed():
+    """nginx is needed (`make nginx`): missing, it fails the run in CI and skips elsewhere."""
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").is_file():
+        message = "nginx not found (make nginx installs Debian's package)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
 
 
 class Deployment:
