@@ -5,8 +5,10 @@ PY := $(VENV)/bin/python
 BUNDLE ?= bundles/default
 HOST ?= 127.0.0.1
 PORT ?= 5000
+FRONT_PORT ?= 8080
+DATA_DIR ?= instance
 
-.PHONY: install demo bundle serve test lint bench chromium clean
+.PHONY: install demo prod bundle serve test lint bench chromium postgresql nginx clean
 
 install: $(VENV)/.installed web_client/node_modules/.installed
 
@@ -25,6 +27,14 @@ web_client/node_modules/.installed: web_client/package.json web_client/package-l
 chromium:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
+# The tests start a throwaway PostgreSQL from these binaries (tests/postgres.py); Debian keeps them off PATH.
+postgresql:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || deploy/apt-install postgresql
+
+# The front server of the production start (fedurl-deploy); the tests run it too.
+nginx:
+	@command -v nginx >/dev/null || test -x /usr/sbin/nginx || deploy/apt-install nginx
+
 $(BUNDLE)/manifest.json: | install
 	$(VENV)/bin/fedurl-export --out $(BUNDLE)
 
@@ -34,7 +44,11 @@ bundle: $(BUNDLE)/manifest.json
 demo: install bundle
 	FEDURL_MIN_CLIENTS=$${FEDURL_MIN_CLIENTS:-1} $(VENV)/bin/fedurl-serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
-test: install chromium
+# The production start: nginx on FRONT_PORT in front of the app (server/README.md, Production start).
+prod: install bundle nginx
+	$(VENV)/bin/fedurl-deploy --bundle $(BUNDLE) --data-dir $(DATA_DIR) --host $(HOST) --port $(FRONT_PORT)
+
+test: install chromium postgresql nginx
 	$(PY) -m pytest
 
 # Python: ruff (pycodestyle, pyflakes, isort, bugbear, pyupgrade, docstrings) and mypy on the

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from server import config as settings
 from server import db, errors, logs
@@ -55,6 +56,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["fedurl.tickets"] = OutstandingTickets(app.config["MAX_TICKETS_PER_ADDR"])
     app.extensions["fedurl.refusals"] = RefusalCounts()
 
+    if app.config["PROXY_HOPS"] > 0:  # behind nginx (fedurl-deploy): limits see the client, not the proxy
+        hops = app.config["PROXY_HOPS"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     errors.init_app(app)
     app.after_request(_isolate)
     from server import admin, api, web

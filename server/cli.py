@@ -167,9 +167,12 @@ def make_server(app, host: str, port: int, threads: int = 8):
     config = app.config
     # waitress buffers whole bodies before the app sees them; past twice the app's own limit it
     # refuses them itself (413, JSON via JsonErrorTask), below that the app answers 413.
+    # Behind a proxy (PROXY_HOPS > 0) X-Forwarded-For must reach the app's ProxyFix; waitress would
+    # otherwise strip it as untrusted.
     adj = Adjustments(host=host, port=port, threads=threads, connection_limit=config["CONNECTION_LIMIT"],
                       cleanup_interval=CLEANUP_INTERVAL_S, asyncore_use_poll=True,
-                      max_request_body_size=2 * config["MAX_CONTENT_LENGTH"])
+                      max_request_body_size=2 * config["MAX_CONTENT_LENGTH"],
+                      clear_untrusted_proxy_headers=config["PROXY_HOPS"] == 0)
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)
     socket_map: dict = {}

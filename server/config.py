@@ -79,6 +79,16 @@ SETTINGS: dict[str, Setting] = {
                                              "are not complete this long after its first byte"),
     "BODY_TIMEOUT_S": Setting(60.0, float, "fedurl-serve answers 408 and closes when a request's body is "
                                            "not complete this long after its headers"),
+    # A reverse proxy in front (fedurl-deploy sets PROXY_HOPS=1; its nginx reads the FRONT_ keys).
+    "PROXY_HOPS": Setting(0, int, "trusted proxies in front of the app: the client address is the one "
+                                  "they put in X-Forwarded-For (0: the connection's peer; never set it "
+                                  "when clients can reach the app directly)"),
+    "FRONT_CONNECTIONS_PER_ADDR": Setting(32, int, "fedurl-deploy: requests one client address may have "
+                                                   "in progress at once in nginx; more are 429"),
+    "FRONT_REQUESTS_PER_ADDR_PER_S": Setting(20.0, float, "fedurl-deploy: requests per second one client "
+                                                          "address may make through nginx, sustained"),
+    "FRONT_BURST": Setting(200, int, "fedurl-deploy: requests above that rate one address may make at once "
+                                     "(a first visit loads about 40 files)"),
 }
 
 
@@ -125,6 +135,11 @@ def check(config) -> None:
     for key in ("CONNECTION_LIMIT", "IDLE_TIMEOUT_S", "HEADER_TIMEOUT_S", "BODY_TIMEOUT_S"):
         if config[key] <= 0:
             raise ValueError(f"{key} must be positive")
+    for key in ("FRONT_CONNECTIONS_PER_ADDR", "FRONT_REQUESTS_PER_ADDR_PER_S", "FRONT_BURST"):
+        if config[key] <= 0:
+            raise ValueError(f"{key} must be positive")
+    if config["PROXY_HOPS"] < 0:
+        raise ValueError("PROXY_HOPS must be 0 or more")
     if config["MAX_TICKETS_PER_ADDR"] < 1:
         raise ValueError("MAX_TICKETS_PER_ADDR must be at least 1")
 

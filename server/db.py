@@ -21,10 +21,10 @@ import sqlalchemy as sa
 from flask import Flask, current_app
 from flask.cli import with_appcontext
 
+from server import migrations
 from server.schema import (
-    ADDED_COLUMNS,
     files,
-    metadata,
+    metadata,  # noqa: F401  (tests reach the tables as db.metadata)
     quarantine,
     rejections,
     rounds,
@@ -84,26 +84,26 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 def create_engine(url: str) -> sa.Engine:
-    """An engine for url, with the tables created if missing."""
-    if url.startswith("sqlite:///"):
-        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+    """An engine for url, its schema migrated to the newest revision (``server.migrations``).
+
+    ``postgresql://`` means psycopg 3 (the driver fedurl installs), not SQLAlchemy's default psycopg2.
+    """
+    parsed = sa.make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     else:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        engine = sa.create_engine(parsed, pool_pre_ping=True)
     init_schema(engine)
     return engine
 
 
 def init_schema(engine: sa.Engine) -> None:
-    """Create every missing table and add columns newer than an existing table (rows are kept)."""
-    metadata.create_all(engine)
-    inspector = sa.inspect(engine)
-    with engine.begin() as conn:
-        for table, column in ADDED_COLUMNS:
-            if column.name not in {c["name"] for c in inspector.get_columns(table.name)}:
-                kind = column.type.compile(engine.dialect)
-                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
+    """Create or upgrade the tables: Alembic's ``upgrade head`` (rows are kept)."""
+    migrations.upgrade(engine)
 
 
 @contextmanager
@@ -121,7 +121,7 @@ def get_engine(app: Flask | None = None) -> sa.Engine:
 @click.command("init-db")
 @with_appcontext
 def init_db_command() -> None:
-    """Create the tables if missing (the server also does this when it starts)."""
+    """Create or upgrade the tables to the newest migration (the server also does this when it starts)."""
     engine = get_engine()
     init_schema(engine)
     click.echo(f"database ready: {engine.url.render_as_string(hide_password=True)}")

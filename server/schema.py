@@ -1,6 +1,7 @@
 """The database schema: one SQLAlchemy Core table per kind of record, and nothing that runs SQL.
 
-``server.db`` opens the database, creates these tables and holds every statement over them.
+``server.db`` opens the database and holds every statement over them; ``server.migrations`` creates
+and changes them (a change here needs a migration there: server/migrations/README.md).
 """
 
 from __future__ import annotations
@@ -77,6 +78,3 @@ quarantine = sa.Table(  # what start-up refused to use: never silently deleted
     sa.Column("moved_to", sa.String(255), nullable=True),  # relative to DATA_DIR; NULL: nothing on disk
     sa.Column("record", sa.Text, nullable=True),  # the update's row as JSON
     sa.Column("at", sa.Float, nullable=False))
-
-# columns added after a release: (table, column); create_engine adds them to older databases
-ADDED_COLUMNS = [(updates, updates.c.sha256)]

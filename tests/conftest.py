@@ -60,3 +60,30 @@ def bundle_dir() -> Path:
             export_bundle(urls, path, LMConfig(), steps=TEST_BUNDLE_STEPS, lr=3e-3, batch_size=32,
                           seed=0, corpus_name=name)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgresql_cluster():
+    """A throwaway PostgreSQL server for the session (tests/postgres.py). Missing binaries fail the
+    run in CI (`make test` installs them) and skip the test elsewhere."""
+    import os
+
+    from tests.postgres import Cluster, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        message = "PostgreSQL binaries not found (make postgresql installs Debian's package)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    cluster = Cluster(bindir).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgresql_url(postgresql_cluster):
+    """URL of a new, empty PostgreSQL database, dropped after the test."""
+    name, url = postgresql_cluster.database()
+    yield url
+    postgresql_cluster.drop(name)

@@ -43,12 +43,62 @@ def tiny_bundle(tmp_path_factory):
     return write_tiny_bundle(tmp_path_factory.mktemp("tiny-bundle"))
 
 
+def pytest_generate_tests(metafunc):
+    """Run the tests of a module marked ``databases("sqlite", "postgresql")`` once per database."""
+    marker = metafunc.definition.get_closest_marker("databases")
+    if marker is not None and "database" in metafunc.fixturenames:
+        metafunc.parametrize("database", marker.args, indirect=True)
+
+
 @pytest.fixture
-def config(tiny_bundle, tmp_path):
-    """Settings of a test server: fresh data dir, small rounds, no deadline thread."""
-    return {"BUNDLE_DIR": str(tiny_bundle), "DATA_DIR": str(tmp_path / "data"), "MIN_CLIENTS": 3,
-            "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "WARNING",
-            "MAX_UPDATE_NORM": 10.0, "MAX_NUM_EXAMPLES": 1000}
+def database(request) -> str:
+    """Which database the test's server uses: sqlite (the default) or postgresql."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def config(tiny_bundle, tmp_path, database, request):
+    """Settings of a test server: fresh data dir (and a fresh PostgreSQL database when the test runs
+    on it), small rounds, no deadline thread."""
+    settings = {"BUNDLE_DIR": str(tiny_bundle), "DATA_DIR": str(tmp_path / "data"), "MIN_CLIENTS": 3,
+                "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "ADMIN_TOKEN": ADMIN_TOKEN,
+                "LOG_LEVEL": "WARNING", "MAX_UPDATE_NORM": 10.0, "MAX_NUM_EXAMPLES": 1000}
+    if database == "postgresql":
+        settings["DATABASE_URL"] = request.getfixturevalue("postgresql_url")
+        request.getfixturevalue("dispose_engines")
+    return settings
+
+
+@pytest.fixture
+def another_database(database, request):
+    """Makes settings for one more empty database of the test's kind: {} on SQLite (each DATA_DIR has
+    its own file), a new DATABASE_URL on PostgreSQL."""
+    def make() -> dict:
+        if database != "postgresql":
+            return {}
+        cluster = request.getfixturevalue("postgresql_cluster")
+        name, url = cluster.database()
+        request.addfinalizer(lambda: cluster.drop(name))
+        return {"DATABASE_URL": url}
+
+    return make
+
+
+@pytest.fixture
+def dispose_engines(monkeypatch):
+    """Close the pooled connections of every engine the test's apps open, when the test ends (psycopg
+    warns about a connection left to the garbage collector, and warnings are errors here)."""
+    engines, create = [], db.create_engine
+
+    def tracked(url):
+        engine = create(url)
+        engines.append(engine)
+        return engine
+
+    monkeypatch.setattr(db, "create_engine", tracked)
+    yield
+    for engine in engines:
+        engine.dispose()
 
 
 @pytest.fixture

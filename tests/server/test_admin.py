@@ -18,6 +18,8 @@ from server.app import create_app
 from server.config import redact_url
 from tests.server.conftest import ADMIN_TOKEN, small_delta, snapshot
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 REPO = Path(__file__).resolve().parents[2]
 
 ROUTES = [("GET", "/api/admin/status", None), ("POST", "/api/admin/close", None),

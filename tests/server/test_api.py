@@ -14,6 +14,8 @@ from formats.bundle import load_bundle
 from server.app import ISOLATION_HEADERS, create_app
 from tests.server.conftest import fetch, small_delta
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 
 @pytest.fixture
 def web_dir(tmp_path):

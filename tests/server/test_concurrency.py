@@ -6,11 +6,14 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 from client.protocol import FederatedClient
 from server.app import create_app
 from study.background import serving
 from tests.server.conftest import TINY_PARAMETERS
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 CLIENTS = 50
 

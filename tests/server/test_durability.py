@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from client.protocol import FederatedClient, ProtocolError
 from formats.bundle import load_bundle
@@ -21,16 +22,18 @@ REPO = Path(__file__).resolve().parents[2]
 PARAMETERS = {"embed.weight": (4, 3), "big.weight": (256, 512)}  # 512 KiB: uploads take a moment
 MIN_CLIENTS, KILLED_CLIENTS, KILL_AFTER = 40, 30, 8
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 
 class ServerProcess:
     """fedurl-serve in a subprocess on a free port; its JSON-lines log is drained by a thread."""
 
-    def __init__(self, bundle: Path, data_dir: Path):
+    def __init__(self, bundle: Path, data_dir: Path, db_url: str | None = None):
         env = {**os.environ, "FEDURL_MIN_CLIENTS": str(MIN_CLIENTS), "FEDURL_TICK_INTERVAL_S": "0",
                "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "100000", "FEDURL_MAX_UPDATE_NORM": "1000"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "--bundle", str(bundle), "--data-dir", str(data_dir),
-             "--port", "0", "--threads", "16"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+        command = [sys.executable, "-m", "server.cli", "--bundle", str(bundle), "--data-dir", str(data_dir),
+                   "--port", "0", "--threads", "16", *(["--db", db_url] if db_url else [])]
+        self.process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
         self.events: list[dict] = []
         self.listening = threading.Event()
         self.drain = threading.Thread(target=self._drain, daemon=True)
@@ -96,7 +99,7 @@ def upload_until_killed(server: ServerProcess, clients: list, tickets: list, del
         return set(acked)
 
 
-def test_sigkill_mid_round_keeps_every_acknowledged_update(tmp_path):
+def test_sigkill_mid_round_keeps_every_acknowledged_update(tmp_path, database, request):
     """Kill the server while uploads are in flight; after a restart every client that got 202 is
     already counted (a retry is refused as duplicate_client), and the round completes with the
     exact weighted mean of everything counted."""
@@ -104,14 +107,15 @@ def test_sigkill_mid_round_keeps_every_acknowledged_update(tmp_path):
     bundle = write_tiny_bundle(tmp_path / "bundle", PARAMETERS)
     v1 = load_bundle(bundle).load_weights()
     data_dir = tmp_path / "data"
-    server = ServerProcess(bundle, data_dir)
+    db_url = request.getfixturevalue("postgresql_url") if database == "postgresql" else None
+    server = ServerProcess(bundle, data_dir, db_url)
     try:
         clients = [FederatedClient(server.url, timeout=20) for _ in range(KILLED_CLIENTS)]
         tickets = [c.ticket() for c in clients]
         deltas = deltas_for(KILLED_CLIENTS, seed=1)
         # Execute: kill -9 mid-round, restart, retry everyone, then fill the round
         acknowledged = upload_until_killed(server, clients, tickets, deltas)
-        server = ServerProcess(bundle, data_dir)
+        server = ServerProcess(bundle, data_dir, db_url)
         counted = FederatedClient(server.url).status()["round"]["updates"]
         retried = {i: _retry(server.url, clients[i].client_id, deltas[i], 10 + i)
                    for i in range(KILLED_CLIENTS)}

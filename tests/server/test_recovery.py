@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from client.protocol import FederatedClient
 from server.app import create_app
 from tests.server.conftest import fetch, small_delta
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
 
 def upload(app, value: float, examples: int = 10) -> dict:
@@ -71,10 +74,16 @@ def test_a_new_database_url_refuses_to_start_and_keeps_every_version(config, tmp
 
 
 def test_a_deleted_database_file_refuses_to_start_and_keeps_every_version(config):
-    """The SQLite file deleted: same refusal, nothing on disk removed."""
+    """The database lost (the SQLite file deleted, PostgreSQL's tables dropped): same refusal,
+    nothing on disk removed."""
     three_versions(config)
     for path in Path(config["DATA_DIR"]).glob("fedurl.sqlite3*"):
         path.unlink()
+    if "DATABASE_URL" in config:
+        engine = sa.create_engine(config["DATABASE_URL"], poolclass=sa.NullPool)
+        tables = sa.MetaData()
+        tables.reflect(engine)
+        tables.drop_all(engine)
     with pytest.raises(RuntimeError, match="does not know"):
         create_app(config)
     assert versions_on_disk(config) == ["1", "2", "3"]

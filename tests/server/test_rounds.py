@@ -13,6 +13,8 @@ from server import db
 from server.app import create_app
 from tests.server.conftest import small_delta, snapshot
 
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
 
 def upload(client, value: float, examples: int = 10, ticket: dict | None = None, fed=None) -> dict:
     """One client uploads a constant delta; returns the 202 body."""
@@ -123,10 +125,10 @@ def test_crash_between_publish_and_record_is_swept_and_redone(config):
 
 
 @pytest.mark.parametrize("optimizer", ["fedavgm", "fedadam"])
-def test_optimizer_state_survives_restart(config, tmp_path, optimizer):
+def test_optimizer_state_survives_restart(config, tmp_path, optimizer, another_database):
     """Two rounds with a restart between them give the same weights as two rounds without."""
     def two_rounds(data_dir: Path, restart: bool) -> dict:
-        settings = {**config, "DATA_DIR": str(data_dir), "SERVER_OPTIMIZER": optimizer}
+        settings = {**config, "DATA_DIR": str(data_dir), "SERVER_OPTIMIZER": optimizer, **another_database()}
         app = create_app(settings)
         for value in (0.1, 0.2, 0.3):
             upload(app.test_client(), value)

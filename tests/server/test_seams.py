@@ -70,23 +70,26 @@ def test_an_unknown_aggregator_stops_the_start(config):
 
 def test_init_db_creates_the_schema(app):
     """`flask --app server.app init-db` creates every table on an empty database."""
-    # Prepare
+    # Prepare: every table gone, Alembic's alembic_version too
     engine = db.get_engine(app)
-    schema.metadata.drop_all(engine)
+    everything = sa.MetaData()
+    everything.reflect(engine)
+    everything.drop_all(engine)
     assert sa.inspect(engine).get_table_names() == []
     # Execute
     result = app.test_cli_runner().invoke(args=["init-db"])
     # Assert
     assert result.exit_code == 0 and "database ready" in result.output
-    assert set(sa.inspect(engine).get_table_names()) == set(schema.metadata.tables)
+    assert set(sa.inspect(engine).get_table_names()) == set(schema.metadata.tables) | {"alembic_version"}
 
 
 def test_only_db_runs_sql():
-    """db.py holds every statement; only it and schema.py import SQLAlchemy."""
-    sql_modules = {p.name for p in SERVER.glob("*.py") if "sqlalchemy" in imports(p)}
-    executing = {p.name for p in SERVER.glob("*.py") if ".execute(" in p.read_text()}
-    assert sql_modules == {"db.py", "schema.py"}
-    assert executing == {"db.py"}
+    """db.py holds every statement; only it, schema.py and the migrations (DDL) import SQLAlchemy."""
+    sources = {str(p.relative_to(SERVER)): p for p in SERVER.rglob("*.py")}
+    sql_modules = {name for name, p in sources.items() if imports(p) & {"sqlalchemy", "alembic"}}
+    executing = {name for name, p in sources.items() if ".execute(" in p.read_text()}
+    assert {name for name in sql_modules if not name.startswith("migrations/")} == {"db.py", "schema.py"}
+    assert {name for name in executing if not name.startswith("migrations/")} == {"db.py"}
 
 
 @pytest.mark.parametrize("module", ["rounds.py", "recovery.py", "strategies.py", "aggregate.py",
@@ -103,25 +106,3 @@ def test_every_refusal_has_an_http_status():
                if isinstance(c, type) and issubclass(c, refusals.Refused) and c is not refusals.Refused]
     assert sorted(c.__name__ for c in classes) == sorted(c.__name__ for c in STATUS)
     assert all(400 <= status < 500 for status in STATUS.values())
-
-
-def test_an_older_database_gains_the_new_columns(tmp_path):
-    """A database made before updates.sha256 existed gets the column on start; its rows stay."""
-    # Prepare: the updates table as it was, with one row
-    url = f"sqlite:///{tmp_path / 'old.sqlite3'}"
-    old = sa.MetaData()
-    columns = [sa.Column(c.name, c.type, primary_key=c.primary_key) for c in schema.updates.columns
-               if c.name != "sha256"]
-    sa.Table("updates", old, *columns)
-    engine = sa.create_engine(url)
-    old.create_all(engine)
-    with engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO updates VALUES "
-                             "(1, 1, 'client-01', 'k', 1, 0, 5, 5.0, 1.0, 0.5, 0.1, 0.0)"))
-    engine.dispose()
-    # Execute
-    engine = db.create_engine(url)
-    # Assert
-    assert "sha256" in {c["name"] for c in sa.inspect(engine).get_columns("updates")}
-    with db.transaction(engine) as conn:
-        assert db.round_updates(conn, 1) == [db.StoredUpdate("k", 5.0, None)]

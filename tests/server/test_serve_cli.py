@@ -6,7 +6,7 @@ from server import cli
 
 
 class Listening:
-    """waitress's server, minus the serving: it has a port and returns from run() at once."""
+    """make_server's waitress server, minus the serving: it has a port and returns from run() at once."""
 
     effective_port = 5123
 

@@ -1,0 +1,97 @@
+"""Alembic migrations: they build schema.py's tables, upgrade older databases, and fail loudly when
+schema.py gains a table that no migration creates (server/migrations/README.md)."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.script import ScriptDirectory
+
+from server import db, migrations, schema
+
+pytestmark = pytest.mark.databases("sqlite", "postgresql")
+
+
+def url_of(database, tmp_path, request) -> str:
+    """A new empty database of the given kind."""
+    if database == "postgresql":
+        return request.getfixturevalue("postgresql_url")
+    return f"sqlite:///{tmp_path / 'fedurl.sqlite3'}"
+
+
+def first_release_database(url: str) -> None:
+    """A database as the first release's ``create_all`` left it: no alembic_version, no sha256, no
+    quarantine table; one accepted update."""
+    old = sa.MetaData()
+    for table in schema.metadata.sorted_tables:
+        if table.name != "quarantine":
+            table.to_metadata(old)
+    updates = old.tables["updates"]
+    updates._columns.remove(updates.c.sha256)  # the table as it was
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    old.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(updates.insert().values(id=1, round_id=1, client_id="client-01", ticket_digest="k",
+                                             base_version=1, staleness=0, num_examples=5, weight=5.0,
+                                             loss_before=1.0, loss_after=0.5, norm=0.1, received_at=0.0))
+    engine.dispose()
+
+
+def test_the_migrations_build_schema_py(database, tmp_path, request):
+    """upgrade head on an empty database gives exactly schema.py's tables: autogenerate finds nothing."""
+    engine = db.create_engine(url_of(database, tmp_path, request))
+    with engine.connect() as conn:
+        assert migrations.differences(conn) == []
+    head = ScriptDirectory.from_config(migrations.config()).get_current_head()
+    assert migrations.current_revision(engine) == head
+    engine.dispose()
+
+
+def test_a_table_without_a_migration_is_found(database, tmp_path, request):
+    """A table added to schema.py but to no migration shows up as a difference (so the test above fails)."""
+    engine = db.create_engine(url_of(database, tmp_path, request))
+    newer = sa.MetaData()
+    for table in schema.metadata.sorted_tables:
+        table.to_metadata(newer)
+    sa.Table("checkins", newer, sa.Column("id", sa.Integer, primary_key=True))
+    with engine.connect() as conn:
+        found = migrations.differences(conn, newer)
+    assert [(kind, table.name) for kind, table in found] == [("add_table", "checkins")]
+    engine.dispose()
+
+
+def test_a_first_release_database_is_upgraded(database, tmp_path, request):
+    """A database made before migrations (no updates.sha256, no quarantine) gains both on start; its
+    rows stay, and it is then at head like a new one."""
+    url = url_of(database, tmp_path, request)
+    first_release_database(url)
+    engine = db.create_engine(url)
+    with engine.connect() as conn:
+        assert migrations.differences(conn) == []
+    with db.transaction(engine) as conn:
+        assert db.round_updates(conn, 1) == [db.StoredUpdate("k", 5.0, None)]
+        assert db.quarantined_count(conn) == 0
+    engine.dispose()
+
+
+def test_a_database_of_the_previous_release_is_adopted(database, tmp_path, request):
+    """A pre-Alembic database that already had sha256 and quarantine (create_all of today's schema)
+    is stamped at 0002, not migrated again."""
+    url = url_of(database, tmp_path, request)
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    schema.metadata.create_all(engine)
+    engine.dispose()
+    engine = db.create_engine(url)
+    assert migrations.current_revision(engine) == migrations.CHECKSUMS
+    engine.dispose()
+
+
+def test_upgrade_twice_changes_nothing_and_downgrade_undoes_it(database, tmp_path, request):
+    """Every start runs upgrade head: the second is a no-op; base removes every table."""
+    engine = db.create_engine(url_of(database, tmp_path, request))
+    migrations.upgrade(engine)
+    with engine.begin() as conn:
+        command.downgrade(migrations.config(conn), "base")
+    assert set(sa.inspect(engine).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
