@@ -1,4 +1,4 @@
-"""fedurl-eval: how good are a bundle's suggestions, next to the frequency trie every browser has.
+"""fedurl-eval: how good are a bundle's suggestions, next to a character 8-gram and a frequency trie.
 
 Metrics on held-out URLs (canonical form, see formats/urls.py):
 - next-piece top-1 / top-3 accuracy and perplexity, teacher-forced over BOS + pieces + EOS;
@@ -6,6 +6,10 @@ Metrics on held-out URLs (canonical form, see formats/urls.py):
   top-k suggestion ``c`` with ``target.startswith(c)`` and ``len(c) > len(typed)`` exists, accept the
   longest such one for one keystroke, else type the next character for one keystroke;
   KSR = 1 - keystrokes / len(target).
+
+Baselines, both built from ``--train``: ``8-gram``, the classic character LM yardstick
+(``runtime/ngram.py``: order 8, stupid backoff 0.4, beam 6, suggestions ending at the same
+boundaries as the model's), and ``trie``, the autofill every browser has (known URLs only).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tqdm import tqdm
 from formats.bundle import Bundle, BundleError, load_bundle
 from formats.urls import read_corpus
 from runtime.complete import Completer
+from runtime.ngram import CharNgramLM
 from runtime.session import open_session, open_tokenizer
 from runtime.trainer import encode_rows
 
@@ -94,7 +99,7 @@ def next_token_metrics(bundle: Bundle, weights: dict, urls: list[str], batch: in
 
 
 def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limit: int) -> dict:
-    """Model and trie rows of the report table."""
+    """Model, 8-gram and trie rows of the report table."""
     bundle = load_bundle(bundle_dir)
     completer = Completer(bundle_dir)
     ksr_urls = urls[:ksr_limit]
@@ -102,6 +107,9 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
         bundle, completer.weights, urls)}
     report["model"]["ksr@3"] = keystroke_savings(ksr_urls, lambda p: completer.complete(p, 3), 3, True)
     if train_urls is not None:
+        ngram = CharNgramLM(train_urls)
+        report["8-gram"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: ngram.complete(p, 3), 3, True),
+                            "order": ngram.order, "alpha": ngram.alpha, "beam": ngram.beam_width}
         trie = FrequencyTrie(train_urls)
         report["trie"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: trie.complete(p, 3), 3),
                           "known_urls": len(trie.urls)}
@@ -113,8 +121,9 @@ def format_table(report: dict) -> str:
     lines = [f"{'':8} {'top-1':>7} {'top-3':>7} {'ppl':>8} {'KSR@3':>7}"]
     m = report["model"]
     lines.append(f"{'model':8} {m['top1']:7.3f} {m['top3']:7.3f} {m['perplexity']:8.2f} {m['ksr@3']:7.3f}")
-    if "trie" in report:
-        lines.append(f"{'trie':8} {'-':>7} {'-':>7} {'-':>8} {report['trie']['ksr@3']:7.3f}")
+    for name in ("8-gram", "trie"):
+        if name in report:
+            lines.append(f"{name:8} {'-':>7} {'-':>7} {'-':>8} {report[name]['ksr@3']:7.3f}")
     lines.append(f"({report['urls']} URLs, {m['tokens']} pieces; KSR on the first {report['ksr_urls']})")
     return "\n".join(lines)
 
@@ -123,10 +132,12 @@ def main(argv=None) -> None:
     """Entry point of fedurl-eval."""
     parser = argparse.ArgumentParser(
         prog="fedurl-eval", description="Score a bundle on held-out URLs: next-piece accuracy, "
-        "perplexity and keystroke savings (KSR@3), next to a frequency trie of the training URLs.")
+        "perplexity and keystroke savings (KSR@3), next to a character 8-gram and a frequency trie "
+        "of the training URLs.")
     parser.add_argument("--bundle", type=Path, required=True, help="bundle directory")
     parser.add_argument("--urls", type=Path, required=True, help="held-out URLs, one per line")
-    parser.add_argument("--train", type=Path, help="training URLs for the trie baseline (omit: no baseline)")
+    parser.add_argument("--train", type=Path,
+                        help="training URLs for the 8-gram and trie baselines (omit: no baselines)")
     parser.add_argument("--ksr-limit", type=int, default=500, help="URLs to simulate typing on (slow part)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
