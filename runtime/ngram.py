@@ -29,7 +29,9 @@ token healing: a character never spans the cut).
    candidates (no other could be taken). Candidates are walked best first, ties by beam index,
    then symbol (code point). A candidate *finishes* on EOS once text was generated, or on "/" or
    "?" at position >= 1 of the generated text: the suggestion is the text before it (end of the
-   host or of a path segment). Finished texts merge by adding scores. The walk stops once
+   host or of a path segment), unless ``runtime.complete.junk`` refuses it (a repeated TLD, a
+   TLD right after "/"); a live beam that can only end as junk is dropped. Finished texts merge
+   by adding scores. The walk stops once
    ``beam_width`` live beams are taken.
 3. Stop when no beam is live, after ``max_chars`` steps, or when k suggestions have finished and
    the best live beam scores below the k-th. Return the top k by score, ties by text (code points),
@@ -44,6 +46,7 @@ import math
 from collections.abc import Iterable
 
 from formats.urls import split_typed
+from runtime.complete import junk
 
 BOS = "\x02"
 EOS = "\x03"
@@ -144,8 +147,10 @@ class CharNgramLM:
             for score, b, x in candidates:
                 text = beams[b][1]
                 if x == EOS or (x in BOUNDARY_CHARS and text):
-                    if text:
+                    if text and not junk(canonical, text):
                         finished[text] = finished.get(text, 0.0) + score
+                    continue
+                if junk(canonical, text + x, finished=False):
                     continue
                 chosen.append((score, text + x))
                 if len(chosen) == self.beam_width:
