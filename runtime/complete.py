@@ -70,6 +70,11 @@ def _ends_in_generic_tld(host: str) -> bool:
     return "." in host and host.rsplit(".", 1)[1] in GENERIC_TLDS
 
 
+def _two_letters(label: str) -> bool:
+    """Whether label is two ASCII letters (a country-code TLD's shape)."""
+    return len(label) == 2 and label.isascii() and label.isalpha()
+
+
 def junk(canonical: str, text: str, finished: bool = True) -> bool:
     """Whether the suggestion canonical + text is junk that no completer shows (completer.js: junk).
 
@@ -99,7 +104,7 @@ def junk(canonical: str, text: str, finished: bool = True) -> bool:
     for i, label in enumerate(labels[:-1]):
         dot = position + len(label)  # the "." after this label
         if finished and i > 0 and label in GENERIC_TLDS and dot >= start \
-                and not (i == len(labels) - 2 and len(labels[-1]) == 2):
+                and not (i == len(labels) - 2 and _two_letters(labels[-1])):
             return True
         position = dot + 1
     query = full.find("?", host_end)
@@ -173,6 +178,10 @@ class Completer:
 
     def complete(self, typed: str, k: int = 5) -> list[str]:
         """Up to k suggestions, best first, each starting with ``typed``."""
+        return [text for text, _ in self.complete_scored(typed, k)]
+
+    def complete_scored(self, typed: str, k: int = 5) -> list[tuple[str, float]]:
+        """Like complete, with each suggestion's log-probability (what ``runtime.ngram.mix`` weighs)."""
         if k <= 0:
             return []
         fill, canonical = split_typed(typed)
@@ -182,9 +191,9 @@ class Completer:
         finished = self._search(_Beam(0.0, log_probs, state, b"", pending), k, canonical.encode("utf-8"))
         ranked = sorted(finished.items(), key=lambda item: (-item[1], item[0]))
         suggestions = []
-        for text, _ in ranked:
+        for text, score in ranked:
             try:
-                suggestions.append(typed + fill + text.decode("utf-8"))
+                suggestions.append((typed + fill + text.decode("utf-8"), score))
             except UnicodeDecodeError:
                 continue
             if len(suggestions) == k:

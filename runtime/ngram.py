@@ -46,7 +46,7 @@ import math
 from collections.abc import Iterable
 
 from formats.urls import split_typed
-from runtime.complete import junk
+from runtime.complete import Completer, junk
 
 BOS = "\x02"
 EOS = "\x03"
@@ -179,3 +179,21 @@ def mix(model: list[tuple[str, float]], personal: list[tuple[str, float]], k: in
     for text, s in personal:
         score[text] = score.get(text, 0.0) + (1 - weight) * s
     return [text for text, _ in sorted(score.items(), key=lambda item: (-item[1], item[0]))[:k]]
+
+
+class PersonalCompleter:
+    """The model's suggestions mixed with a personal n-gram of the user's visits, as the page
+    mixes them (client.js; the page then puts up to two visited URLs first, history_index.js).
+    """
+
+    def __init__(self, completer: Completer, urls: Iterable[str] = (), weight: float = PERSONAL_WEIGHT):
+        self.completer, self.ngram, self.weight = completer, CharNgramLM(urls), weight
+
+    def add(self, url: str) -> None:
+        """One more visited canonical URL."""
+        self.ngram.add(url)
+
+    def complete(self, typed: str, k: int = 5) -> list[str]:
+        """Up to k suggestions, best first (``mix`` of the model's k and the n-gram's k)."""
+        model = self.completer.complete_scored(typed, k)
+        return mix(model, self.ngram.complete_scored(typed, k), k, self.weight)

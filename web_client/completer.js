@@ -43,7 +43,7 @@ export function junk(canonical, text, finished = true) {
   for (let i = 0; i < labels.length - 1; i++) {
     const dot = position + labels[i].length; // the "." after this label
     if (finished && i > 0 && GENERIC_TLDS.has(labels[i]) && dot >= start
-        && !(i === labels.length - 2 && labels[labels.length - 1].length === 2)) return true;
+        && !(i === labels.length - 2 && /^[A-Za-z]{2}$/.test(labels[labels.length - 1]))) return true;
     position = dot + 1;
   }
   const query = full.indexOf("?", hostEnd);
@@ -174,6 +174,14 @@ export class Completer {
 
   /** Up to k suggestions, best first, each starting with `typed`. */
   async complete(typed, k) {
+    return (await this.completeScored(typed, k)).map(([text]) => text);
+  }
+
+  /**
+   * Like complete, with each suggestion's log-probability (what ngram.js mixSuggestions weighs).
+   * @returns {Promise<Array<[string, number]>>}
+   */
+  async completeScored(typed, k) {
     if (k <= 0) return [];
     const { fill, canonical } = splitTyped(typed);
     const { ids, pending } = this.heal(canonical ? this.tokenizer.encode(canonical) : []);
@@ -181,11 +189,12 @@ export class Completer {
     const prefix = String.fromCharCode(...utf8Encoder.encode(canonical)); // bytes, one char each
     const finished = await this.search({ score: 0, logProbs, state, text: "", pending }, k, prefix);
     const ranked = [...finished].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    /** @type {Array<[string, number]>} */
     const suggestions = [];
-    for (const [text] of ranked) {
+    for (const [text, score] of ranked) {
       const decoded = decodeBytes(text);
       if (decoded === null) continue;
-      suggestions.push(typed + fill + decoded);
+      suggestions.push([typed + fill + decoded, score]);
       if (suggestions.length === k) break;
     }
     return suggestions;
