@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import functools
 import heapq
 import json
+import random
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -30,7 +32,7 @@ from tqdm import tqdm
 from formats.bundle import Bundle, BundleError, load_bundle
 from formats.urls import read_corpus
 from runtime.complete import Completer
-from runtime.ngram import CharNgramLM
+from runtime.ngram import CharNgramLM, PersonalCompleter
 from runtime.session import open_session, open_tokenizer
 from runtime.trainer import encode_rows
 
@@ -116,6 +118,28 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
     return report
 
 
+def personalization(completer: Completer, urls: list[str], hosts: int, history: int = 8, later: int = 15,
+                    seed: int = 0) -> dict:
+    """KSR@3 for a user who visited ``history`` URLs of a host, typing ``later`` other URLs of it:
+    the model alone, and mixed with the personal n-gram of those visits (what the page shows).
+    Hosts are drawn (seeded) among those of ``urls`` with enough URLs.
+    """
+    by_host: dict[str, list[str]] = {}
+    for url in urls:
+        by_host.setdefault(url.split("/", 1)[0].split("?", 1)[0], []).append(url)
+    rng = random.Random(seed)
+    eligible = sorted(h for h, found in by_host.items() if len(found) >= history + later)
+    rows = {}
+    for host in rng.sample(eligible, min(hosts, len(eligible))):
+        found = rng.sample(by_host[host], history + later)
+        mixed = PersonalCompleter(completer, found[:history])
+        targets = found[history:]
+        rows[host] = {"model": keystroke_savings(targets, lambda p: completer.complete(p, 3), 3),
+                      "personal": keystroke_savings(targets, functools.partial(mixed.complete, k=3), 3)}
+    mean = {key: sum(r[key] for r in rows.values()) / max(len(rows), 1) for key in ("model", "personal")}
+    return {"hosts": rows, "mean": mean, "history": history, "later": later}
+
+
 def format_table(report: dict) -> str:
     """The report as an aligned text table."""
     lines = [f"{'':8} {'top-1':>7} {'top-3':>7} {'ppl':>8} {'KSR@3':>7}"]
@@ -125,6 +149,11 @@ def format_table(report: dict) -> str:
         if name in report:
             lines.append(f"{name:8} {'-':>7} {'-':>7} {'-':>8} {report[name]['ksr@3']:7.3f}")
     lines.append(f"({report['urls']} URLs, {m['tokens']} pieces; KSR on the first {report['ksr_urls']})")
+    if "personal" in report:
+        p = report["personal"]
+        lines.append(f"personal n-gram, {len(p['hosts'])} hosts x ({p['history']} visited, "
+                     f"{p['later']} typed): KSR@3 model {p['mean']['model']:.3f}, "
+                     f"model + personal n-gram {p['mean']['personal']:.3f}")
     return "\n".join(lines)
 
 
@@ -139,6 +168,9 @@ def main(argv=None) -> None:
     parser.add_argument("--train", type=Path,
                         help="training URLs for the 8-gram and trie baselines (omit: no baselines)")
     parser.add_argument("--ksr-limit", type=int, default=500, help="URLs to simulate typing on (slow part)")
+    parser.add_argument("--personal-hosts", type=int, default=0,
+                        help="also measure the personal n-gram on this many hosts of --urls "
+                        "(8 URLs visited, 15 others typed)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     for path in (args.urls, args.train):
@@ -149,6 +181,8 @@ def main(argv=None) -> None:
         parser.error(f"{args.urls} holds no usable URLs")
     try:
         report = evaluate(args.bundle, urls, read_corpus(args.train) if args.train else None, args.ksr_limit)
+        if args.personal_hosts:
+            report["personal"] = personalization(Completer(args.bundle), urls, args.personal_hosts)
     except BundleError as exc:
         raise SystemExit(f"fedurl-eval: {exc}") from None
     print(json.dumps(report, indent=2) if args.json else format_table(report))
