@@ -15,8 +15,10 @@ web_client/completer.js implements exactly this algorithm; keep the two in step.
    candidates are sorted by score, ties by (beam index, piece id). Walking that order, a candidate
    *finishes* when it emits EOS, or when its new text holds a boundary byte ("/" or "?") at
    position >= 1 of the generated text: the suggestion is the text before that boundary, so
-   suggestions stop at the end of the host or of the path segment. Finished candidates with
-   the same text merge (log-sum-exp). The walk stops once ``beam_width`` live beams are taken.
+   suggestions stop at the end of the host or of the path segment. A finished candidate that
+   ``junk`` refuses is dropped, and so is a live one that can only end as junk. Finished
+   candidates with the same text merge (log-sum-exp).
+   The walk stops once ``beam_width`` live beams are taken.
 4. Stop when no beam is live, after ``max_steps`` steps, or when ``k`` suggestions are finished
    and the best live beam scores below the k-th. Return the top k by score, ties by text;
    a suggestion is ``typed + fill + generated text``. Non-UTF-8 suggestions are dropped.
@@ -35,6 +37,9 @@ from formats.urls import split_typed
 from runtime.session import open_session, open_tokenizer
 
 BOUNDARY_BYTES = b"/?"
+# Top-level domains that are never a second-level label before another one ("x.com.com" is junk,
+# "x.com.br" is not): the original generic TLDs plus info and biz.
+GENERIC_TLDS = frozenset({"com", "net", "org", "edu", "gov", "mil", "int", "info", "biz"})
 BEAM_WIDTH = 8
 MAX_STEPS = 16
 CONTEXT_CACHE_SIZE = 256
@@ -53,6 +58,64 @@ def _log_add(a: float, b: float) -> float:
     """log(exp(a) + exp(b)) without overflow."""
     high, low = (a, b) if a >= b else (b, a)
     return high + math.log1p(math.exp(low - high))
+
+
+def _junk_bytes(prefix: bytes, text: bytes, finished: bool = True) -> bool:
+    """The junk rule over byte strings, one char per byte (the rules look at ASCII only)."""
+    return junk(prefix.decode("latin-1"), text.decode("latin-1"), finished)
+
+
+def _ends_in_generic_tld(host: str) -> bool:
+    """Whether the last dot-separated label of host is one of GENERIC_TLDS (and host has a dot)."""
+    return "." in host and host.rsplit(".", 1)[1] in GENERIC_TLDS
+
+
+def _two_letters(label: str) -> bool:
+    """Whether label is two ASCII letters (a country-code TLD's shape)."""
+    return len(label) == 2 and label.isascii() and label.isalpha()
+
+
+def junk(canonical: str, text: str, finished: bool = True) -> bool:
+    """Whether the suggestion canonical + text is junk that no completer shows (completer.js: junk).
+
+    Only what was generated can be junk, so each rule needs its offending character in ``text``.
+    A generic TLD is one of GENERIC_TLDS; a label is a dot-separated part of the host.
+    1. After a complete typed host only a path may follow: canonical is a bare host ending in a
+       generic TLD and text goes on with the host (``github.com`` -> ``github.com.br``,
+       ``google.coma.com``; type the "." for ``google.com.br``).
+    2. No generic TLD inside a host: a generic-TLD label that is neither the host's first nor its
+       last label, unless a two-letter last label follows it (``google.com.com``,
+       ``google.com.google.com`` are junk; ``google.com.br``, ``bbc.co.uk``, ``info.cern.ch`` are not).
+    3. No TLD in the path: a path segment that starts with "." or ends in "." and a generic TLD
+       (``github.com/.net``, ``en.wikipedia.org/a.org``, ``/wikipedia.org``); text after "?" is
+       not looked at (``share?u=x.com`` is fine).
+    Rule 1 and rule 3's first half hold for every extension of text too, so a live beam is
+    dropped as soon as they do (``finished=False`` checks only those); the rest judge finished text.
+    The rules look only at ASCII characters, so a byte string (one char per byte, as the model's
+    completers hold text) and a code-point string give the same answer.
+    """
+    full, start = canonical + text, len(canonical)
+    ends = [i for i in (full.find("/"), full.find("?")) if i >= 0]
+    host_end = min(ends) if ends else len(full)
+    if start <= host_end and text[:1] not in ("", "/", "?") and _ends_in_generic_tld(canonical):
+        return True
+    labels = full[:host_end].split(".")
+    position = 0  # where the current label starts
+    for i, label in enumerate(labels[:-1]):
+        dot = position + len(label)  # the "." after this label
+        if finished and i > 0 and label in GENERIC_TLDS and dot >= start \
+                and not (i == len(labels) - 2 and _two_letters(labels[-1])):
+            return True
+        position = dot + 1
+    query = full.find("?", host_end)
+    position = host_end + 1  # where the current path segment starts
+    for segment in full[host_end:len(full) if query < 0 else query].split("/")[1:]:
+        if segment.startswith(".") and position >= start:
+            return True
+        if finished and _ends_in_generic_tld(segment) and position + segment.rfind(".") >= start:
+            return True
+        position += len(segment) + 1
+    return False
 
 
 class Completer:
@@ -115,25 +178,29 @@ class Completer:
 
     def complete(self, typed: str, k: int = 5) -> list[str]:
         """Up to k suggestions, best first, each starting with ``typed``."""
+        return [text for text, _ in self.complete_scored(typed, k)]
+
+    def complete_scored(self, typed: str, k: int = 5) -> list[tuple[str, float]]:
+        """Like complete, with each suggestion's log-probability (what ``runtime.ngram.mix`` weighs)."""
         if k <= 0:
             return []
         fill, canonical = split_typed(typed)
         ids = self.tokenizer.encode(canonical) if canonical else []
         ids, pending = self.heal(ids)
         log_probs, state = self.context(ids)
-        finished = self._search(_Beam(0.0, log_probs, state, b"", pending), k)
+        finished = self._search(_Beam(0.0, log_probs, state, b"", pending), k, canonical.encode("utf-8"))
         ranked = sorted(finished.items(), key=lambda item: (-item[1], item[0]))
         suggestions = []
-        for text, _ in ranked:
+        for text, score in ranked:
             try:
-                suggestions.append(typed + fill + text.decode("utf-8"))
+                suggestions.append((typed + fill + text.decode("utf-8"), score))
             except UnicodeDecodeError:
                 continue
             if len(suggestions) == k:
                 break
         return suggestions
 
-    def _search(self, root: _Beam, k: int) -> dict[bytes, float]:
+    def _search(self, root: _Beam, k: int, prefix: bytes) -> dict[bytes, float]:
         """The beam search of step 3-4 in the module docstring; returns text -> log-prob."""
         beams = [root]
         finished: dict[bytes, float] = {}
@@ -147,7 +214,7 @@ class Completer:
                 score = scores[beam_index, piece]
                 if score == -np.inf:
                     break
-                outcome = self._extend(beams[beam_index], piece)
+                outcome = self._extend(beams[beam_index], piece, prefix)
                 if outcome is None:
                     continue
                 text, pending, done = outcome
@@ -164,10 +231,12 @@ class Completer:
                 break
         return finished
 
-    def _extend(self, beam: _Beam, piece: int) -> tuple[bytes, bytes, bool] | None:
+    def _extend(self, beam: _Beam, piece: int, prefix: bytes) -> tuple[bytes, bytes, bool] | None:
         """(text, pending, finished) after appending piece to beam, or None if not allowed."""
         if piece == self.eos_id:
-            return (beam.text, b"", True) if not beam.pending and beam.text else None
+            if beam.pending or not beam.text or _junk_bytes(prefix, beam.text):
+                return None
+            return beam.text, b"", True
         piece_bytes = self.tokenizer.piece_bytes[piece]
         if beam.pending:
             if piece_bytes.startswith(beam.pending):
@@ -181,8 +250,8 @@ class Completer:
         text = beam.text + new
         for position in range(max(1, len(beam.text)), len(text)):
             if text[position] in BOUNDARY_BYTES:
-                return text[:position], b"", True
-        return text, b"", False
+                return None if _junk_bytes(prefix, text[:position]) else (text[:position], b"", True)
+        return None if _junk_bytes(prefix, text, finished=False) else (text, b"", False)
 
     def _advance(self, beams: list[_Beam], chosen: list[tuple]) -> list[_Beam]:
         """Run one batched infer step for the chosen (beam, piece) pairs."""

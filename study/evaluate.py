@@ -1,4 +1,4 @@
-"""fedurl-eval: how good are a bundle's suggestions, next to the frequency trie every browser has.
+"""fedurl-eval: how good are a bundle's suggestions, next to a character 8-gram and a frequency trie.
 
 Metrics on held-out URLs (canonical form, see formats/urls.py):
 - next-piece top-1 / top-3 accuracy and perplexity, teacher-forced over BOS + pieces + EOS;
@@ -6,14 +6,20 @@ Metrics on held-out URLs (canonical form, see formats/urls.py):
   top-k suggestion ``c`` with ``target.startswith(c)`` and ``len(c) > len(typed)`` exists, accept the
   longest such one for one keystroke, else type the next character for one keystroke;
   KSR = 1 - keystrokes / len(target).
+
+Baselines, both built from ``--train``: ``8-gram``, the classic character LM yardstick
+(``runtime/ngram.py``: order 8, stupid backoff 0.4, beam 6, suggestions ending at the same
+boundaries as the model's), and ``trie``, the autofill every browser has (known URLs only).
 """
 
 from __future__ import annotations
 
 import argparse
 import bisect
+import functools
 import heapq
 import json
+import random
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -26,6 +32,7 @@ from tqdm import tqdm
 from formats.bundle import Bundle, BundleError, load_bundle
 from formats.urls import read_corpus
 from runtime.complete import Completer
+from runtime.ngram import CharNgramLM, PersonalCompleter
 from runtime.session import open_session, open_tokenizer
 from runtime.trainer import encode_rows
 
@@ -94,7 +101,7 @@ def next_token_metrics(bundle: Bundle, weights: dict, urls: list[str], batch: in
 
 
 def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limit: int) -> dict:
-    """Model and trie rows of the report table."""
+    """Model, 8-gram and trie rows of the report table."""
     bundle = load_bundle(bundle_dir)
     completer = Completer(bundle_dir)
     ksr_urls = urls[:ksr_limit]
@@ -102,10 +109,35 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
         bundle, completer.weights, urls)}
     report["model"]["ksr@3"] = keystroke_savings(ksr_urls, lambda p: completer.complete(p, 3), 3, True)
     if train_urls is not None:
+        ngram = CharNgramLM(train_urls)
+        report["8-gram"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: ngram.complete(p, 3), 3, True),
+                            "order": ngram.order, "alpha": ngram.alpha, "beam": ngram.beam_width}
         trie = FrequencyTrie(train_urls)
         report["trie"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: trie.complete(p, 3), 3),
                           "known_urls": len(trie.urls)}
     return report
+
+
+def personalization(completer: Completer, urls: list[str], hosts: int, history: int = 8, later: int = 15,
+                    seed: int = 0) -> dict:
+    """KSR@3 for a user who visited ``history`` URLs of a host, typing ``later`` other URLs of it:
+    the model alone, and mixed with the personal n-gram of those visits (what the page shows).
+    Hosts are drawn (seeded) among those of ``urls`` with enough URLs.
+    """
+    by_host: dict[str, list[str]] = {}
+    for url in urls:
+        by_host.setdefault(url.split("/", 1)[0].split("?", 1)[0], []).append(url)
+    rng = random.Random(seed)
+    eligible = sorted(h for h, found in by_host.items() if len(found) >= history + later)
+    rows = {}
+    for host in rng.sample(eligible, min(hosts, len(eligible))):
+        found = rng.sample(by_host[host], history + later)
+        mixed = PersonalCompleter(completer, found[:history])
+        targets = found[history:]
+        rows[host] = {"model": keystroke_savings(targets, lambda p: completer.complete(p, 3), 3),
+                      "personal": keystroke_savings(targets, functools.partial(mixed.complete, k=3), 3)}
+    mean = {key: sum(r[key] for r in rows.values()) / max(len(rows), 1) for key in ("model", "personal")}
+    return {"hosts": rows, "mean": mean, "history": history, "later": later}
 
 
 def format_table(report: dict) -> str:
@@ -113,9 +145,15 @@ def format_table(report: dict) -> str:
     lines = [f"{'':8} {'top-1':>7} {'top-3':>7} {'ppl':>8} {'KSR@3':>7}"]
     m = report["model"]
     lines.append(f"{'model':8} {m['top1']:7.3f} {m['top3']:7.3f} {m['perplexity']:8.2f} {m['ksr@3']:7.3f}")
-    if "trie" in report:
-        lines.append(f"{'trie':8} {'-':>7} {'-':>7} {'-':>8} {report['trie']['ksr@3']:7.3f}")
+    for name in ("8-gram", "trie"):
+        if name in report:
+            lines.append(f"{name:8} {'-':>7} {'-':>7} {'-':>8} {report[name]['ksr@3']:7.3f}")
     lines.append(f"({report['urls']} URLs, {m['tokens']} pieces; KSR on the first {report['ksr_urls']})")
+    if "personal" in report:
+        p = report["personal"]
+        lines.append(f"personal n-gram, {len(p['hosts'])} hosts x ({p['history']} visited, "
+                     f"{p['later']} typed): KSR@3 model {p['mean']['model']:.3f}, "
+                     f"model + personal n-gram {p['mean']['personal']:.3f}")
     return "\n".join(lines)
 
 
@@ -123,11 +161,16 @@ def main(argv=None) -> None:
     """Entry point of fedurl-eval."""
     parser = argparse.ArgumentParser(
         prog="fedurl-eval", description="Score a bundle on held-out URLs: next-piece accuracy, "
-        "perplexity and keystroke savings (KSR@3), next to a frequency trie of the training URLs.")
+        "perplexity and keystroke savings (KSR@3), next to a character 8-gram and a frequency trie "
+        "of the training URLs.")
     parser.add_argument("--bundle", type=Path, required=True, help="bundle directory")
     parser.add_argument("--urls", type=Path, required=True, help="held-out URLs, one per line")
-    parser.add_argument("--train", type=Path, help="training URLs for the trie baseline (omit: no baseline)")
+    parser.add_argument("--train", type=Path,
+                        help="training URLs for the 8-gram and trie baselines (omit: no baselines)")
     parser.add_argument("--ksr-limit", type=int, default=500, help="URLs to simulate typing on (slow part)")
+    parser.add_argument("--personal-hosts", type=int, default=0,
+                        help="also measure the personal n-gram on this many hosts of --urls "
+                        "(8 URLs visited, 15 others typed)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args(argv)
     for path in (args.urls, args.train):
@@ -138,6 +181,8 @@ def main(argv=None) -> None:
         parser.error(f"{args.urls} holds no usable URLs")
     try:
         report = evaluate(args.bundle, urls, read_corpus(args.train) if args.train else None, args.ksr_limit)
+        if args.personal_hosts:
+            report["personal"] = personalization(Completer(args.bundle), urls, args.personal_hosts)
     except BundleError as exc:
         raise SystemExit(f"fedurl-eval: {exc}") from None
     print(json.dumps(report, indent=2) if args.json else format_table(report))

@@ -11,6 +11,7 @@ import { HISTORY_SUGGESTIONS, RETRY_FIRST_MS, RETRY_MAX_MS, SUGGESTIONS_K, UPLOA
 import { History, visitableUrl } from "./history.js";
 import { HistoryIndex, mergeSuggestions } from "./history_index.js";
 import { fetchVerified, pruneCache } from "./model_store.js";
+import { CharNgram, mixSuggestions } from "./ngram.js";
 import { normalizeUrl } from "./normalize.js";
 import { WorkerClient } from "./protocol.js";
 import { canWriteF16 } from "./safetensors.js";
@@ -44,6 +45,7 @@ export class Client extends EventTarget {
     this.config = config;
     this.history = history;
     this.historyIndex = new HistoryIndex(); // in memory, rebuilt by refreshHistory
+    this.personal = new CharNgram(); // the personal n-gram of the visits, rebuilt by refreshHistory
     this.clientId = clientId;
     this.completion = startWorker();
     this.training = startWorker();
@@ -152,7 +154,9 @@ export class Client extends EventTarget {
         this.wanted = null;
         const reply = await this.completion.request("complete", { typed, k: SUGGESTIONS_K });
         const visited = this.historyIndex.match(typed, HISTORY_SUGGESTIONS);
-        const suggestions = mergeSuggestions(visited, reply.suggestions, SUGGESTIONS_K);
+        const model = reply.suggestions.map((text, i) => [text, reply.scores[i]]);
+        const mixed = mixSuggestions(model, this.personal.completeScored(typed, SUGGESTIONS_K), SUGGESTIONS_K);
+        const suggestions = mergeSuggestions(visited, mixed, SUGGESTIONS_K);
         this.dispatchEvent(new CustomEvent("suggestions", { detail: { typed, suggestions } }));
       }
     } catch (error) {
@@ -166,6 +170,7 @@ export class Client extends EventTarget {
   async refreshHistory() {
     const visits = await this.history.listVisits();
     this.historyIndex = new HistoryIndex(visits);
+    this.personal = new CharNgram(visits.map((v) => normalizeUrl(v.url)).filter((url) => url !== null));
     this.update({ localUrls: visits.length, newUrls: visits.filter((v) => !v.trained).length });
     this.dispatchEvent(new CustomEvent("history", { detail: visits }));
     return visits;

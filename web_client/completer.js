@@ -14,7 +14,47 @@ import { Heap } from "./heap.js";
 import { splitTyped } from "./normalize.js";
 
 const BOUNDARY_BYTES = "/?";
+/** Top-level domains that are never a second-level label before another (runtime/complete.py). */
+const GENERIC_TLDS = new Set(["com", "net", "org", "edu", "gov", "mil", "int", "info", "biz"]);
 const utf8 = new TextDecoder("utf-8", { fatal: true });
+const utf8Encoder = new TextEncoder();
+
+/** Whether host's last dot-separated label is one of GENERIC_TLDS (and host has a dot). */
+function endsInGenericTld(host) {
+  const dot = host.lastIndexOf(".");
+  return dot >= 0 && GENERIC_TLDS.has(host.slice(dot + 1));
+}
+
+/**
+ * Whether the suggestion canonical + text is junk that no completer shows: runtime/complete.py's
+ * `junk`, rule for rule (its docstring has them). Looks at ASCII only, so byte strings and
+ * ordinary strings give the same answer.
+ * @param {string} canonical what was typed, canonical
+ * @param {string} text what was generated
+ * @param {boolean} [finished] false: only the rules that every extension of text would break too
+ */
+export function junk(canonical, text, finished = true) {
+  const full = canonical + text, start = canonical.length;
+  const ends = [full.indexOf("/"), full.indexOf("?")].filter((i) => i >= 0);
+  const hostEnd = ends.length ? Math.min(...ends) : full.length;
+  if (start <= hostEnd && text !== "" && !BOUNDARY_BYTES.includes(text[0]) && endsInGenericTld(canonical)) return true;
+  const labels = full.slice(0, hostEnd).split(".");
+  let position = 0; // where the current label starts
+  for (let i = 0; i < labels.length - 1; i++) {
+    const dot = position + labels[i].length; // the "." after this label
+    if (finished && i > 0 && GENERIC_TLDS.has(labels[i]) && dot >= start
+        && !(i === labels.length - 2 && /^[A-Za-z]{2}$/.test(labels[labels.length - 1]))) return true;
+    position = dot + 1;
+  }
+  const query = full.indexOf("?", hostEnd);
+  position = hostEnd + 1; // where the current path segment starts
+  for (const segment of full.slice(hostEnd, query < 0 ? full.length : query).split("/").slice(1)) {
+    if (segment.startsWith(".") && position >= start) return true;
+    if (finished && endsInGenericTld(segment) && position + segment.lastIndexOf(".") >= start) return true;
+    position += segment.length + 1;
+  }
+  return false;
+}
 
 /** log(exp(a) + exp(b)) without overflow. */
 function logAdd(a, b) {
@@ -134,24 +174,34 @@ export class Completer {
 
   /** Up to k suggestions, best first, each starting with `typed`. */
   async complete(typed, k) {
+    return (await this.completeScored(typed, k)).map(([text]) => text);
+  }
+
+  /**
+   * Like complete, with each suggestion's log-probability (what ngram.js mixSuggestions weighs).
+   * @returns {Promise<Array<[string, number]>>}
+   */
+  async completeScored(typed, k) {
     if (k <= 0) return [];
     const { fill, canonical } = splitTyped(typed);
     const { ids, pending } = this.heal(canonical ? this.tokenizer.encode(canonical) : []);
     const { logProbs, state } = await this.context(ids);
-    const finished = await this.search({ score: 0, logProbs, state, text: "", pending }, k);
+    const prefix = String.fromCharCode(...utf8Encoder.encode(canonical)); // bytes, one char each
+    const finished = await this.search({ score: 0, logProbs, state, text: "", pending }, k, prefix);
     const ranked = [...finished].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    /** @type {Array<[string, number]>} */
     const suggestions = [];
-    for (const [text] of ranked) {
+    for (const [text, score] of ranked) {
       const decoded = decodeBytes(text);
       if (decoded === null) continue;
-      suggestions.push(typed + fill + decoded);
+      suggestions.push([typed + fill + decoded, score]);
       if (suggestions.length === k) break;
     }
     return suggestions;
   }
 
   /** Beam search (runtime/complete.py steps 3-4); returns Map text -> log-prob. */
-  async search(root, k) {
+  async search(root, k, prefix) {
     let beams = [root];
     const finished = new Map();
     for (let stepIndex = 0; stepIndex < MAX_STEPS; stepIndex++) {
@@ -160,7 +210,7 @@ export class Completer {
       const chosen = [];
       for (let flat = queue.pop(); flat !== undefined; flat = queue.pop()) {
         const beamIndex = Math.floor(flat / this.vocabSize), piece = flat % this.vocabSize;
-        const outcome = this.extend(beams[beamIndex], piece);
+        const outcome = this.extend(beams[beamIndex], piece, prefix);
         if (!outcome) continue;
         const score = scores[flat];
         if (outcome.done) {
@@ -190,9 +240,10 @@ export class Completer {
   }
 
   /** {text, pending, done} after appending piece to beam, or null if it is not allowed. */
-  extend(beam, piece) {
+  extend(beam, piece, prefix) {
     if (piece === this.config.eos_id) {
-      return !beam.pending && beam.text ? { text: beam.text, pending: "", done: true } : null;
+      if (beam.pending || !beam.text || junk(prefix, beam.text)) return null;
+      return { text: beam.text, pending: "", done: true };
     }
     const bytes = this.tokenizer.pieceBytes[piece];
     let added = bytes;
@@ -203,9 +254,11 @@ export class Completer {
     }
     const text = beam.text + added;
     for (let position = Math.max(1, beam.text.length); position < text.length; position++) {
-      if (BOUNDARY_BYTES.includes(text[position])) return { text: text.slice(0, position), pending: "", done: true };
+      if (BOUNDARY_BYTES.includes(text[position])) {
+        return junk(prefix, text.slice(0, position)) ? null : { text: text.slice(0, position), pending: "", done: true };
+      }
     }
-    return { text, pending: "", done: false };
+    return junk(prefix, text, false) ? null : { text, pending: "", done: false };
   }
 
   /** One batched infer step for the chosen (beam, piece) pairs; state rows follow chosen order. */

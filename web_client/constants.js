@@ -14,6 +14,21 @@ export const MAX_STEPS = 16;
 /** Prefix contexts (BOS + pieces -> state) kept between keystrokes (runtime/complete.py). */
 export const CONTEXT_CACHE_ENTRIES = 256;
 
+/** The personal n-gram's order: symbols of context + 1 (runtime/ngram.py ORDER). */
+export const NGRAM_ORDER = 8;
+
+/** Stupid-backoff factor per context shortened (runtime/ngram.py ALPHA). */
+export const NGRAM_ALPHA = 0.4;
+
+/** Beams the personal n-gram keeps per character (runtime/ngram.py BEAM_WIDTH). */
+export const NGRAM_BEAM_WIDTH = 6;
+
+/** Characters the personal n-gram generates at most (runtime/ngram.py MAX_CHARS). */
+export const NGRAM_MAX_CHARS = 48;
+
+/** The model's share w in the mix with the personal n-gram (runtime/ngram.py PERSONAL_WEIGHT). */
+export const PERSONAL_WEIGHT = 0.5;
+
 /** Suggestions shown under the URL bar. */
 export const SUGGESTIONS_K = 5;
 

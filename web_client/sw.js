@@ -34,6 +34,7 @@ const SHELL = [
   "/static/update.js",
   "/static/worker.js",
   "/static/completer.js",
+  "/static/ngram.js",
   "/static/heap.js",
   "/static/tokenizer.js",
   "/static/trainer.js",

@@ -164,8 +164,9 @@ async function load(request) {
 
 async function complete(request) {
   if (!active) throw new Error("no model is loaded yet");
-  const suggestions = await active.completer.complete(request.typed, request.k);
-  reply(request, "suggestions", { typed: request.typed, suggestions });
+  const scored = await active.completer.completeScored(request.typed, request.k);
+  reply(request, "suggestions", { typed: request.typed, suggestions: scored.map(([text]) => text),
+    scores: scored.map(([, score]) => score) });
 }
 
 async function train(request) {

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 
 from formats.bundle import StateSpec
-from formats.urls import DEFAULT_CORPUS, load_urls
-from runtime.complete import Completer
+from formats.urls import DEFAULT_CORPUS, load_urls, split_typed
+from runtime.complete import Completer, junk
+from runtime.ngram import CharNgramLM
 
 
 class UnhealedCompleter(Completer):
@@ -99,3 +100,41 @@ def test_search_depends_on_the_state_description_only(completer, bundle_dir):
     other = BatchFirstCompleter(bundle_dir)
     for prefix in ("", "g", "githu", "en.wikipedia.org/", "amazon.c"):
         assert other.complete(prefix, 5) == completer.complete(prefix, 5), prefix
+
+
+@pytest.mark.parametrize(("canonical", "text"), [
+    ("github.com", ".com"), ("github.com", ".br"), ("google.com", "a.com"), ("x.org", "s"),  # rule 1
+    ("goo", "gle.com.com"), ("goo", "gle.com.google.com"), ("a.b.", "info.biz"), ("a.c", "om.ac.uk"),  # 2
+    ("github.com/", ".net"), ("en.wikipedia.org/", "a.org"), ("en.wikipedia.org/", "wikipedia.org"),
+    ("a.com/x", "/.git"), ("a.com/b", "log.com"),  # rule 3
+])
+def test_junk_refuses_repeated_and_misplaced_tlds(canonical, text):
+    assert junk(canonical, text)
+
+
+@pytest.mark.parametrize(("canonical", "text"), [
+    ("goo", "gle.com.br"), ("bbc.co", ".uk"), ("google.com.", "br"), ("maybank2u.com", "/my"),  # hosts
+    ("tools.ietf", ".org"), ("yahoo.co", "m"), ("docs.py", "thon.org"), ("eu", ".com"), ("go", ".com"),
+    ("in", "fo.cern.ch"), ("x.com.", "google.com"), ("abc.net", "/news"),
+    ("a.com/", "index.html"), ("a.com/", "s.php"), ("a.com/x.", "com"), ("a.com/.", "well-known"),  # paths
+    ("a.com/share", "?u=b.com"), ("a.com/", "coollayout.net.au"), ("", "a.com"),
+])
+def test_junk_allows_real_hosts_and_paths_and_what_was_typed(canonical, text):
+    assert not junk(canonical, text)
+
+
+@pytest.mark.parametrize("typed", ["goo", "google.com", "x.com", "github.com", "github.com/",
+                                   "en.wikipedia.org/", "docs.py", "amazon.com/", "stackov"])
+def test_no_junk_among_the_suggestions(completer, typed):
+    """The test bundle, unfiltered, offered google.com.com, google.com.org and x.com.gov here."""
+    _, canonical = split_typed(typed)
+    suggestions = completer.complete(typed, k=5)
+    assert suggestions and not [s for s in suggestions if junk(canonical, s[len(typed):])]
+
+
+def test_the_ngram_refuses_junk_too():
+    """Trained on junk, the 8-gram still never suggests it (the same rule as the model's)."""
+    lm = CharNgramLM(["google.com.com", "en.wikipedia.org/a.org", "github.com.br", "github.com/x"])
+    assert all(s.startswith("google.com/") for s in lm.complete("google.com", 3))
+    assert "en.wikipedia.org/a.org" not in lm.complete("en.wikipedia.org/", 3)
+    assert lm.complete("github.com", 1) == ["github.com/x"]

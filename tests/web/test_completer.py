@@ -7,7 +7,7 @@ import random
 
 from page_helpers import open_page, suggestions_for
 
-from runtime.complete import Completer
+from runtime.complete import Completer, junk
 from runtime.tokenizer import Tokenizer
 
 HAND_MADE = ["g", "goo", "GOO", "githu", "http", "https:/", "HTTPS://WWW.Goo", "http://www.", "www.",
@@ -112,3 +112,28 @@ def test_js_search_depends_on_the_state_description_only(module_page, bundle_dir
     # Assert
     assert all(gru == first for gru, first in got), got
     assert sum(len(gru) for gru, _ in got) >= len(typed), "the fake model should suggest something"
+
+
+JUNK = """async (pairs) => {
+  const { junk } = await import("/static/completer.js");
+  return pairs.map(([canonical, text]) => [junk(canonical, text), junk(canonical, text, false)]);
+}"""
+
+
+def test_js_junk_rule_equals_python(module_page, canonical_urls):
+    """runtime.complete.junk and completer.js junk agree on every cut of 400 real URLs with made-up
+    tails (repeated TLDs, TLDs after "/") and on non-ASCII text."""
+    # Prepare
+    rng = random.Random(11)
+    tails = ["", ".com", ".br", "a.com", ".com.com", ".com.br", "/.net", "/a.org", "/x.html", "?u=b.com",
+             "é.org"]
+    pairs = [("github.com", ".com"), ("日本.com", ".jp"), ("a.com/日", "本.org")]
+    for url in rng.sample(canonical_urls, 400):
+        cut = rng.randint(0, len(url))
+        pairs.append((url[:cut], url[cut:] + rng.choice(tails)))
+    # Execute
+    got = module_page.evaluate(JUNK, pairs)
+    # Assert
+    expected = [[junk(c, t), junk(c, t, finished=False)] for c, t in pairs]
+    assert any(row[0] for row in expected) and not all(row[0] for row in expected)
+    assert got == expected, [(p, g, e) for p, g, e in zip(pairs, got, expected, strict=True) if g != e][:3]

@@ -1,0 +1,199 @@
+"""A character n-gram URL completer with stupid backoff: the yardstick, and the personal n-gram.
+
+One class, two uses: ``fedurl-eval`` prints it as the ``8-gram`` row (built from ``--train``),
+and the page builds one from the user's own visits (``web_client/ngram.js``, the twin of this
+module, suggestion for suggestion) and mixes it with the model's suggestions (``mix``).
+
+Training (``CharNgramLM(urls)``, ``add``): every canonical URL u (formats/urls.py) becomes the
+symbol string ``BOS * (order - 1) + u + EOS`` (``BOS`` = U+0002, ``EOS`` = U+0003, never in a
+canonical URL; a symbol is one Unicode code point). For each position i and each context length
+n = 0 .. order-1, the count c(ctx, x) of symbol x after the n symbols ctx before it goes up by
+one. Order 8 is 7 symbols of context; the BOS padding makes "the URL starts here" a context.
+
+Scoring (stupid backoff, Brants et al. 2007, "Large language models in machine translation"):
+with ctx_n the last n symbols of the history h (BOS padding + canonical prefix + generated text),
+
+    S(x | h) = c(ctx_n, x) / c(ctx_n) * alpha ** (order - 1 - n)
+
+for the longest n <= order-1 with c(ctx_n, x) > 0, where c(ctx) counts every symbol after ctx.
+A context never seen costs its factor alpha like any other. S is a score, not a probability.
+Scores multiply in float64 (no logarithms): the ratio first, then the power of alpha (a table
+built by repeated multiplication), then the beam's score; IEEE products are the same in
+Python and JS, so the browser's twin ranks bit for bit alike.
+
+Completion (``complete_scored``): ``runtime/complete.py``'s search with characters for pieces (no
+token healing: a character never spans the cut).
+1. ``split_typed(typed)`` -> (fill, canonical prefix); the history is BOS padding + prefix.
+2. Each step scores every (live beam, next symbol) pair as beam score x S(symbol | history);
+   per history only the finishing symbols (EOS, "/", "?") and the ``beam_width`` best others are
+   candidates (no other could be taken). Candidates are walked best first, ties by beam index,
+   then symbol (code point). A candidate *finishes* on EOS once text was generated, or on "/" or
+   "?" at position >= 1 of the generated text: the suggestion is the text before it (end of the
+   host or of a path segment), unless ``runtime.complete.junk`` refuses it (a repeated TLD, a
+   TLD right after "/"); a live beam that can only end as junk is dropped. Finished texts merge
+   by adding scores. The walk stops once
+   ``beam_width`` live beams are taken.
+3. Stop when no beam is live, after ``max_chars`` steps, or when k suggestions have finished and
+   the best live beam scores below the k-th. Return the top k by score, ties by text (code points),
+   as ``typed + fill + text`` with the score.
+
+Against the same algorithm summed in log space, only the order of (near-)tied suggestions differs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from formats.urls import split_typed
+from runtime.complete import Completer, junk
+
+BOS = "\x02"
+EOS = "\x03"
+BOUNDARY_CHARS = "/?"
+ORDER = 8
+ALPHA = 0.4
+BEAM_WIDTH = 6
+MAX_CHARS = 48
+RANKED_CACHE_SIZE = 500_000
+PERSONAL_WEIGHT = 0.5  # mix(): the model's share w; the personal n-gram gets 1 - w
+
+
+class CharNgramLM:
+    """Character n-gram LM with stupid backoff over canonical URLs, and its beam-search completer."""
+
+    def __init__(self, urls: Iterable[str] = (), order: int = ORDER, alpha: float = ALPHA,
+                 beam_width: int = BEAM_WIDTH, max_chars: int = MAX_CHARS):
+        assert order >= 1, "order counts the symbol itself: at least 1"
+        assert 0 < alpha <= 1 and beam_width >= 1 and max_chars >= 1, "alpha in (0, 1], positive sizes"
+        self.order, self.alpha, self.beam_width, self.max_chars = order, alpha, beam_width, max_chars
+        self.powers = [1.0]  # alpha ** j by repeated multiplication, as ngram.js builds it
+        for _ in range(order):
+            self.powers.append(self.powers[-1] * alpha)
+        self.counts: dict[str, dict[str, int]] = {}  # context (0..order-1 symbols) -> next -> count
+        self.totals: dict[str, int] = {}
+        self.urls = 0
+        self._ranked: dict[str, list[tuple[float, str]]] = {}
+        for url in urls:
+            self.add(url)
+
+    def add(self, url: str) -> None:
+        """Count one more canonical URL (the browser calls this on every visit)."""
+        symbols = BOS * (self.order - 1) + url + EOS
+        for i in range(self.order - 1, len(symbols)):
+            x = symbols[i]
+            for n in range(self.order):
+                ctx = symbols[i - n:i]
+                table = self.counts.setdefault(ctx, {})
+                table[x] = table.get(x, 0) + 1
+                self.totals[ctx] = self.totals.get(ctx, 0) + 1
+        self.urls += 1
+        self._ranked.clear()
+
+    def scores(self, history: str) -> dict[str, float]:
+        """S(x | history) for every symbol x seen at all (the backoff rule above)."""
+        out: dict[str, float] = {}
+        for n in range(self.order - 1, -1, -1):
+            ctx = history[len(history) - n:] if n else ""
+            table = self.counts.get(ctx)
+            if table is None:
+                continue
+            total, power = self.totals[ctx], self.powers[self.order - 1 - n]
+            for x, c in table.items():
+                if x not in out:
+                    out[x] = c / total * power
+        return out
+
+    def _ranked_next(self, history: str) -> list[tuple[float, str]]:
+        """Candidates after history, best first (ties by symbol): finishing symbols and the best others."""
+        key = history[len(history) - (self.order - 1):] if self.order > 1 else ""
+        ranked = self._ranked.get(key)
+        if ranked is None:
+            ranked, others = [], 0
+            for x, s in sorted(self.scores(key).items(), key=lambda item: (-item[1], item[0])):
+                if x == EOS or x in BOUNDARY_CHARS:
+                    ranked.append((s, x))
+                elif others < self.beam_width:
+                    ranked.append((s, x))
+                    others += 1
+            if len(self._ranked) > RANKED_CACHE_SIZE:
+                self._ranked.clear()
+            self._ranked[key] = ranked
+        return ranked
+
+    def complete(self, typed: str, k: int = 5) -> list[str]:
+        """Up to k suggestions, best first, each ``typed + fill + generated text``."""
+        return [text for text, _ in self.complete_scored(typed, k)]
+
+    def complete_scored(self, typed: str, k: int = 5) -> list[tuple[str, float]]:
+        """Like complete, with each suggestion's score (a product of S, merged by addition)."""
+        if k <= 0 or not self.urls:
+            return []
+        fill, canonical = split_typed(typed)
+        finished = self._search(canonical, k)
+        ranked = sorted(finished.items(), key=lambda item: (-item[1], item[0]))[:k]
+        return [(typed + fill + text, score) for text, score in ranked]
+
+    def _search(self, canonical: str, k: int) -> dict[str, float]:
+        """Steps 2-3 of the module docstring; returns generated text -> score."""
+        history = BOS * (self.order - 1) + canonical
+        beams: list[tuple[float, str]] = [(1.0, "")]  # (score, generated text)
+        finished: dict[str, float] = {}
+        for _ in range(self.max_chars):
+            candidates = [(score * s, b, x) for b, (score, text) in enumerate(beams)
+                          for s, x in self._ranked_next(history + text)]
+            candidates.sort(key=lambda c: (-c[0], c[1], c[2]))
+            chosen: list[tuple[float, str]] = []
+            for score, b, x in candidates:
+                text = beams[b][1]
+                if x == EOS or (x in BOUNDARY_CHARS and text):
+                    if text and not junk(canonical, text):
+                        finished[text] = finished.get(text, 0.0) + score
+                    continue
+                if junk(canonical, text + x, finished=False):
+                    continue
+                chosen.append((score, text + x))
+                if len(chosen) == self.beam_width:
+                    break
+            if not chosen:
+                break
+            beams = chosen
+            if len(finished) >= k and beams[0][0] < sorted(finished.values(), reverse=True)[k - 1]:
+                break
+        return finished
+
+
+def mix(model: list[tuple[str, float]], personal: list[tuple[str, float]], k: int,
+        weight: float = PERSONAL_WEIGHT) -> list[str]:
+    """The model's and the personal n-gram's suggestions as one list (``mixSuggestions`` in ngram.js).
+
+    A suggestion-level linear mixture: score = w * exp(model log-prob) + (1 - w) * personal score,
+    a side that did not propose a suggestion adding 0; top k by score, ties by text (code points).
+    With no personal suggestion the model's list is returned as it is.
+    """
+    if not personal:
+        return [text for text, _ in model[:k]]
+    score: dict[str, float] = {}
+    for text, log_prob in model:
+        score[text] = weight * math.exp(log_prob)
+    for text, s in personal:
+        score[text] = score.get(text, 0.0) + (1 - weight) * s
+    return [text for text, _ in sorted(score.items(), key=lambda item: (-item[1], item[0]))[:k]]
+
+
+class PersonalCompleter:
+    """The model's suggestions mixed with a personal n-gram of the user's visits, as the page
+    mixes them (client.js; the page then puts up to two visited URLs first, history_index.js).
+    """
+
+    def __init__(self, completer: Completer, urls: Iterable[str] = (), weight: float = PERSONAL_WEIGHT):
+        self.completer, self.ngram, self.weight = completer, CharNgramLM(urls), weight
+
+    def add(self, url: str) -> None:
+        """One more visited canonical URL."""
+        self.ngram.add(url)
+
+    def complete(self, typed: str, k: int = 5) -> list[str]:
+        """Up to k suggestions, best first (``mix`` of the model's k and the n-gram's k)."""
+        model = self.completer.complete_scored(typed, k)
+        return mix(model, self.ngram.complete_scored(typed, k), k, self.weight)

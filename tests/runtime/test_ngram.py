@@ -1,0 +1,68 @@
+"""The character n-gram (runtime/ngram.py): backoff scores and suggestions counted by hand."""
+
+import pytest
+
+from runtime.ngram import BOS, EOS, CharNgramLM, mix
+
+
+def test_counts_every_context_length():
+    """"ab" at order 2: each symbol counted after "" and after the one symbol before it."""
+    lm = CharNgramLM(["ab"], order=2)
+    assert lm.counts == {"": {"a": 1, "b": 1, EOS: 1}, BOS: {"a": 1}, "a": {"b": 1}, "b": {EOS: 1}}
+    assert lm.totals == {"": 3, BOS: 1, "a": 1, "b": 1}
+
+
+def test_backoff_score_by_hand():
+    """Order 3 on "abc", "abd": after "ab" c and d split 1/2; after the unseen "zb" the context
+    "b" costs one alpha (0.4 x 1/2) and "" two (0.16 x count/8)."""
+    lm = CharNgramLM(["abc", "abd"], order=3, alpha=0.4)
+    assert lm.scores(BOS + "ab") == pytest.approx({"c": 0.5, "d": 0.5, "a": 0.16 * 2 / 8,
+                                                   "b": 0.16 * 2 / 8, EOS: 0.16 * 2 / 8})
+    assert lm.scores("zb") == pytest.approx({"c": 0.2, "d": 0.2, "a": 0.04, "b": 0.04, EOS: 0.04})
+
+
+def test_adding_urls_one_by_one_equals_building_at_once():
+    urls = ["a.com/x", "b.org", "a.com/y?q=1"]
+    one_by_one = CharNgramLM()
+    for url in urls:
+        one_by_one.add(url)
+    at_once = CharNgramLM(urls)
+    assert (one_by_one.counts, one_by_one.totals) == (at_once.counts, at_once.totals)
+    assert one_by_one.complete("a", 3) == at_once.complete("a", 3)
+
+
+def test_suggestions_stop_at_the_end_of_the_host_and_of_a_path_segment():
+    """"/" right after the typed text does not end a suggestion; the next "/" or "?" does."""
+    lm = CharNgramLM(["a.com/x/y", "a.com/x/z", "a.com/s?q=1"])
+    # x then "/": 2/3 x 1; s then "?": 1/3 x 1 (endings backed off to "" add under 0.4^7 = 0.0016)
+    assert lm.complete_scored("a.com", 2) == [("a.com/x", pytest.approx(2 / 3, abs=0.0016)),
+                                              ("a.com/s", pytest.approx(1 / 3, abs=0.0016))]
+    assert lm.complete("a.c", 1) == ["a.com"]
+    assert lm.complete("a.com/s", 1) == ["a.com/s?q=1"]  # "?" at position 0 does not end it
+
+
+def test_equal_scores_tie_by_text_and_merge_by_addition():
+    """After "a.com/x/" each leaf scores 1/2 x (EOS: 1, plus "/" backed off 7 times to "": 4 of 20)."""
+    lm = CharNgramLM(["a.com/x/y", "a.com/x/z"])
+    leaf = pytest.approx(0.5 * (1 + 0.4 ** 7 * 4 / 20))
+    assert lm.complete_scored("a.com/x/", 2) == [("a.com/x/y", leaf), ("a.com/x/z", leaf)]
+    # Two ways to end "a.com" add up: "/" (1 x 1 x 1) and EOS, seen only after the empty
+    # context: 2 of its 20 symbols, 7 contexts shortened.
+    assert lm.complete_scored("a.c", 1) == [("a.com", pytest.approx(1 + 2 / 20 * 0.4 ** 7))]
+
+
+def test_suggestions_keep_exactly_what_was_typed():
+    lm = CharNgramLM(["github.com/python/cpython"])
+    assert lm.complete("HTTPS://www.GitHub.com/py", 1) == ["HTTPS://www.GitHub.com/python"]
+
+
+def test_no_urls_and_no_k_give_nothing():
+    assert CharNgramLM().complete("a", 5) == []
+    assert CharNgramLM(["a.com"]).complete("a", 0) == []
+
+
+def test_mix_weighs_model_probability_against_personal_score():
+    """w = 0.5: "b" 0.5 x 0.6 = 0.3 beats "a" 0.5 x 0.2 + 0.5 x 0.3 = 0.25; "c" 0.5 x 0.1."""
+    model = [("b", -0.5108256237659907), ("a", -1.6094379124341003)]  # log 0.6, log 0.2
+    assert mix(model, [("a", 0.3), ("c", 0.1)], 3) == ["b", "a", "c"]
+    assert mix(model, [], 1) == ["b"], "no personal suggestion: the model's list as it is"
