@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-BUNDLE ?= bundles/default
+# The shipped model (pretrained/README.md says how it was trained); BUNDLE=bundles/mine exports your own.
+BUNDLE ?= pretrained
 HOST ?= 127.0.0.1
 PORT ?= 5000
 FRONT_PORT ?= 8080

@@ -15,6 +15,7 @@ from client.protocol import FederatedClient
 from formats import tensors as tensor_codec
 from formats.urls import normalize_url
 from runtime.complete import Completer
+from runtime.ngram import PersonalCompleter
 
 TRAINING_MS = 120_000  # a few train_step runs, three browsers on two cores
 PERSONAL_HISTORIES = [  # one per browser: what each user typed and visited
@@ -103,8 +104,9 @@ def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live
     completer = Completer(bundle_dir, weights=new_weights)
     expected = {probe: completer.complete(probe, k=5) for probe in PROBES}
     for page, history in zip(pages, PERSONAL_HISTORIES, strict=True):
+        personal = PersonalCompleter(completer, history)  # the page mixes in its own visits' n-gram
         for probe in PROBES:
-            wanted = expected_suggestions(history, probe, expected[probe])
+            wanted = expected_suggestions(history, probe, personal.complete(probe, k=5))
             assert shown_suggestions(page, probe) == wanted, probe
     assert info["version"] == 2 and expected != before, "the aggregated model should suggest differently"
     for seen in fetched:

@@ -1,0 +1,60 @@
+"""The shipped model (pretrained/): verified, small, and it completes paths on popular sites.
+
+The junk checks here are written independently of runtime/complete.py's rule, so a model or a
+decoder that starts suggesting ``github.com.com`` or ``github.com/.net`` again fails them.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from page_helpers import open_page, suggestions_for
+
+from formats.bundle import load_bundle
+from runtime.complete import Completer
+
+PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
+MAX_BUNDLE_BYTES = 5 * 2**20
+SITES = ["github.com/", "en.wikipedia.org/wiki/", "youtube.com/", "docs.python.org/", "stackoverflow.com/"]
+GENERIC = r"(com|net|org)"
+REPEATED_TLD = re.compile(rf"\.{GENERIC}\.{GENERIC}(/|$)")
+TLD_AS_SEGMENT = re.compile(rf"/[^/?]*\.{GENERIC}(/|$)")
+
+
+def path_like(typed: str, suggestion: str) -> bool:
+    """A suggestion for a typed host + '/' that continues the path, not the host."""
+    rest = suggestion[len(typed):]
+    return (suggestion.startswith(typed) and bool(rest) and not rest.startswith(".")
+            and not REPEATED_TLD.search(suggestion) and not TLD_AS_SEGMENT.search("/" + rest))
+
+
+def test_the_shipped_bundle_is_verified_complete_and_small():
+    bundle = load_bundle(PRETRAINED)  # every sha256 checked
+    assert sum(entry["bytes"] for entry in bundle.manifest["files"].values()) <= MAX_BUNDLE_BYTES
+    assert "kasztp" in bundle.manifest["training"]["corpus"], "trained on public URL lists with paths"
+
+
+def test_the_shipped_model_suggests_paths_and_no_junk_in_python():
+    completer = Completer(PRETRAINED)
+    for typed in SITES:
+        suggestions = completer.complete(typed, k=3)
+        assert suggestions, typed
+        assert all(path_like(typed, s) for s in suggestions), (typed, suggestions)
+    for typed in ("github.com", "google.com", "wikipedia.org"):
+        assert not any(REPEATED_TLD.search(s) for s in completer.complete(typed, k=5)), typed
+
+
+@pytest.fixture
+def server_config(server_config):
+    """This module's servers ship the committed model instead of the small test bundle."""
+    return {**server_config, "BUNDLE_DIR": str(PRETRAINED)}
+
+
+def test_the_page_completes_popular_paths_with_the_shipped_model(page):
+    open_page(page)
+    for typed in SITES[:3]:
+        suggestions = suggestions_for(page, typed)
+        assert suggestions, typed
+        assert all(path_like(typed, s) for s in suggestions), (typed, suggestions)
