@@ -45,10 +45,14 @@ def tiny_bundle(tmp_path_factory):
 
 @pytest.fixture
 def config(tiny_bundle, tmp_path):
-    """Settings of a test server: fresh data dir, small rounds, no deadline thread."""
+    """Settings of a test server: fresh data dir, small rounds, no deadline thread.
+
+    Open selection and no identity proofs: these tests exercise rounds, updates and storage with
+    clients that take tickets directly; tests/server/test_cohorts.py runs the defaults.
+    """
     return {"BUNDLE_DIR": str(tiny_bundle), "DATA_DIR": str(tmp_path / "data"), "MIN_CLIENTS": 3,
             "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "WARNING",
-            "MAX_UPDATE_NORM": 10.0, "MAX_NUM_EXAMPLES": 1000}
+            "MAX_UPDATE_NORM": 10.0, "MAX_NUM_EXAMPLES": 1000, "SELECTION": "open", "IDENTITY": ""}
 
 
 @pytest.fixture
