@@ -65,7 +65,7 @@ def sample(checkins: list[tuple[str, str]], target: int, per_network: int,
     order = list(checkins)
     (rng or secrets.SystemRandom()).shuffle(order)
     taken: Counter[str] = Counter()
-    members = []
+    members: list[str] = []
     for client_id, network in order:
         if len(members) == target:
             break

@@ -23,7 +23,7 @@ import numpy as np
 
 from formats import durable
 from formats.bundle import load_bundle
-from runtime.trainer import LocalTrainer
+from runtime.trainer import LocalTrainer, Rows
 from server.rounds import Verdict
 from server.versions import VersionStore
 
@@ -60,10 +60,10 @@ class ValidationGate:
     def __init__(self, store: VersionStore, urls: list[str], tolerance: float, threads: int = 1):
         assert urls, "a validation set needs URLs"
         self.store, self.urls, self.tolerance, self.threads = store, urls, tolerance, threads
-        self._trainers: dict[str, tuple[LocalTrainer, object]] = {}  # train_step sha256 -> trainer, rows
+        self._trainers: dict[str, tuple[LocalTrainer, Rows]] = {}  # train_step sha256 -> trainer, rows
         self._losses: dict[int, float] = {}  # version -> validation loss (versions never change)
 
-    def _trainer(self, version: int) -> tuple[LocalTrainer, object]:
+    def _trainer(self, version: int) -> tuple[LocalTrainer, Rows]:
         """The training graph of a version (shared by versions with the same graph), and the rows."""
         bundle = load_bundle(self.store.path(version), verify=False)
         key = bundle.manifest["files"]["train_step.onnx"]["sha256"]

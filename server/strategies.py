@@ -214,15 +214,19 @@ class BoundedInfluence(Aggregator):
     What one client can do to the round's result, whatever it claims ([T2], docs/SECURITY.md):
     its delta is scaled down (not refused) to the round's clip bound, which follows a quantile of
     the norms (``AdaptiveClip``, Andrew et al. 2021); its weight is at most ``cap_factor`` times
-    the round's median weight (``capped_weights``). The median is known only once the round is
-    complete, so every delta is read back from the spool at ``finalize`` (``keeps_deltas``);
-    memory at the close is updates x largest parameter, not updates x model.
+    the round's median weight (``capped_weights``). In plain mode the server sees every norm, so
+    the bound is also at most the round's median norm: the first rounds do not depend on the
+    initial guess, and fewer than half the clients cannot raise it. A secure cohort ([T1]) sees
+    no norm and has only the adaptive bound (each client clips itself). The medians are known
+    only once the round is complete, so every delta is read back from the spool at ``finalize``
+    (``keeps_deltas``); memory at the close is updates x largest parameter, not updates x model.
     """
 
     keeps_deltas = True
 
     def __init__(self, inner: Aggregator, cap_factor: float = 2.0, clip_initial: float = 5.0,
-                 clip_quantile: float = 0.5, clip_learning_rate: float = 0.2, clip_ceiling: float = 1e6):
+                 clip_quantile: float = 0.5, clip_learning_rate: float = 0.2,
+                 clip_ceiling: float = 1e6):
         self.inner, self.cap_factor = inner, cap_factor
         self.name = inner.name  # type: ignore[misc]  # the wrapped strategy is what runs
         self.clip = AdaptiveClip(clip_initial, clip_quantile, clip_learning_rate, ceiling=clip_ceiling)
@@ -252,7 +256,7 @@ class BoundedInfluence(Aggregator):
         """The inner strategy over clipped deltas and capped weights; then move the bound."""
         if not self.weights:
             return None
-        bound = self.clip.bound
+        bound = min(self.clip.bound, float(np.median(self.norms)) or self.clip.bound)
         scales = [min(1.0, bound / norm) if norm > 0 else 1.0 for norm in self.norms]
         weights = capped_weights(self.weights, self.cap_factor)
         result = self.inner.combine(ScaledDeltas(deltas, scales), weights)
