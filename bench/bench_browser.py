@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 import numpy as np
 from bench_training import LR, fixed_batch
-from common import REPO, median, print_table, time_runs  # first: puts the repo on sys.path
+from common import REPO, bundle_parser, median, print_table, time_runs  # first: puts the repo on sys.path
 
 from formats.bundle import load_bundle
 from formats.urls import DEFAULT_CORPUS, load_urls, read_corpus
@@ -49,9 +49,7 @@ TRAIN_STEPS = """async ([fields, runs]) => {
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
-                        help="bundle (default: %(default)s)")
+    parser = bundle_parser(__doc__)
     parser.add_argument("--keystrokes", type=int, default=500,
                         help="keys typed per latency run (default: %(default)s)")
     parser.add_argument("--key-delay-ms", type=float, default=80,

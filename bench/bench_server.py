@@ -22,19 +22,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from common import REPO, bundle_parser  # first: puts the repo on sys.path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from client.protocol import FederatedClient, encode_update  # noqa: E402
-from formats.bundle import load_bundle  # noqa: E402
+from client.protocol import FederatedClient, encode_update
+from formats.bundle import load_bundle
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
-                        help="model bundle (default: %(default)s)")
+    parser = bundle_parser(__doc__)
     parser.add_argument("--updates", type=int, default=1000,
                         help="uploads in the round (default: %(default)s)")
     parser.add_argument("--senders", type=int, default=8,

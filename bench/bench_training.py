@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 import torch
-from common import REPO, print_table, spread, time_runs  # first: puts the repo on sys.path
+from common import bundle_parser, print_table, spread, time_runs  # first: puts the repo on sys.path
 
 from formats.bundle import load_bundle
 from formats.urls import DEFAULT_CORPUS, load_urls
@@ -27,9 +27,7 @@ LR = 0.5
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
-                        help="bundle (default: %(default)s)")
+    parser = bundle_parser(__doc__)
     parser.add_argument("--runs", type=int, default=5,
                         help="timed runs; the median is reported (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=10, help="steps per run (default: %(default)s)")

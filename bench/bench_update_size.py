@@ -12,7 +12,7 @@ import argparse
 import math
 
 import numpy as np
-from common import REPO, print_table  # first: puts the repo on sys.path
+from common import bundle_parser, print_table  # first: puts the repo on sys.path
 
 from client.protocol import encode_update
 from formats.bundle import load_bundle
@@ -26,9 +26,7 @@ CLIENT_ID = "c" * 22
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
-                        help="bundle (default: %(default)s)")
+    parser = bundle_parser(__doc__)
     return parser.parse_args(argv)
 
 

@@ -6,6 +6,7 @@ Benchmarks are not tests: nothing here asserts a speed. Each script prints ``met
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -14,6 +15,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as `python bench/x.py` from anywhere
+
+
+def bundle_parser(doc: str) -> argparse.ArgumentParser:
+    """A parser described by the script's docstring, with the --bundle every bench takes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
+                        help="model bundle (default: %(default)s)")
+    return parser
 
 
 def time_runs(fn, runs: int, calls: int, warmup: int = 1) -> list[float]:

@@ -25,16 +25,15 @@ import sys
 import time
 from pathlib import Path
 
+from common import REPO, bundle_parser
+
 BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-STEPS = ("browser", "training", "update_size", "server", "export")
+STEPS = ("browser", "training", "update_size", "server", "secagg", "export")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
-                        help="bundle (default: %(default)s)")
+    parser = bundle_parser(__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs behind every median (default: %(default)s)")
     parser.add_argument("--server-updates", default="1000,10000", help="updates per round, comma-separated "
                         "(default: %(default)s)")
@@ -130,6 +129,9 @@ def main(argv=None) -> None:
                 run_script("bench_update_size.py", "--bundle", args.bundle)[0])
     if "server" not in args.skip:
         server_runs(args)
+    if "secagg" not in args.skip:
+        section("Secure aggregation: server unmasking, bytes per phase, browser masking",
+                "bench/bench_secagg.py", run_script("bench_secagg.py")[0])
     if "export" not in args.skip:
         section("Export of the default model", "bench/bench_export.py",
                 run_script("bench_export.py", *runs)[0])

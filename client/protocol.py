@@ -19,6 +19,7 @@ import numpy as np
 
 from formats import durable
 from formats import tensors as tensor_codec
+from formats import update as update_codec
 from formats.bundle import MANIFEST
 
 
@@ -86,11 +87,11 @@ def random_client_id() -> str:
 
 def encode_update(delta: dict[str, np.ndarray], ticket: dict, client_id: str, num_examples: int,
                   loss_before: float, loss_after: float, dtype=np.float32) -> bytes:
-    """The update body: deltas as safetensors with the six metadata fields."""
-    metadata = {"ticket": ticket["ticket"], "client_id": client_id, "base_version": str(ticket["version"]),
-                "num_examples": str(num_examples), "loss_before": repr(float(loss_before)),
-                "loss_after": repr(float(loss_after))}
-    return tensor_codec.encode({n: np.asarray(a, dtype=dtype) for n, a in delta.items()}, metadata)
+    """The update body for a ticket (formats.update's codec, fed from a ticket's JSON)."""
+    meta = update_codec.UpdateMeta(ticket=ticket["ticket"], client_id=client_id,
+                                   base_version=int(ticket["version"]), num_examples=int(num_examples),
+                                   loss_before=float(loss_before), loss_after=float(loss_after))
+    return update_codec.encode_update(delta, meta, dtype)
 
 
 class FederatedClient:
@@ -121,6 +122,7 @@ class FederatedClient:
         status, response_headers, data = self._call("GET", "/api/model", headers=headers, ok=(200, 304))
         if status == 200:
             self.model, self._etag = json.loads(data), response_headers.get("etag")
+        assert self.model is not None, "a 304 answers only a request that sent the ETag of a fetched model"
         return self.model
 
     def download(self, name: str) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +57,90 @@ class Bundle:
         """Parameter names in graph-input order."""
         return [p["name"] for p in self.manifest["parameters"]]
 
+    @property
+    def state(self) -> StateSpec:
+        """The recurrent state infer.onnx carries between calls."""
+        return StateSpec.from_manifest(self.manifest)
+
     def load_weights(self) -> dict[str, np.ndarray]:
         """The global weights, checked against the manifest's names, shapes and dtypes."""
         arrays, _ = tensor_codec.load(self.path("weights.safetensors"))
         check_parameters(self.manifest, arrays)
         return arrays
+
+
+STATE_DTYPES = ("float32",)  # what the completers can allocate (JS: Float32Array)
+STATE_INITS = ("zeros",)
+BATCH = "batch"  # the symbolic batch dimension in a state shape
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    """The recurrent state infer.onnx carries from one call to the next (manifest
+    ``graphs.infer.state``, docs/FORMAT.md): the only thing completers know about it.
+
+    A state for B rows has ``shape`` with ``"batch"`` replaced by B; row i is index i along
+    ``batch_axis``; a fresh row holds ``init`` ("zeros").
+    """
+
+    input: str
+    output: str
+    shape: tuple[int | str, ...]
+    batch_axis: int
+    dtype: str
+    init: str
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> StateSpec:
+        """The infer graph's state description, checked.
+
+        :raise BundleError: if it is missing or describes a state completers cannot hold.
+        """
+        spec = manifest.get("graphs", {}).get("infer", {}).get("state")
+        keys = {"input", "output", "shape", "batch_axis", "dtype", "init"}
+        if not isinstance(spec, dict) or set(spec) != keys:
+            raise BundleError(f"manifest graphs.infer.state must hold exactly {sorted(keys)}, got {spec!r}")
+        shape, axis = spec["shape"], spec["batch_axis"]
+        if not (isinstance(shape, list) and isinstance(axis, int) and 0 <= axis < len(shape)
+                and shape[axis] == BATCH and all(type(d) is int and d > 0 for i, d in enumerate(shape)
+                                                 if i != axis)):
+            raise BundleError(f"state shape {shape!r} needs {BATCH!r} at batch_axis {axis!r} and "
+                              "positive sizes elsewhere")
+        if spec["dtype"] not in STATE_DTYPES or spec["init"] not in STATE_INITS:
+            raise BundleError(f"state {spec['dtype']!r} initialised with {spec['init']!r}: this fedurl "
+                              f"supports dtype {STATE_DTYPES} and init {STATE_INITS}")
+        return cls(spec["input"], spec["output"], tuple(shape), axis, spec["dtype"], spec["init"])
+
+    def dims(self, batch: int) -> tuple[int, ...]:
+        """The concrete shape of a state for batch rows."""
+        return tuple(batch if i == self.batch_axis else int(d) for i, d in enumerate(self.shape))
+
+    def initial(self, batch: int) -> np.ndarray:
+        """A fresh state for batch rows."""
+        return np.zeros(self.dims(batch), dtype=self.dtype)
+
+    def join(self, rows: Sequence[np.ndarray]) -> np.ndarray:
+        """One state holding the given states' rows, in order."""
+        return np.concatenate(rows, axis=self.batch_axis)
+
+    def row(self, state: np.ndarray, index: int) -> np.ndarray:
+        """Row index of a state, as a one-row state."""
+        return np.take(state, [index], axis=self.batch_axis)
+
+
+def upgrade_manifest(manifest: dict) -> dict:
+    """A manifest with every section this fedurl reads (the same dict, changed in place).
+
+    Format-1 manifests written before the state section get the one their GRU had:
+    state_input/state_output, [n_layer, batch, n_hidden], zeros.
+    """
+    infer = manifest.get("graphs", {}).get("infer", {})
+    if "state" not in infer and "state_input" in infer:
+        config = manifest["config"]
+        infer["state"] = {"input": infer.pop("state_input"), "output": infer.pop("state_output"),
+                          "shape": [config["n_layer"], BATCH, config["n_hidden"]], "batch_axis": 1,
+                          "dtype": "float32", "init": "zeros"}
+    return manifest
 
 
 def check_parameters(manifest: dict, tensors: dict[str, np.ndarray]) -> None:
@@ -101,4 +181,4 @@ def load_bundle(directory, verify: bool = True) -> Bundle:
             if actual != entry["sha256"]:
                 raise BundleError(f"bundle file {name} is corrupt or was modified: sha256 {actual[:12]}… "
                                   f"but the manifest says {entry['sha256'][:12]}…")
-    return Bundle(directory, manifest)
+    return Bundle(directory, upgrade_manifest(manifest))

@@ -76,8 +76,8 @@ def split_typed(typed: str) -> tuple[str, str]:
     ``fill`` is non-empty only while a scheme is half typed (``"https:/"`` -> ``"/"``).
     """
     if _SCHEME_IN_PROGRESS.match(typed):
-        scheme = "https://" if typed.lower().startswith("https") else "http://"
-        return scheme[len(typed):], ""
+        full = "https://" if typed.lower().startswith("https") else "http://"
+        return full[len(typed):], ""
     text = typed.lstrip("\ufeff")
     scheme = _WEB_SCHEME.match(text)
     if scheme:
@@ -113,7 +113,8 @@ def load_urls(path: Path, limit: int | None) -> list[str]:
     """
     path = Path(path)
     if not path.is_file():
-        hint = " (run `npm ci` in web_client/ to install the default corpus)" if path == DEFAULT_CORPUS else ""
+        hint = (" (run `npm ci` in web_client/ to install the default corpus)"
+                if path == DEFAULT_CORPUS else "")
         raise FileNotFoundError(f"corpus {path} not found{hint}")
     if path.suffix == ".json":
         entries = json.loads(path.read_text())

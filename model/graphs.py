@@ -52,7 +52,7 @@ def sgd_train_step(model: URLLanguageModel):
     grad_and_loss = torch.func.grad_and_value(loss_of)
 
     def step(tokens, targets, mask, lr, *flat_params):
-        params = dict(zip(names, flat_params))
+        params = dict(zip(names, flat_params, strict=True))
         grads, loss = grad_and_loss(params, tokens, targets, mask)
         norm = torch.sqrt(sum((g * g).sum() for g in grads.values()))
         scale = torch.clamp(clip / (norm + 1e-6), max=1.0)
@@ -92,7 +92,7 @@ class _InferStep(nn.Module):
         self.names = ["model." + name for name in parameter_names(model)]
 
     def forward(self, tokens, state, *flat_params):
-        params = dict(zip(self.names, flat_params))
+        params = dict(zip(self.names, flat_params, strict=True))
         return torch.func.functional_call(self.stepper, params, (tokens, state))
 
 
@@ -131,19 +131,30 @@ def export_train_step(model: URLLanguageModel, path: str) -> dict:
 
 
 def export_infer(model: URLLanguageModel, path: str) -> dict:
-    """Write infer.onnx (one decoding step, dynamic batch); return its manifest entry."""
+    """Write infer.onnx (one decoding step, dynamic batch); return its manifest entry.
+
+    The entry's "state" is the whole recurrent-state contract (names, shape with its batch axis,
+    dtype, initial value): completers read only that, so a model with another state changes
+    ``URLLanguageModel.state_layout`` and this graph, never a completer.
+    """
     names = parameter_names(model)
     params = tuple(p.detach() for p in model.parameters())
+    layout = model.state_layout()
     tokens = torch.zeros(2, dtype=torch.int64)
     state = model.initial_state(2)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic = ({0: batch}, {1: batch}, tuple({} for _ in params))
+    dynamic = ({0: batch}, {layout["batch_axis"]: batch}, tuple({} for _ in params))
     _export(_InferStep(model), (tokens, state, *params), path, (*INFER_INPUTS, *names),
             INFER_OUTPUTS, dynamic_shapes=dynamic)
-    tokens, state = INFER_INPUTS
-    log_probs, new_state = INFER_OUTPUTS
-    return {**describe_io(path), "tokens_input": tokens, "state_input": state,
-            "log_probs_output": log_probs, "state_output": new_state}
+    tokens_name, state_name = INFER_INPUTS
+    log_probs_name, new_state_name = INFER_OUTPUTS
+    io = describe_io(path)
+    for value in (*io["inputs"], *io["outputs"]):
+        if value["name"] in (state_name, new_state_name):
+            assert (value["shape"], value["dtype"]) == (layout["shape"], layout["dtype"]), \
+                f"{value['name']} is {value['dtype']}{value['shape']} in the graph, the model says {layout}"
+    return {**io, "tokens_input": tokens_name, "log_probs_output": log_probs_name,
+            "state": {"input": state_name, "output": new_state_name, **layout}}
 
 
 def describe_io(path: str) -> dict:

@@ -55,6 +55,7 @@ class GRUCell(nn.Module):
         self.hidden_proj = nn.Linear(n_hidden, 3 * n_hidden)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Input x (B, n_in) and state h (B, H) -> the next state (B, H)."""
         gi = self.input_proj(x)   # (B, 3H)
         gh = self.hidden_proj(h)  # (B, 3H)
         i_r, i_z, i_n = gi.chunk(3, dim=-1)
@@ -80,8 +81,16 @@ class URLLanguageModel(nn.Module):
             for i in range(config.n_layer))
         self.head = nn.Linear(config.n_hidden, config.vocab_size)
 
+    def state_layout(self) -> dict:
+        """The state ``step`` carries, as the manifest tells every completer.
+
+        Its shape with the symbolic "batch" dimension at ``batch_axis``, its dtype and initial value.
+        """
+        return {"shape": [self.config.n_layer, "batch", self.config.n_hidden], "batch_axis": 1,
+                "dtype": "float32", "init": "zeros"}
+
     def initial_state(self, batch: int) -> torch.Tensor:
-        """Zero hidden state, (L, B, H)."""
+        """Zero hidden state, (L, B, H): what ``state_layout`` promises."""
         return torch.zeros(self.config.n_layer, batch, self.config.n_hidden)
 
     def step(self, tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,7 +108,8 @@ class URLLanguageModel(nn.Module):
         x = self.embed(tokens)  # (B, T, E)
         for layer, cell in enumerate(self.cells):
             h, outputs = state[layer], []
-            for x_t in x.unbind(1):  # unbind, not x[:, t]: its backward is a stack, not T zero-filled scatters
+            # unbind, not x[:, t]: its backward is a stack, not T zero-filled scatters
+            for x_t in x.unbind(1):
                 h = cell(x_t, h)
                 outputs.append(h)
             x = torch.stack(outputs, dim=1)  # (B, T, H)

@@ -86,9 +86,10 @@ class LocalTrainer:
     def step(self, weights: dict, tokens, targets, mask, lr: float) -> tuple[float, dict]:
         """One SGD step; returns (loss before the step, updated weights)."""
         feed = {self.data_inputs["tokens"]: tokens, self.data_inputs["targets"]: targets,
-                self.data_inputs["mask"]: mask, self.data_inputs["lr"]: np.array(lr, dtype=np.float32), **weights}
+                self.data_inputs["mask"]: mask, self.data_inputs["lr"]: np.array(lr, dtype=np.float32),
+                **weights}
         loss, *updated = self.session.run(self.output_names, feed)
-        return float(loss), dict(zip(self.parameter_outputs, updated))
+        return float(loss), dict(zip(self.parameter_outputs, updated, strict=True))
 
     def mean_loss(self, weights: dict, rows: Rows) -> float:
         """Token-weighted mean loss over rows (lr 0 steps: the weights do not move)."""

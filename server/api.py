@@ -19,7 +19,7 @@ from server.errors import ApiError
 from server.identity import IdentityError, network_of
 from server.refusals import NotEnrolled
 from server.rounds import Coordinator
-from server.validation import check_client_id, check_delta, decode_payload, json_body, parse_metadata
+from server.validation import check_client_id, check_delta, decode_upload, json_body
 from server.versions import iso
 from server.web import send_encoded
 
@@ -211,8 +211,8 @@ def updates():
     if request.mimetype != "application/octet-stream":
         raise ApiError("bad_content_type", "send the update as application/octet-stream safetensors", 415)
     body = request.get_data(cache=False)
-    tensors, metadata = decode_payload(body)
-    meta = parse_metadata(metadata, current_app.config["MAX_NUM_EXAMPLES"])
+    update = decode_upload(body, current_app.config["MAX_NUM_EXAMPLES"])
+    tensors, meta = update.tensors, update.meta
     parameters = coordinator().current()[2]["parameters"]
     delta, norm = check_delta(tensors, parameters, current_app.config["MAX_UPDATE_NORM"])
     accepted = coordinator().submit(meta, delta, norm, body)

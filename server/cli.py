@@ -234,10 +234,11 @@ def main(argv=None) -> None:
     server = make_server(app, args.host, args.port, args.threads)
     web.precompress(app)  # a background thread: requests meanwhile get files as they are
     port = server.effective_port if hasattr(server, "effective_port") else args.port
-    logs.event("listening", url=f"http://{args.host}:{port}",
-               version=app.extensions["fedurl.coordinator"].version,
+    url = f"http://{args.host}:{port}"
+    logs.event("listening", url=url, version=app.extensions["fedurl.coordinator"].version,
                connection_limit=app.config["CONNECTION_LIMIT"], **{
                    f"{k}_timeout_s": v for k, v in asdict(Timeouts.from_config(app.config)).items()})
+    print(f"Open {url}  (dashboard: {url}/dashboard)", flush=True)  # for people, beside the JSON logs
     server.run()
 
 

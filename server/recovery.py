@@ -20,7 +20,7 @@ from formats.bundle import load_bundle
 from server import db, logs, quarantine
 from server.spool import Spool
 from server.strategies import Aggregator
-from server.validation import check_delta, decode_payload
+from server.validation import check_delta, decode_stored
 from server.versions import VersionStore
 
 GRAPH_FILES = ("infer.onnx", "train_step.onnx", "tokenizer.json")
@@ -120,7 +120,7 @@ def _reread(spool: Spool, round_id: int, update: db.StoredUpdate, parameters: li
     body = spool.read(round_id, update.key)
     if update.sha256 is not None and hashlib.sha256(body).hexdigest() != update.sha256:
         raise BodyDamaged("checksum mismatch: the stored body changed after it was accepted")
-    tensors, metadata = decode_payload(body)
+    tensors, metadata = decode_stored(body)
     if db.ticket_digest(metadata.get("ticket", "")) != update.key:
         raise BodyDamaged("the body's ticket is not its row's")
     return check_delta(tensors, parameters, max_norm)[0]

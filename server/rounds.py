@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from formats.update import UpdateMeta
 from server import cohorts, db, logs, quarantine, recovery
 from server.aggregate import ServerOptimizer, staleness_weight, unsafe_weights
 from server.cohorts import PHASE_REPORTING, PHASE_SELECTING, CohortRules
@@ -63,7 +64,6 @@ from server.refusals import (
 )
 from server.spool import Spool
 from server.strategies import Aggregator
-from server.validation import UpdateMeta
 from server.versions import WEIGHTS, VersionStore, iso
 
 

@@ -26,7 +26,14 @@ import numpy as np
 
 from formats import durable
 from formats import tensors as tensor_codec
-from formats.bundle import BUNDLE_FILES, MANIFEST, check_parameters, load_bundle, sha256_file
+from formats.bundle import (
+    BUNDLE_FILES,
+    MANIFEST,
+    check_parameters,
+    load_bundle,
+    sha256_file,
+    upgrade_manifest,
+)
 
 WEIGHTS = "weights.safetensors"
 SERVER_STATE = "server_state.safetensors"
@@ -111,7 +118,8 @@ class VersionStore:
 
     def manifest(self, version: int) -> dict:
         """A version's manifest."""
-        return json.loads((self.path(version) / MANIFEST).read_text())
+        # versions stored before the manifest described the recurrent state get the GRU's description
+        return upgrade_manifest(json.loads((self.path(version) / MANIFEST).read_text()))
 
     def weights(self, version: int) -> dict[str, np.ndarray]:
         """A version's weights, writable copies; every file's sha256 and the weights' names and

@@ -34,9 +34,9 @@ ORT_MAX_AGE_S = 86_400  # dist files change only when package-lock.json moves on
 ORT_PRECOMPRESS = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 MIMETYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
              ".json": "application/json", ".map": "application/json", ".html": "text/html",
-             ".css": "text/css"}
+             ".css": "text/css", ".svg": "image/svg+xml", ".webmanifest": "application/manifest+json"}
 # Types worth gzip: text, wasm, ONNX graphs (initializers), weights (~7 %), sentencepiece models.
-COMPRESSIBLE = {*MIMETYPES, ".onnx", ".safetensors", ".model", ".txt", ".svg"}
+COMPRESSIBLE = {*MIMETYPES, ".onnx", ".safetensors", ".model", ".txt"}
 MIN_SAVING = 0.05  # keep a gzip body only if it is at least this much smaller than the file
 ENTRY_OVERHEAD = 256  # bytes charged per cached entry for its key, so "not worth it" marks are bounded too
 DASHBOARD_CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
@@ -264,6 +264,18 @@ def _web_client() -> Path:
 def index():
     """The demo page; revalidated on every visit, so a new client version shows at once."""
     return send_encoded(_file_in(_web_client(), "index.html"))
+
+
+@bp.get("/sw.js")
+def service_worker():
+    """The offline service worker, served at the root so its scope covers the whole site."""
+    return send_encoded(_file_in(_web_client(), "sw.js"))
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """The site icon (an SVG, which browsers accept here) for pages that name none, e.g. the dashboard."""
+    return send_encoded(_file_in(_web_client(), "icon.svg"))
 
 
 @bp.get("/static/<path:path>")

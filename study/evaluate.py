@@ -18,6 +18,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -69,17 +70,17 @@ class FrequencyTrie:
 def next_token_metrics(bundle: Bundle, weights: dict, urls: list[str], batch: int = 256) -> dict:
     """Teacher-forced top-1/top-3 accuracy and perplexity of the model with infer.onnx."""
     tokenizer, session = open_tokenizer(bundle), open_session(bundle, "infer")
-    config, io = bundle.manifest["config"], bundle.manifest["graphs"]["infer"]
+    config, io, spec = bundle.manifest["config"], bundle.manifest["graphs"]["infer"], bundle.state
     width = max((len(tokenizer.encode(u)) + 1 for u in urls), default=1)
     rows = encode_rows(tokenizer, urls, width, config)
     hits1 = hits3 = 0
     nll = count = 0.0
     for start in range(0, len(rows), batch):
         tokens, targets, mask = (a[start:start + batch] for a in (rows.tokens, rows.targets, rows.mask))
-        state = np.zeros((config["n_layer"], len(tokens), config["n_hidden"]), dtype=np.float32)
+        state = spec.initial(len(tokens))
         for t in range(int(np.flatnonzero(mask.any(axis=0)).max()) + 1):
-            log_probs, state = session.run([io["log_probs_output"], io["state_output"]], {
-                io["tokens_input"]: tokens[:, t], io["state_input"]: state, **weights})
+            log_probs, state = session.run([io["log_probs_output"], spec.output], {
+                io["tokens_input"]: tokens[:, t], spec.input: state, **weights})
             live = mask[:, t] > 0
             target = targets[live, t]
             top3 = np.argsort(-log_probs[live], axis=1, kind="stable")[:, :3]
@@ -97,7 +98,7 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
     bundle = load_bundle(bundle_dir)
     completer = Completer(bundle_dir)
     ksr_urls = urls[:ksr_limit]
-    report = {"urls": len(urls), "ksr_urls": len(ksr_urls), "model": next_token_metrics(
+    report: dict[str, Any] = {"urls": len(urls), "ksr_urls": len(ksr_urls), "model": next_token_metrics(
         bundle, completer.weights, urls)}
     report["model"]["ksr@3"] = keystroke_savings(ksr_urls, lambda p: completer.complete(p, 3), 3, True)
     if train_urls is not None:

@@ -17,11 +17,12 @@ REPO = Path(__file__).resolve().parent.parent
 # package -> the fedurl packages it may import (besides itself)
 ALLOWED = {
     "formats": set(),
+    "privacy": set(),
     "runtime": {"formats"},
-    "client": {"formats"},
-    "server": {"formats", "runtime"},
+    "client": {"formats", "privacy"},
+    "server": {"formats", "runtime", "privacy"},
     "model": {"formats", "runtime"},
-    "study": {"formats", "runtime", "client", "server"},
+    "study": {"formats", "runtime", "client", "server", "privacy"},
 }
 TORCH_PACKAGES = {"model"}
 
@@ -71,7 +72,8 @@ def test_every_python_package_is_under_the_rule():
 
 
 @pytest.mark.parametrize("module", ["server.app", "server.cli", "client.protocol", "runtime.complete",
-                                    "runtime.trainer", "study.evaluate", "study.simulate", "formats.bundle"])
+                                    "runtime.trainer", "study.evaluate", "study.simulate", "formats.bundle",
+                                    "privacy.secagg", "privacy.dp"])
 def test_module_does_not_import_torch(module):
     code = f"import sys, {module}; sys.exit(3 if 'torch' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -7,13 +7,20 @@
  */
 
 import { ServerError, fetchModel, requestTicket, uploadUpdate } from "./api.js";
-import { HISTORY_SUGGESTIONS, SUGGESTIONS_K, UPLOAD_DTYPE } from "./constants.js";
-import { History } from "./history.js";
+import { HISTORY_SUGGESTIONS, RETRY_FIRST_MS, RETRY_MAX_MS, SUGGESTIONS_K, UPLOAD_DTYPE } from "./constants.js";
+import { History, visitableUrl } from "./history.js";
 import { HistoryIndex, mergeSuggestions } from "./history_index.js";
 import { fetchVerified, pruneCache } from "./model_store.js";
 import { normalizeUrl } from "./normalize.js";
 import { WorkerClient } from "./protocol.js";
-import { canWriteF16, encode, toF16 } from "./safetensors.js";
+import { canWriteF16 } from "./safetensors.js";
+import { encodeUpdate } from "./update.js";
+
+/** Upload failures that go away by themselves (network, server busy or down, an old ticket). */
+function retriesHelp(error) {
+  return error.code === "offline" || error.status === 429 || error.status >= 500
+    || ["ticket_expired", "ticket_invalid"].includes(error.code);
+}
 
 function startWorker() {
   return new WorkerClient(new Worker(new URL("./worker.js", import.meta.url), { type: "module" }));
@@ -25,10 +32,9 @@ function randomClientId() {
   return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
 }
 
-/** The delta as uploaded: F16 if UPLOAD_DTYPE asks for it and this browser can write it, else F32. */
-function wireDelta(delta) {
-  if (UPLOAD_DTYPE !== "F16" || !canWriteF16()) return delta;
-  return delta.map((tensor) => ({ ...tensor, data: toF16(tensor.data) }));
+/** The dtype deltas are uploaded as: F16 if UPLOAD_DTYPE asks for it and this browser can write it. */
+function wireDtype() {
+  return UPLOAD_DTYPE === "F16" && canWriteF16() ? "F16" : "F32";
 }
 
 export class Client extends EventTarget {
@@ -48,6 +54,8 @@ export class Client extends EventTarget {
     this.state = { version: null, round: null, localUrls: 0, newUrls: 0, lossBefore: null, lossAfter: null,
       contributions: 0, answer: null, connection: null, progress: null, training: false, trainReady: false,
       pending: false, downloadedBytes: 0 };
+    this.uploading = false;
+    this.retry = { auto: false, attempts: 0, timer: 0 }; // automatic upload retries with backoff
   }
 
   /** Open local storage and restore counters (no network yet). */
@@ -60,11 +68,13 @@ export class Client extends EventTarget {
       client.state[key] = (await history.getMeta(key)) ?? client.state[key];
     }
     client.state.pending = Boolean(await history.getPending());
+    client.retry.auto = client.state.pending; // kept because a retry could deliver it
     return client;
   }
 
   /** Load the current global model, then keep checking for new versions. */
   async start() {
+    self.addEventListener("online", () => this.retryUpload());
     await this.syncModel();
     this.schedulePoll();
   }
@@ -84,6 +94,7 @@ export class Client extends EventTarget {
       const fetched = await fetchModel(this.etag);
       this.update({ connection: { ok: true, text: "reachable" } });
       if (this.model && !this.state.trainReady) this.prefetchTraining(this.model);
+      this.retryUpload(); // the server answers again: send what waits now, not at the next backoff
       if (!fetched) return;
       if (fetched.model.version !== this.model?.version) {
         await this.loadModel(fetched.model);
@@ -160,21 +171,34 @@ export class Client extends EventTarget {
     return visits;
   }
 
-  /** Record a visit on this device; enough new visits start local training. */
-  async visit(url) {
+  /**
+   * Record a visit on this device, as its canonical URL; text that is not a web address is not
+   * recorded. Training on the new visits is auto_train.js's decision.
+   * @returns {Promise<string|null>} the URL recorded, or null
+   */
+  async visit(text) {
+    const url = visitableUrl(text);
+    if (url === null) return null;
     await this.history.addVisit(url);
     await this.refreshHistory();
-    const threshold = this.config.train_after_urls;
-    if (threshold > 0 && this.state.newUrls >= threshold && !this.state.training) await this.train();
+    return url;
   }
 
-  async deleteVisit(id) {
-    await this.history.deleteVisit(id);
+  async deleteVisits(ids) {
+    await this.history.deleteVisits(ids);
     await this.refreshHistory();
   }
 
+  /** Delete every visit; resolves with them, so restoreHistory can undo it. */
   async clearHistory() {
+    const visits = await this.history.listVisits();
     await this.history.clearVisits();
+    await this.refreshHistory();
+    return visits;
+  }
+
+  async restoreHistory(visits) {
+    await this.history.restoreVisits(visits);
     await this.refreshHistory();
   }
 
@@ -220,18 +244,32 @@ export class Client extends EventTarget {
 
   /** Send the kept update (PROTOCOL.md step 4); on failure say why and keep it if a retry can help. */
   async upload() {
-    const pending = await this.history.getPending();
-    if (!pending) return;
+    if (this.uploading) return;
+    this.uploading = true;
+    clearTimeout(this.retry.timer);
     try {
-      const ticket = pending.ticket ?? await this.freshTicket(pending);
-      const answer = await uploadUpdate(encode(wireDelta(pending.delta), {
-        ticket: ticket.ticket, client_id: this.clientId, base_version: String(pending.baseVersion),
-        num_examples: String(pending.numExamples), loss_before: String(pending.lossBefore),
-        loss_after: String(pending.lossAfter) }));
-      await this.delivered(`Update accepted for round ${answer.round} (${answer.updates_in_round} in this round so far).`);
-    } catch (error) {
-      await this.notSent(pending, error);
+      const pending = await this.history.getPending();
+      if (!pending) return;
+      try {
+        const ticket = pending.ticket ?? await this.freshTicket(pending);
+        const answer = await uploadUpdate(encodeUpdate(pending.delta, { ticket: ticket.ticket,
+          clientId: this.clientId, baseVersion: pending.baseVersion, numExamples: pending.numExamples,
+          lossBefore: pending.lossBefore, lossAfter: pending.lossAfter }, wireDtype()));
+        await this.delivered(answer.version > pending.baseVersion
+          ? `Update accepted: it is part of version ${answer.version}.`
+          : `Update accepted: it will be averaged into version ${answer.version + 1} `
+            + `(${answer.updates_in_round} update${answer.updates_in_round === 1 ? "" : "s"} so far).`);
+      } catch (error) {
+        await this.notSent(pending, error);
+      }
+    } finally {
+      this.uploading = false;
     }
+  }
+
+  /** Send a kept update now if its last failure was one that retrying fixes (and none runs). */
+  retryUpload() {
+    if (this.retry.auto && this.state.pending && !this.state.training && !this.uploading) this.upload();
   }
 
   /** A ticket for an update trained offline: only possible while its base version is current. */
@@ -246,6 +284,7 @@ export class Client extends EventTarget {
   }
 
   async delivered(text) {
+    this.retry = { auto: false, attempts: 0, timer: 0 };
     await this.history.clearPending();
     const contributions = this.state.contributions + 1;
     await this.history.setMeta("contributions", contributions);
@@ -260,13 +299,24 @@ export class Client extends EventTarget {
       return;
     }
     if (["version_moved", "stale_version", "version_mismatch"].includes(error.code)) {
+      this.retry = { auto: false, attempts: 0, timer: 0 };
       await this.history.clearPending();
       this.update({ pending: false, answer: { ok: false,
         text: `Update discarded: ${error.message} Press “Train now” to train on the current model.` } });
       return;
     }
     if (["ticket_expired", "ticket_invalid"].includes(error.code)) await this.history.putPending({ ...pending, ticket: null });
+    this.retry.auto = retriesHelp(error);
+    if (!this.retry.auto) {
+      this.update({ answer: { ok: false,
+        text: `Update not sent: ${error.message} It is kept on this device; press “Retry upload” to send it again.` } });
+      return;
+    }
+    // Exponential backoff; the online event and the next answered model check try sooner.
+    const waitMs = Math.min(RETRY_FIRST_MS * 2 ** this.retry.attempts++, RETRY_MAX_MS);
+    this.retry.timer = self.setTimeout(() => this.retryUpload(), waitMs);
     this.update({ answer: { ok: false,
-      text: `Update not sent: ${error.message} It is kept on this device; press “Retry upload” to send it again.` } });
+      text: `Update not sent: ${error.message} It is kept on this device and sent again by itself: in `
+        + `${Math.round(waitMs / 1000)} s, or as soon as the server answers again.` } });
   }
 }

@@ -5,7 +5,8 @@
  * search, extend, advance) and its tie-breaking: candidates in (score desc, beam, piece) order,
  * scores summed in float64, results ranked by (score desc, text bytes). Byte strings are JS
  * strings with one char per byte, so startsWith, slicing and < behave like Python bytes.
- * No onnxruntime here: the worker passes in `step`, one infer.onnx call.
+ * No onnxruntime here: the worker passes in `step`, one infer.onnx call. All this file knows of the
+ * model's recurrent state is the manifest's description of it (graphs.infer.state, docs/FORMAT.md).
  */
 
 import { BEAM_WIDTH, CONTEXT_CACHE_ENTRIES, MAX_STEPS } from "./constants.js";
@@ -30,6 +31,43 @@ function decodeBytes(bytes) {
   }
 }
 
+/**
+ * The manifest's description of the state infer.onnx carries (graphs.infer.state).
+ * @typedef {{input: string, output: string, shape: Array<number|string>, batch_axis: number,
+ *            dtype: string, init: string}} StateSpec
+ */
+
+/**
+ * How a state's flat C-order data splits into rows: `outer` blocks (dims before the batch axis) of
+ * `inner` values (dims after it) per row. Throws unless the state is one this completer can hold.
+ * @param {StateSpec} spec
+ * @returns {{outer: number, inner: number, rowSize: number}}
+ */
+export function stateLayout(spec) {
+  if (!spec) throw new Error("the manifest has no graphs.infer.state (a bundle or server older than this page)");
+  const axis = spec.batch_axis;
+  const sizes = spec.shape.filter((_, i) => i !== axis);
+  if (spec.shape[axis] !== "batch" || !sizes.every((d) => Number.isInteger(d) && Number(d) > 0)) {
+    throw new Error(`state shape [${spec.shape}] needs "batch" at batch_axis ${axis} and positive sizes elsewhere`);
+  }
+  if (spec.dtype !== "float32" || spec.init !== "zeros") {
+    throw new Error(`state ${spec.dtype} initialised with ${spec.init}: only float32 zeros are supported`);
+  }
+  const product = (dims) => dims.reduce((a, b) => a * Number(b), 1);
+  const outer = product(spec.shape.slice(0, axis)), inner = product(spec.shape.slice(axis + 1));
+  return { outer, inner, rowSize: outer * inner };
+}
+
+/**
+ * The concrete shape of a state for `rows` rows.
+ * @param {StateSpec} spec
+ * @param {number} rows
+ * @returns {number[]}
+ */
+export function stateDims(spec, rows) {
+  return spec.shape.map((d, i) => (i === spec.batch_axis ? rows : Number(d)));
+}
+
 /** Flat candidate indices, best first: score desc, then index (numpy's stable argsort). */
 function candidateQueue(scores) {
   const live = [];
@@ -42,16 +80,17 @@ export class Completer {
    * @param {object} options
    * @param {import("./tokenizer.js").Tokenizer} options.tokenizer
    * @param {(tokens: number[], state: Float32Array) => Promise<{logProbs: Float32Array, state: Float32Array}>}
-   *   options.step one infer.onnx call for tokens.length rows; state is [n_layer, rows, n_hidden]
-   * @param {{n_layer: number, n_hidden: number, bos_id: number, eos_id: number}} options.config
+   *   options.step one infer.onnx call for tokens.length rows; state has stateDims(options.state, rows)
+   * @param {{bos_id: number, eos_id: number}} options.config
+   * @param {StateSpec} options.state the manifest's state description
    * @param {number[]} options.blockedIds pieces never generated (pad, unk, bos)
    */
-  constructor({ tokenizer, step, config, blockedIds }) {
+  constructor({ tokenizer, step, config, state, blockedIds }) {
     this.tokenizer = tokenizer;
     this.step = step;
     this.config = config;
+    this.layout = stateLayout(state);
     this.vocabSize = tokenizer.pieceBytes.length;
-    this.stateSize = config.n_layer * config.n_hidden;
     this.blocked = blockedIds;
     this.piecePrefixes = new Set();
     for (const piece of tokenizer.pieceBytes) {
@@ -67,7 +106,7 @@ export class Completer {
     let entry = known >= 0 ? this.contexts.get(ids.slice(0, known).join()) : null;
     for (let n = known + 1; n <= ids.length; n++) {
       const token = n === 0 ? this.config.bos_id : ids[n - 1];
-      const { logProbs, state } = await this.step([token], entry ? entry.state : new Float32Array(this.stateSize));
+      const { logProbs, state } = await this.step([token], entry ? entry.state : new Float32Array(this.layout.rowSize));
       entry = { logProbs, state };
       this.remember(ids.slice(0, n).join(), entry);
     }
@@ -171,17 +210,19 @@ export class Completer {
 
   /** One batched infer step for the chosen (beam, piece) pairs; state rows follow chosen order. */
   async advance(beams, chosen) {
-    const { n_layer: L, n_hidden: H } = this.config;
+    const { outer, inner, rowSize } = this.layout;
     const B = chosen.length;
-    const state = new Float32Array(L * B * H);
+    // Row b of a B-row state is, for each outer block o, the `inner` values at (o * B + b) * inner.
+    const state = new Float32Array(rowSize * B);
     chosen.forEach(({ beamIndex }, b) => {
-      for (let l = 0; l < L; l++) state.set(beams[beamIndex].state.subarray(l * H, (l + 1) * H), (l * B + b) * H);
+      const own = beams[beamIndex].state;
+      for (let o = 0; o < outer; o++) state.set(own.subarray(o * inner, (o + 1) * inner), (o * B + b) * inner);
     });
     const out = await this.step(chosen.map((c) => c.piece), state);
     const V = this.vocabSize;
     return chosen.map(({ score, text, pending }, b) => {
-      const own = new Float32Array(L * H);
-      for (let l = 0; l < L; l++) own.set(out.state.subarray((l * B + b) * H, (l * B + b + 1) * H), l * H);
+      const own = new Float32Array(rowSize);
+      for (let o = 0; o < outer; o++) own.set(out.state.subarray((o * B + b) * inner, (o * B + b + 1) * inner), o * inner);
       return { score, logProbs: out.logProbs.subarray(b * V, (b + 1) * V), state: own, text, pending };
     });
   }

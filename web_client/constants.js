@@ -44,10 +44,27 @@ export const RUNTIME_CACHE_NAME = "fedurl-runtime-v1";
 /** IndexedDB database holding the local history, the unsent update and counters. */
 export const HISTORY_DB_NAME = "fedurl";
 
+/** The service worker (sw.js, served at the root so its scope covers the page). */
+export const SERVICE_WORKER_URL = "/sw.js";
+
+/** How long "Clear all" offers its Undo button. */
+export const UNDO_CLEAR_MS = 15000;
+
+/** First wait before an unsent update is offered to the server again; doubles after each failure. */
+export const RETRY_FIRST_MS = 5000;
+
+/** Longest wait between automatic upload attempts. */
+export const RETRY_MAX_MS = 300000;
+
+/** How often the page re-checks whether it may train on its own (and updates what it says). */
+export const TRAIN_CHECK_MS = 1000;
+
 /** Page settings that URL parameters may override (?train_after_urls=3&poll_ms=500). */
 export const DEFAULTS = Object.freeze({
-  /** New visited URLs that start local training on their own. */
+  /** New visited URLs after which the page trains on its own (0: only "Train now" trains). */
   train_after_urls: 20,
+  /** Milliseconds without typing or clicking before the page trains on its own. */
+  train_idle_ms: 20000,
   /** Local SGD epochs over the history per training run. */
   epochs: 2,
   /**

@@ -9,7 +9,7 @@ export default [
   {
     files: ["**/*.js"],
     languageOptions: {
-      ecmaVersion: 2024,
+      ecmaVersion: 2025, // Float16Array (ES2025) is used where present: see canWriteF16 in safetensors.js
       sourceType: "module",
       globals: { ...globals.browser, ...globals.worker },
     },

@@ -7,9 +7,22 @@
  */
 
 import { HISTORY_DB_NAME } from "./constants.js";
+import { normalizeUrl } from "./normalize.js";
 
 const VERSION = 1;
 const PENDING_KEY = "pending";
+// A web address: dotted host labels ending in a TLD of letters (or punycode), or an IPv4 address;
+// then an optional port and path. "redd" or "hello world" are searches, not visits.
+const WEB_ADDRESS = /^(?:(?:[\p{L}\p{N}-]+\.)+(?:\p{L}{2,63}|xn--[a-z0-9-]+)|(?:\d{1,3}\.){3}\d{1,3})(?::\d{1,5})?(?:[/?].*)?$/u;
+
+/**
+ * The canonical URL a visit records for typed text, or null when the text is not a web address,
+ * so history (and training) only ever holds addresses someone could actually have visited.
+ */
+export function visitableUrl(text) {
+  const url = normalizeUrl(text);
+  return url !== null && WEB_ADDRESS.test(url) ? url : null;
+}
 
 /** A promise for an IDBRequest's result. */
 function done(request) {
@@ -68,8 +81,18 @@ export class History {
     return visits.reverse();
   }
 
-  deleteVisit(id) {
-    return this.write("visits", (store) => done(store.delete(id)));
+  /** Delete visits by id (all visits of one URL, say). */
+  deleteVisits(ids) {
+    return this.write("visits", async (store) => {
+      for (const id of ids) await done(store.delete(id));
+    });
+  }
+
+  /** Put back visits exactly as listVisits returned them (ids included): the undo of a clear. */
+  restoreVisits(visits) {
+    return this.write("visits", async (store) => {
+      for (const visit of visits) await done(store.put(visit));
+    });
   }
 
   clearVisits() {

@@ -14,20 +14,31 @@ import { normalizeUrl, splitTyped } from "./normalize.js";
 /** Ranking of matches: more visits first, then the more recent last visit. */
 const byVisitsThenRecency = (a, b) => b.visits - a.visits || b.lastVisit - a.lastVisit;
 
+/**
+ * Visits grouped by canonical URL, most recently visited first: what the page lists, one row
+ * per address with its visit count (older records may hold raw text; they join their URL here).
+ * @param {Array<{id?: number, url: string, visitedAt: number}>} visits
+ * @returns {Array<{url: string, visits: number, lastVisit: number, ids: number[]}>}
+ */
+export function groupVisits(visits) {
+  const byUrl = new Map();
+  for (const { id, url: raw, visitedAt } of visits) {
+    const url = normalizeUrl(raw);
+    if (url === null) continue;
+    const entry = byUrl.get(url) ?? { url, visits: 0, lastVisit: -Infinity, ids: [] };
+    entry.visits += 1;
+    entry.lastVisit = Math.max(entry.lastVisit, visitedAt);
+    entry.ids.push(id);
+    byUrl.set(url, entry);
+  }
+  return [...byUrl.values()].sort((a, b) => b.lastVisit - a.lastVisit);
+}
+
 export class HistoryIndex {
   /** @param {Array<{url: string, visitedAt: number}>} visits the local history, in any order */
   constructor(visits = []) {
-    const byUrl = new Map(); // canonical URL -> {url, visits, lastVisit}
-    for (const { url: raw, visitedAt } of visits) {
-      const url = normalizeUrl(raw);
-      if (url === null) continue;
-      const entry = byUrl.get(url) ?? { url, visits: 0, lastVisit: -Infinity };
-      entry.visits += 1;
-      entry.lastVisit = Math.max(entry.lastVisit, visitedAt);
-      byUrl.set(url, entry);
-    }
     // Sorted by URL, so the URLs extending a prefix are one run that a binary search finds.
-    this.entries = [...byUrl.values()].sort((a, b) => (a.url < b.url ? -1 : a.url > b.url ? 1 : 0));
+    this.entries = groupVisits(visits).sort((a, b) => (a.url < b.url ? -1 : a.url > b.url ? 1 : 0));
   }
 
   /** Index of the first entry whose URL is not below `prefix`. */
@@ -70,6 +81,7 @@ export class HistoryIndex {
  */
 export function mergeSuggestions(history, model, k) {
   const shown = new Set(history);
-  return [...history.map((text) => ({ text, source: "history" })),
-    ...model.filter((text) => !shown.has(text)).map((text) => ({ text, source: "model" }))].slice(0, k);
+  return [...history.map((text) => ({ text, source: /** @type {const} */ ("history") })),
+    ...model.filter((text) => !shown.has(text)).map((text) => ({ text, source: /** @type {const} */ ("model") }))]
+    .slice(0, k);
 }

@@ -10,6 +10,12 @@ import { MODEL_CACHE_NAME, RUNTIME_CACHE_NAME } from "./constants.js";
 
 export class IntegrityError extends Error {}
 
+/** Bytes that crossed the network for a response: its Content-Length, which for a gzip-encoded
+ * body is the compressed size, else the decoded size. */
+function sentBytes(response, bytes) {
+  return Number(response.headers.get("Content-Length")) || bytes.byteLength;
+}
+
 /** Lower-case hex sha256 of bytes. */
 export async function sha256Hex(bytes) {
   const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
@@ -29,7 +35,7 @@ async function openCache(name = MODEL_CACHE_NAME) {
  * The verified bytes of one bundle file of a model, from the cache or the network.
  * @param {import("./protocol.js").ModelInfo} model
  * @param {string} name a key of model.files, e.g. "weights.safetensors"
- * @returns {Promise<{bytes: ArrayBuffer, downloaded: number}>} downloaded: bytes fetched (0 on a hit)
+ * @returns {Promise<{bytes: ArrayBuffer, downloaded: number}>} downloaded: bytes sent over the network (0 on a hit)
  * @throws {IntegrityError} when the server's bytes do not hash to the manifest's sha256
  */
 export async function fetchVerified(model, name) {
@@ -51,7 +57,7 @@ export async function fetchVerified(model, name) {
     throw new IntegrityError(`${name} is corrupt: sha256 ${actual.slice(0, 12)}…, manifest says ${expected.slice(0, 12)}…`);
   }
   await cache?.put(url, new Response(bytes, { headers: { "Content-Type": "application/octet-stream" } }));
-  return { bytes, downloaded: bytes.byteLength };
+  return { bytes, downloaded: sentBytes(response, bytes) };
 }
 
 /**
@@ -67,7 +73,7 @@ export async function fetchRuntime(url) {
   if (!response.ok) throw new Error(`downloading ${url} failed: HTTP ${response.status}`);
   const bytes = await response.arrayBuffer();
   await cache?.put(url, new Response(bytes, { headers: { "Content-Type": "application/wasm" } }));
-  return { bytes, downloaded: bytes.byteLength };
+  return { bytes, downloaded: sentBytes(response, bytes) };
 }
 
 /** Drop cached files that the given model no longer uses (older rounds' weights). */

@@ -16,11 +16,9 @@ const OTHER_SCHEME = /^[a-zA-Z][a-zA-Z0-9+.-]*:(?!\d)/u; // 'host:8080' is a por
 const HOST_END = /[/?#]/u;
 const SCHEME_IN_PROGRESS = /^https?:\/{0,2}\n?$/iu;
 
-/** Length in code points, as Python's len(). */
+/** Length in code points, as Python's len() (a string iterates by code point). */
 function codePoints(text) {
-  let count = 0;
-  for (const _ of text) count++;
-  return count;
+  return [...text].length;
 }
 
 /** Drop leading U+FEFF characters (Python's lstrip("\ufeff")). */

@@ -9,7 +9,8 @@
 
 /** dtype name -> typed-array class (F16 stays raw 16-bit words: Float16Array is not everywhere). */
 export const DTYPES = { F32: Float32Array, F16: Uint16Array, I64: BigInt64Array, I32: Int32Array };
-const MAX_HEADER_BYTES = 1 << 20; // same bound as formats/tensors.py
+const MAX_HEADER_BYTES = 1 << 20; // same bounds as formats/tensors.py
+const MAX_DIMS = 32;
 const F16_MAX = 65504; // the largest finite IEEE 754 half
 
 /** Whether this browser can round to F16 (Float16Array, Chromium >= 135). */
@@ -43,9 +44,11 @@ function asciiJson(value) {
     (ch) => "\\u" + ch.charCodeAt(0).toString(16).padStart(4, "0"));
 }
 
+/** @typedef {Float32Array|Uint16Array|BigInt64Array|Int32Array} TypedArray one of DTYPES' arrays */
+
 /**
  * Serialise tensors to safetensors bytes.
- * @param {Array<{name: string, shape: number[], data: ArrayBufferView}>} tensors in file order
+ * @param {Array<{name: string, shape: number[], data: TypedArray}>} tensors in file order
  * @param {Object<string, string>} [metadata]
  * @returns {Uint8Array}
  */
@@ -80,7 +83,7 @@ export function encode(tensors, metadata) {
 /**
  * Parse safetensors bytes, checking every bound like formats/tensors.py's decode.
  * @param {ArrayBuffer|Uint8Array} payload
- * @returns {{tensors: Map<string, {dtype: string, shape: number[], data: ArrayBufferView}>,
+ * @returns {{tensors: Map<string, {dtype: string, shape: number[], data: TypedArray}>,
  *            metadata: Object<string, string>}}
  * @throws {WeightsFormatError}
  */
@@ -135,13 +138,18 @@ function readTensor(name, info, data) {
   if (keys !== "data_offsets,dtype,shape") {
     throw new WeightsFormatError(`tensor '${name}': entry needs exactly dtype, shape, data_offsets`);
   }
-  const Type = Object.hasOwn(DTYPES, info.dtype) ? DTYPES[info.dtype] : undefined;
-  if (!Type) throw new WeightsFormatError(`tensor '${name}': unsupported dtype '${info.dtype}'`);
+  // typeof first: ["F32"] would pass Object.hasOwn as the key "F32"
+  const Type = typeof info.dtype === "string" && Object.hasOwn(DTYPES, info.dtype) ? DTYPES[info.dtype] : undefined;
+  if (!Type) throw new WeightsFormatError(`tensor '${name}': unsupported dtype '${String(info.dtype).slice(0, 20)}'`);
   const { shape, data_offsets: offsets } = info;
   if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
     throw new WeightsFormatError(`tensor '${name}': shape must be a list of non-negative ints`);
   }
-  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(Number.isInteger)
+  // Safe integers only: past 2**53 JSON numbers are rounded, and products could round to a small size.
+  if (shape.length > MAX_DIMS || !shape.every(Number.isSafeInteger)) {
+    throw new WeightsFormatError(`tensor '${name}': over ${MAX_DIMS} dimensions or one past ${Number.MAX_SAFE_INTEGER}`);
+  }
+  if (!Array.isArray(offsets) || offsets.length !== 2 || !offsets.every(Number.isSafeInteger)
       || !(0 <= offsets[0] && offsets[0] <= offsets[1] && offsets[1] <= data.length)) {
     throw new WeightsFormatError(`tensor '${name}': data_offsets out of range`);
   }

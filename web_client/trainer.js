@@ -7,9 +7,16 @@
  */
 
 /**
+ * @typedef {Object<string, Float32Array>} Weights parameter name -> values
+ * @typedef {{count: number, seqLen: number, tokens: Int32Array, targets: Int32Array, mask: Float32Array}} Rows
+ * @typedef {{tokens: Int32Array, targets: Int32Array, mask: Float32Array}} Batch
+ * @typedef {(weights: Weights, batch: Batch, lr: number) => Promise<{loss: number, weights: Weights}>} StepFn
+ */
+
+/**
  * Teacher-forcing rows: tokens = [bos, p1..pn], targets = [p1..pn, eos], truncated to seqLen,
  * padded with pad_id and mask 0 (docs/FORMAT.md, train_step.onnx).
- * @returns {{count: number, seqLen: number, tokens: Int32Array, targets: Int32Array, mask: Float32Array}}
+ * @returns {Rows}
  */
 export function encodeRows(tokenizer, urls, seqLen, config) {
   const count = urls.length;
@@ -54,7 +61,15 @@ function maskSum(mask) {
   return mask.reduce((a, b) => a + b, 0);
 }
 
-/** Token-weighted mean loss over rows with lr 0 (the weights do not move). */
+/**
+ * Token-weighted mean loss over rows with lr 0 (the weights do not move).
+ * @param {StepFn} step
+ * @param {Weights} weights
+ * @param {Rows} rows
+ * @param {number} batchSize
+ * @param {(loss: number) => void} [onBatch] called after each batch with its loss
+ * @returns {Promise<number>}
+ */
 export async function meanLoss(step, weights, rows, batchSize, onBatch = () => {}) {
   let total = 0, count = 0;
   for (const batch of batches(rows, batchSize)) {
@@ -69,10 +84,14 @@ export async function meanLoss(step, weights, rows, batchSize, onBatch = () => {
 /**
  * Shuffled SGD epochs over rows (FedAvg's client update, McMahan et al. 2017).
  * @param {object} job
- * @param {Function} job.step one train_step.onnx call
- * @param {Object<string, Float32Array>} job.weights the global weights to start from
+ * @param {StepFn} job.step one train_step.onnx call
+ * @param {Weights} job.weights the global weights to start from
+ * @param {Rows} job.rows from encodeRows
+ * @param {number} job.batchSize the training graph's fixed batch
+ * @param {number} job.epochs passes over the rows
+ * @param {number} job.lr SGD learning rate
  * @param {(p: {stage: string, done: number, total: number, loss: number}) => void} job.onProgress
- * @returns {Promise<{weights: Object<string, Float32Array>, lossBefore: number, lossAfter: number,
+ * @returns {Promise<{weights: Weights, lossBefore: number, lossAfter: number,
  *   numExamples: number, steps: number, tokens: number, seconds: number}>}
  */
 export async function trainLocal({ step, weights, rows, batchSize, epochs, lr, onProgress }) {

@@ -5,7 +5,7 @@
  */
 
 import * as ort from "/ort/ort.wasm.min.mjs";
-import { Completer } from "./completer.js";
+import { Completer, stateDims } from "./completer.js";
 import { ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
 import { fetchRuntime, fetchVerified } from "./model_store.js";
 import { reply } from "./protocol.js";
@@ -58,8 +58,18 @@ function session(model, graph) {
   return once(`session:${model.manifest.files[name].sha256}`, async () => {
     await runtime();
     const created = await ort.InferenceSession.create(await file(model, name), { executionProviders: ["wasm"] });
+    /** @type {Promise<unknown>} the last run queued; the next starts after it, failed or not */
     let queue = Promise.resolve();
-    return { run: (feeds) => (queue = queue.catch(() => {}).then(() => created.run(feeds))) };
+    /**
+     * @param {ort.InferenceSession.FeedsType} feeds
+     * @returns {Promise<ort.InferenceSession.ReturnType>}
+     */
+    const run = (feeds) => {
+      const result = queue.catch(() => {}).then(() => created.run(feeds));
+      queue = result;
+      return result;
+    };
+    return { run };
   });
 }
 
@@ -94,17 +104,18 @@ function feedWeights(model, values) {
 function completer(model) {
   return once(`completer:${model.version}`, async () => {
     const [graphSession, tok, values] = await Promise.all([session(model, "infer"), tokenizer(model), weights(model)]);
-    const io = model.manifest.graphs.infer, config = model.manifest.config, ids = model.manifest.tokenizer;
+    const io = model.manifest.graphs.infer, ids = model.manifest.tokenizer;
     const params = feedWeights(model, values);
     const step = async (tokens, state) => {
       const out = await graphSession.run({
         ...params,
         [io.tokens_input]: new ort.Tensor("int64", BigInt64Array.from(tokens, BigInt), [tokens.length]),
-        [io.state_input]: new ort.Tensor("float32", state, [config.n_layer, tokens.length, config.n_hidden]),
+        [io.state.input]: new ort.Tensor("float32", state, stateDims(io.state, tokens.length)),
       });
-      return { logProbs: out[io.log_probs_output].data, state: out[io.state_output].data };
+      return { logProbs: out[io.log_probs_output].data, state: out[io.state.output].data };
     };
-    const result = new Completer({ tokenizer: tok, step, config, blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id] });
+    const result = new Completer({ tokenizer: tok, step, config: model.manifest.config, state: io.state,
+      blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id] });
     await result.complete("", 1); // warm-up: first runs allocate and JIT
     return result;
   });
@@ -124,9 +135,12 @@ async function trainStepper(model) {
       [io.data_inputs.mask]: new ort.Tensor("float32", batch.mask, dims),
       [io.data_inputs.lr]: new ort.Tensor("float32", Float32Array.of(lr), []),
     });
+    /** @type {Object<string, Float32Array>} */
     const updated = {};
-    for (const [name, output] of Object.entries(io.parameter_outputs)) updated[name] = out[output].data;
-    return { loss: out[io.loss_output].data[0], weights: updated };
+    for (const [name, output] of Object.entries(io.parameter_outputs)) {
+      updated[name] = /** @type {Float32Array} */ (out[output].data); // float32 outputs (manifest)
+    }
+    return { loss: Number(out[io.loss_output].data[0]), weights: updated };
   };
 }
 
@@ -165,8 +179,9 @@ async function train(request) {
     onProgress: (progress) => reply(request, "progress", progress),
   });
   const [delta, buffers] = tensorList(model, weightDelta(result.weights, global));
-  const { weights: _, ...summary } = result;
-  reply(request, "trained", { ...summary, baseVersion: model.version, delta }, buffers);
+  const { lossBefore, lossAfter, numExamples, steps, tokens, seconds } = result; // TrainedReply's fields
+  reply(request, "trained", { lossBefore, lossAfter, numExamples, steps, tokens, seconds, baseVersion: model.version,
+    delta }, buffers);
 }
 
 async function trainStep(request) {

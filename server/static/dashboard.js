@@ -5,8 +5,14 @@ const REFRESH_MS = 5000;
 /** Chart geometry in SVG user units (the viewBox is 360 x 200). */
 const WIDTH = 360, HEIGHT = 200, PAD = { left: 36, right: 10, top: 10, bottom: 24 };
 const SVG_NS = "http://www.w3.org/2000/svg";
-const COLORS = { before: "#c0392b", after: "#27ae60", bars: "#2e86c1", aggregate: "#2e86c1", rollback: "#e67e22",
+const COLORS = { before: "#c0392b", after: "#1e8449", bars: "#2e86c1", aggregate: "#2e86c1", rollback: "#e67e22",
                  initial: "#555" };
+/** What each chart's colours mean (drawn once as HTML legends under the charts). */
+const LEGENDS = {
+  "loss-legend": [[COLORS.before, "before local training"], [COLORS.after, "after local training"]],
+  "clients-legend": [[COLORS.bars, "closed round"], [`${COLORS.bars}66`, "open round (still collecting)"]],
+  "versions-legend": [[COLORS.initial, "initial"], [COLORS.aggregate, "aggregated"], [COLORS.rollback, "rollback"]],
+};
 
 /** Create an SVG element with attributes. */
 function el(name, attrs = {}, text = null) {
@@ -22,17 +28,19 @@ function scale(d0, d1, r0, r1) {
 }
 
 /** Clear an SVG and draw axes with min/max labels; returns the x and y scales.
- * xPad widens the x domain on both sides (bars need half a slot of room). */
-function axes(svg, xs, ys, yLabel, xPad = 0) {
+ * xPad widens the x domain on both sides (bars need half a slot of room); integer y values
+ * (counts, versions) get a whole-number top and labels without decimals. */
+function axes(svg, xs, ys, yLabel, { xPad = 0, integer = false } = {}) {
   svg.replaceChildren();
   const [x0, x1] = [Math.min(...xs), Math.max(...xs)];
-  const [y0, y1] = [Math.min(0, ...ys), Math.max(...ys, 1e-9)];
+  const [y0, y1] = [Math.min(0, ...ys), integer ? Math.max(1, ...ys) : Math.max(...ys, 1e-9)];
+  const label = (v) => (integer ? String(Math.round(v)) : v.toFixed(2));
   const x = scale(x0 - xPad, x1 + xPad, PAD.left, WIDTH - PAD.right);
   const y = scale(y0, y1, HEIGHT - PAD.bottom, PAD.top);
   svg.append(el("line", { x1: PAD.left, y1: HEIGHT - PAD.bottom, x2: WIDTH - PAD.right, y2: HEIGHT - PAD.bottom, stroke: "#999" }),
              el("line", { x1: PAD.left, y1: PAD.top, x2: PAD.left, y2: HEIGHT - PAD.bottom, stroke: "#999" }),
-             el("text", { x: 2, y: PAD.top + 8 }, y1.toFixed(2)),
-             el("text", { x: 2, y: HEIGHT - PAD.bottom }, y0.toFixed(2)),
+             el("text", { x: 2, y: PAD.top + 8 }, label(y1)),
+             el("text", { x: 2, y: HEIGHT - PAD.bottom }, label(y0)),
              el("text", { x: PAD.left, y: HEIGHT - 8 }, String(x0)),
              el("text", { x: WIDTH - PAD.right - 20, y: HEIGHT - 8 }, String(x1)),
              el("text", { x: WIDTH / 2 - 20, y: HEIGHT - 4 }, yLabel));
@@ -54,14 +62,13 @@ function drawLoss(svg, rounds) {
     svg.append(el("polyline", { points: path, fill: "none", stroke: COLORS[key], "stroke-width": 2 }));
     for (const r of points) svg.append(el("circle", { cx: x(r.id), cy: y(r[`loss_${key}`]), r: 2.5, fill: COLORS[key] }));
   }
-  svg.append(el("text", { x: WIDTH - 110, y: PAD.top + 8, fill: COLORS.before }, "before"),
-             el("text", { x: WIDTH - 60, y: PAD.top + 8, fill: COLORS.after }, "after"));
 }
 
 /** Bars of participants per round. */
 function drawClients(svg, rounds) {
   if (!rounds.length) return empty(svg, "no rounds yet");
-  const { x, y } = axes(svg, rounds.map((r) => r.id), rounds.map((r) => r.participants), "round", 0.5);
+  const { x, y } = axes(svg, rounds.map((r) => r.id), rounds.map((r) => r.participants), "round",
+                      { xPad: 0.5, integer: true });
   const width = Math.max(2, (WIDTH - PAD.left - PAD.right) / (rounds.length + 1) - 2);
   for (const r of rounds) {
     const top = y(r.participants);
@@ -74,7 +81,8 @@ function drawClients(svg, rounds) {
  * so a rollback's jump stands out); rollbacks in orange. */
 function drawVersions(svg, versions) {
   if (!versions.length) return empty(svg, "no versions");
-  const { x, y } = axes(svg, versions.map((v) => v.version), versions.map((v) => v.version), "version");
+  const { x, y } = axes(svg, versions.map((v) => v.version), versions.map((v) => v.version), "version",
+                      { integer: true });
   const byVersion = new Map(versions.map((v) => [v.version, v]));
   for (const v of versions) {
     if (v.parent !== null && byVersion.has(v.parent)) {
@@ -87,9 +95,29 @@ function drawVersions(svg, versions) {
   }
 }
 
-/** Replace a table body's rows. */
-function fillTable(id, rows) {
+/** Draw each chart's legend: a colour key and what it stands for. */
+function drawLegends() {
+  for (const [id, entries] of Object.entries(LEGENDS)) {
+    document.getElementById(id).replaceChildren(...entries.map(([color, text]) => {
+      const key = Object.assign(document.createElement("span"), { className: "key" });
+      key.style.background = color;
+      const item = document.createElement("li");
+      item.append(key, text);
+      return item;
+    }));
+  }
+}
+
+/** Replace a table body's rows; with none, one row that says so. */
+function fillTable(id, rows, emptyText) {
   const body = document.querySelector(`#${id} tbody`);
+  if (!rows.length) {
+    const cell = Object.assign(document.createElement("td"), { className: "empty", textContent: emptyText,
+                                                                colSpan: document.querySelectorAll(`#${id} th`).length });
+    body.replaceChildren(document.createElement("tr"));
+    body.firstChild.append(cell);
+    return;
+  }
   body.replaceChildren(...rows.map((cells) => {
     const tr = document.createElement("tr");
     for (const cell of cells) tr.append(Object.assign(document.createElement("td"), { textContent: String(cell ?? "–") }));
@@ -108,13 +136,14 @@ function render(status) {
   drawLoss(document.getElementById("loss-chart"), status.rounds);
   drawClients(document.getElementById("clients-chart"), status.rounds);
   drawVersions(document.getElementById("versions-chart"), status.versions);
-  fillTable("refusals", Object.entries(status.rejected));
+  fillTable("refusals", Object.entries(status.rejected), "No refused requests.");
   const unpublished = status.rounds.filter((r) => r.status === "refused" || r.status === "abandoned");
-  fillTable("unpublished", unpublished.reverse().map((r) => [r.id, r.status, r.detail]));
+  fillTable("unpublished", unpublished.reverse().map((r) => [r.id, r.status, r.detail]), "Every closed round was published.");
   const bound = status.influence.clip_bound;
   document.getElementById("gate").textContent = `Publish gate: ${status.gate}. Phase: ${status.round.phase}` +
     (bound === undefined ? "." : ` · last clip bound ${bound.toFixed(3)} (${status.influence.clipped} clipped, ${status.influence.capped} weights capped).`);
-  fillTable("versions", status.versions.slice().reverse().map((v) => [v.version, v.parent, v.kind, v.round, v.created]));
+  fillTable("versions", status.versions.slice().reverse().map((v) => [v.version, v.parent, v.kind, v.round, v.created]),
+            "No versions yet.");
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()} · optimizer ${status.optimizer}`;
 }
 
@@ -131,4 +160,5 @@ async function refresh() {
   }
 }
 
+drawLegends();
 refresh();

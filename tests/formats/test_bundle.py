@@ -1,11 +1,13 @@
 """Bundle integrity: manifest hashes match, tampering and wrong formats are refused clearly."""
 
+import copy
 import json
 import shutil
 
+import numpy as np
 import pytest
 
-from formats.bundle import MANIFEST, BundleError, load_bundle, sha256_file
+from formats.bundle import MANIFEST, BundleError, StateSpec, load_bundle, sha256_file, upgrade_manifest
 
 
 @pytest.fixture
@@ -54,3 +56,77 @@ def test_unknown_format_version_is_refused(bundle_copy):
     (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="format_version 99"):
         load_bundle(bundle_copy)
+
+
+def test_manifest_describes_the_infer_state(bundle_dir):
+    """The state section names the graph's state input and output and matches their shapes."""
+    manifest = load_bundle(bundle_dir).manifest
+    infer, config = manifest["graphs"]["infer"], manifest["config"]
+    spec = StateSpec.from_manifest(manifest)
+    assert spec == StateSpec("state", "new_state", (config["n_layer"], "batch", config["n_hidden"]), 1,
+                             "float32", "zeros")
+    graph_io = {value["name"]: value for value in infer["inputs"] + infer["outputs"]}
+    for name in (spec.input, spec.output):
+        assert (tuple(graph_io[name]["shape"]), graph_io[name]["dtype"]) == (spec.shape, spec.dtype)
+    assert "state_input" not in infer and "state_output" not in infer, "one source for the state's names"
+
+
+def _manifest_with_state(**state) -> dict:
+    base = {"input": "s", "output": "s2", "shape": [2, "batch", 3], "batch_axis": 1, "dtype": "float32",
+            "init": "zeros"}
+    return {"graphs": {"infer": {"state": {**base, **state}}}}
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"shape": [2, 4, 3]}, "batch"),
+    ({"batch_axis": 0}, "batch"),
+    ({"batch_axis": 3}, "batch"),
+    ({"shape": [0, "batch", 3]}, "positive"),
+    ({"shape": [2.5, "batch", 3]}, "positive"),
+    ({"dtype": "float64"}, "supports dtype"),
+    ({"init": "random"}, "supports dtype"),
+    ({"extra": 1}, "exactly"),
+])
+def test_state_descriptions_completers_cannot_hold_are_refused(state, message):
+    with pytest.raises(BundleError, match=message):
+        StateSpec.from_manifest(_manifest_with_state(**state))
+
+
+def test_missing_state_is_refused():
+    with pytest.raises(BundleError, match="graphs.infer.state"):
+        StateSpec.from_manifest({"graphs": {"infer": {}}})
+
+
+@pytest.mark.parametrize("shape, axis", [(["batch", 2, 3], 0), ([2, "batch", 3], 1), ([2, 3, "batch"], 2),
+                                         (["batch"], 0)])
+def test_state_rows_join_and_split_along_the_batch_axis(shape, axis):
+    """Whatever the layout: initial states are zeros, join stacks rows in order, row takes one back."""
+    # Prepare
+    spec = StateSpec.from_manifest(_manifest_with_state(shape=shape, batch_axis=axis))
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(size=spec.dims(1)).astype(np.float32) for _ in range(3)]
+    # Execute
+    joined = spec.join(rows)
+    # Assert
+    assert spec.initial(4).shape == spec.dims(4) and not spec.initial(4).any()
+    assert spec.initial(4).dtype == np.float32 and joined.shape == spec.dims(3)
+    for i, row in enumerate(rows):
+        np.testing.assert_array_equal(spec.row(joined, i), row)
+
+
+def test_a_manifest_from_before_the_state_section_is_upgraded(bundle_copy):
+    """Format-1 manifests with state_input/state_output load with the GRU's state section."""
+    # Prepare
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    current = copy.deepcopy(manifest["graphs"]["infer"]["state"])
+    legacy = manifest["graphs"]["infer"]
+    del legacy["state"]
+    legacy.update(state_input=current["input"], state_output=current["output"])
+    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    # Execute
+    bundle = load_bundle(bundle_copy)
+    # Assert
+    assert bundle.manifest["graphs"]["infer"]["state"] == current
+    assert "state_input" not in bundle.manifest["graphs"]["infer"]
+    again = upgrade_manifest(copy.deepcopy(bundle.manifest))
+    assert again == bundle.manifest, "upgrading twice changes nothing"

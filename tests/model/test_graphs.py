@@ -30,14 +30,25 @@ def test_infer_matches_torch_step(bundle, torch_model):
     rng = np.random.default_rng(0)
     config = bundle.manifest["config"]
     tokens = rng.integers(4, config["vocab_size"], size=5)
-    state = rng.normal(size=(config["n_layer"], 5, config["n_hidden"])).astype(np.float32)
+    state = rng.normal(size=bundle.state.dims(5)).astype(np.float32)
     session = ort.InferenceSession(str(bundle.path("infer.onnx")))
+    io = bundle.manifest["graphs"]["infer"]
     # Execute
-    log_probs, new_state = session.run(None, {"tokens": tokens, "state": state, **bundle.load_weights()})
+    log_probs, new_state = session.run([io["log_probs_output"], bundle.state.output], {
+        io["tokens_input"]: tokens, bundle.state.input: state, **bundle.load_weights()})
     expected_lp, expected_state = torch_model.step(torch.from_numpy(tokens), torch.from_numpy(state))
     # Assert
     assert np.abs(log_probs - expected_lp.detach().numpy()).max() <= 1e-4
     assert np.abs(new_state - expected_state.detach().numpy()).max() <= 1e-4
+
+
+def test_manifest_state_is_what_the_model_carries(bundle, torch_model):
+    """The manifest's state section is the model's state_layout, and initial_state honours it."""
+    spec = bundle.state
+    assert {k: v for k, v in bundle.manifest["graphs"]["infer"]["state"].items()
+            if k not in ("input", "output")} == torch_model.state_layout()
+    initial = torch_model.initial_state(3).numpy()
+    assert initial.shape == spec.dims(3) and initial.dtype == spec.dtype and not initial.any()
 
 
 def test_train_step_matches_torch(bundle, torch_model):
@@ -54,7 +65,7 @@ def test_train_step_matches_torch(bundle, torch_model):
                                            *[p.detach() for p in torch_model.parameters()])
     # Assert
     assert abs(loss - expected[0].item()) <= 1e-5
-    for (name, _), new in zip(torch_model.named_parameters(), expected[1:]):
+    for (name, _), new in zip(torch_model.named_parameters(), expected[1:], strict=True):
         assert np.abs(updated[name] - new.detach().numpy()).max() <= 1e-5, name
     assert any(not np.array_equal(updated[n], weights[n]) for n in weights), "the step changed nothing"
 

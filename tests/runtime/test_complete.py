@@ -1,7 +1,9 @@
 """The reference completer: prefixes kept, token healing, k and empty-prefix edge cases."""
 
+import numpy as np
 import pytest
 
+from formats.bundle import StateSpec
 from formats.urls import DEFAULT_CORPUS, load_urls
 from runtime.complete import Completer
 
@@ -11,6 +13,22 @@ class UnhealedCompleter(Completer):
 
     def heal(self, ids):
         return ids, b""
+
+
+class BatchFirstCompleter(Completer):
+    """The same model described with another state layout, [batch, n_layer, n_hidden]: the
+    completer must work from the manifest's description alone."""
+
+    def __init__(self, bundle_dir):
+        super().__init__(bundle_dir)
+        layers, _, hidden = self.state.shape
+        self.state = StateSpec(self.state.input, self.state.output, ("batch", layers, hidden), 0,
+                               self.state.dtype, self.state.init)
+
+    def step(self, tokens, state):
+        """The real graph's layout is [n_layer, batch, n_hidden]: transpose in and out."""
+        log_probs, new_state = super().step(tokens, np.ascontiguousarray(state.transpose(1, 0, 2)))
+        return log_probs, np.ascontiguousarray(new_state.transpose(1, 0, 2))
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +60,8 @@ def _mid_piece_prefixes(completer, urls):
         for piece in completer.tokenizer.encode(url):
             position += len(completer.tokenizer.piece_bytes[piece])
             ends.add(position)
-        pairs += [(url[:cut], url) for cut in range(2, len(url)) if cut not in ends and "." not in url[cut - 1:cut + 1]]
+        pairs += [(url[:cut], url) for cut in range(2, len(url))
+                  if cut not in ends and "." not in url[cut - 1:cut + 1]]
     return pairs
 
 
@@ -73,3 +92,10 @@ def test_results_are_deterministic_and_cache_independent(completer, bundle_dir):
     first = [completer.complete(p) for p in ("githu", "github.com/", "githu")]
     fresh = Completer(bundle_dir)
     assert first == [fresh.complete(p) for p in ("githu", "github.com/", "githu")]
+
+
+def test_search_depends_on_the_state_description_only(completer, bundle_dir):
+    """Another state layout in the manifest gives the same suggestions (batch axis 0 instead of 1)."""
+    other = BatchFirstCompleter(bundle_dir)
+    for prefix in ("", "g", "githu", "en.wikipedia.org/", "amazon.c"):
+        assert other.complete(prefix, 5) == completer.complete(prefix, 5), prefix

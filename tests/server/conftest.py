@@ -47,12 +47,14 @@ def tiny_bundle(tmp_path_factory):
 def config(tiny_bundle, tmp_path):
     """Settings of a test server: fresh data dir, small rounds, no deadline thread.
 
-    Open selection and no identity proofs: these tests exercise rounds, updates and storage with
-    clients that take tickets directly; tests/server/test_cohorts.py runs the defaults.
+    Open selection, no identity proofs, influence unbounded: these tests exercise rounds, updates
+    and storage with clients that take tickets directly and check exact FedAvg means. The
+    defaults run in tests/server/test_cohorts.py, test_influence.py, test_integration.py.
     """
     return {"BUNDLE_DIR": str(tiny_bundle), "DATA_DIR": str(tmp_path / "data"), "MIN_CLIENTS": 3,
             "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "WARNING",
-            "MAX_UPDATE_NORM": 10.0, "MAX_NUM_EXAMPLES": 1000, "SELECTION": "open", "IDENTITY": ""}
+            "MAX_UPDATE_NORM": 10.0, "MAX_NUM_EXAMPLES": 1000, "SELECTION": "open", "IDENTITY": "",
+            "INFLUENCE": "none"}
 
 
 @pytest.fixture

@@ -1,9 +1,10 @@
 """kill -9 in the middle of a round loses no update that got 202, and the round still completes.
 
-The server runs its defaults (a server-chosen cohort, proof-of-work enrollment, bounded
-influence) with the limits a one-machine test needs: a cheap puzzle, no selection window, every
-client on 127.0.0.1 eligible, no over-selection. The cohort drawn before the kill is the one that
-reports after it.
+The server runs its defaults (a server-chosen cohort, proof-of-work enrollment) with the limits a
+one-machine test needs: a cheap puzzle, no selection window, every client on 127.0.0.1 eligible,
+no over-selection. The cohort drawn before the kill is the one that reports after it. Influence
+is unbounded so the oracle is the plain weighted mean (bounded influence has its own oracle in
+tests/server/test_strategies.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class ServerProcess:
         env = {**os.environ, "FEDURL_MIN_CLIENTS": str(MIN_CLIENTS), "FEDURL_TICK_INTERVAL_S": "0",
                "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "100000", "FEDURL_MAX_UPDATE_NORM": "1000",
                "FEDURL_POW_DIFFICULTY": "8", "FEDURL_SELECTION_WINDOW_S": "0",
-               "FEDURL_MAX_MEMBERS_PER_NETWORK": "1000", "FEDURL_OVER_SELECTION": "0"}
+               "FEDURL_MAX_MEMBERS_PER_NETWORK": "1000", "FEDURL_OVER_SELECTION": "0",
+               "FEDURL_INFLUENCE": "none"}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "server.cli", "--bundle", str(bundle), "--data-dir", str(data_dir),
              "--port", "0", "--threads", "16"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)

@@ -80,7 +80,7 @@ def test_an_inflated_num_examples_weighs_at_most_twice_the_median(config):
     from tests.server.conftest import small_delta
 
     # Prepare
-    app = create_app({**config, "MIN_CLIENTS": 10})
+    app = create_app({**config, "MIN_CLIENTS": 10, "INFLUENCE": "bounded"})
     v1 = app.extensions["fedurl.coordinator"].store.weights(1)
     # Execute
     v2 = _round(app, [(small_delta(0.1), 100)] * 9 + [(small_delta(-0.1), 1000)])
@@ -98,7 +98,7 @@ def test_an_anti_gradient_at_the_allowed_norm_is_clipped_not_refused(config):
     from tests.server.conftest import small_delta
 
     # Prepare
-    app = create_app({**config, "MIN_CLIENTS": 10})
+    app = create_app({**config, "MIN_CLIENTS": 10, "INFLUENCE": "bounded"})
     v1 = app.extensions["fedurl.coordinator"].store.weights(1)
     honest = small_delta(0.1)
     attack = {name: -array * (9.98 / global_norm(honest)) for name, array in honest.items()}

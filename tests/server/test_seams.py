@@ -44,8 +44,7 @@ def test_the_aggregator_setting_picks_the_strategy(config, aggregator, values, e
     """AGGREGATOR=median ignores the outlier; trimmed_mean (20 %) drops the extremes; a restart
     mid-round changes nothing (the robust strategies read the deltas back from the spool)."""
     # Prepare
-    settings = {**config, "AGGREGATOR": aggregator, "TRIM_FRACTION": 0.2, "MIN_CLIENTS": len(values),
-                "INFLUENCE": "none"}  # the strategy alone (bounded influence: tests/server/test_influence.py)
+    settings = {**config, "AGGREGATOR": aggregator, "TRIM_FRACTION": 0.2, "MIN_CLIENTS": len(values)}
     app = create_app(settings)
     v1 = app.extensions["fedurl.coordinator"].store.weights(1)
     # Execute

@@ -108,3 +108,36 @@ def canonical_urls() -> list[str]:
 
     kasztp = REPO.parent / "shared" / "data" / "urls" / "kasztp.txt"
     return read_corpus(kasztp) if kasztp.is_file() else load_urls(DEFAULT_CORPUS, None)
+
+
+# Window sizes the layout tests run at: a laptop, and a phone (iPhone 12-14 class, touch).
+SIZES = {"desktop": {"viewport": {"width": 1280, "height": 900}},
+         "phone": {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 3, "is_mobile": True,
+                   "has_touch": True}}
+
+
+@pytest.fixture(params=sorted(SIZES))
+def sized_page(request, browser, base_url):
+    """A page at each of SIZES (CSP bypassed so axe-core can be injected); its size name is page.size."""
+    context = browser.new_context(**SIZES[request.param], base_url=base_url, bypass_csp=True)
+    page = context.new_page()
+    page.size = request.param
+    yield page
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def axe_path() -> Path:
+    """axe-core's browser bundle, installed by npm as a dev dependency of web_client."""
+    path = REPO / "web_client" / "node_modules" / "axe-core" / "axe.min.js"
+    if not path.is_file():
+        pytest.skip("axe-core is not installed (cd web_client && npm ci)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def screenshots() -> Path:
+    """Where tests save screenshots for people to look at (build/ is not committed)."""
+    folder = REPO / "build" / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

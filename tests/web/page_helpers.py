@@ -16,7 +16,7 @@ PAGE = "/?train_after_urls=0&poll_ms=500"
 def open_page(page, path: str = PAGE):
     """Go to the demo page and wait until its model is loaded."""
     page.goto(path)
-    page.wait_for_function("document.body.dataset.version !== undefined && document.body.dataset.version !== ''",
+    page.wait_for_function("(document.body.dataset.version ?? '') !== ''",
                            timeout=MODEL_READY_MS)
     return page
 
@@ -47,3 +47,10 @@ def visit(page, url: str) -> None:
     page.keyboard.press("Escape")
     page.keyboard.press("Enter")
     expect(page.locator("#history li")).to_have_count(count + 1)
+
+
+def axe_violations(page, axe_path) -> list[dict]:
+    """Run axe-core (from npm) over the page: every rule it runs by default; [] when none fails."""
+    page.add_script_tag(path=axe_path)
+    return page.evaluate("""async () => (await axe.run()).violations.map(
+        (v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(" ")) }))""")

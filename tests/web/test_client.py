@@ -65,7 +65,8 @@ def downloads_expected(v1_files: dict, v2_files: dict) -> list[str]:
 def expected_suggestions(history: list[str], probe: str, model: list[str]) -> list[tuple[str, str]]:
     """What a page whose user visited `history` (canonical URLs, each once, in order) shows for a
     canonical probe: the newest visits extending it, then the model's suggestions not among them."""
-    visited = [url for url in reversed(history) if url.startswith(probe) and url != probe][:HISTORY_SUGGESTIONS]
+    extending = [url for url in reversed(history) if url.startswith(probe) and url != probe]
+    visited = extending[:HISTORY_SUGGESTIONS]
     rest = [text for text in model if text not in visited]
     return ([(url, "history") for url in visited] + [(text, "model") for text in rest])[:5]
 
@@ -78,13 +79,15 @@ def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live
     contexts = [browser.new_context(base_url=base_url) for _ in PERSONAL_HISTORIES]
     fetched = [[] for _ in contexts]  # bundle files each browser downloaded
     uploads = []  # bodies of every POST /api/updates
-    for context, seen in zip(contexts, fetched):
-        context.on("request", lambda r, seen=seen: "/api/files/" in r.url and seen.append(urlparse(r.url).path))
-        context.on("request", lambda r: urlparse(r.url).path == "/api/updates" and uploads.append(r.post_data_buffer))
+    for context, seen in zip(contexts, fetched, strict=True):
+        context.on("request", lambda r, seen=seen: "/api/files/" in r.url
+                   and seen.append(urlparse(r.url).path))
+        context.on("request", lambda r: urlparse(r.url).path == "/api/updates"
+                   and uploads.append(r.post_data_buffer))
     pages = [open_page(context.new_page()) for context in contexts]
     v1_files = server_model(live_app)[0]["files"]
     before = {probe: suggestions_for(pages[0], probe) for probe in PROBES}
-    for page, history in zip(pages, PERSONAL_HISTORIES):
+    for page, history in zip(pages, PERSONAL_HISTORIES, strict=True):
         for url in history:
             visit(page, url)
         page.evaluate("window.sameDocument = true")
@@ -93,20 +96,22 @@ def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live
         train_and_wait(page, "accepted")
     # Assert
     for page in pages:
-        expect(page.locator("#model-version")).to_contain_text("v2", timeout=TRAINING_MS)
+        expect(page.locator("#model-version")).to_have_text("version 2", timeout=TRAINING_MS)
         expect(page.locator("#contributions")).to_have_text("1")
         assert page.evaluate("window.sameDocument === true"), "the model was swapped without a reload"
     info, new_weights = server_model(live_app)
     completer = Completer(bundle_dir, weights=new_weights)
     expected = {probe: completer.complete(probe, k=5) for probe in PROBES}
-    for page, history in zip(pages, PERSONAL_HISTORIES):
+    for page, history in zip(pages, PERSONAL_HISTORIES, strict=True):
         for probe in PROBES:
-            assert shown_suggestions(page, probe) == expected_suggestions(history, probe, expected[probe]), probe
+            wanted = expected_suggestions(history, probe, expected[probe])
+            assert shown_suggestions(page, probe) == wanted, probe
     assert info["version"] == 2 and expected != before, "the aggregated model should suggest differently"
     for seen in fetched:
         assert sorted(seen) == downloads_expected(v1_files, info["files"])
     parameters = sum(int(np.prod(p["shape"])) for p in info["manifest"]["parameters"])
-    assert len(uploads) == 3 and all(len(body) < 2 * parameters + 4096 for body in uploads), "F16: 2 bytes a value"
+    assert len(uploads) == 3
+    assert all(len(body) < 2 * parameters + 4096 for body in uploads), "F16: 2 bytes a value"
     assert all(t.dtype == np.float16 for body in uploads for t in tensor_codec.decode(body)[0].values())
     for context in contexts:
         context.close()
@@ -164,11 +169,10 @@ def test_server_down_keeps_history_and_update_for_a_retry(page, context):
     train_and_wait(page, "cannot be reached")
     expect(page.locator("#server-answer")).to_contain_text("kept on this device")
     page.reload()
-    expect(page.locator("#model-version")).to_contain_text("v1", timeout=60_000)  # started from the cache
+    expect(page.locator("#model-version")).to_have_text("version 1", timeout=60_000)  # started from the cache
     expect(page.get_by_role("button", name="Retry upload")).to_be_visible()
     expect(page.locator("#history li")).to_have_count(2)
-    context.unroute("**/api/**")
-    page.get_by_role("button", name="Retry upload").click()
+    context.unroute("**/api/**")  # the page sends the kept update by itself
     expect(page.locator("#server-answer")).to_contain_text("accepted")
     expect(page.get_by_role("button", name="Retry upload")).to_be_hidden()
     expect(page.locator("#contributions")).to_have_text("1")
@@ -190,10 +194,10 @@ def test_upload_is_f16_and_aggregates_within_f16_precision(page, context, live_a
     local, _ = tensor_codec.decode(base64.b64decode(page.evaluate(PENDING_UPDATE)))
     v1 = server_model(live_app)[1]
     bodies = []
-    context.on("request", lambda r: urlparse(r.url).path == "/api/updates" and bodies.append(r.post_data_buffer))
+    context.on("request", lambda r: urlparse(r.url).path == "/api/updates"
+               and bodies.append(r.post_data_buffer))
+    # Execute: the page sends the kept update by itself once the API answers
     context.unroute("**/api/**")
-    # Execute
-    page.get_by_role("button", name="Retry upload").click()
     expect(page.locator("#server-answer")).to_contain_text("accepted")
     live_app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     # Assert
@@ -222,10 +226,10 @@ def test_offline_update_is_discarded_once_the_model_moved_on(page, context, live
     zeros = {name: np.zeros(tensor.shape, np.float32) for name, tensor in other.global_weights().items()}
     other.upload(zeros, other.ticket(), num_examples=1, loss_before=1.0, loss_after=1.0)
     live_app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
-    context.unroute("**/api/**")
-    page.get_by_role("button", name="Retry upload").click()
+    context.unroute("**/api/**")  # the page retries by itself
     # Assert
-    expect(page.locator("#server-answer")).to_contain_text("Update discarded: The global model moved on to version 2")
+    expect(page.locator("#server-answer")).to_contain_text(
+        "Update discarded: The global model moved on to version 2")
     expect(page.get_by_role("button", name="Retry upload")).to_be_hidden()
     expect(page.locator("#contributions")).to_have_text("0")
 
@@ -279,7 +283,8 @@ def test_suggestions_keep_coming_while_training(page):
     for url in PERSONAL_HISTORIES[2]:
         visit(page, url)
     page.get_by_role("button", name="Train now").click()
-    page.wait_for_function("document.body.dataset.training === 'true' && document.getElementById('train-progress').value > 0")
+    page.wait_for_function("document.body.dataset.training === 'true'"
+                           " && document.getElementById('train-progress').value > 0")
     answers = [suggestions_for(page, typed) for typed in ("qxg", "goo", "wiki")]
     assert page.evaluate("document.body.dataset.training") == "true", "training should still be running"
     assert all(len(answer) == 5 for answer in answers)
@@ -288,8 +293,8 @@ def test_suggestions_keep_coming_while_training(page):
 
 
 def test_enough_new_urls_start_training_by_themselves(page):
-    """With train_after_urls=3, the third visit trains, uploads and shows both losses."""
-    open_page(page, "/?train_after_urls=3&poll_ms=500")
+    """With train_after_urls=3 (and no idle wait), the third visit trains, uploads and shows both losses."""
+    open_page(page, "/?train_after_urls=3&train_idle_ms=0&poll_ms=500")
     for url in PERSONAL_HISTORIES[0][:3]:
         visit(page, url)
     expect(page.locator("#server-answer")).to_contain_text("accepted", timeout=TRAINING_MS)
@@ -303,7 +308,8 @@ def test_training_uses_only_the_most_recent_visits(page):
     open_page(page, "/?train_after_urls=0&poll_ms=500&max_train_urls=2")
     for url in PERSONAL_HISTORIES[0][:3]:
         visit(page, url)
-    with page.expect_request(lambda request: request.url.endswith("/api/updates"), timeout=TRAINING_MS) as upload:
+    is_upload = lambda request: request.url.endswith("/api/updates")  # noqa: E731
+    with page.expect_request(is_upload, timeout=TRAINING_MS) as upload:
         page.get_by_role("button", name="Train now").click()
     _, metadata = tensor_codec.decode(upload.value.post_data_buffer)
     assert metadata["num_examples"] == "2"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 from page_helpers import open_page, suggestions_for
@@ -10,8 +11,8 @@ from runtime.complete import Completer
 from runtime.tokenizer import Tokenizer
 
 HAND_MADE = ["g", "goo", "GOO", "githu", "http", "https:/", "HTTPS://WWW.Goo", "http://www.", "www.",
-             "www.wiki", "en.wikipedia.org/wiki/", "amazon.co", "a b", "x.com/%2", "é", "日本", "youtube.com/",
-             "news.", "mail.google.c", "stackoverflow.com/q"]
+             "www.wiki", "en.wikipedia.org/wiki/", "amazon.co", "a b", "x.com/%2", "é", "日本",
+             "youtube.com/", "news.", "mail.google.c", "stackoverflow.com/q"]
 
 
 def prefixes(urls: list[str], tokenizer: Tokenizer, count: int) -> tuple[list[str], int]:
@@ -40,4 +41,74 @@ def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_url
     assert mid_piece >= 50 and len(typed) >= 200
     assert sum(bool(s) for s in expected.values()) >= 0.9 * len(typed), "most prefixes should get suggestions"
     wrong = {text: (got[text], expected[text]) for text in typed if got[text] != expected[text]}
-    assert not wrong, f"{len(wrong)} of {len(typed)} prefixes differ (page, python): {list(wrong.items())[:3]}"
+    assert not wrong, (f"{len(wrong)} of {len(typed)} prefixes differ (page, python): "
+                       f"{list(wrong.items())[:3]}")
+
+
+LAYOUTS = """async ([vocab, typed]) => {
+  const { Completer, stateDims } = await import("/static/completer.js");
+  const { Tokenizer } = await import("/static/tokenizer.js");
+  const tokenizer = new Tokenizer(vocab);
+  const V = tokenizer.pieceBytes.length, L = 2, H = 3;
+  // A fake model in the GRU's layout [L, B, H]: the state mixes in each token, log-probs read it.
+  const gruStep = (tokens, state) => {
+    const B = tokens.length, next = new Float32Array(L * B * H), logProbs = new Float32Array(B * V);
+    for (let l = 0; l < L; l++) for (let b = 0; b < B; b++) for (let h = 0; h < H; h++) {
+      const i = (l * B + b) * H + h;
+      next[i] = Math.tanh(0.7 * state[i] + Math.sin(tokens[b] * (l + 1) * (h + 2)));
+    }
+    for (let b = 0; b < B; b++) {
+      let total = 0;
+      for (let v = 0; v < V; v++) {
+        let logit = v === vocab.eos_id ? 1.5 : 0;
+        for (let l = 0; l < L; l++) {
+          for (let h = 0; h < H; h++) logit += 2 * next[(l * B + b) * H + h] * Math.cos(v * (l + 3 * h + 1));
+        }
+        logProbs[b * V + v] = logit;
+        total += Math.exp(logit);
+      }
+      for (let v = 0; v < V; v++) logProbs[b * V + v] -= Math.log(total);
+    }
+    return { logProbs, state: next };
+  };
+  // The same model behind a batch-first description [B, L, H]: transpose in and out.
+  const transpose = (data, [d0, d1, d2]) => {
+    const out = new Float32Array(data.length);
+    for (let i = 0; i < d0; i++) for (let j = 0; j < d1; j++) {
+      for (let k = 0; k < d2; k++) out[(j * d0 + i) * d2 + k] = data[(i * d1 + j) * d2 + k];
+    }
+    return out;
+  };
+  const batchFirstStep = (tokens, state) => {
+    const out = gruStep(tokens, transpose(state, [tokens.length, L, H]));
+    return { logProbs: out.logProbs, state: transpose(out.state, [L, tokens.length, H]) };
+  };
+  const base = { input: "s", output: "s2", dtype: "float32", init: "zeros" };
+  const gruSpec = { ...base, shape: [L, "batch", H], batch_axis: 1 };
+  const firstSpec = { ...base, shape: ["batch", L, H], batch_axis: 0 };
+  const blockedIds = [vocab.pad_id, vocab.unk_id, vocab.bos_id];
+  const checked = (step, state) => async (tokens, s) => {
+    const size = stateDims(state, tokens.length).reduce((a, b) => a * b, 1);
+    if (s.length !== size) throw new Error(`state of ${s.length} values, expected ${size}`);
+    return step(tokens, s);
+  };
+  const make = (step, state) =>
+    new Completer({ tokenizer, config: vocab, state, blockedIds, step: checked(step, state) });
+  const gru = make(gruStep, gruSpec), first = make(batchFirstStep, firstSpec);
+  const out = [];
+  for (const text of typed) out.push([await gru.complete(text, 5), await first.complete(text, 5)]);
+  return out;
+}"""
+
+
+def test_js_search_depends_on_the_state_description_only(module_page, bundle_dir):
+    """The same fake model described as [n_layer, batch, n_hidden] and as [batch, n_layer, n_hidden]
+    gives the same suggestions: completer.js knows the state only through its description."""
+    # Prepare
+    vocab = json.loads((bundle_dir / "tokenizer.json").read_text())
+    typed = ["", "g", "githu", "en.wikipedia.org/", "amazon.c"]
+    # Execute
+    got = module_page.evaluate(LAYOUTS, [vocab, typed])
+    # Assert
+    assert all(gru == first for gru, first in got), got
+    assert sum(len(gru) for gru, _ in got) >= len(typed), "the fake model should suggest something"

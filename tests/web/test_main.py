@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import pytest
-from page_helpers import PAGE, open_page, visit
+from page_helpers import open_page
 from playwright.sync_api import expect
 
 
@@ -94,36 +93,3 @@ def test_suggestions_cause_no_layout_jump(page):
     assert layout(page) == before
     page.keyboard.press("Escape")
     assert layout(page) == before
-
-
-@pytest.fixture
-def mobile_page(browser, playwright, base_url):
-    """A page in an emulated Pixel 7: small viewport, touch, mobile user agent."""
-    device = {k: v for k, v in playwright.devices["Pixel 7"].items() if k != "default_browser_type"}
-    context = browser.new_context(**device, base_url=base_url)
-    yield context.new_page()
-    context.close()
-
-
-def test_mobile_shows_a_chip_strip_above_the_input_and_tap_accepts(mobile_page):
-    """On a phone the options are a row of chips above the input, a visited URL first and marked
-    as history, tapping one fills the input, and the strip's space is reserved so nothing jumps."""
-    page = open_page(mobile_page, PAGE)
-    visit(page, "google.com/maps")
-    page.get_by_role("combobox").tap()
-    before = layout(page)
-    page.keyboard.type("goo")
-    page.wait_for_function("document.getElementById('suggestions').dataset.for === 'goo'")
-    options = page.get_by_role("option")
-    expect(options).to_have_count(5)
-    expect(options.first).to_have_accessible_name("google.com/maps, from your history")
-    expect(options.first.locator(".history-tag")).to_be_visible()
-    expect(page.locator("#suggestions .history-tag")).to_have_count(1)
-    boxes = [options.nth(i).bounding_box() for i in range(2)]
-    input_box = page.locator("#url").bounding_box()
-    assert boxes[0]["y"] == boxes[1]["y"] and boxes[1]["x"] > boxes[0]["x"], "chips sit in one row"
-    assert boxes[0]["y"] + boxes[0]["height"] <= input_box["y"], "chips sit above the input"
-    assert layout(page) == before
-    value = options.nth(1).get_attribute("data-value")
-    options.nth(1).tap()
-    expect(page.get_by_role("combobox")).to_have_value(value)

@@ -15,7 +15,9 @@ DECODE = """async (payload) => {
   const { decode } = await import("/static/safetensors.js");
   const { tensors, metadata } = decode(Uint8Array.from(payload));
   const out = {};
-  for (const [name, t] of tensors) out[name] = { dtype: t.dtype, shape: t.shape, values: Array.from(t.data, String) };
+  for (const [name, t] of tensors) {
+    out[name] = { dtype: t.dtype, shape: t.shape, values: Array.from(t.data, String) };
+  }
   return { tensors: out, metadata, order: [...tensors.keys()] };
 }"""
 ENCODE = """async ([tensors, metadata]) => {
@@ -38,9 +40,9 @@ def sample_tensors() -> dict[str, np.ndarray]:
             "half": np.array([1.5, -2.0, 65504.0], np.float16), "empty": np.zeros((0, 3), np.float32)}
 
 
-def raw(header: dict, data: bytes = b"", header_len: int | None = None) -> bytes:
-    """A safetensors payload from a literal header (to build malformed ones)."""
-    head = json.dumps(header).encode()
+def raw(header: dict | bytes, data: bytes = b"", header_len: int | None = None) -> bytes:
+    """A safetensors payload from a literal header, or its raw bytes (to build malformed ones)."""
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
     return struct.pack("<Q", len(head) if header_len is None else header_len) + head + data
 
 
@@ -58,7 +60,8 @@ def test_js_decodes_python_bytes(module_page):
         entry = got["tensors"][name]
         assert entry["dtype"] == tensor_codec.DTYPE_NAMES[array.dtype] and entry["shape"] == list(array.shape)
         expected = array.view(np.uint16) if array.dtype == np.float16 else array
-        assert [type(v)(s) for v, s in zip(expected.ravel().tolist(), entry["values"])] == expected.ravel().tolist()
+        values = expected.ravel().tolist()
+        assert [type(v)(s) for v, s in zip(values, entry["values"], strict=True)] == values
 
 
 def test_js_encodes_the_same_bytes_as_python(module_page):
@@ -66,7 +69,8 @@ def test_js_encodes_the_same_bytes_as_python(module_page):
     # Prepare
     tensors = sample_tensors()
     spec = [[name, tensor_codec.DTYPE_NAMES[a.dtype], list(a.shape),
-             (a.view(np.uint16) if a.dtype == np.float16 else a).ravel().tolist()] for name, a in tensors.items()]
+             (a.view(np.uint16) if a.dtype == np.float16 else a).ravel().tolist()]
+            for name, a in tensors.items()]
     # Execute
     payload = bytes(module_page.evaluate(ENCODE, [spec, METADATA]))
     # Assert
@@ -76,6 +80,13 @@ def test_js_encodes_the_same_bytes_as_python(module_page):
 
 
 F32_4 = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
+
+
+def f32(shape: list, end: int) -> bytes:
+    """One F32 tensor "x" with a literal shape over `end` zero bytes."""
+    return raw({"x": {"dtype": "F32", "shape": shape, "data_offsets": [0, end]}}, bytes(end))
+
+
 MALFORMED = {
     "shorter than the length field": b"\x01\x02",
     "header length past the end": raw({}, header_len=4096),
@@ -90,6 +101,16 @@ MALFORMED = {
     "overlapping tensors": raw({"x": F32_4, "y": F32_4}, bytes(8)),
     "trailing bytes": raw({"x": F32_4}, bytes(12)),
     "extra key in an entry": raw({"x": {**F32_4, "extra": 1}}, bytes(8)),
+    # hostile headers that made the Python decoder raise other exceptions (500 on the server)
+    "deeply nested header": raw(b'{"x":' * 100_000 + b"1" + b"}" * 100_000),
+    "dtype is a list": raw({"x": {**F32_4, "dtype": ["F32"]}}, bytes(8)),
+    "shape product wraps int64": f32([2 ** 32, 2 ** 32], 0),
+    "64 dimensions of 2": f32([2] * 64, 0),
+    "dimension past int64": f32([2 ** 70], 8),
+    "200,000-digit dimension": raw(b'{"x":{"dtype":"F32","shape":[' + b"9" * 200_000
+                                   + b'],"data_offsets":[0,8]}}', bytes(8)),
+    "zero by a dimension past 2**53": f32([0, 2 ** 53], 0),
+    "33 dimensions": f32([1] * 31 + [2, 1], 8),
 }
 
 

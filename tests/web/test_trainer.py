@@ -20,7 +20,8 @@ ASK_WORKER = """async ([type, fields]) => {
   const reply = await worker.request(type, { ...fields, model });
   worker.worker.terminate();
   reply.weights = reply.weights?.map((t) => ({ ...t, data: Array.from(t.data) }));
-  reply.delta = reply.delta?.map(({ name, shape, data }) => ({ name, shape, squares: data.reduce((a, v) => a + v * v, 0) }));
+  reply.delta = reply.delta?.map(({ name, shape, data }) =>
+    ({ name, shape, squares: data.reduce((a, v) => a + v * v, 0) }));
   return reply;
 }"""
 

@@ -1,0 +1,154 @@
+"""The update body a client POSTs to /api/updates (docs/PROTOCOL.md): one codec for Python.
+
+An update is safetensors bytes (``formats.tensors``): one F32 or F16 delta tensor per
+parameter, and six string metadata fields, no more and no fewer. ``encode_update`` writes what
+it is given; ``decode_update`` is the judge: every refusal is an ``UpdateFormatError`` carrying
+the stable error code the server answers with. Whether the tensors match a model (names,
+shapes, norm) is the server's business, not the format's. The JS twin is
+``web_client/update.js``; each reads the other's bytes (tests/web/test_update.py).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from formats import tensors as tensor_codec
+
+METADATA_FIELDS = ("ticket", "client_id", "base_version", "num_examples", "loss_before", "loss_after")
+DELTA_DTYPES = ("F32", "F16")
+CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+MAX_VERSION = 2 ** 31 - 1
+MAX_LOSS = 1000.0  # cross-entropy over a 512-piece vocabulary starts near ln 512 = 6.2
+F16_MAX = 65504.0  # the largest finite half: F16 deltas are clipped to it, never rounded to inf
+# What repr(float) and JS's String(number) write for finite numbers; not "nan", "1_0" or " 1".
+DECIMAL = re.compile(r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+
+
+class UpdateFormatError(ValueError):
+    """An update body the protocol refuses: ``code`` is the stable error code of docs/PROTOCOL.md."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    """The six metadata fields of an update, typed."""
+
+    ticket: str
+    client_id: str
+    base_version: int
+    num_examples: int
+    loss_before: float
+    loss_after: float
+
+    def to_strings(self) -> dict[str, str]:
+        """The safetensors ``__metadata__`` strings, in METADATA_FIELDS order."""
+        return {"ticket": self.ticket, "client_id": self.client_id,
+                "base_version": str(int(self.base_version)), "num_examples": str(int(self.num_examples)),
+                "loss_before": repr(float(self.loss_before)), "loss_after": repr(float(self.loss_after))}
+
+
+@dataclass(frozen=True)
+class Update:
+    """A decoded update: delta tensors (F32 or F16, read-only, in file order) and their metadata."""
+
+    tensors: dict[str, np.ndarray]
+    meta: UpdateMeta
+
+
+def encode_update(delta: Mapping[str, np.ndarray], meta: UpdateMeta, dtype=np.float32) -> bytes:
+    """The update body: every delta cast to dtype (float32, or float16 clipped to +-65504 as the
+    browser does, so no value becomes an infinity the server refuses), then the metadata.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in (tensor_codec.DTYPES[name] for name in DELTA_DTYPES):
+        raise TypeError(f"deltas are sent as {' or '.join(DELTA_DTYPES)}, not {dtype}")
+    if dtype == np.float16:
+        delta = {n: np.clip(np.asarray(a, np.float32), -F16_MAX, F16_MAX) for n, a in delta.items()}
+    return tensor_codec.encode({n: np.asarray(a, dtype=dtype) for n, a in delta.items()}, meta.to_strings())
+
+
+def decode_delta(body: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The tensors and raw metadata of an update body; only F32/F16 tensors are deltas.
+
+    :raise UpdateFormatError: malformed_payload for broken bytes, bad_dtype for other dtypes.
+    """
+    try:
+        tensors, metadata = tensor_codec.decode(body)
+    except tensor_codec.WeightsFormatError as exc:
+        raise UpdateFormatError("malformed_payload",
+                                f"body is not a valid safetensors payload: {exc}") from None
+    allowed = [tensor_codec.DTYPES[name] for name in DELTA_DTYPES]
+    for name, array in tensors.items():
+        if array.dtype not in allowed:
+            raise UpdateFormatError("bad_dtype",
+                                    f"tensor {name!r} is {array.dtype.name}; deltas must be F32 or F16")
+    return tensors, metadata
+
+
+def decode_update(body: bytes, max_examples: int) -> Update:
+    """Parse and check an update body: tensors, then each of the six metadata fields.
+
+    :param max_examples: the largest num_examples accepted (the server's MAX_NUM_EXAMPLES).
+    :raise UpdateFormatError: malformed_payload, bad_dtype, missing_metadata, bad_metadata,
+        bad_client_id, bad_num_examples or bad_loss.
+    """
+    tensors, metadata = decode_delta(body)
+    return Update(tensors, parse_metadata(metadata, max_examples))
+
+
+def parse_metadata(metadata: Mapping[str, str], max_examples: int) -> UpdateMeta:
+    """The six metadata fields, each checked; other keys are refused so both clients stay in step.
+
+    :raise UpdateFormatError: missing_metadata, bad_metadata, bad_client_id, bad_num_examples, bad_loss.
+    """
+    missing = [f for f in METADATA_FIELDS if f not in metadata]
+    if missing:
+        raise UpdateFormatError("missing_metadata", f"__metadata__ lacks {', '.join(missing)}")
+    unknown = sorted(set(metadata) - set(METADATA_FIELDS))
+    if unknown:
+        raise UpdateFormatError("bad_metadata", f"unknown __metadata__ keys {unknown[:5]}; "
+                                                f"allowed: {', '.join(METADATA_FIELDS)}")
+    return UpdateMeta(
+        ticket=metadata["ticket"],
+        client_id=check_client_id(metadata["client_id"]),
+        base_version=_int_field(metadata, "base_version", "bad_metadata", 0, MAX_VERSION),
+        num_examples=_int_field(metadata, "num_examples", "bad_num_examples", 1, max_examples),
+        loss_before=_loss_field(metadata, "loss_before"),
+        loss_after=_loss_field(metadata, "loss_after"))
+
+
+def check_client_id(value: object) -> str:
+    """Return value if it is an opaque client id (8-64 chars of [A-Za-z0-9_-]).
+
+    :raise UpdateFormatError: bad_client_id otherwise.
+    """
+    if not isinstance(value, str) or not CLIENT_ID.fullmatch(value):
+        raise UpdateFormatError("bad_client_id",
+                                "client_id must be 8-64 characters of A-Z, a-z, 0-9, '_' or '-'")
+    return value
+
+
+def _int_field(metadata: Mapping[str, str], name: str, code: str, low: int, high: int) -> int:
+    """A decimal integer metadata field within [low, high]."""
+    raw = metadata[name]
+    if not re.fullmatch(r"-?[0-9]{1,12}", raw) or not low <= int(raw) <= high:
+        raise UpdateFormatError(code, f"{name} must be an integer from {low} to {high}, got {raw[:40]!r}")
+    return int(raw)
+
+
+def _loss_field(metadata: Mapping[str, str], name: str) -> float:
+    """A finite decimal loss from 0 to MAX_LOSS."""
+    raw = metadata[name]
+    value = float(raw) if len(raw) <= 40 and DECIMAL.fullmatch(raw) else math.nan
+    if not (math.isfinite(value) and 0.0 <= value <= MAX_LOSS):
+        raise UpdateFormatError("bad_loss", f"{name} must be a finite number from 0 to {MAX_LOSS:g}, "
+                                            f"got {raw[:40]!r}")
+    return value

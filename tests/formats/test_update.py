@@ -1,0 +1,97 @@
+"""The update codec: typed round trips, and each refusal with its protocol error code."""
+
+import numpy as np
+import pytest
+
+from formats import tensors as tensor_codec
+from formats.update import (
+    METADATA_FIELDS,
+    UpdateFormatError,
+    UpdateMeta,
+    decode_delta,
+    decode_update,
+    encode_update,
+)
+
+META = UpdateMeta(ticket="t-1", client_id="client_0001", base_version=3, num_examples=12,
+                  loss_before=2.5, loss_after=0.1)
+STRINGS = META.to_strings()
+
+
+def delta() -> dict[str, np.ndarray]:
+    return {"embed.weight": np.array([[0.5, -1.0], [1e-3, 0.0]], np.float32),
+            "head.bias": np.ones(3, np.float32)}
+
+
+def body(tensors=None, **overrides) -> bytes:
+    """A body from raw metadata strings (None drops a field), to build refused ones."""
+    metadata = {k: v for k, v in {**STRINGS, **overrides}.items() if v is not None}
+    return tensor_codec.encode(delta() if tensors is None else tensors, metadata)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_round_trip_keeps_tensors_order_and_typed_metadata(dtype):
+    update = decode_update(encode_update(delta(), META, dtype), max_examples=1000)
+    assert update.meta == META
+    assert list(update.tensors) == list(delta())
+    for name, value in delta().items():
+        assert update.tensors[name].dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(update.tensors[name], value.astype(dtype))
+
+
+def test_metadata_strings_are_the_protocol_fields():
+    assert list(STRINGS) == list(METADATA_FIELDS)
+    assert STRINGS == {"ticket": "t-1", "client_id": "client_0001", "base_version": "3", "num_examples": "12",
+                       "loss_before": "2.5", "loss_after": "0.1"}
+
+
+def test_f16_deltas_are_clipped_to_the_half_range_not_rounded_to_infinity():
+    big = {"x": np.array([70000.0, -1e30, 65504.0, 1.5], np.float32)}
+    update = decode_update(encode_update(big, META, np.float16), max_examples=1000)
+    np.testing.assert_array_equal(update.tensors["x"], np.array([65504, -65504, 65504, 1.5], np.float16))
+
+
+def test_encode_refuses_integer_deltas():
+    with pytest.raises(TypeError, match="F32 or F16"):
+        encode_update(delta(), META, np.int32)
+
+
+@pytest.mark.parametrize("payload, code, message", [
+    (b"1234567", "malformed_payload", "shorter than"),
+    (body({"x": np.zeros(2, np.int32)}), "bad_dtype", "F32 or F16"),
+    (body(ticket=None), "missing_metadata", "ticket"),
+    (body(loss_before=None, loss_after=None), "missing_metadata", "loss_before, loss_after"),
+    (body(epochs="3"), "bad_metadata", "unknown __metadata__ keys"),
+    (body(base_version="v1"), "bad_metadata", "base_version"),
+    (body(base_version="-1"), "bad_metadata", "base_version"),
+    (body(base_version=str(2 ** 31)), "bad_metadata", "base_version"),
+    (body(client_id="abc"), "bad_client_id", "8-64"),
+    (body(client_id="../../etc/passwd"), "bad_client_id", "8-64"),
+    (body(num_examples="0"), "bad_num_examples", "from 1 to 1000"),
+    (body(num_examples="1001"), "bad_num_examples", "1001"),
+    (body(num_examples="3.5"), "bad_num_examples", "3.5"),
+    (body(num_examples="1" * 200), "bad_num_examples", "from 1"),
+    (body(loss_before="nan"), "bad_loss", "loss_before"),
+    (body(loss_after="-1"), "bad_loss", "loss_after"),
+    (body(loss_after="inf"), "bad_loss", "loss_after"),
+    (body(loss_after="1e400"), "bad_loss", "loss_after"),
+    (body(loss_after="1000.5"), "bad_loss", "loss_after"),
+    (body(loss_after="1_0"), "bad_loss", "loss_after"),
+    (body(loss_after=" 1"), "bad_loss", "loss_after"),
+    (body(loss_after=""), "bad_loss", "loss_after"),
+])
+def test_refusals_carry_the_protocol_code(payload, code, message):
+    with pytest.raises(UpdateFormatError, match=message) as caught:
+        decode_update(payload, max_examples=1000)
+    assert caught.value.code == code
+
+
+@pytest.mark.parametrize("loss", ["0", "2", "2.5", "1e-07", "1e-7", "6.2383246250395", ".5", "5.", "1000",
+                                  "0.0"])
+def test_losses_written_by_python_or_js_are_read(loss):
+    assert decode_update(body(loss_before=loss), max_examples=1000).meta.loss_before == float(loss)
+
+
+def test_decode_delta_checks_only_the_tensors():
+    tensors, metadata = decode_delta(body(epochs="3"))
+    assert list(tensors) == list(delta()) and metadata["epochs"] == "3"

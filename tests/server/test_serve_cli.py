@@ -1,0 +1,23 @@
+"""fedurl-serve's start message (server/cli.py): where to go, in plain words."""
+
+from __future__ import annotations
+
+from server import cli
+
+
+class Listening:
+    """waitress's server, minus the serving: it has a port and returns from run() at once."""
+
+    effective_port = 5123
+
+    def run(self):
+        """Return at once instead of serving forever."""
+
+
+def test_start_message_names_the_page_and_the_dashboard(monkeypatch, capsys, bundle_dir, tmp_path):
+    """One plain line on stdout with the page's URL and the dashboard's; the JSON logs stay on stderr."""
+    monkeypatch.setattr(cli, "make_server", lambda app, host, port, threads: Listening())
+    cli.main(["--bundle", str(bundle_dir), "--data-dir", str(tmp_path), "--host", "127.0.0.1", "--port", "0"])
+    out = capsys.readouterr().out
+    assert out == "Open http://127.0.0.1:5123  (dashboard: http://127.0.0.1:5123/dashboard)\n"
+
