@@ -96,7 +96,7 @@ SETTINGS: dict[str, Setting] = {
     "PUBLISH_GATE": Setting("validation", str, "validation: score each candidate on the bundle's public "
                                                "validation set and refuse one worse than its parent by "
                                                "more than GATE_TOLERANCE; off: publish every safe result"),
-    "GATE_TOLERANCE": Setting(0.05, float, "relative rise of the validation loss over the parent's that is "
+    "GATE_TOLERANCE": Setting(0.10, float, "relative rise of the validation loss over the parent's that is "
                                            "still published"),
     "MAX_WEIGHT_ABS": Setting(1e4, float, "a round whose new weights are not finite or exceed this "
                                           "absolute value is not published"),
