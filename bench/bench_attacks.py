@@ -22,6 +22,7 @@ from formats.urls import DEFAULT_CORPUS
 from study.simulate import parse_args as simulate_args
 from study.simulate import run as simulate
 
+KASZTP = REPO.parent / "shared" / "data" / "urls" / "kasztp.txt"  # real URLs with paths, where present
 SCENARIOS = [("clean", 0.0, "anti_gradient", "bounded"),
              ("10 % anti-gradient", 0.1, "anti_gradient", "bounded"),
              ("10 % backdoor", 0.1, "backdoor", "bounded"),
@@ -35,7 +36,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"), help="bundle")
-    parser.add_argument("--corpus", default=str(DEFAULT_CORPUS), help="URL corpus (default: top-sites)")
+    parser.add_argument("--corpus", default=str(KASZTP if KASZTP.is_file() else DEFAULT_CORPUS),
+                        help="URL corpus (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=10, help="rounds per run (default: %(default)s)")
     parser.add_argument("--clients", type=int, default=40, help="simulated users (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=4000, help="corpus URLs used (default: %(default)s)")
