@@ -8,7 +8,9 @@
 3. bench_update_size.py: bytes per update vs the float32 model;
 4. bench_server.py (server engineer): ingest + aggregation rate and peak RSS, --runs times at the
    first --server-updates size (the rate's median), once at each larger size (the memory check);
-5. bench_export.py: wall time of the default export.
+5. bench_secagg.py: secure aggregation; bench_attacks.py: attackers at 10 % and 30 % (10 rounds
+   each, several minutes);
+6. bench_export.py: wall time of the default export.
 Then one table of training-step times side by side. Scripts run sequentially, never concurrently,
 so they do not time each other. Output is Markdown, ready for docs/BENCHMARKS.md.
 """
@@ -28,7 +30,7 @@ from pathlib import Path
 from common import REPO, bundle_parser
 
 BENCH = Path(__file__).resolve().parent
-STEPS = ("browser", "training", "update_size", "server", "secagg", "export")
+STEPS = ("browser", "training", "update_size", "server", "secagg", "attacks", "export")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -132,6 +134,9 @@ def main(argv=None) -> None:
     if "secagg" not in args.skip:
         section("Secure aggregation: server unmasking, bytes per phase, browser masking",
                 "bench/bench_secagg.py", run_script("bench_secagg.py")[0])
+    if "attacks" not in args.skip:
+        section("Attackers: 10 % and 30 %, 10 rounds, beside a clean run (docs/SECURITY.md)",
+                "bench/bench_attacks.py", run_script("bench_attacks.py", "--bundle", args.bundle)[0])
     if "export" not in args.skip:
         section("Export of the default model", "bench/bench_export.py",
                 run_script("bench_export.py", *runs)[0])

@@ -1,7 +1,8 @@
 """A Python client of the update protocol (docs/PROTOCOL.md), stdlib + numpy only.
 
 Talks to a server URL over urllib, or to a Flask test client in-process, with the same calls:
-``fetch_model()``, ``save_bundle(dir)``, ``global_weights()``, ``ticket()``, ``upload(delta, ...)``.
+``enroll()``, ``check_in()``, ``fetch_model()``, ``save_bundle(dir)``, ``global_weights()``,
+``ticket()``, ``upload(delta, ...)``.
 The integration tests and the simulated clients use it; the browser implements the same protocol.
 """
 
@@ -59,6 +60,24 @@ class _FlaskTransport:
         data = response.get_data()
         response.close()  # file responses hold an open file until closed
         return response.status_code, {k.lower(): v for k, v in response.headers.items()}, data
+
+
+def leading_zero_bits(digest: bytes) -> int:
+    """How many zero bits a digest starts with."""
+    return len(digest) * 8 - int.from_bytes(digest, "big").bit_length()
+
+
+def solve_puzzle(puzzle: str, difficulty: int, limit: int = 1 << 32) -> str:
+    """The first decimal counter c with SHA-256(puzzle ":" c) starting with difficulty zero bits
+    (the client's half of server/identity.py's WorkPuzzles, as web_client/pow.js in the browser).
+    """
+    prefix = hashlib.sha256(f"{puzzle}:".encode())
+    for counter in range(limit):
+        digest = prefix.copy()
+        digest.update(str(counter).encode())
+        if leading_zero_bits(digest.digest()) >= difficulty:
+            return str(counter)
+    raise RuntimeError(f"no solution below {limit}")
 
 
 def random_client_id() -> str:
@@ -128,6 +147,26 @@ class FederatedClient:
             (directory / name).write_bytes(self.download(name))
         durable.write_json(directory / MANIFEST, model["manifest"])
         return directory
+
+    def _post_json(self, path: str, body: dict, ok=(200, 201)) -> dict:
+        """POST a JSON object; the JSON answer."""
+        data = json.dumps(body).encode()
+        return json.loads(self._call("POST", path, data, {"Content-Type": "application/json"}, ok=ok)[2])
+
+    def enroll(self, token: str | None = None) -> dict:
+        """GET /api/puzzle, solve it if asked, POST /api/enrollments (once per client id)."""
+        challenge = json.loads(self._call("GET", "/api/puzzle")[2])
+        body: dict = {"client_id": self.client_id}
+        if "pow" in challenge["requires"]:
+            body.update(puzzle=challenge["puzzle"],
+                        counter=solve_puzzle(challenge["puzzle"], challenge["difficulty"]))
+        if token is not None:
+            body["token"] = token
+        return self._post_json("/api/enrollments", body)
+
+    def check_in(self) -> dict:
+        """POST /api/checkins: {round, version, phase, state, retry_after_s, deadline}."""
+        return self._post_json("/api/checkins", {"client_id": self.client_id}, ok=(200,))
 
     def ticket(self) -> dict:
         """POST /api/tickets: {ticket, version, round, expires_at}."""

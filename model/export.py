@@ -1,13 +1,14 @@
 """fedurl-export: build a model bundle from a URL corpus.
 
 Normalise the corpus, train the sentencepiece tokenizer, pretrain the LM centrally with Adam,
-then write tokenizer, weights, infer.onnx, train_step.onnx and the manifest (last) into a
-temporary directory that replaces --out in one rename.
+then write tokenizer, weights, infer.onnx, train_step.onnx, the public validation set and the
+manifest (last) into a temporary directory that replaces --out in one rename.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import math
 import os
 import shutil
@@ -31,6 +32,8 @@ from runtime.tokenizer import SPECIAL_IDS, Tokenizer, train_tokenizer
 from runtime.trainer import batches, encode_rows
 
 REPO = Path(__file__).resolve().parent.parent
+VALIDATION_FILE = "validation.txt"
+VALIDATION_URLS = 200  # enough to see a round that wrecks the model; a gate pass costs ~0.1 s
 
 
 def pretrain(model: URLLanguageModel, rows, steps: int, batch_size: int, lr: float, seed: int) -> float:
@@ -81,6 +84,18 @@ def build_manifest(model: URLLanguageModel, infer_io: dict, train_io: dict, trai
     }
 
 
+def write_validation_set(directory: Path, urls: list[str], seed: int) -> dict:
+    """The publish gate's validation set (server/gate.py): a fixed sample of the *export corpus*,
+    public URLs and never user data, one per line; return its manifest entry (with the sha256).
+    """
+    rng = np.random.default_rng([seed, 7])
+    chosen = sorted(rng.choice(len(urls), size=min(VALIDATION_URLS, len(urls)), replace=False))
+    data = "".join(f"{urls[i]}\n" for i in chosen).encode()
+    durable.write_bytes(directory / VALIDATION_FILE, data)
+    return {"file": VALIDATION_FILE, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
+            "urls": len(chosen), "source": "a sample of the export corpus"}
+
+
 def export_bundle(urls: list[str], out: Path, config: LMConfig, steps: int, lr: float,
                   batch_size: int, seed: int, corpus_name: str, threads: int = 1) -> dict:
     """Train and write a complete bundle to out (replacing it atomically); return the manifest."""
@@ -111,6 +126,7 @@ def export_bundle(urls: list[str], out: Path, config: LMConfig, steps: int, lr: 
                     "parameters": count_parameters(model),
                     "seconds": round(time.monotonic() - started, 1)}
         manifest = build_manifest(model, infer_io, train_io, training, work)
+        manifest["validation"] = write_validation_set(work, urls, seed)
         durable.write_json(work / MANIFEST, manifest)
         _replace_directory(work, out)
         return manifest

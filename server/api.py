@@ -16,6 +16,8 @@ from flask import Blueprint, current_app, jsonify, request
 
 from server import db, logs
 from server.errors import ApiError
+from server.identity import IdentityError, network_of
+from server.refusals import NotEnrolled
 from server.rounds import Coordinator
 from server.validation import check_client_id, check_delta, decode_upload, json_body
 from server.versions import iso
@@ -25,7 +27,9 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
 ONE_YEAR_S = 31_536_000
-COUNTED = {"api.tickets", "api.updates"}  # refusals here are counted by code in /api/status
+# refusals here are counted by code in /api/status
+COUNTED = {"api.tickets", "api.updates", "api.enrollments", "api.checkins"}
+IDENTITY_STATUS = {"puzzle_busy": 429}  # every other IdentityError code is a 403
 HISTORY = 200  # rounds and versions listed in a status document
 NO_UPDATES = {"participants": 0, "examples": 0, "loss_before": None, "loss_after": None,
               "mean_staleness": 0.0}
@@ -95,17 +99,86 @@ def files(sha256: str):
     return response
 
 
-@bp.post("/tickets")
-def tickets():
-    """Issue a single-use round ticket for the current version."""
+def client_request() -> tuple[dict, str]:
+    """The JSON object body of a client request and its checked client id (addr rate limit first).
+
+    :raise ApiError: rate_limited, bad_content_type, malformed_json, bad_client_id.
+    """
     rate_limit("addr", request.remote_addr or "-")
     if not request.is_json:
-        raise ApiError("bad_content_type", "send the ticket request as application/json", 415)
+        raise ApiError("bad_content_type", "send the request as application/json", 415)
     body = json_body(request.get_data(cache=False))  # never raises: deep nesting, huge numbers are None
     if not isinstance(body, dict):
         raise ApiError("malformed_json", 'body must be a JSON object like {"client_id": "..."}')
-    client_id = check_client_id(body.get("client_id"))
+    return body, check_client_id(body.get("client_id"))
+
+
+def require_enrolled(client_id: str) -> None:
+    """:raise NotEnrolled: when IDENTITY asks for proofs and client_id never gave them."""
+    if current_app.extensions["fedurl.enrollment"].required:
+        with db.transaction(db.get_engine()) as conn:
+            if not db.is_enrolled(conn, client_id):
+                raise NotEnrolled(f"client {client_id} has not enrolled: GET /api/puzzle, then POST "
+                                  "/api/enrollments")
+
+
+def remote_network() -> str:
+    """The /24 or /56 of the remote address (behind a proxy, the proxy's)."""
+    try:
+        return network_of(request.remote_addr or "")
+    except ValueError:
+        return "unknown"
+
+
+@bp.get("/puzzle")
+def puzzle():
+    """A fresh proof-of-work puzzle (stateless, signed) and which proofs enrollment needs."""
+    rate_limit("addr", request.remote_addr or "-")
+    enrollment = current_app.extensions["fedurl.enrollment"]
+    answer: dict = {"requires": enrollment.proofs}
+    if enrollment.puzzles is not None:
+        issued = enrollment.puzzles.issue(coordinator().clock())
+        answer.update(puzzle=issued.puzzle, difficulty=issued.difficulty, expires_at=iso(issued.expires))
+    response = jsonify(answer)
+    response.cache_control.no_store = True
+    return response
+
+
+@bp.post("/enrollments")
+def enrollments():
+    """Enroll a client id with the proofs IDENTITY asks for (once; again is a no-op 200)."""
+    body, client_id = client_request()
+    enrollment, now = current_app.extensions["fedurl.enrollment"], coordinator().clock()
+    with db.transaction(db.get_engine()) as conn:
+        if db.is_enrolled(conn, client_id):
+            return {"client_id": client_id, "enrolled": True}, 200
+    try:
+        proof = enrollment.verify(body, client_id, now)
+    except IdentityError as exc:
+        raise ApiError(exc.code, str(exc), IDENTITY_STATUS.get(exc.code, 403)) from None
+    with db.transaction(db.get_engine()) as conn:
+        db.enroll(conn, client_id, proof, remote_network(), now)
+    logs.event("client_enrolled", client=client_id, proof=proof, network=remote_network())
+    return {"client_id": client_id, "enrolled": True}, 201
+
+
+@bp.post("/checkins")
+def checkins():
+    """Ask to take part in a round: waiting, selected (then take a ticket) or not_selected."""
+    _, client_id = client_request()
+    require_enrolled(client_id)
+    answer = coordinator().check_in(client_id, remote_network())
+    deadline = answer["deadline"]
+    return {**answer, "deadline": iso(deadline) if deadline is not None else None,
+            "retry_after_s": round(answer["retry_after_s"], 3)}, 200
+
+
+@bp.post("/tickets")
+def tickets():
+    """Issue a single-use round ticket for the current version (cohorts: to members only)."""
+    _, client_id = client_request()
     rate_limit("client", client_id)
+    require_enrolled(client_id)
     outstanding, addr = current_app.extensions["fedurl.tickets"], request.remote_addr or "-"
     slot = reserve_ticket_slot(outstanding, addr)
     try:
@@ -163,6 +236,7 @@ def status_document() -> dict:
         rounds = db.recent_rounds(conn, HISTORY)
         ids = [row["id"] for row in rounds]
         stats, rejected = db.round_stats(conn, ids), db.rejections_by_round(conn, ids)
+        sizes = db.cohort_sizes(conn, ids)
         versions = db.recent_versions(conn, HISTORY)
         accepted, by_code = db.accepted_count(conn), db.rejections_by_code(conn)
         quarantined = db.quarantined_count(conn)
@@ -171,14 +245,21 @@ def status_document() -> dict:
         per_round = rejected.setdefault(round_id, {})
         per_round[code] = per_round.get(code, 0) + count
     for row in rounds:
-        row.update(stats.get(row["id"], NO_UPDATES), rejected=rejected.get(row["id"], {}))
+        row.update(stats.get(row["id"], NO_UPDATES), rejected=rejected.get(row["id"], {}),
+                   **sizes.get(row["id"], {"checkins": 0, "cohort": 0}))
+        row.pop("carried", None)
+        row["selected_at"] = iso(row["selected_at"]) if row["selected_at"] is not None else None
         row["opened_at"], row["deadline"] = iso(row["opened_at"]), iso(row["deadline"])
         row["closed_at"] = iso(row["closed_at"]) if row["closed_at"] is not None else None
     current, rules = progress.round, progress.rules
     return {"version": progress.version, "optimizer": progress.optimizer, "aggregator": progress.aggregator,
             "round": {"id": current.id, "base_version": current.base_version, "updates": progress.updates,
                       "opened_at": iso(current.opened_at), "deadline": iso(current.deadline),
-                      "min_clients": rules.min_clients, "min_clients_floor": rules.floor},
+                      "min_clients": rules.min_clients, "min_clients_floor": rules.floor,
+                      "phase": current.phase,
+                      "selection": "open" if rules.cohort is None else "cohort",
+                      "cohort_target": rules.cohort.target if rules.cohort else None},
+            "influence": progress.report, "gate": current_app.extensions["fedurl.gate"],
             "accepted": accepted, "rejected": dict(sorted(by_code.items())), "quarantined": quarantined,
             "rounds": rounds,
             "versions": [{"version": v["version"], "parent": v["parent"], "kind": v["kind"],

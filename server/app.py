@@ -17,6 +17,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from server import config as settings
 from server import db, errors, logs
 from server.aggregate import make_optimizer
+from server.cohorts import CohortRules
+from server.identity import enrollment_from
 from server.ratelimit import OutstandingTickets, RateLimiter, RefusalCounts
 from server.rounds import Coordinator, RoundRules
 from server.strategies import make_aggregator
@@ -55,6 +57,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         "addr": RateLimiter(app.config["REQUESTS_PER_ADDR_PER_MIN"])}
     app.extensions["fedurl.tickets"] = OutstandingTickets(app.config["MAX_TICKETS_PER_ADDR"])
     app.extensions["fedurl.refusals"] = RefusalCounts()
+    app.extensions["fedurl.enrollment"] = enrollment_from(
+        settings.identity_proofs(app.config), app.config["POW_DIFFICULTY"], app.config["POW_TTL_S"],
+        app.config["ENROLL_HMAC_KEY"], app.config["ENROLL_ED25519_PUBLIC_KEY"])
 
     if app.config["PROXY_HOPS"] > 0:  # behind nginx (fedurl-deploy): limits see the client, not the proxy
         hops = app.config["PROXY_HOPS"]
@@ -76,7 +81,15 @@ def _start_coordinator(app: Flask) -> Coordinator:
     rules = RoundRules(min_clients=cfg["MIN_CLIENTS"], floor=cfg["MIN_CLIENTS_FLOOR"],
                        deadline_s=cfg["ROUND_DEADLINE_S"], ticket_ttl_s=cfg["TICKET_TTL_S"],
                        max_staleness=cfg["MAX_STALENESS"], staleness_exponent=cfg["STALENESS_EXPONENT"],
-                       max_update_norm=cfg["MAX_UPDATE_NORM"], max_weight_abs=cfg["MAX_WEIGHT_ABS"])
+                       max_update_norm=cfg["MAX_UPDATE_NORM"], max_weight_abs=cfg["MAX_WEIGHT_ABS"],
+                       cohort=None if cfg["SELECTION"] == "open" else CohortRules(
+                           goal=cfg["MIN_CLIENTS"], over_selection=cfg["OVER_SELECTION"],
+                           window_s=cfg["SELECTION_WINDOW_S"], per_network=cfg["MAX_MEMBERS_PER_NETWORK"],
+                           poll_s=cfg["CHECKIN_POLL_S"]))
+    bounded = None if cfg["INFLUENCE"] == "none" else {
+        "cap_factor": cfg["WEIGHT_CAP_FACTOR"], "clip_initial": cfg["CLIP_INITIAL_NORM"],
+        "clip_quantile": cfg["CLIP_QUANTILE"], "clip_learning_rate": cfg["CLIP_LEARNING_RATE"],
+        "clip_ceiling": cfg["MAX_UPDATE_NORM"]}
 
     def new_optimizer():
         """A fresh server optimizer as configured."""
@@ -85,14 +98,36 @@ def _start_coordinator(app: Flask) -> Coordinator:
 
     def new_aggregator():
         """A fresh aggregation strategy as configured."""
-        return make_aggregator(cfg["AGGREGATOR"], trim_fraction=cfg["TRIM_FRACTION"])
+        return make_aggregator(cfg["AGGREGATOR"], bounded, trim_fraction=cfg["TRIM_FRACTION"])
 
     new_optimizer()  # fail at start-up, not at the first round's end, on a misspelt optimizer
-    coordinator = Coordinator(db.get_engine(app), VersionStore(Path(cfg["DATA_DIR"])), rules, new_optimizer,
-                              new_aggregator)
-    coordinator.start(cfg["BUNDLE_DIR"])
+    store = VersionStore(Path(cfg["DATA_DIR"]))
+    coordinator = Coordinator(db.get_engine(app), store, rules, new_optimizer, new_aggregator)
+    app.extensions["fedurl.gate"] = "off"
+    coordinator.start(cfg["BUNDLE_DIR"], lambda manifest: _gate(app, store, manifest))
     app.extensions["fedurl.coordinator"] = coordinator
     return coordinator
+
+
+def _gate(app: Flask, store: VersionStore, manifest: dict):
+    """The publish gate for a federation whose current manifest is this, or None.
+
+    Its state for /api/status goes in ``fedurl.gate``: "on", "off" (PUBLISH_GATE), or
+    "unavailable" when the bundle carries no validation set (bundles exported before [T2]; the
+    tests' placeholder bundle): then every safe result is published, and start-up warns.
+    """
+    if app.config["PUBLISH_GATE"] == "off":
+        return None
+    from server.gate import ValidationGate, validation_urls  # onnxruntime: only when a gate runs
+
+    urls = validation_urls(Path(app.config["DATA_DIR"]), manifest, app.config["BUNDLE_DIR"])
+    if not urls:
+        app.extensions["fedurl.gate"] = "unavailable"
+        logs.event("gate_unavailable", level=logging.WARNING,
+                   reason="the bundle has no validation set (re-export it with fedurl-export)")
+        return None
+    app.extensions["fedurl.gate"] = "on"
+    return ValidationGate(store, urls, app.config["GATE_TOLERANCE"])
 
 
 def _update_bytes(manifest: dict) -> int:
@@ -112,7 +147,7 @@ def housekeeping(app: Flask) -> None:
     commit, prune expired tickets (database and per-address slots).
     """
     coordinator = app.extensions["fedurl.coordinator"]
-    coordinator.tick()
+    coordinator.tick()  # draws a due cohort, closes or abandons a round past its deadline
     refusals = app.extensions["fedurl.refusals"]
     counts = refusals.take()
     try:

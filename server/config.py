@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 REPO = Path(__file__).resolve().parent.parent
 ENV_PREFIX = "FEDURL_"
 MIN_ADMIN_TOKEN_BYTES = 32  # secrets.token_urlsafe(32) gives 43 bytes, 256 random bits
-SECRET_KEYS = ("ADMIN_TOKEN",)  # never shown, not even redacted
+SECRET_KEYS = ("ADMIN_TOKEN", "ENROLL_HMAC_KEY")  # never shown, not even redacted
 SECRET_QUERY = re.compile(r"pass|secret|token|key", re.IGNORECASE)  # URL query parameters shown as ***
 REDACTED = "***"
 
@@ -66,6 +66,38 @@ SETTINGS: dict[str, Setting] = {
     "TICKETS_PER_CLIENT_PER_MIN": Setting(6.0, float, "ticket rate limit per client id"),
     "REQUESTS_PER_ADDR_PER_MIN": Setting(600.0, float, "ticket + update rate limit per remote address"),
     "MAX_TICKETS_PER_ADDR": Setting(64, int, "unused, unexpired tickets one remote address may hold"),
+    # [T2] who takes part: server-chosen cohorts, identities that cost something (docs/SECURITY.md).
+    # Tests, the demo and simulations run many clients from one address: they raise
+    # MAX_MEMBERS_PER_NETWORK, lower SELECTION_WINDOW_S and POW_DIFFICULTY (or set IDENTITY "").
+    "SELECTION": Setting("cohort", str, "cohort: the server draws each round's cohort among check-ins, "
+                                        "only members get tickets; open: any client may take a ticket "
+                                        "(and so choose its round)"),
+    "OVER_SELECTION": Setting(0.3, float, "cohort: draw MIN_CLIENTS * (1 + this) members (dropouts)"),
+    "SELECTION_WINDOW_S": Setting(30.0, float, "cohort: check-ins gather at least this long after a round "
+                                               "opens before the cohort is drawn"),
+    "MAX_MEMBERS_PER_NETWORK": Setting(1, int, "cohort: members per IPv4 /24 or IPv6 /56 at most, however "
+                                               "many client ids it checked in"),
+    "CHECKIN_POLL_S": Setting(5.0, float, "cohort: how often a waiting client is told to check in again"),
+    "IDENTITY": Setting("pow", str, "proofs a client id must give to enroll, comma-separated: pow (a "
+                                    "hashcash puzzle), token (an operator-signed enrollment token); "
+                                    "empty: none"),
+    "POW_DIFFICULTY": Setting(18, int, "pow: leading zero bits of SHA-256 (each bit doubles the work; "
+                                       "18 is about 1 s in Chromium, 0.5 s in CPython)"),
+    "POW_TTL_S": Setting(600.0, float, "pow: seconds a puzzle may be solved in"),
+    "ENROLL_HMAC_KEY": Setting(None, str, "token: the operator's HMAC-SHA256 key (at least 32 bytes)", True),
+    "ENROLL_ED25519_PUBLIC_KEY": Setting(None, str, "token: the operator's Ed25519 public key (64 hex "
+                                                    "characters); the server holds no signing secret", True),
+    "INFLUENCE": Setting("bounded", str, "bounded: clip each delta to an adaptive bound and cap each "
+                                         "weight near the round's median; none: trust both"),
+    "WEIGHT_CAP_FACTOR": Setting(2.0, float, "bounded: a weight is at most this times the round's median"),
+    "CLIP_INITIAL_NORM": Setting(5.0, float, "bounded: the first round's clip bound (L2)"),
+    "CLIP_QUANTILE": Setting(0.5, float, "bounded: the bound follows this quantile of the update norms"),
+    "CLIP_LEARNING_RATE": Setting(0.2, float, "bounded: bound *= exp(-lr * (share at or below - quantile))"),
+    "PUBLISH_GATE": Setting("validation", str, "validation: score each candidate on the bundle's public "
+                                               "validation set and refuse one worse than its parent by "
+                                               "more than GATE_TOLERANCE; off: publish every safe result"),
+    "GATE_TOLERANCE": Setting(0.10, float, "relative rise of the validation loss over the parent's that is "
+                                           "still published"),
     "MAX_WEIGHT_ABS": Setting(1e4, float, "a round whose new weights are not finite or exceed this "
                                           "absolute value is not published"),
     "TICK_INTERVAL_S": Setting(5.0, float, "how often a background thread checks deadlines (0: off)"),
@@ -142,6 +174,28 @@ def check(config) -> None:
         raise ValueError("PROXY_HOPS must be 0 or more")
     if config["MAX_TICKETS_PER_ADDR"] < 1:
         raise ValueError("MAX_TICKETS_PER_ADDR must be at least 1")
+    choices = {"SELECTION": ("cohort", "open"), "INFLUENCE": ("bounded", "none"),
+               "PUBLISH_GATE": ("validation", "off")}
+    for key, allowed_values in choices.items():
+        if config[key] not in allowed_values:
+            raise ValueError(f"{key} must be one of {', '.join(allowed_values)}, got {config[key]!r}")
+    unknown = set(identity_proofs(config)) - {"pow", "token"}
+    if unknown:
+        raise ValueError(f"IDENTITY names unknown proofs {sorted(unknown)}; use pow, token")
+    if "token" in identity_proofs(config) and not (config["ENROLL_HMAC_KEY"]
+                                                   or config["ENROLL_ED25519_PUBLIC_KEY"]):
+        raise ValueError("IDENTITY includes token: set ENROLL_HMAC_KEY or ENROLL_ED25519_PUBLIC_KEY")
+    if config["MAX_MEMBERS_PER_NETWORK"] < 1 or config["OVER_SELECTION"] < 0:
+        raise ValueError("MAX_MEMBERS_PER_NETWORK must be at least 1 and OVER_SELECTION not negative")
+    if not (0 <= config["POW_DIFFICULTY"] <= 32):
+        raise ValueError("POW_DIFFICULTY is a number of bits from 0 to 32")
+    if config["WEIGHT_CAP_FACTOR"] < 1 or not 0 < config["CLIP_QUANTILE"] < 1:
+        raise ValueError("WEIGHT_CAP_FACTOR must be at least 1 and CLIP_QUANTILE within (0, 1)")
+
+
+def identity_proofs(config) -> list[str]:
+    """The proofs IDENTITY asks of an enrolling client id."""
+    return [name.strip() for name in config["IDENTITY"].split(",") if name.strip()]
 
 
 def shown(config) -> dict:

@@ -23,6 +23,8 @@ from flask.cli import with_appcontext
 
 from server import migrations
 from server.schema import (
+    checkins,
+    enrollments,
     files,
     metadata,  # noqa: F401  (tests reach the tables as db.metadata)
     quarantine,
@@ -39,12 +41,19 @@ Engine = sa.Engine
 
 @dataclass(frozen=True)
 class Round:
-    """An open round: the version its deltas start from, and when it opened and falls due."""
+    """An open round: the version its deltas start from, when it opened and falls due, its phase.
+
+    ``phase`` is "selecting" while check-ins gather, "reporting" once the cohort is chosen (and
+    always in open selection); ``carried`` is the strategy's state handed over from the last round.
+    """
 
     id: int
     base_version: int
     opened_at: float
     deadline: float
+    phase: str = "reporting"
+    selected_at: float | None = None
+    carried: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class Ticket:
     version: int
     expires_at: float
     used_at: float | None
+    round_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -172,24 +182,102 @@ def recent_versions(conn: Connection, limit: int) -> list[dict]:
 
 # -- rounds ----------------------------------------------------------------------------------------
 
-def open_round(conn: Connection, base_version: int, now: float, deadline: float) -> None:
-    """Insert a new open round on base_version."""
+def open_round(conn: Connection, base_version: int, now: float, deadline: float, phase: str = "reporting",
+               carried: dict | None = None) -> None:
+    """Insert a new open round on base_version, in its first phase, with the strategy's carried state."""
     conn.execute(rounds.insert().values(base_version=base_version, status="open", opened_at=now,
-                                        deadline=deadline))
+                                        deadline=deadline, phase=phase,
+                                        carried=json.dumps(carried) if carried else None))
 
 
 def current_round(conn: Connection) -> Round:
     """The one open round."""
-    row = conn.execute(sa.select(rounds.c.id, rounds.c.base_version, rounds.c.opened_at, rounds.c.deadline)
-                       .where(rounds.c.status == "open")).one()
-    return Round(*row)
+    r = rounds.c
+    row = conn.execute(sa.select(r.id, r.base_version, r.opened_at, r.deadline, r.phase, r.selected_at,
+                                 r.carried).where(r.status == "open")).one()
+    return Round(row.id, row.base_version, row.opened_at, row.deadline, row.phase or "reporting",
+                 row.selected_at, json.loads(row.carried) if row.carried else None)
 
 
 def end_round(conn: Connection, round_id: int, status: str, now: float, reason: str,
-              result_version: int) -> None:
-    """Mark a round closed (aggregated) or aborted (rollback), naming the version it led to."""
+              result_version: int | None, detail: str | None = None) -> None:
+    """Mark a round closed (aggregated), aborted (rollback), refused (publish gate) or abandoned
+    (too few reports by the deadline), naming the version it led to, if any, and why.
+    """
     conn.execute(rounds.update().where(rounds.c.id == round_id).values(
-        status=status, closed_at=now, close_reason=reason, result_version=result_version))
+        status=status, closed_at=now, close_reason=reason, result_version=result_version, detail=detail))
+
+
+def start_reporting(conn: Connection, round_id: int, members: list[str], now: float, deadline: float) -> None:
+    """End a round's selection: mark its chosen check-ins as members, start the reporting deadline."""
+    if members:
+        conn.execute(checkins.update().where(checkins.c.round_id == round_id,
+                                             checkins.c.client_id.in_(members)).values(selected=True))
+    conn.execute(rounds.update().where(rounds.c.id == round_id).values(
+        phase="reporting", selected_at=now, deadline=deadline))
+
+
+# -- identities, check-ins, cohorts ---------------------------------------------------------------
+
+def enroll(conn: Connection, client_id: str, proof: str, network: str, now: float) -> bool:
+    """Record an enrolled client id; False if it was enrolled already (the first record stays)."""
+    if is_enrolled(conn, client_id):
+        return False
+    conn.execute(enrollments.insert().values(client_id=client_id, proof=proof, network=network,
+                                             enrolled_at=now))
+    return True
+
+
+def is_enrolled(conn: Connection, client_id: str) -> bool:
+    """Whether client_id enrolled."""
+    query = sa.select(enrollments.c.client_id).where(enrollments.c.client_id == client_id)
+    return conn.execute(query).first() is not None
+
+
+def check_in(conn: Connection, round_id: int, client_id: str, network: str, now: float) -> bool:
+    """Record a check-in for the round being selected; False if this client already checked in."""
+    key = (checkins.c.round_id == round_id) & (checkins.c.client_id == client_id)
+    if conn.execute(sa.select(checkins.c.client_id).where(key)).first() is not None:
+        return False
+    conn.execute(checkins.insert().values(round_id=round_id, client_id=client_id, network=network, at=now,
+                                          selected=False))
+    return True
+
+
+def round_checkins(conn: Connection, round_id: int) -> list[tuple[str, str]]:
+    """(client_id, network) of every check-in of the round, in arrival order."""
+    query = (sa.select(checkins.c.client_id, checkins.c.network).where(checkins.c.round_id == round_id)
+             .order_by(checkins.c.at, checkins.c.client_id))
+    return [(client, network) for client, network in conn.execute(query)]
+
+
+def checkins_by_network(conn: Connection, round_id: int) -> dict[str, int]:
+    """How many clients of each network checked in for the round."""
+    c = checkins.c
+    query = sa.select(c.network, sa.func.count()).where(c.round_id == round_id).group_by(c.network)
+    return {network: n for network, n in conn.execute(query)}
+
+
+def is_member(conn: Connection, round_id: int, client_id: str) -> bool:
+    """Whether client_id was chosen into the round's cohort."""
+    c = checkins.c
+    query = sa.select(c.client_id).where(c.round_id == round_id, c.client_id == client_id, c.selected)
+    return conn.execute(query).first() is not None
+
+
+def cohort(conn: Connection, round_id: int) -> list[tuple[str, str]]:
+    """(client_id, network) of the round's cohort."""
+    c = checkins.c
+    query = sa.select(c.client_id, c.network).where(c.round_id == round_id, c.selected).order_by(c.client_id)
+    return [(client, network) for client, network in conn.execute(query)]
+
+
+def cohort_sizes(conn: Connection, round_ids: list[int]) -> dict[int, dict]:
+    """Per round: check-ins and cohort members."""
+    c = checkins.c
+    query = (sa.select(c.round_id, sa.func.count(), sa.func.sum(sa.case((c.selected, 1), else_=0)))
+             .where(c.round_id.in_(round_ids)).group_by(c.round_id))
+    return {rid: {"checkins": n, "cohort": int(members or 0)} for rid, n, members in conn.execute(query)}
 
 
 def recent_rounds(conn: Connection, limit: int) -> list[dict]:
@@ -225,7 +313,7 @@ def insert_ticket(conn: Connection, digest: str, client_id: str, version: int, r
 def find_ticket(conn: Connection, digest: str) -> Ticket | None:
     """The ticket with this digest, or None."""
     row = conn.execute(sa.select(tickets.c.digest, tickets.c.client_id, tickets.c.version,
-                                 tickets.c.expires_at, tickets.c.used_at)
+                                 tickets.c.expires_at, tickets.c.used_at, tickets.c.round_id)
                        .where(tickets.c.digest == digest)).first()
     return None if row is None else Ticket(*row)
 

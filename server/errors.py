@@ -24,6 +24,7 @@ STATUS: dict[type[refusals.Refused], int] = {
     refusals.StaleVersion: 409, refusals.TicketReused: 409, refusals.VersionMismatch: 409,
     refusals.DuplicateClient: 409, refusals.EmptyRound: 409, refusals.NotEarlier: 409,
     refusals.VersionDamaged: 409, refusals.UnsafeWeights: 409,
+    refusals.NotSelected: 403, refusals.NotEnrolled: 403, refusals.RoundClosed: 409,
 }
 
 

@@ -189,3 +189,45 @@ class EnrollmentTokens:
             raise IdentityError("token_invalid", "enrollment token signature does not verify")
         if expires <= now:
             raise IdentityError("token_expired", "enrollment token expired")
+
+
+class Enrollment:
+    """The proofs a new client id must give, as the IDENTITY setting picks them (each optional).
+
+    An operator token is checked before the puzzle, so a refused token spends no solved puzzle.
+    """
+
+    def __init__(self, proofs: list[str], puzzles: WorkPuzzles | None = None,
+                 tokens: EnrollmentTokens | None = None):
+        assert "pow" not in proofs or puzzles is not None, "pow needs WorkPuzzles"
+        assert "token" not in proofs or tokens is not None, "token needs EnrollmentTokens"
+        self.proofs, self.puzzles, self.tokens = list(proofs), puzzles, tokens
+
+    @property
+    def required(self) -> bool:
+        """Whether a client id must enroll at all before it checks in."""
+        return bool(self.proofs)
+
+    def verify(self, body: dict, client_id: str, now: float) -> str:
+        """Check every required proof in an enrollment request; return their names ("pow+token").
+
+        :raise IdentityError: the first proof that fails.
+        """
+        if "token" in self.proofs:
+            assert self.tokens is not None
+            self.tokens.verify(body.get("token"), client_id, now)  # type: ignore[arg-type]  # checked there
+        if "pow" in self.proofs:
+            assert self.puzzles is not None
+            self.puzzles.redeem(body.get("puzzle"), body.get("counter"), now)  # type: ignore[arg-type]
+        return "+".join(self.proofs) or "none"
+
+
+def enrollment_from(proofs: list[str], difficulty: int, ttl_s: float, hmac_key: str | None,
+                    ed25519_public_key_hex: str | None) -> Enrollment:
+    """The enrollment policy from settings (keys as text: HMAC key bytes, Ed25519 key in hex)."""
+    tokens = None
+    if hmac_key:
+        tokens = EnrollmentTokens(hmac_key=hmac_key.encode())
+    elif ed25519_public_key_hex:
+        tokens = EnrollmentTokens(ed25519_public_key=bytes.fromhex(ed25519_public_key_hex))
+    return Enrollment(proofs, WorkPuzzles(difficulty, ttl_s) if "pow" in proofs else None, tokens)

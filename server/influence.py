@@ -35,7 +35,7 @@ def clip_to_norm(delta: Arrays, bound: float) -> tuple[Arrays, float]:
     return {name: (array * scale).astype(array.dtype) for name, array in delta.items()}, norm
 
 
-def capped_weights(counts: list[int], cap_factor: float) -> list[float]:
+def capped_weights(counts: list[float], cap_factor: float) -> list[float]:
     """Example weights with each count capped at ``cap_factor`` times the cohort's median count."""
     assert cap_factor >= 1, "a cap below the median would cut honest clients"
     if not counts:

@@ -62,7 +62,7 @@ def known_versions(engine: db.Engine, store: VersionStore, now: float) -> dict[i
 
 
 def import_first_version(engine: db.Engine, store: VersionStore, bundle_dir: str | None, now: float,
-                         deadline_s: float) -> dict[int, int | None]:
+                         deadline_s: float, phase: str = "reporting") -> dict[int, int | None]:
     """Copy the initial bundle in, record it and open the first round; return {version: None}."""
     if bundle_dir is None:
         raise RuntimeError("no global model yet: start with --bundle DIR (or BUNDLE_DIR)")
@@ -72,7 +72,7 @@ def import_first_version(engine: db.Engine, store: VersionStore, bundle_dir: str
              for name, entry in manifest["files"].items()]
     with db.transaction(engine) as conn:
         db.record_version(conn, version, None, "initial", None, now, files)
-        db.open_round(conn, version, now, now + deadline_s)
+        db.open_round(conn, version, now, now + deadline_s, phase)
     logs.event("imported_bundle", source=str(bundle_dir), version=version)
     return {version: None}
 

@@ -97,3 +97,21 @@ class UnsafeWeights(Refused):
     """Closing the round would publish non-finite or out-of-range weights."""
 
     code = "unsafe_weights"
+
+
+class NotSelected(Refused):
+    """A ticket asked for by a client that is not in the reporting round's cohort."""
+
+    code = "not_selected"
+
+
+class RoundClosed(Refused):
+    """An update whose ticket belongs to a round that has ended (cohorts: late reports do not count)."""
+
+    code = "round_closed"
+
+
+class NotEnrolled(Refused):
+    """A check-in or ticket from a client id that has not enrolled with the required proofs."""
+
+    code = "not_enrolled"

@@ -18,6 +18,13 @@ each built by a factory from the settings.
 Staleness (docs/PROTOCOL.md): a delta computed on version b is accepted while the current version
 descends from b by at most MAX_STALENESS steps, with weight num_examples * (1 + s)^-exponent
 (Xie et al. 2019); after a rollback the abandoned branch is no ancestor, so its deltas are refused.
+
+Phases ([T2], ``server.cohorts``): with server-chosen cohorts a round opens ``selecting``
+(clients check in), draws its cohort, then runs ``reporting`` (only members get tickets, only
+tickets of this round count) until the goal count or the deadline; too few reports by then and
+the round is *abandoned* and a new one selects afresh on the same version. Before publishing, the
+``gate`` scores the candidate; a refused candidate ends the round as *refused* and the parent
+stays current. With open selection (``RoundRules.cohort`` None) rounds start in ``reporting``.
 """
 
 from __future__ import annotations
@@ -25,22 +32,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import random
 import secrets
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from formats.update import UpdateMeta
-from server import db, logs, quarantine, recovery
+from server import cohorts, db, logs, quarantine, recovery
 from server.aggregate import ServerOptimizer, staleness_weight, unsafe_weights
+from server.cohorts import PHASE_REPORTING, PHASE_SELECTING, CohortRules
 from server.refusals import (
     DuplicateClient,
     EmptyRound,
     NoSuchVersion,
     NotEarlier,
+    NotSelected,
+    RoundClosed,
     StaleVersion,
     TicketExpired,
     TicketInvalid,
@@ -68,6 +79,19 @@ class RoundRules:
     staleness_exponent: float
     max_update_norm: float = math.inf  # checked again when a stored body is replayed
     max_weight_abs: float = math.inf  # the last check before publishing
+    cohort: CohortRules | None = None  # None: open selection, any client may take a ticket
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The publish gate's answer on a candidate: publish or not, and why, for people."""
+
+    ok: bool
+    detail: str
+    scores: dict | None = None  # e.g. {"parent_loss": 3.9, "candidate_loss": 4.4}
+
+
+Gate = Callable[[int, dict], Verdict]  # (parent version, candidate weights) -> verdict
 
 
 @dataclass(frozen=True)
@@ -80,6 +104,7 @@ class Progress:
     round: db.Round
     updates: int
     rules: RoundRules
+    report: dict  # the strategy's account of the last round it closed (clip bound, caps)
 
 
 class Coordinator:
@@ -87,10 +112,13 @@ class Coordinator:
 
     def __init__(self, engine: db.Engine, store: VersionStore, rules: RoundRules,
                  new_optimizer: Callable[[], ServerOptimizer], new_aggregator: Callable[[], Aggregator],
-                 clock: Callable[[], float] = time.time):
-        """:param new_optimizer: zero-argument factory of a fresh server optimizer (strategy alike)."""
+                 clock: Callable[[], float] = time.time, gate: Gate | None = None):
+        """:param new_optimizer: zero-argument factory of a fresh server optimizer (strategy alike).
+        :param gate: scores a candidate before it is published (None: publish every safe result).
+        """
         self.engine, self.store, self.rules = engine, store, rules
-        self.new_optimizer, self.clock = new_optimizer, clock
+        self.new_optimizer, self.clock, self.gate = new_optimizer, clock, gate
+        self.rng: random.Random | None = None  # cohort draws: the OS's randomness unless a test seeds it
         self.aggregator = new_aggregator()
         self.spool = Spool(store.data_dir)
         self.lock = threading.RLock()
@@ -99,15 +127,22 @@ class Coordinator:
 
     # -- start-up and the current version ---------------------------------------------------------
 
-    def start(self, bundle_dir: str | None) -> None:
-        """Import the first version if the database has none, clear debris, resume the open round."""
+    def start(self, bundle_dir: str | None, make_gate: Callable[[dict], Gate | None] | None = None) -> None:
+        """Import the first version if the database has none, clear debris, resume the open round.
+
+        :param make_gate: builds the publish gate from the current manifest, before a replayed
+            round can close.
+        """
         with self.lock:
             self.parents = recovery.known_versions(self.engine, self.store, self.clock())
             if not self.parents:
                 self.parents = recovery.import_first_version(self.engine, self.store, bundle_dir,
-                                                             self.clock(), self.rules.deadline_s)
+                                                             self.clock(), self.rules.deadline_s,
+                                                             self._first_phase())
             self._load(max(self.parents))
             recovery.check_same_graphs(self.store.data_dir, self.manifest, bundle_dir)
+            if make_gate is not None:
+                self.gate = make_gate(self.manifest)
             self._resume()
 
     def _load(self, version: int) -> None:
@@ -128,7 +163,9 @@ class Coordinator:
 
     def _resume(self) -> None:
         """Start the strategy on the open round and replay that round's stored deltas into it."""
-        self.aggregator.start({p["name"]: tuple(p["shape"]) for p in self.manifest["parameters"]})
+        with db.transaction(self.engine) as conn:
+            carried = db.current_round(conn).carried
+        self.aggregator.start({p["name"]: tuple(p["shape"]) for p in self.manifest["parameters"]}, carried)
         self.round, self.accepted = recovery.replay(self.engine, self.spool, self.aggregator,
                                                     self.manifest["parameters"], self.rules.max_update_norm,
                                                     self.clock())
@@ -144,7 +181,56 @@ class Coordinator:
         """The in-memory part of /api/status."""
         with self.lock:
             return Progress(self.version, self.optimizer.name, self.aggregator.name, self.round,
-                            self.aggregator.count, self.rules)
+                            self.aggregator.count, self.rules, self.aggregator.report())
+
+    def _first_phase(self) -> str:
+        """The phase a new round opens in."""
+        return PHASE_SELECTING if self.rules.cohort is not None else PHASE_REPORTING
+
+    # -- check-ins and cohorts ---------------------------------------------------------------------
+
+    def check_in(self, client_id: str, network: str) -> dict:
+        """Ask to take part. While the cohort is being chosen the check-in is recorded (once);
+        afterwards the answer says whether client_id is in the reporting round's cohort.
+
+        :return: round, version, phase, state (open | waiting | selected | not_selected),
+            retry_after_s (when to ask again), deadline.
+        """
+        with self.lock:
+            now, rules = self.clock(), self.rules.cohort
+            answer = {"round": self.round.id, "version": self.version, "phase": self.round.phase}
+            if rules is None:
+                return {**answer, "state": "open", "retry_after_s": 0.0, "deadline": self.round.deadline}
+            if self.round.phase == PHASE_SELECTING:
+                with db.transaction(self.engine) as conn:
+                    db.check_in(conn, self.round.id, client_id, network, now)
+                self._maybe_select(now)
+            answer = {"round": self.round.id, "version": self.version, "phase": self.round.phase}
+            if self.round.phase == PHASE_SELECTING:
+                wait = max(rules.poll_s, self.round.opened_at + rules.window_s - now)
+                return {**answer, "state": "waiting", "retry_after_s": wait, "deadline": None}
+            with db.transaction(self.engine) as conn:
+                member = db.is_member(conn, self.round.id, client_id)
+            wait = rules.poll_s if member else min(max(rules.poll_s, self.round.deadline - now), 60.0)
+            return {**answer, "state": "selected" if member else "not_selected", "retry_after_s": wait,
+                    "deadline": self.round.deadline}
+
+    def _maybe_select(self, now: float) -> None:
+        """Draw the open round's cohort once its window passed and enough eligible clients checked in."""
+        rules = self.rules.cohort
+        if rules is None or self.round.phase != PHASE_SELECTING:
+            return
+        with db.transaction(self.engine) as conn:
+            networks = db.checkins_by_network(conn, self.round.id)
+            if not cohorts.ready(rules, self.round.opened_at, now, networks):
+                return
+            members = cohorts.sample(db.round_checkins(conn, self.round.id), rules.target, rules.per_network,
+                                     self.rng)
+            deadline = now + self.rules.deadline_s
+            db.start_reporting(conn, self.round.id, members, now, deadline)
+        self.round = replace(self.round, phase=PHASE_REPORTING, selected_at=now, deadline=deadline)
+        logs.event("cohort_selected", round=self.round.id, members=len(members),
+                   checkins=sum(networks.values()), networks=len(networks))
 
     # -- tickets and updates -----------------------------------------------------------------------
 
@@ -155,6 +241,10 @@ class Coordinator:
             now = self.clock()
             expires = now + self.rules.ticket_ttl_s
             with db.transaction(self.engine) as conn:
+                if self.rules.cohort is not None and not (self.round.phase == PHASE_REPORTING and
+                                                          db.is_member(conn, self.round.id, client_id)):
+                    raise NotSelected(f"client {client_id} is not in the cohort of round {self.round.id}; "
+                                      "check in (POST /api/checkins) and wait to be selected")
                 db.insert_ticket(conn, db.ticket_digest(ticket), client_id, self.version, self.round.id, now,
                                  expires)
             return {"ticket": ticket, "version": self.version, "round": self.round.id, "expires_at": expires}
@@ -216,6 +306,8 @@ class Coordinator:
                                "it was counted)")
         if ticket.expires_at <= now:
             raise TicketExpired(f"ticket expired at {iso(ticket.expires_at)}")
+        if self.rules.cohort is not None and ticket.round_id != self.round.id:
+            raise RoundClosed(f"the ticket is for round {ticket.round_id}, which has ended; check in again")
         if ticket.version != meta.base_version:
             raise VersionMismatch(f"ticket is for version {ticket.version}, base_version says "
                                   f"{meta.base_version}: take the ticket with the model you train on")
@@ -230,8 +322,9 @@ class Coordinator:
     # -- closing, rollback -------------------------------------------------------------------------
 
     def tick(self) -> None:
-        """Close the round if its deadline passed with at least the floor of updates."""
+        """Draw a cohort that is due; close (or abandon) the round if its deadline passed."""
         with self.lock:
+            self._maybe_select(self.clock())
             self._maybe_close(self.clock())
 
     def _maybe_close(self, now: float) -> None:
@@ -241,10 +334,16 @@ class Coordinator:
         had; the next update or tick tries again. The update that triggered it stays accepted.
         """
         count = self.aggregator.count
+        if self.round.phase == PHASE_SELECTING:
+            return
         if count >= self.rules.min_clients:
             reason = "min_clients"
         elif now >= self.round.deadline and count >= self.rules.floor:
             reason = "deadline"
+        elif now >= self.round.deadline and self.rules.cohort is not None:
+            self._restart_round("abandoned", "deadline", f"{count} of {self.rules.floor} reports needed by "
+                                "the deadline arrived; a new cohort is drawn", now, self.round.carried)
+            return
         else:
             return
         try:
@@ -269,11 +368,35 @@ class Coordinator:
         assert mean_delta is not None, "closing a round without updates"
         optimizer = self._optimizer_with(self.optimizer.state)
         weights = optimizer.step(self.weights, mean_delta)
+        carried = self.aggregator.carry()
+        problem = unsafe_weights(weights, self.rules.max_weight_abs)
+        if problem:
+            raise UnsafeWeights(f"refusing to publish version {self.version + 1}: {problem}")
+        if self.gate is not None:
+            verdict = self.gate(self.version, weights)
+            if not verdict.ok:
+                logs.event("gate_refused", level=logging.WARNING, round=self.round.id, detail=verdict.detail,
+                           **(verdict.scores or {}))
+                return self._restart_round("refused", "gate", verdict.detail, now, carried)
         with db.transaction(self.engine) as conn:
             stats = db.round_stats(conn, [self.round.id]).get(self.round.id, {})
         extra = {"round": self.round.id, "reason": reason, "optimizer": optimizer.name,
-                 "aggregator": self.aggregator.name, **stats}
-        return self._publish(self.manifest, weights, optimizer.state, extra, "aggregate", reason, now)
+                 "aggregator": self.aggregator.name, **stats, **self.aggregator.report()}
+        return self._publish(self.manifest, weights, optimizer.state, extra, "aggregate", reason, now,
+                             carried)
+
+    def _restart_round(self, status: str, reason: str, detail: str, now: float, carried: dict | None) -> dict:
+        """End the open round without a new version (refused by the gate, or abandoned) and open a
+        new one on the same version; its updates stay recorded with the ended round.
+        """
+        ended = self.round.id
+        with db.transaction(self.engine) as conn:
+            db.end_round(conn, ended, status, now, reason, None, detail)
+            db.open_round(conn, self.version, now, now + self.rules.deadline_s, self._first_phase(), carried)
+        self._resume()
+        logs.event(f"round_{status}", ended_round=ended, round=self.round.id, detail=detail)
+        return {"version": self.version, "ended_round": ended, "round": self.round.id, "reason": status,
+                "detail": detail}
 
     def rollback(self, version: int) -> dict:
         """Publish a copy of an earlier version (weights and optimizer state) as the next version.
@@ -293,10 +416,11 @@ class Coordinator:
                 logs.event("version_damaged", level=logging.ERROR, version=version, error=str(exc))
                 raise VersionDamaged(f"version {version} is damaged on disk ({exc})") from None
             extra = {"rollback_to": version, "rolled_back": self.version}
-            return self._publish(parent, weights, state, extra, "rollback", "rollback", self.clock())
+            return self._publish(parent, weights, state, extra, "rollback", "rollback", self.clock(),
+                                 self.round.carried)
 
     def _publish(self, parent: dict, weights: dict, state: dict, extra: dict, kind: str, reason: str,
-                 now: float) -> dict:
+                 now: float, carried: dict | None = None) -> dict:
         """Write the next version (graphs from parent), record it, end the open round (closed, or
         aborted by a rollback), open the next round, and switch to it.
         """
@@ -313,7 +437,7 @@ class Coordinator:
                               ended if kind == "aggregate" else None, now,
                               [(entry["sha256"], WEIGHTS, self.store.relative(version, WEIGHTS))])
             db.end_round(conn, ended, status, now, reason, version)
-            db.open_round(conn, version, now, now + self.rules.deadline_s)
+            db.open_round(conn, version, now, now + self.rules.deadline_s, self._first_phase(), carried)
         self.parents[version] = manifest["parent_version"]
         self._load(version)
         self._resume()

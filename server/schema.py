@@ -33,7 +33,13 @@ rounds = sa.Table(
     sa.Column("deadline", sa.Float, nullable=False),
     sa.Column("closed_at", sa.Float, nullable=True),
     sa.Column("close_reason", sa.String(32), nullable=True),
-    sa.Column("result_version", sa.Integer, nullable=True))
+    sa.Column("result_version", sa.Integer, nullable=True),
+    # selecting (check-ins gather) | reporting (the cohort trains); NULL in rows from before [T2].
+    # A secure cohort ([T1]) adds its own phases between the two.
+    sa.Column("phase", sa.String(16), nullable=True),
+    sa.Column("selected_at", sa.Float, nullable=True),
+    sa.Column("carried", sa.Text, nullable=True),  # the strategy's state from the previous round (JSON)
+    sa.Column("detail", sa.Text, nullable=True))  # why a round was refused or abandoned, for people
 
 tickets = sa.Table(
     "tickets", metadata,
@@ -61,6 +67,21 @@ updates = sa.Table(
     sa.Column("received_at", sa.Float, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=True),  # of the spool body; NULL in rows from before
     sa.UniqueConstraint("round_id", "client_id", name="one_update_per_client_and_round"))
+
+enrollments = sa.Table(  # client ids that paid for their identity (proof of work, operator token)
+    "enrollments", metadata,
+    sa.Column("client_id", sa.String(64), primary_key=True),
+    sa.Column("proof", sa.String(32), nullable=False),  # which proofs it gave: "pow", "pow+token", "none"
+    sa.Column("network", sa.String(64), nullable=False),  # /24 or /56 it enrolled from
+    sa.Column("enrolled_at", sa.Float, nullable=False))
+
+checkins = sa.Table(  # who asked to take part in a round while its cohort was being chosen
+    "checkins", metadata,
+    sa.Column("round_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("client_id", sa.String(64), primary_key=True),
+    sa.Column("network", sa.String(64), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("selected", sa.Boolean, nullable=False, default=False))
 
 rejections = sa.Table(
     "rejections", metadata,

@@ -14,6 +14,17 @@
    the **frequency trie** of that union; **personalization**: KSR@3 of a client on its later URLs
    with the final global model vs after fine-tuning it on its own history.
 
+4. Attackers (``--attackers F --attack anti_gradient|backdoor``, study/attacks.py): a fixed share
+   of the users is malicious and, when sampled, sends the strongest update the server allows.
+   metrics.csv then has ``attackers`` (in the round), ``published`` (0 if the publish gate
+   refused the round) and, for the backdoor, ``backdoor_top3`` (prefixes whose top 3 suggestions
+   hold the attacker's host).
+
+The server runs open selection without enrollment (every simulated user shares 127.0.0.1 and the
+simulation draws each round's users itself, uniformly with the seed, as the server's cohort
+draw would), and its defaults for bounded influence and the publish gate (``--influence``,
+``--gate``).
+
 Writes to --out: metrics.csv (one row per round, 0 = the initial model), personalization.csv,
 summary.json, accuracy/loss/clients/upload PNGs, and the split (train.txt, test.txt).
 """
@@ -37,6 +48,7 @@ from formats.urls import REPO, load_urls
 from runtime.complete import Completer
 from runtime.trainer import LocalTrainer, batches
 from server.app import create_app
+from study.attacks import ATTACKS, attack_update, backdoor_hits, choose_attackers
 from study.background import serving
 from study.evaluate import FrequencyTrie, keystroke_savings, next_token_metrics
 from study.report import print_summary, write_outputs
@@ -63,9 +75,10 @@ def server_settings(bundle: Path, data_dir: str, args: argparse.Namespace, split
     manifest = load_bundle(bundle, verify=False).manifest
     steps = args.local_epochs * math.ceil(largest / manifest["graphs"]["train_step"]["batch_size"])
     return {"BUNDLE_DIR": str(bundle), "DATA_DIR": data_dir, "MIN_CLIENTS": args.clients_per_round,
-            "MIN_CLIENTS_FLOOR": 1, "ROUND_DEADLINE_S": 1e6, "TICK_INTERVAL_S": 0, "LOG_LEVEL": "WARNING",
+            "MIN_CLIENTS_FLOOR": 1, "ROUND_DEADLINE_S": 1e6, "TICK_INTERVAL_S": 0, "LOG_LEVEL": "ERROR",
             "SERVER_OPTIMIZER": args.server_optimizer, "SERVER_LR": args.server_lr,
             "TICKETS_PER_CLIENT_PER_MIN": 1e9, "REQUESTS_PER_ADDR_PER_MIN": 1e9,
+            "SELECTION": "open", "IDENTITY": "", "INFLUENCE": args.influence, "PUBLISH_GATE": args.gate,
             "MAX_NUM_EXAMPLES": max(10_000, largest),
             "MAX_UPDATE_NORM": max(50.0, 1.01 * args.client_lr * manifest["config"]["clip_norm"] * steps)}
 
@@ -98,15 +111,24 @@ class RoundStats:
 
 
 def client_round(fed: FederatedClient, trainer: LocalTrainer, history: list[str], version: int,
-                 args: argparse.Namespace, seed: int, stats: RoundStats) -> dict:
-    """One browser-like round: model, ticket, weights, local SGD, upload of new - global."""
+                 args: argparse.Namespace, seed: int, stats: RoundStats, limits: dict | None = None) -> dict:
+    """One browser-like round: model, ticket, weights, local SGD, upload of new - global.
+
+    :param limits: the server's MAX_UPDATE_NORM and MAX_NUM_EXAMPLES when this user attacks.
+    """
     model = fed.fetch_model()
     ticket = fed.ticket()
     assert model["version"] == ticket["version"] == version, f"expected version {version}, got {ticket}"
     start = fed.global_weights()
-    result = trainer.train(start, history, epochs=args.local_epochs, lr=args.client_lr, seed=seed)
-    delta = {name: result.weights[name] - start[name] for name in start}
-    body = encode_update(delta, ticket, fed.client_id, result.num_examples, result.loss_before,
+    if limits is not None:
+        delta, result, claimed = attack_update(args.attack, trainer, start, history, args.local_epochs,
+                                               args.client_lr, seed, limits["MAX_UPDATE_NORM"],
+                                               limits["MAX_NUM_EXAMPLES"])
+    else:
+        result = trainer.train(start, history, epochs=args.local_epochs, lr=args.client_lr, seed=seed)
+        delta = {name: result.weights[name] - start[name] for name in start}
+        claimed = result.num_examples
+    body = encode_update(delta, ticket, fed.client_id, claimed, result.loss_before,
                          result.loss_after, np.dtype(args.upload_dtype))
     answer = fed.post_update(body)
     stats.add(result, args.local_epochs, len(body))
@@ -143,8 +165,12 @@ def held_out_metrics(bundle, weights: dict, urls: list[str]) -> dict:
     return {"loss": math.log(metrics["perplexity"]), "top1": metrics["top1"], "top3": metrics["top3"]}
 
 
-def federate(url: str, trainer: LocalTrainer, split: Split, args: argparse.Namespace, bundle) -> dict:
-    """Run every round against the server at url; return per-round rows and the final weights."""
+def federate(url: str, trainer: LocalTrainer, split: Split, args: argparse.Namespace, bundle,
+             limits: dict | None = None) -> dict:
+    """Run every round against the server at url; return per-round rows and the final weights.
+
+    :param limits: the server's settings, which attackers push to (MAX_UPDATE_NORM, ...).
+    """
     observer = FederatedClient(url)
     observer.fetch_model()
     weights = initial_weights = observer.global_weights()
@@ -153,20 +179,33 @@ def federate(url: str, trainer: LocalTrainer, split: Split, args: argparse.Names
                if args.centralized else None)
     eval_urls = split.test[:args.eval_urls]
     initial = held_out_metrics(bundle, weights, eval_urls)
-    rows = [_row(0, RoundStats(), initial, {"examples": 0, **initial} if central else None)]
+    evil = choose_attackers(len(users), args.attackers, args.seed) if args.attackers else set()
+    probe = Completer(bundle.directory, weights=weights) if evil and args.attack == "backdoor" else None
+    attack_columns = {"attackers": 0, "published": 1} if evil else {}
+    if probe is not None:
+        attack_columns["backdoor_top3"] = backdoor_hits(probe, weights)
+    rows = [_row(0, RoundStats(), initial, {"examples": 0, **initial} if central else None) | attack_columns]
     rng = np.random.default_rng([args.seed, 1])
+    version = observer.fetch_model()["version"]
     progress = tqdm(range(1, args.rounds + 1), desc="rounds", unit="round", file=sys.stderr, disable=None)
     for round_index in progress:
         stats = RoundStats()
-        for k in sorted(rng.choice(len(users), size=args.clients_per_round, replace=False)):
-            answer = client_round(users[k], trainer, split.clients[k].history, round_index, args,
-                                  local_seed(args.seed, round_index, int(k)), stats)
-        assert answer["version"] == round_index + 1, f"round {round_index} did not close: {answer}"
+        chosen = sorted(int(k) for k in rng.choice(len(users), size=args.clients_per_round, replace=False))
+        for k in chosen:
+            answer = client_round(users[k], trainer, split.clients[k].history, version, args,
+                                  local_seed(args.seed, round_index, k), stats, limits if k in evil else None)
+        published = answer["version"] > version  # else the publish gate refused the round
+        version = answer["version"]
         observer.fetch_model()
         weights = observer.global_weights()
         central_metrics = ({"examples": central.advance(stats.steps),
                             **held_out_metrics(bundle, central.weights, eval_urls)} if central else None)
-        rows.append(_row(round_index, stats, held_out_metrics(bundle, weights, eval_urls), central_metrics))
+        row = _row(round_index, stats, held_out_metrics(bundle, weights, eval_urls), central_metrics)
+        if evil:
+            row |= {"attackers": sum(k in evil for k in chosen), "published": int(published)}
+        if probe is not None:
+            row["backdoor_top3"] = backdoor_hits(probe, weights)
+        rows.append(row)
         progress.set_postfix(loss=f"{rows[-1]['fed_loss']:.3f}", top1=f"{rows[-1]['fed_top1']:.3f}")
     return {"rows": rows, "initial": initial_weights, "federated": weights,
             "centralized": central.weights if central else None}
@@ -240,12 +279,12 @@ def run(args: argparse.Namespace) -> dict:
                              args.seed)
     except ValueError as exc:
         raise SystemExit(f"fedurl-simulate: {exc}") from None
-    with tempfile.TemporaryDirectory(prefix="fedurl-sim-") as work, \
-            serving(create_app(server_settings(args.bundle, str(Path(work) / "server"), args, split)),
-                    "fedurl-simulate-server") as url:
-        bundle = load_bundle(FederatedClient(url).save_bundle(Path(work) / "bundle"))
-        trainer = LocalTrainer(bundle, threads=args.threads)
-        result = federate(url, trainer, split, args, bundle)
+    with tempfile.TemporaryDirectory(prefix="fedurl-sim-") as work:
+        settings = server_settings(args.bundle, str(Path(work) / "server"), args, split)
+        with serving(create_app(settings), "fedurl-simulate-server") as url:
+            bundle = load_bundle(FederatedClient(url).save_bundle(Path(work) / "bundle"))
+            trainer = LocalTrainer(bundle, threads=args.threads)
+            result = federate(url, trainer, split, args, bundle, settings)
         completer = Completer(bundle.directory, weights=result["federated"], threads=args.threads)
         table = held_out_table(result, split, completer, bundle, args)
         wanted = args.personal_clients and args.ksr_urls
@@ -291,6 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     add("--upload-dtype", choices=("float32", "float16"), default="float32",
         help="dtype of uploaded deltas; browsers with Float16Array send float16 (default: %(default)s)")
     add("--threads", type=int, default=1, help="onnxruntime threads (default: %(default)s)")
+    add("--attackers", type=float, default=0.0,
+        help="share of the users that attack when sampled (study/attacks.py; default: %(default)s)")
+    add("--attack", choices=ATTACKS, default="anti_gradient",
+        help="anti_gradient (-g at the server's norm limit) or backdoor (a phishing host for 'payp', "
+             "the largest claim allowed) (default: %(default)s)")
+    add("--influence", choices=("bounded", "none"), default="bounded",
+        help="the server's INFLUENCE: clipping and capped weights, or trust (default: %(default)s)")
+    add("--gate", choices=("validation", "off"), default="validation",
+        help="the server's PUBLISH_GATE (default: %(default)s)")
     return parser
 
 
@@ -304,6 +352,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for name in ("ksr_urls", "personal_clients", "limit"):
         if (getattr(args, name) or 0) < 0:
             parser.error(f"--{name.replace('_', '-')} cannot be negative")
+    if not 0 <= args.attackers < 1:
+        parser.error("--attackers is a share from 0 to below 1")
     if args.clients_per_round > args.clients:
         parser.error("--clients-per-round cannot exceed --clients")
     fractions = 0 < args.test_fraction < 1 and 0 <= args.later_fraction < 1

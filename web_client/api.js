@@ -63,3 +63,35 @@ export async function uploadUpdate(bytes) {
   });
   return response.json();
 }
+
+/**
+ * What enrolling a client id takes (PROTOCOL.md step 0): the proofs, and a puzzle when one is due.
+ * @returns {Promise<{requires: string[], puzzle?: string, difficulty?: number, expires_at?: string}>}
+ */
+export async function fetchPuzzle() {
+  return (await send("/api/puzzle")).json();
+}
+
+/**
+ * Enroll a client id with its proofs (a solved puzzle: {puzzle, counter}).
+ * @returns {Promise<{client_id: string, enrolled: boolean}>}
+ */
+export async function enroll(clientId, proofs) {
+  const response = await send("/api/enrollments", {
+    method: "POST", headers: { "Content-Type": "application/json" },
+    body: JSON.stringify({ client_id: clientId, ...proofs }),
+  });
+  return response.json();
+}
+
+/**
+ * Check in for a round (PROTOCOL.md step 1): whether this client is in the cohort the server drew.
+ * @returns {Promise<{round: number, version: number, phase: string,
+ *   state: "open"|"waiting"|"selected"|"not_selected", retry_after_s: number, deadline: string|null}>}
+ */
+export async function checkIn(clientId) {
+  const response = await send("/api/checkins", {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ client_id: clientId }),
+  });
+  return response.json();
+}

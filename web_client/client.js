@@ -1,18 +1,21 @@
 /**
  * The page's controller, without DOM: keeps the model current, asks the completion worker for
  * suggestions, records visits locally, trains in the second worker and uploads the update.
+ * Training waits for the server to draw this browser into a round's cohort: the client id is
+ * enrolled once (a proof-of-work puzzle, pow.js), then checked in until selected.
  *
  * main.js listens for three events: "change" (detail: the state snapshot below), "suggestions"
  * ({typed, suggestions: [{text, source: "history"|"model"}]}) and "history" (the visit list changed).
  */
 
-import { ServerError, fetchModel, requestTicket, uploadUpdate } from "./api.js";
+import { ServerError, checkIn, enroll, fetchModel, fetchPuzzle, requestTicket, uploadUpdate } from "./api.js";
 import { HISTORY_SUGGESTIONS, RETRY_FIRST_MS, RETRY_MAX_MS, SUGGESTIONS_K, UPLOAD_DTYPE } from "./constants.js";
 import { History, visitableUrl } from "./history.js";
 import { HistoryIndex, mergeSuggestions } from "./history_index.js";
 import { fetchVerified, pruneCache } from "./model_store.js";
 import { CharNgram, mixSuggestions } from "./ngram.js";
 import { normalizeUrl } from "./normalize.js";
+import { solvePuzzle } from "./pow.js";
 import { WorkerClient } from "./protocol.js";
 import { canWriteF16 } from "./safetensors.js";
 import { encodeUpdate } from "./update.js";
@@ -20,7 +23,7 @@ import { encodeUpdate } from "./update.js";
 /** Upload failures that go away by themselves (network, server busy or down, an old ticket). */
 function retriesHelp(error) {
   return error.code === "offline" || error.status === 429 || error.status >= 500
-    || ["ticket_expired", "ticket_invalid"].includes(error.code);
+    || ["ticket_expired", "ticket_invalid", "not_selected", "round_closed"].includes(error.code);
 }
 
 function startWorker() {
@@ -207,8 +210,49 @@ export class Client extends EventTarget {
     await this.refreshHistory();
   }
 
-  /** A round ticket for the model about to be trained (PROTOCOL.md step 2), or null offline. */
+  /** Enroll this client id once (PROTOCOL.md step 0): solve the server's puzzle, remembered after. */
+  async ensureEnrolled() {
+    if ((await this.history.getMeta("enrolled")) === this.clientId) return;
+    const challenge = await fetchPuzzle();
+    const proofs = {};
+    if (challenge.requires.includes("pow")) {
+      this.update({ answer: { ok: true, text: "Proving this browser is not a script (once; about a second)…" } });
+      const started = performance.now();
+      proofs.puzzle = challenge.puzzle;
+      proofs.counter = (await solvePuzzle(challenge.puzzle, challenge.difficulty)).counter;
+      this.enrollMs = performance.now() - started;
+    }
+    await enroll(this.clientId, proofs);
+    await this.history.setMeta("enrolled", this.clientId);
+  }
+
+  /**
+   * Check in until the server draws this browser into a round's cohort (PROTOCOL.md step 1).
+   * @returns {Promise<boolean>} true once selected (or the server lets anyone take a ticket)
+   */
+  async awaitSelection() {
+    await this.ensureEnrolled();
+    for (;;) {
+      const answer = await checkIn(this.clientId);
+      if (answer.state === "open" || answer.state === "selected") return true;
+      this.update({ answer: { ok: true, text: answer.state === "waiting"
+        ? `Checked in for round ${answer.round}: the server draws its participants at random; waiting…`
+        : `Not drawn for round ${answer.round}; checking in again for the next one…` } });
+      await new Promise((resolve) => setTimeout(resolve, Math.max(200, 1000 * answer.retry_after_s)));
+    }
+  }
+
+  /**
+   * A round ticket for the model about to be trained (PROTOCOL.md steps 1-3), once selected;
+   * null offline (training goes on; the ticket is asked for at upload).
+   */
   async takeTicket() {
+    try {
+      await this.awaitSelection();
+    } catch (error) {
+      if (error.code === "offline") return null;
+      throw error;
+    }
     await this.syncModel(); // train on the newest global model
     try {
       const ticket = await requestTicket(this.clientId);
@@ -220,14 +264,23 @@ export class Client extends EventTarget {
 
   /** Train on the most recent local history in the training worker, keep the update, upload it. */
   async train() {
-    if (this.state.training || !this.model) return;
+    if (this.state.training || this.selecting || !this.model) return;
+    let ticket;
+    this.selecting = true; // checking in until drawn: no second run meanwhile
+    try {
+      ticket = await this.takeTicket();
+    } catch (error) {
+      this.update({ answer: { ok: false, text: `Could not join a round: ${error.message}` } });
+      return;
+    } finally {
+      this.selecting = false;
+    }
     this.update({ training: true, progress: null });
     try {
       const visits = await this.history.listVisits();
       const urls = visits.slice(0, this.config.max_train_urls).map((v) => normalizeUrl(v.url))
         .filter((url) => url !== null);
       if (!urls.length) throw new Error("the local history holds no usable URL yet");
-      const ticket = await this.takeTicket();
       const result = await this.training.request("train",
         { model: this.model, urls, epochs: this.config.epochs, lr: this.config.lr },
         { onProgress: ({ stage, done, total, loss }) => this.update({ progress: { stage, done, total, loss } }) });
@@ -277,8 +330,14 @@ export class Client extends EventTarget {
     if (this.retry.auto && this.state.pending && !this.state.training && !this.uploading) this.upload();
   }
 
-  /** A ticket for an update trained offline: only possible while its base version is current. */
+  /** A ticket for an update trained offline: only possible while its base version is current,
+   * and once this browser is drawn into a cohort (else not_selected, retried with backoff). */
   async freshTicket(pending) {
+    await this.ensureEnrolled();
+    const answer = await checkIn(this.clientId);
+    if (answer.state !== "open" && answer.state !== "selected") {
+      throw new ServerError("not_selected", `This browser is not in round ${answer.round}'s cohort yet.`);
+    }
     const ticket = await requestTicket(this.clientId);
     if (ticket.version !== pending.baseVersion) {
       throw new ServerError("version_moved", `The global model moved on to version ${ticket.version} `

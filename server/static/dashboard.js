@@ -137,6 +137,11 @@ function render(status) {
   drawClients(document.getElementById("clients-chart"), status.rounds);
   drawVersions(document.getElementById("versions-chart"), status.versions);
   fillTable("refusals", Object.entries(status.rejected), "No refused requests.");
+  const unpublished = status.rounds.filter((r) => r.status === "refused" || r.status === "abandoned");
+  fillTable("unpublished", unpublished.reverse().map((r) => [r.id, r.status, r.detail]), "Every closed round was published.");
+  const bound = status.influence.clip_bound;
+  document.getElementById("gate").textContent = `Publish gate: ${status.gate}. Phase: ${status.round.phase}` +
+    (bound === undefined ? "." : ` · last clip bound ${bound.toFixed(3)} (${status.influence.clipped} clipped, ${status.influence.capped} weights capped).`);
   fillTable("versions", status.versions.slice().reverse().map((v) => [v.version, v.parent, v.kind, v.round, v.created]),
             "No versions yet.");
   document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()} · optimizer ${status.optimizer}`;

@@ -1,4 +1,11 @@
-"""kill -9 in the middle of a round loses no update that got 202, and the round still completes."""
+"""kill -9 in the middle of a round loses no update that got 202, and the round still completes.
+
+The server runs its defaults (a server-chosen cohort, proof-of-work enrollment) with the limits a
+one-machine test needs: a cheap puzzle, no selection window, every client on 127.0.0.1 eligible,
+no over-selection. The cohort drawn before the kill is the one that reports after it. Influence
+is unbounded so the oracle is the plain weighted mean (bounded influence has its own oracle in
+tests/server/test_strategies.py).
+"""
 
 from __future__ import annotations
 
@@ -30,7 +37,10 @@ class ServerProcess:
 
     def __init__(self, bundle: Path, data_dir: Path, db_url: str | None = None):
         env = {**os.environ, "FEDURL_MIN_CLIENTS": str(MIN_CLIENTS), "FEDURL_TICK_INTERVAL_S": "0",
-               "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "100000", "FEDURL_MAX_UPDATE_NORM": "1000"}
+               "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "100000", "FEDURL_MAX_UPDATE_NORM": "1000",
+               "FEDURL_POW_DIFFICULTY": "8", "FEDURL_SELECTION_WINDOW_S": "0",
+               "FEDURL_MAX_MEMBERS_PER_NETWORK": "1000", "FEDURL_OVER_SELECTION": "0",
+               "FEDURL_INFLUENCE": "none"}
         command = [sys.executable, "-m", "server.cli", "--bundle", str(bundle), "--data-dir", str(data_dir),
                    "--port", "0", "--threads", "16", *(["--db", db_url] if db_url else [])]
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
@@ -111,6 +121,11 @@ def test_sigkill_mid_round_keeps_every_acknowledged_update(tmp_path, database, r
     server = ServerProcess(bundle, data_dir, db_url)
     try:
         clients = [FederatedClient(server.url, timeout=20) for _ in range(KILLED_CLIENTS)]
+        fill_clients = [FederatedClient(server.url) for _ in range(MIN_CLIENTS - KILLED_CLIENTS)]
+        for client in clients + fill_clients:
+            client.enroll()
+        states = [client.check_in()["state"] for client in clients + fill_clients]
+        assert states[-1] == "selected", "the last check-in completes the cohort"
         tickets = [c.ticket() for c in clients]
         deltas = deltas_for(KILLED_CLIENTS, seed=1)
         # Execute: kill -9 mid-round, restart, retry everyone, then fill the round
@@ -120,8 +135,9 @@ def test_sigkill_mid_round_keeps_every_acknowledged_update(tmp_path, database, r
         retried = {i: _retry(server.url, clients[i].client_id, deltas[i], 10 + i)
                    for i in range(KILLED_CLIENTS)}
         fillers = deltas_for(MIN_CLIENTS - KILLED_CLIENTS, seed=2)
-        for delta in fillers:
-            filler = FederatedClient(server.url)
+        for filler, delta in zip(fill_clients, fillers, strict=True):
+            filler = FederatedClient(server.url, client_id=filler.client_id)
+            assert filler.check_in()["state"] == "selected", "the cohort survived the kill"
             filler.upload(delta, filler.ticket(), 5, 5.0, 4.0)
         model = FederatedClient(server.url).fetch_model()
     finally:

@@ -145,3 +145,54 @@ def test_make_aggregator_settings_and_unknown_name():
         make_aggregator("krum")
     with pytest.raises(ValueError, match="trim_fraction"):
         make_aggregator("trimmed_mean", trim_fraction=0.5)
+
+
+def naive_bounded(deltas: list[dict], weights: list[float], bound: float, cap_factor: float) -> dict:
+    """Test oracle: clip each delta to min(bound, median norm) by a plain loop, cap each weight at
+    cap_factor x median weight, then the weighted mean of the float64 results."""
+    norms = [np.sqrt(sum(float((d[n].astype(np.float64) ** 2).sum()) for n in SHAPES)) for d in deltas]
+    bound = min(bound, float(np.median(norms)))
+    cap = cap_factor * float(np.median(weights))
+    clipped = [{n: d[n].astype(np.float64) * min(1.0, bound / norm) for n in SHAPES}
+               for d, norm in zip(deltas, norms, strict=True)]
+    return naive_weighted_mean(clipped, [min(w, cap) for w in weights])
+
+
+@pytest.mark.parametrize("inner", ["fedavg", "median"])
+@pytest.mark.parametrize("seed", range(3))
+def test_bounded_influence_matches_its_naive_formula(inner, seed):
+    """Clipping to the bound and capping the weights, whichever strategy it wraps."""
+    # Prepare: one delta 100x longer, one weight 100x larger than the rest
+    deltas, weights = random_round(9, seed)
+    deltas[0] = {n: a * 100 for n, a in deltas[0].items()}
+    weights[1] *= 100
+    aggregator = make_aggregator(inner, {"cap_factor": 2.0, "clip_initial": 3.0})
+    # Execute
+    got = run(aggregator, deltas, weights)
+    # Assert
+    if inner == "fedavg":
+        expected = naive_bounded(deltas, weights, 3.0, 2.0)
+    else:  # the median ignores weights; its input is the clipped deltas
+        norms = [np.sqrt(sum(float((d[n].astype(np.float64) ** 2).sum()) for n in SHAPES)) for d in deltas]
+        bound = min(3.0, float(np.median(norms)))
+        clipped = [{n: d[n] * np.float32(min(1.0, bound / nm)) for n in SHAPES}
+                   for d, nm in zip(deltas, norms, strict=True)]
+        expected = naive_coordinatewise(clipped, np.median)
+    for name in SHAPES:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6)
+    assert aggregator.report()["clipped"] >= 1 and (inner != "fedavg" or aggregator.report()["capped"] == 1)
+
+
+def test_the_clip_bound_is_carried_to_the_next_round():
+    """carry() after a round is what start() takes: the bound moves once per round, not per start."""
+    # Prepare
+    deltas, weights = random_round(5, 0)
+    first = make_aggregator("fedavg", {"clip_initial": 100.0})
+    run(first, deltas, weights)
+    carried = first.carry()
+    # Execute
+    second = make_aggregator("fedavg", {"clip_initial": 100.0})
+    second.start(SHAPES, carried)
+    # Assert: every norm was below 100, so the bound shrank by exp(-0.2 * (1 - 0.5))
+    assert carried["clip_bound"] == pytest.approx(100.0 * np.exp(-0.1))
+    assert second.clip.bound == pytest.approx(carried["clip_bound"])

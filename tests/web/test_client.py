@@ -225,6 +225,7 @@ def test_offline_update_is_discarded_once_the_model_moved_on(page, context, live
     train_and_wait(page, "kept on this device")
     # Execute: meanwhile another client's update closes round 1; then the page retries
     other = FederatedClient(live_app.test_client())
+    other.enroll()
     zeros = {name: np.zeros(tensor.shape, np.float32) for name, tensor in other.global_weights().items()}
     other.upload(zeros, other.ticket(), num_examples=1, loss_before=1.0, loss_after=1.0)
     live_app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
