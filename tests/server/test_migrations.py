@@ -20,15 +20,21 @@ def url_of(database, tmp_path, request) -> str:
     return f"sqlite:///{tmp_path / 'fedurl.sqlite3'}"
 
 
+FIRST_RELEASE_TABLES = {"versions", "files", "rounds", "tickets", "updates", "rejections"}  # revision 0001
+ADDED_SINCE = {"updates": ["sha256"], "rounds": ["phase", "selected_at", "carried", "detail"]}  # 0002, 0003
+
+
 def first_release_database(url: str) -> None:
     """A database as the first release's ``create_all`` left it: no alembic_version, no sha256, no
     quarantine table; one accepted update."""
     old = sa.MetaData()
     for table in schema.metadata.sorted_tables:
-        if table.name != "quarantine":
+        if table.name in FIRST_RELEASE_TABLES:
             table.to_metadata(old)
+    for name, columns in ADDED_SINCE.items():  # the tables as they were
+        for column in columns:
+            old.tables[name]._columns.remove(old.tables[name].c[column])
     updates = old.tables["updates"]
-    updates._columns.remove(updates.c.sha256)  # the table as it was
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     old.create_all(engine)
     with engine.begin() as conn:
@@ -54,10 +60,10 @@ def test_a_table_without_a_migration_is_found(database, tmp_path, request):
     newer = sa.MetaData()
     for table in schema.metadata.sorted_tables:
         table.to_metadata(newer)
-    sa.Table("checkins", newer, sa.Column("id", sa.Integer, primary_key=True))
+    sa.Table("not_yet_migrated", newer, sa.Column("id", sa.Integer, primary_key=True))
     with engine.connect() as conn:
         found = migrations.differences(conn, newer)
-    assert [(kind, table.name) for kind, table in found] == [("add_table", "checkins")]
+    assert [(kind, table.name) for kind, table in found] == [("add_table", "not_yet_migrated")]
     engine.dispose()
 
 
@@ -76,14 +82,25 @@ def test_a_first_release_database_is_upgraded(database, tmp_path, request):
 
 
 def test_a_database_of_the_previous_release_is_adopted(database, tmp_path, request):
-    """A pre-Alembic database that already had sha256 and quarantine (create_all of today's schema)
-    is stamped at 0002, not migrated again."""
+    """A pre-Alembic database that already had sha256 and quarantine (create_all of the 0002
+    schema) is stamped at 0002, not migrated again, then upgraded to head."""
     url = url_of(database, tmp_path, request)
+    previous = sa.MetaData()  # create_all of the schema as revision 0002 left it
+    for table in schema.metadata.sorted_tables:
+        if table.name in FIRST_RELEASE_TABLES | {"quarantine"}:
+            table.to_metadata(previous)
+    for column in ADDED_SINCE["rounds"]:
+        previous.tables["rounds"]._columns.remove(previous.tables["rounds"].c[column])
     engine = sa.create_engine(url, poolclass=sa.NullPool)
-    schema.metadata.create_all(engine)
+    previous.create_all(engine)
+    with engine.connect() as conn:
+        assert migrations._legacy_revision(conn) == migrations.CHECKSUMS
     engine.dispose()
-    engine = db.create_engine(url)
-    assert migrations.current_revision(engine) == migrations.CHECKSUMS
+    engine = db.create_engine(url)  # stamped 0002, then upgraded to head
+    head = ScriptDirectory.from_config(migrations.config()).get_current_head()
+    assert migrations.current_revision(engine) == head
+    with engine.connect() as conn:
+        assert migrations.differences(conn) == []
     engine.dispose()
 
 
