@@ -140,7 +140,9 @@ def deployment(tmp_path_factory):
         pytest.fail("web_client/node_modules is missing: run `make install` (npm ci)")
     root = tmp_path_factory.mktemp("deploy")
     env = {**{f"FEDURL_{k}_TIMEOUT_S": str(TIMEOUT_S) for k in ("HEADER", "BODY", "IDLE")},
-           "FEDURL_FRONT_CONNECTIONS_PER_ADDR": str(PER_ADDR), "FEDURL_MAX_TICKETS_PER_ADDR": "2"}
+           "FEDURL_FRONT_CONNECTIONS_PER_ADDR": str(PER_ADDR), "FEDURL_MAX_TICKETS_PER_ADDR": "2",
+           # open selection, no enrollment: the ticket test counts tickets per address through nginx
+           "FEDURL_SELECTION": "open", "FEDURL_IDENTITY": ""}
     running = Deployment(write_tiny_bundle(root / "bundle"), root / "data", env)
     yield running
     running.stop()
