@@ -79,3 +79,10 @@ def test_module_does_not_import_torch(module):
     code = f"import sys, {module}; sys.exit(3 if 'torch' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, f"{module} pulls in torch: {result.stderr[-500:]}"
+
+
+def test_test_files_have_unique_basenames():
+    """Tests live in folders without __init__.py, so pytest imports each by its bare name: two
+    files called test_x.py in different folders stop the whole run at collection."""
+    names = [p.name for p in (REPO / "tests").rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
