@@ -1,4 +1,4 @@
-"""Shared by tests/privacy: published test vectors and the browser page's boot script."""
+"""Published test vectors shared by tests/privacy and tests/web/test_secagg.py."""
 
 from __future__ import annotations
 
@@ -10,21 +10,3 @@ RFC7748 = {
     "bob_pk": "de9edb7d7b7dc1b4d35b61c2ece435373f8343c85b78674dadfc7e146f882b4f",
     "shared": "4a5d9d5ba4ce2de1728e3bf480350f25e07e21c947d19e3376f09b3c1e161742",
 }
-
-BLANK = b"<!doctype html><meta charset=utf-8><title>secagg tests</title>"
-# The page imports the module and leaves it, and hex helpers, on window.
-BOOT = """async () => {
-  window.sa = await import('/static/secagg.js');
-  window.shamir = await import('/static/vendor/shamir-secret-sharing/index.js');
-  window.unhex = (h) => Uint8Array.from(h.match(/../g) || [], (x) => parseInt(x, 16));
-  window.hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
-  window.clients = {};
-}"""
-
-
-def open_secagg_page(context, static_url: str):
-    """A page of context with secagg.js loaded as window.sa."""
-    page = context.new_page()
-    page.goto(static_url + "/")
-    page.evaluate(BOOT)
-    return page

@@ -2,18 +2,46 @@
 
 Vectors made in Python are checked in chromium and vectors made in chromium in Python; a mixed
 cohort (JS clients in three browser contexts, the rest Python) is unmasked by the Python server.
+The module loads from the app's /static/ on a blank page of its origin (a secure context, which
+WebCrypto's subtle API needs).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from secagg_support import RFC7748, open_secagg_page
 
 from privacy import graph, quantize, shamir
 from privacy.messages import RoundConfig
 from privacy.primitives import KeyPair, agree, decrypt, encrypt, hkdf, prg_bytes, prg_words
 from privacy.secagg import SecAggClient, SecAggServer, make_config
+from tests.privacy.secagg_support import RFC7748
+
+# The page imports the module and leaves it, and hex helpers, on window.
+BOOT = """async () => {
+  window.sa = await import('/static/secagg.js');
+  window.shamir = await import('/static/vendor/shamir-secret-sharing/index.js');
+  window.unhex = (h) => Uint8Array.from(h.match(/../g) || [], (x) => parseInt(x, 16));
+  window.hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
+  window.clients = {};
+}"""
+
+
+@pytest.fixture
+def sa_page(module_page):
+    """One page with the module loaded."""
+    module_page.evaluate(BOOT)
+    return module_page
+
+
+def open_secagg_page(context, base_url: str):
+    """A blank page of the app's origin in context, with secagg.js loaded as window.sa."""
+    page = context.new_page()
+    page.route("**/blank-test-page", lambda route: route.fulfill(
+        status=200, content_type="text/html", body="<!doctype html><title>secagg tests</title>"))
+    page.goto(base_url + "/blank-test-page")
+    page.evaluate(BOOT)
+    return page
 
 SEED = bytes(range(100, 132))
 
@@ -119,7 +147,7 @@ def test_module_runs_in_a_web_worker(sa_page):
 
 
 @pytest.mark.parametrize("bits", [16, 24])
-def test_mixed_round_js_and_python_clients(browser, static_url, bits):
+def test_mixed_round_js_and_python_clients(browser, base_url, bits):
     """10 clients: 4 in chromium (3 contexts), 6 in Python. Client 6 (Python) drops before sharing
     keys, 3 (JS) after its masked input, 8 (Python) before its masked input; the Python server
     unmasks, and the mean equals the plain mean of the 8 included deltas."""
@@ -129,7 +157,7 @@ def test_mixed_round_js_and_python_clients(browser, static_url, bits):
     deltas = [rng.normal(0, 0.02, d) * (rng.random(d) > 0.8) for _ in range(n)]
     js_home = {0: 0, 3: 1, 5: 2, 9: 2}  # client -> context
     contexts = [browser.new_context() for _ in range(3)]
-    pages = [open_secagg_page(context, static_url) for context in contexts]
+    pages = [open_secagg_page(context, base_url) for context in contexts]
     try:
         def js(index, code, *args):
             return pages[js_home[index]].evaluate(code, [index, *args])
