@@ -12,7 +12,7 @@
  */
 
 const sw = /** @type {ServiceWorkerGlobalScope} */ (/** @type {unknown} */ (self));
-const SHELL_CACHE = "fedurl-shell-v1";
+const SHELL_CACHE = "fedurl-shell-v2";
 const SHELL = [
   "/",
   "/favicon.ico",
@@ -30,6 +30,7 @@ const SHELL = [
   "/static/normalize.js",
   "/static/model_store.js",
   "/static/protocol.js",
+  "/static/pow.js",
   "/static/safetensors.js",
   "/static/update.js",
   "/static/worker.js",

@@ -1,7 +1,8 @@
 """fedurl-simulate end to end through the real server over HTTP, with fixed seeds.
 
-Corpus: real DMOZ URLs when ../shared/data is there, else the top-sites domains the default
-bundle is built from, so these run everywhere.
+Corpus: real DMOZ URLs when ../shared/data is there, else the shipped model's 200 public
+validation URLs (pretrained/validation.txt, with paths), so these run everywhere. Not the
+top-sites domains: the test bundle trained on all of them, so none is held out.
 """
 
 from __future__ import annotations
@@ -11,16 +12,15 @@ import csv
 import numpy as np
 import pytest
 
-from formats.urls import DEFAULT_CORPUS
 from study.simulate import parse_args, run
-from tests.conftest import SHARED_URLS
+from tests.conftest import REPO, SHARED_URLS
 
 
 @pytest.fixture(scope="module")
 def corpus():
     """A URL file for the simulations."""
     kasztp = SHARED_URLS / "kasztp.txt"
-    return kasztp if kasztp.is_file() else DEFAULT_CORPUS
+    return kasztp if kasztp.is_file() else REPO / "pretrained" / "validation.txt"
 
 
 def simulate(bundle_dir, corpus, out, *flags: str) -> dict:
