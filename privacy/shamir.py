@@ -2,7 +2,7 @@
 
 The browser uses that audited library (privy-io, 0.0.4, itself a port of HashiCorp Vault's
 ``shamir``); this is its Python twin, written against the same definition and tested against it
-both ways (tests/privacy/test_secagg_browser.py):
+both ways (tests/web/test_secagg.py):
 
 - the field is GF(2^8) with the AES polynomial x^8 + x^4 + x^3 + x + 1 (0x11B);
 - each byte of the secret is the constant term of its own random polynomial of degree t - 1;
