@@ -111,12 +111,13 @@ def summary(ledger: Ledger, settings: DpSettings) -> dict:
     """What a manifest and /api/status say about privacy: epsilon so far and what it assumed.
 
     Epsilon is null when a round had no noise (infinite: JSON has no Infinity), and "epsilon_note"
-    says why.
+    says why; an infinite budget (account, never stop) is null too.
     """
     eps = ledger.epsilon(settings.delta)
     doc = {"mode": "central" if settings.on else "off", "epsilon": eps if math.isfinite(eps) else None,
            "delta": settings.delta, "noise_multiplier": settings.noise_multiplier, "clip": settings.clip,
-           "cohort_size": settings.cohort_size, "population": settings.population, "budget": settings.budget,
+           "cohort_size": settings.cohort_size, "population": settings.population,
+           "budget": settings.budget if math.isfinite(settings.budget) else None,
            "rounds": ledger.rounds, "noiseless_rounds": ledger.noiseless, "ledger": ledger.to_json()}
     if not math.isfinite(eps):
         doc["epsilon_note"] = (f"infinite: {ledger.noiseless} round(s) were aggregated without noise, so "
