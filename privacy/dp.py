@@ -53,17 +53,27 @@ def add_central_noise(total: np.ndarray, noise_multiplier: float, clip: float,
 
 def epsilon(rounds: int, noise_multiplier: float, cohort_size: int, population: int, delta: float) -> float:
     """Epsilon after rounds rounds of fixed-size cohorts (m of N, without replacement) at delta."""
+    return composed_epsilon([(rounds, noise_multiplier, cohort_size, population)], delta)
+
+
+def composed_epsilon(parts: list[tuple[int, float, int, int]], delta: float) -> float:
+    """Epsilon at delta of rounds run under different settings, composed in one RDP accountant.
+
+    :param parts: (rounds, noise multiplier z, cohort size m, population N) for each setting a
+        federation ran with (an operator may change z or the cohort size between restarts).
+    """
     import dp_accounting
     from dp_accounting import rdp
 
-    if rounds < 0 or not 1 <= cohort_size <= population or not 0 < delta < 1:
+    if not 0 < delta < 1 or any(rounds < 0 or not 1 <= m <= n for rounds, _, m, n in parts):
         raise ValueError("need rounds >= 0, 1 <= cohort_size <= population, 0 < delta < 1")
-    if rounds == 0:
+    parts = [part for part in parts if part[0] > 0]
+    if not parts:
         return 0.0
-    if noise_multiplier <= 0:
+    if any(z <= 0 for _, z, _, _ in parts):
         return math.inf
     accountant = rdp.RdpAccountant(neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
-    event = dp_accounting.SampledWithoutReplacementDpEvent(
-        population, cohort_size, dp_accounting.GaussianDpEvent(noise_multiplier))
-    accountant.compose(dp_accounting.SelfComposedDpEvent(event, rounds))
+    for rounds, z, m, n in parts:
+        event = dp_accounting.SampledWithoutReplacementDpEvent(n, m, dp_accounting.GaussianDpEvent(z))
+        accountant.compose(dp_accounting.SelfComposedDpEvent(event, rounds))
     return float(accountant.get_epsilon(delta))

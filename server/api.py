@@ -15,9 +15,10 @@ from pathlib import Path
 from flask import Blueprint, current_app, jsonify, request
 
 from server import db, logs
+from server.dp import LEDGER, version_epsilon
 from server.errors import ApiError
 from server.identity import IdentityError, network_of
-from server.refusals import NotEnrolled
+from server.refusals import NotEnrolled, Refused
 from server.rounds import Coordinator
 from server.validation import check_client_id, check_delta, decode_upload, json_body
 from server.versions import iso
@@ -68,10 +69,34 @@ def model():
     """Name the current global model; cacheable by ETag until the version or round changes."""
     version, round_id, manifest = coordinator().current()
     files = {name: f"/api/files/{entry['sha256']}" for name, entry in manifest["files"].items()}
-    response = jsonify(version=version, round=round_id, manifest=manifest, files=files)
+    response = jsonify(version=version, round=round_id, manifest=manifest, files=files, training=training())
     response.set_etag(f"v{version}-r{round_id}")
     response.cache_control.no_cache = True
     return response.make_conditional(request)
+
+
+def training() -> dict:
+    """Whether the open round takes updates: {"open": true} or why not (e.g. privacy_budget_spent).
+
+    Decided when the round opens, so the /api/model ETag (version, round) covers it.
+    """
+    try:
+        coordinator().aggregator.admit()
+    except Refused as refused:
+        return {"open": False, "code": refused.code, "message": refused.message}
+    return {"open": True}
+
+
+def privacy_of_versions(versions: list[int]) -> dict[int, dict]:
+    """Each version's epsilon from its manifest, read once per version (manifests never change)."""
+    known = current_app.extensions.setdefault("fedurl.version_privacy", {})
+    for version in versions:
+        if version not in known:
+            try:
+                known[version] = version_epsilon(coordinator().store.manifest(version))
+            except (OSError, ValueError):  # moved aside or damaged: say nothing, try again next time
+                return {v: known[v] for v in versions if v in known}
+    return {v: known[v] for v in versions}
 
 
 @bp.get("/files/<sha256>")
@@ -252,6 +277,9 @@ def status_document() -> dict:
         row["opened_at"], row["deadline"] = iso(row["opened_at"]), iso(row["deadline"])
         row["closed_at"] = iso(row["closed_at"]) if row["closed_at"] is not None else None
     current, rules = progress.round, progress.rules
+    influence = dict(progress.report)
+    privacy = influence.pop(LEDGER, None)
+    by_version = privacy_of_versions([v["version"] for v in versions])
     return {"version": progress.version, "optimizer": progress.optimizer, "aggregator": progress.aggregator,
             "round": {"id": current.id, "base_version": current.base_version, "updates": progress.updates,
                       "opened_at": iso(current.opened_at), "deadline": iso(current.deadline),
@@ -259,8 +287,10 @@ def status_document() -> dict:
                       "phase": current.phase,
                       "selection": "open" if rules.cohort is None else "cohort",
                       "cohort_target": rules.cohort.target if rules.cohort else None},
-            "influence": progress.report, "gate": current_app.extensions["fedurl.gate"],
+            "influence": influence, "gate": current_app.extensions["fedurl.gate"],
+            "privacy": privacy, "training": training(),
             "accepted": accepted, "rejected": dict(sorted(by_code.items())), "quarantined": quarantined,
             "rounds": rounds,
             "versions": [{"version": v["version"], "parent": v["parent"], "kind": v["kind"],
-                          "round": v["round_id"], "created": iso(v["created"])} for v in versions]}
+                          "round": v["round_id"], "created": iso(v["created"]),
+                          **by_version.get(v["version"], {"epsilon": None, "mode": None})} for v in versions]}

@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from server import config as settings
-from server import db, errors, logs
+from server import db, dp, errors, logs
 from server.aggregate import make_optimizer
 from server.cohorts import CohortRules
 from server.identity import enrollment_from
@@ -86,7 +87,10 @@ def _start_coordinator(app: Flask) -> Coordinator:
                            goal=cfg["MIN_CLIENTS"], over_selection=cfg["OVER_SELECTION"],
                            window_s=cfg["SELECTION_WINDOW_S"], per_network=cfg["MAX_MEMBERS_PER_NETWORK"],
                            poll_s=cfg["CHECKIN_POLL_S"]))
-    bounded = None if cfg["INFLUENCE"] == "none" else {
+    privacy = dp.settings_from(cfg, rules.cohort.target if rules.cohort else None)
+    if rules.cohort is not None and privacy.on:  # the accountant's N is then a lower bound by construction
+        rules = replace(rules, cohort=replace(rules.cohort, min_eligible=privacy.population))
+    bounded = None if cfg["INFLUENCE"] == "none" or privacy.on else {  # DP's clip bounds influence
         "cap_factor": cfg["WEIGHT_CAP_FACTOR"], "clip_initial": cfg["CLIP_INITIAL_NORM"],
         "clip_quantile": cfg["CLIP_QUANTILE"], "clip_learning_rate": cfg["CLIP_LEARNING_RATE"],
         "clip_ceiling": cfg["MAX_UPDATE_NORM"]}
@@ -97,8 +101,9 @@ def _start_coordinator(app: Flask) -> Coordinator:
                               beta1=cfg["ADAM_BETA1"], beta2=cfg["ADAM_BETA2"], tau=cfg["ADAM_TAU"])
 
     def new_aggregator():
-        """A fresh aggregation strategy as configured."""
-        return make_aggregator(cfg["AGGREGATOR"], bounded, trim_fraction=cfg["TRIM_FRACTION"])
+        """A fresh aggregation strategy as configured, inside the DP wrapper (noise, or the ledger only)."""
+        return dp.DifferentiallyPrivate(make_aggregator(cfg["AGGREGATOR"], bounded,
+                                                        trim_fraction=cfg["TRIM_FRACTION"]), privacy)
 
     new_optimizer()  # fail at start-up, not at the first round's end, on a misspelt optimizer
     store = VersionStore(Path(cfg["DATA_DIR"]))

@@ -34,6 +34,7 @@ class CohortRules:
     window_s: float = 30.0  # check-ins gather at least this long after the round opens
     per_network: int = 1  # members per /24 or /56 at most
     poll_s: float = 5.0  # how often a waiting client is told to ask again
+    min_eligible: int = 0  # DP: draw only from at least this many eligible check-ins (the accountant's N)
 
     @property
     def target(self) -> int:
@@ -47,8 +48,11 @@ def eligible(networks: dict[str, int], per_network: int) -> int:
 
 
 def ready(rules: CohortRules, opened_at: float, now: float, networks: dict[str, int]) -> bool:
-    """Whether a selecting round can draw its cohort now: the window passed and the goal is reachable."""
-    return now >= opened_at + rules.window_s and eligible(networks, rules.per_network) >= rules.goal
+    """Whether a selecting round can draw its cohort now: the window passed, the goal is reachable and
+    the DP accountant's population (``min_eligible``) checked in.
+    """
+    return (now >= opened_at + rules.window_s
+            and eligible(networks, rules.per_network) >= max(rules.goal, rules.min_eligible))
 
 
 def sample(checkins: list[tuple[str, str]], target: int, per_network: int,

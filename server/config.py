@@ -7,6 +7,7 @@ Unknown keys are errors rather than silently ignored. server/README.md documents
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -93,6 +94,21 @@ SETTINGS: dict[str, Setting] = {
     "CLIP_INITIAL_NORM": Setting(5.0, float, "bounded: the first round's clip bound (L2)"),
     "CLIP_QUANTILE": Setting(0.5, float, "bounded: the bound follows this quantile of the update norms"),
     "CLIP_LEARNING_RATE": Setting(0.2, float, "bounded: bound *= exp(-lr * (share at or below - quantile))"),
+    # [T1] differential privacy (docs/PRIVACY.md): DP-FedAvg's clipping and Gaussian noise, the
+    # accountant's epsilon in every manifest and /api/status, training stops at the budget.
+    "DP_NOISE_MULTIPLIER": Setting(1.0, float, "z: the noise on a round's sum of clipped deltas has std "
+                                               "z * 2 * DP_CLIP (0: no DP; every version's epsilon is then "
+                                               "infinite and the budget is not enforced)"),
+    "DP_CLIP": Setting(1.0, float, "C: each client's delta is scaled down to L2 norm at most this before it "
+                                   "is summed (DP on: replaces INFLUENCE's adaptive clip and weight cap)"),
+    "DP_DELTA": Setting(1e-6, float, "the delta at which epsilon is reported and the budget is checked"),
+    "DP_EPSILON_BUDGET": Setting(10.0, float, "no round opens for training once one more round would "
+                                              "take epsilon above this (refusal privacy_budget_spent)"),
+    "DP_MIN_POPULATION": Setting(None, int, "the accountant's N, a lower bound of the eligible check-ins a "
+                                            "cohort is drawn from: a cohort is drawn only once this many "
+                                            "eligible clients checked in (cohort selection, DP on); unset: "
+                                            "N = the cohort size, no amplification by sampling (safe, "
+                                            "larger epsilon)", True),
     "PUBLISH_GATE": Setting("validation", str, "validation: score each candidate on the bundle's public "
                                                "validation set and refuse one worse than its parent by "
                                                "more than GATE_TOLERANCE; off: publish every safe result"),
@@ -189,8 +205,31 @@ def check(config) -> None:
         raise ValueError("MAX_MEMBERS_PER_NETWORK must be at least 1 and OVER_SELECTION not negative")
     if not (0 <= config["POW_DIFFICULTY"] <= 32):
         raise ValueError("POW_DIFFICULTY is a number of bits from 0 to 32")
+    check_dp(config)
     if config["WEIGHT_CAP_FACTOR"] < 1 or not 0 < config["CLIP_QUANTILE"] < 1:
         raise ValueError("WEIGHT_CAP_FACTOR must be at least 1 and CLIP_QUANTILE within (0, 1)")
+
+
+def check_dp(config) -> None:
+    """Raise ValueError for DP settings the accountant or the noise cannot honour."""
+    z, clip, delta, budget = (config[key] for key in ("DP_NOISE_MULTIPLIER", "DP_CLIP", "DP_DELTA",
+                                                      "DP_EPSILON_BUDGET"))
+    if not (math.isfinite(z) and z >= 0):
+        raise ValueError(f"DP_NOISE_MULTIPLIER must be 0 (no DP) or a positive finite number, got {z!r}")
+    if not (math.isfinite(clip) and clip > 0):
+        raise ValueError(f"DP_CLIP must be a positive finite L2 norm, got {clip!r}")
+    if not 0 < delta < 1:
+        raise ValueError(f"DP_DELTA must be within (0, 1) (e.g. 1e-6, below 1 / the number of users), "
+                         f"got {delta!r}")
+    if not budget > 0:  # NaN fails too; an infinite budget is allowed: account, never stop
+        raise ValueError(f"DP_EPSILON_BUDGET must be positive, got {budget!r}")
+    population = config.get("DP_MIN_POPULATION")
+    if population is not None and population < 1:
+        raise ValueError(f"DP_MIN_POPULATION must be at least 1 (or unset), got {population!r}")
+    if z > 0 and config["AGGREGATOR"] != "fedavg":
+        raise ValueError(f"DP noise is sized for the mean of clipped deltas (AGGREGATOR=fedavg); "
+                         f"{config['AGGREGATOR']} can move by more when one client changes, so its "
+                         "epsilon would be wrong. Use fedavg, or DP_NOISE_MULTIPLIER=0 (no DP)")
 
 
 def identity_proofs(config) -> list[str]:

@@ -25,6 +25,7 @@ STATUS: dict[type[refusals.Refused], int] = {
     refusals.DuplicateClient: 409, refusals.EmptyRound: 409, refusals.NotEarlier: 409,
     refusals.VersionDamaged: 409, refusals.UnsafeWeights: 409,
     refusals.NotSelected: 403, refusals.NotEnrolled: 403, refusals.RoundClosed: 409,
+    refusals.PrivacyBudgetSpent: 403,
 }
 
 

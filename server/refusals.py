@@ -111,6 +111,12 @@ class RoundClosed(Refused):
     code = "round_closed"
 
 
+class PrivacyBudgetSpent(Refused):
+    """A check-in, ticket or update once one more round would take epsilon above DP_EPSILON_BUDGET."""
+
+    code = "privacy_budget_spent"
+
+
 class NotEnrolled(Refused):
     """A check-in or ticket from a client id that has not enrolled with the required proofs."""
 

@@ -197,6 +197,7 @@ class Coordinator:
             retry_after_s (when to ask again), deadline.
         """
         with self.lock:
+            self.aggregator.admit()
             now, rules = self.clock(), self.rules.cohort
             answer = {"round": self.round.id, "version": self.version, "phase": self.round.phase}
             if rules is None:
@@ -238,6 +239,7 @@ class Coordinator:
         """A single-use ticket for the current version and round: ticket, version, round, expires_at."""
         ticket = secrets.token_urlsafe(24)
         with self.lock:
+            self.aggregator.admit()
             now = self.clock()
             expires = now + self.rules.ticket_ttl_s
             with db.transaction(self.engine) as conn:
@@ -256,6 +258,7 @@ class Coordinator:
         :raise Refused: UnknownBaseVersion, StaleVersion, Ticket*, VersionMismatch, DuplicateClient.
         """
         with self.lock:
+            self.aggregator.admit()
             now, round_id = self.clock(), self.round.id
             staleness = self._staleness(meta.base_version)
             weight = meta.num_examples * staleness_weight(staleness, self.rules.staleness_exponent)
@@ -415,7 +418,8 @@ class Coordinator:
             except (OSError, ValueError) as exc:
                 logs.event("version_damaged", level=logging.ERROR, version=version, error=str(exc))
                 raise VersionDamaged(f"version {version} is damaged on disk ({exc})") from None
-            extra = {"rollback_to": version, "rolled_back": self.version}
+            # the strategy's account so far: a rollback never takes back spent privacy (server.dp)
+            extra = {"rollback_to": version, "rolled_back": self.version, **self.aggregator.report()}
             return self._publish(parent, weights, state, extra, "rollback", "rollback", self.clock(),
                                  self.round.carried)
 

@@ -77,6 +77,11 @@ class Aggregator(ABC):
         """JSON-safe state for the next round's ``start`` (nothing by default)."""
         return {}
 
+    def admit(self) -> None:  # noqa: B027  # optional hook: most strategies admit every round
+        """Raise a ``server.refusals.Refused`` if this round may take no update (a spent privacy
+        budget, ``server.dp``); every round may by default.
+        """
+
     def report(self) -> dict:
         """JSON-safe figures of the last finalized round for the manifest and /api/status."""
         return {}

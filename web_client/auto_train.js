@@ -71,6 +71,7 @@ export class AutoTrain extends EventTarget {
   /** Say what happens next; train when nothing holds it back and the page has been idle long enough. */
   check() {
     const { state } = this.client;
+    if (state.stopped) return this.say("Training has stopped for privacy; suggestions keep working.", false);
     if (this.config.train_after_urls <= 0) return this.say("Trains only when you press “Train now”.", false);
     if (state.training) return this.say("Training on your visits now; suggestions keep working meanwhile.", true);
     const blocker = this.blocker();

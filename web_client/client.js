@@ -58,7 +58,7 @@ export class Client extends EventTarget {
     this.completing = false;
     this.state = { version: null, round: null, localUrls: 0, newUrls: 0, lossBefore: null, lossAfter: null,
       contributions: 0, answer: null, connection: null, progress: null, training: false, trainReady: false,
-      pending: false, downloadedBytes: 0 };
+      pending: false, downloadedBytes: 0, stopped: null };
     this.uploading = false;
     this.retry = { auto: false, attempts: 0, timer: 0 }; // automatic upload retries with backoff
   }
@@ -107,7 +107,8 @@ export class Client extends EventTarget {
         await pruneCache(fetched.model);
       }
       this.etag = fetched.etag;
-      this.update({ round: fetched.model.round });
+      const { training } = fetched.model;
+      this.update({ round: fetched.model.round, stopped: training?.open === false ? training.message : null });
     } catch (error) {
       this.update({ connection: { ok: false, text: error.message } });
       // Offline start: the last model's files are in Cache Storage.
@@ -264,13 +265,14 @@ export class Client extends EventTarget {
 
   /** Train on the most recent local history in the training worker, keep the update, upload it. */
   async train() {
-    if (this.state.training || this.selecting || !this.model) return;
+    if (this.state.training || this.selecting || !this.model || this.state.stopped) return;
     let ticket;
     this.selecting = true; // checking in until drawn: no second run meanwhile
     try {
       ticket = await this.takeTicket();
     } catch (error) {
-      this.update({ answer: { ok: false, text: `Could not join a round: ${error.message}` } });
+      if (error.code === "privacy_budget_spent") this.update({ stopped: error.message });
+      else this.update({ answer: { ok: false, text: `Could not join a round: ${error.message}` } });
       return;
     } finally {
       this.selecting = false;

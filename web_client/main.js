@@ -193,6 +193,10 @@ function renderHistory(client, visits) {
 
 /** Why "Train now" cannot run yet, or what it does when it can. */
 function trainHint(state) {
+  if (state.stopped) {
+    return "Training has stopped for privacy: this federation has spent its privacy budget, so it takes "
+      + "no more updates from anyone. Suggestions keep working.";
+  }
   if (state.training) return "Training runs in the background; suggestions keep working.";
   if (state.version === null) return "“Train now” waits for the model to load.";
   if (!state.trainReady) return "“Train now” waits for the training part of the model to download.";
@@ -217,7 +221,7 @@ function renderState(state) {
   /** @type {HTMLProgressElement} */ ($("train-progress")).value = progress ? progress.done / progress.total : 0;
   $("train-status").textContent = progress ? progressInWords(progress, state.training) : "Idle.";
   /** @type {HTMLButtonElement} */ ($("train-now")).disabled = state.training || state.version === null
-    || !state.trainReady || state.localUrls === 0;
+    || !state.trainReady || state.localUrls === 0 || Boolean(state.stopped);
   $("train-hint").textContent = trainHint(state);
   $("retry-upload").hidden = !state.pending || state.training;
   const answer = $("server-answer");

@@ -27,7 +27,8 @@
  * @typedef {{type: "stepped", id: number, loss: number, weights: Tensor[], seconds: number}} SteppedReply
  * @typedef {{type: "error", id: number, message: string}} ErrorReply
  *
- * @typedef {{version: number, round: number, manifest: object, files: Object<string, string>}} ModelInfo
+ * @typedef {{version: number, round: number, manifest: object, files: Object<string, string>,
+ *            training?: {open: boolean, code?: string, message?: string}}} ModelInfo
  *   GET /api/model's body: the bundle manifest and a URL per file.
  * @typedef {{name: string, shape: number[], data: Float32Array}} Tensor
  */

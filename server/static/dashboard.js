@@ -6,12 +6,13 @@ const REFRESH_MS = 5000;
 const WIDTH = 360, HEIGHT = 200, PAD = { left: 36, right: 10, top: 10, bottom: 24 };
 const SVG_NS = "http://www.w3.org/2000/svg";
 const COLORS = { before: "#c0392b", after: "#1e8449", bars: "#2e86c1", aggregate: "#2e86c1", rollback: "#e67e22",
-                 initial: "#555" };
+                 initial: "#555", epsilon: "#7d3c98", budget: "#c0392b" };
 /** What each chart's colours mean (drawn once as HTML legends under the charts). */
 const LEGENDS = {
   "loss-legend": [[COLORS.before, "before local training"], [COLORS.after, "after local training"]],
   "clients-legend": [[COLORS.bars, "closed round"], [`${COLORS.bars}66`, "open round (still collecting)"]],
   "versions-legend": [[COLORS.initial, "initial"], [COLORS.aggregate, "aggregated"], [COLORS.rollback, "rollback"]],
+  "epsilon-legend": [[COLORS.epsilon, "ε so far (cumulative)"], [COLORS.budget, "budget"]],
 };
 
 /** Create an SVG element with attributes. */
@@ -95,6 +96,38 @@ function drawVersions(svg, versions) {
   }
 }
 
+/** Cumulative epsilon per published version, and the budget as a dashed line; versions without a
+ * finite epsilon (no DP noise) are listed under the chart instead. */
+function drawEpsilon(svg, versions, privacy) {
+  const points = versions.filter((v) => v.epsilon !== null && v.epsilon !== undefined);
+  const note = document.getElementById("epsilon-note");
+  const infinite = versions.filter((v) => v.mode === "off").map((v) => v.version);
+  note.textContent = infinite.length ? `ε is infinite (rounds without noise) from version ${infinite[0]} on.` : "";
+  if (!points.length) return empty(svg, privacy?.mode === "off" ? "no DP: ε is infinite" : "no private versions yet");
+  const budget = Number.isFinite(privacy?.budget) ? privacy.budget : null;
+  const ys = points.map((v) => v.epsilon).concat(budget === null ? [] : [budget]);
+  const { x, y } = axes(svg, points.map((v) => v.version), ys, "version");
+  if (budget !== null) {
+    svg.append(el("line", { x1: PAD.left, x2: WIDTH - PAD.right, y1: y(budget), y2: y(budget), stroke: COLORS.budget,
+                            "stroke-dasharray": "4 3" }));
+  }
+  const path = points.map((v) => `${x(v.version).toFixed(1)},${y(v.epsilon).toFixed(1)}`).join(" ");
+  svg.append(el("polyline", { points: path, fill: "none", stroke: COLORS.epsilon, "stroke-width": 2 }));
+  for (const v of points) svg.append(el("circle", { cx: x(v.version), cy: y(v.epsilon), r: 2.5, fill: COLORS.epsilon }));
+}
+
+/** The privacy card and sentence: mode, z, C, delta, budget, and whether training goes on. */
+function renderPrivacy(privacy, training) {
+  const epsilon = privacy.epsilon === null ? "∞" : privacy.epsilon.toFixed(2);
+  document.getElementById("epsilon").textContent = epsilon;
+  document.getElementById("privacy").textContent = privacy.mode === "off"
+    ? "Differential privacy is off (DP_NOISE_MULTIPLIER = 0): nothing bounds what a version reveals, ε is infinite."
+    : `Differential privacy: ${privacy.mode} noise (DP-FedAvg), noise multiplier z = ${privacy.noise_multiplier}, `
+      + `clip C = ${privacy.clip}, δ = ${privacy.delta}, budget ε ≤ ${privacy.budget}; cohort ${privacy.cohort_size} `
+      + `drawn from at least ${privacy.population}; ${privacy.rounds} round(s) accounted.`;
+  document.getElementById("training").textContent = training.open ? "Training is open." : `Training has stopped: ${training.message}`;
+}
+
 /** Draw each chart's legend: a colour key and what it stands for. */
 function drawLegends() {
   for (const [id, entries] of Object.entries(LEGENDS)) {
@@ -136,6 +169,8 @@ function render(status) {
   drawLoss(document.getElementById("loss-chart"), status.rounds);
   drawClients(document.getElementById("clients-chart"), status.rounds);
   drawVersions(document.getElementById("versions-chart"), status.versions);
+  drawEpsilon(document.getElementById("epsilon-chart"), status.versions, status.privacy);
+  renderPrivacy(status.privacy, status.training);
   fillTable("refusals", Object.entries(status.rejected), "No refused requests.");
   const unpublished = status.rounds.filter((r) => r.status === "refused" || r.status === "abandoned");
   fillTable("unpublished", unpublished.reverse().map((r) => [r.id, r.status, r.detail]), "Every closed round was published.");

@@ -16,7 +16,7 @@ from client.protocol import FederatedClient
 def publish_version_2(app) -> None:
     """One client's update (with losses) closes round 1 into version 2; one request is refused."""
     client = FederatedClient(app.test_client())
-    client.enroll()
+    client.enroll()  # the page's server asks for a (cheap) proof of work
     zeros = {name: np.zeros(t.shape, np.float32) for name, t in client.global_weights().items()}
     client.upload(zeros, client.ticket(), num_examples=4, loss_before=3.1, loss_after=2.7)
     app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
