@@ -42,13 +42,10 @@ $(BUNDLE)/manifest.json: | install
 bundle: $(BUNDLE)/manifest.json
 
 # One person can complete a round in the demo; a deployment keeps the default of 10 clients.
-# A round of one person cannot be private, so the demo runs without DP noise (the dashboard shows
-# epsilon as infinite); docs/PRIVACY.md says what a private deployment needs.
 demo: install bundle
 	FEDURL_MIN_CLIENTS=$${FEDURL_MIN_CLIENTS:-1} FEDURL_SELECTION_WINDOW_S=$${FEDURL_SELECTION_WINDOW_S:-0} \
 	FEDURL_MAX_MEMBERS_PER_NETWORK=$${FEDURL_MAX_MEMBERS_PER_NETWORK:-100} \
 	FEDURL_GATE_TOLERANCE=$${FEDURL_GATE_TOLERANCE:-0.5} \
-	FEDURL_DP_NOISE_MULTIPLIER=$${FEDURL_DP_NOISE_MULTIPLIER:-0} \
 	$(VENV)/bin/fedurl-serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
 # The production start: nginx on FRONT_PORT in front of the app (server/README.md, Production start).

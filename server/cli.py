@@ -239,7 +239,8 @@ def main(argv=None) -> None:
     port = server.effective_port if hasattr(server, "effective_port") else args.port
     url = f"http://{args.host}:{port}"
     logs.event("listening", url=url, version=app.extensions["fedurl.coordinator"].version,
-               connection_limit=app.config["CONNECTION_LIMIT"], **{
+               connection_limit=app.config["CONNECTION_LIMIT"],
+               dp_noise_multiplier=app.config["DP_NOISE_MULTIPLIER"], **{
                    f"{k}_timeout_s": v for k, v in asdict(Timeouts.from_config(app.config)).items()})
     print(f"Open {url}  (dashboard: {url}/dashboard)", flush=True)  # for people, beside the JSON logs
     server.run()
