@@ -2,7 +2,8 @@
 
 Talks to a server URL over urllib, or to a Flask test client in-process, with the same calls:
 ``enroll()``, ``check_in()``, ``fetch_model()``, ``save_bundle(dir)``, ``global_weights()``,
-``ticket()``, ``upload(delta, ...)``.
+``ticket()``, ``upload(delta, ...)``; a member of a secure cohort runs its round with
+``SecureParticipant`` (``privacy.secagg``) instead of uploading.
 The integration tests and the simulated clients use it; the browser implements the same protocol.
 """
 
@@ -21,6 +22,8 @@ from formats import durable
 from formats import tensors as tensor_codec
 from formats import update as update_codec
 from formats.bundle import MANIFEST
+from privacy.messages import RoundConfig
+from privacy.secagg import SecAggClient
 
 
 class ProtocolError(Exception):
@@ -188,3 +191,62 @@ class FederatedClient:
     def status(self) -> dict:
         """GET /api/status."""
         return json.loads(self._call("GET", "/api/status")[2])
+
+    def _bearer(self, ticket: dict, extra: dict | None = None) -> dict:
+        """Headers that authenticate a secure-round request with the member's round ticket."""
+        return {"Authorization": f"Bearer {ticket['ticket']}", **(extra or {})}
+
+    def secure_state(self, ticket: dict) -> dict:
+        """GET /api/secure: {round, phase, index, cohort_size, deadline} of the ticket's secure round."""
+        return json.loads(self._call("GET", "/api/secure", headers=self._bearer(ticket))[2])
+
+    def secure_fetch(self, ticket: dict, what: str) -> bytes:
+        """GET /api/secure/<what>: config, roster, shares (this member's) or unmask, as message bytes."""
+        return self._call("GET", f"/api/secure/{what}", headers=self._bearer(ticket))[2]
+
+    def secure_send(self, ticket: dict, kind: str, message: bytes) -> dict:
+        """POST /api/secure/<kind> (advertise, shares, masked, unmask): 202's JSON body."""
+        headers = self._bearer(ticket, {"Content-Type": "application/octet-stream"})
+        return json.loads(self._call("POST", f"/api/secure/{kind}", message, headers, ok=(202,))[2])
+
+
+def flatten(delta: dict[str, np.ndarray], parameters: list[dict]) -> np.ndarray:
+    """The delta as one float64 vector in manifest order (what a secure round masks)."""
+    return np.concatenate([np.asarray(delta[p["name"]], dtype=np.float64).ravel() for p in parameters])
+
+
+class SecureParticipant:
+    """One cohort member's secure round over HTTP, a phase at a time (docs/PROTOCOL.md, Secure rounds).
+
+    Call ``step(phase)`` for each of ``PHASES`` once the server's round is in that phase (all
+    members of a lockstep driver, as the simulation does; or poll ``state()``). The delta is
+    clipped, quantized and masked on this side: the server never receives it in clear.
+    """
+
+    PHASES = ("advertise", "share_keys", "masked_input", "unmask")
+
+    def __init__(self, fed: FederatedClient, ticket: dict, delta: np.ndarray,
+                 rng: np.random.Generator | None = None):
+        """:param delta: the flattened delta (``flatten``) this member contributes."""
+        self.fed, self.ticket, self.delta = fed, ticket, delta
+        self.index = fed.secure_state(ticket)["index"]
+        config = RoundConfig.decode(fed.secure_fetch(ticket, "config"))
+        self.machine = SecAggClient(config, self.index, rng)
+
+    def state(self) -> dict:
+        """The round's state as the server sees it (phase, deadline...)."""
+        return self.fed.secure_state(self.ticket)
+
+    def step(self, phase: str) -> dict:
+        """Do this member's part of phase; the server's 202 answer."""
+        fed, ticket, machine = self.fed, self.ticket, self.machine
+        if phase == "advertise":
+            return fed.secure_send(ticket, "advertise", machine.advertise())
+        if phase == "share_keys":
+            return fed.secure_send(ticket, "shares", machine.share_keys(fed.secure_fetch(ticket, "roster")))
+        if phase == "masked_input":
+            shares = fed.secure_fetch(ticket, "shares")
+            return fed.secure_send(ticket, "masked", machine.masked_input(shares, self.delta))
+        if phase == "unmask":
+            return fed.secure_send(ticket, "unmask", machine.unmask(fed.secure_fetch(ticket, "unmask")))
+        raise ValueError(f"unknown phase {phase!r}; one of {', '.join(self.PHASES)}")

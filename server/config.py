@@ -93,6 +93,15 @@ SETTINGS: dict[str, Setting] = {
     "CLIP_INITIAL_NORM": Setting(5.0, float, "bounded: the first round's clip bound (L2)"),
     "CLIP_QUANTILE": Setting(0.5, float, "bounded: the bound follows this quantile of the update norms"),
     "CLIP_LEARNING_RATE": Setting(0.2, float, "bounded: bound *= exp(-lr * (share at or below - quantile))"),
+    # [T1] secure aggregation of a drawn cohort (server/secure.py, docs/PROTOCOL.md "Secure rounds")
+    "AGGREGATION": Setting("plain", str, "plain: each member uploads its update (per-update defences "
+                                         "apply); secure: members send masked inputs and the server "
+                                         "learns only the cohort's sum (needs SELECTION=cohort)"),
+    "SECURE_CLIP": Setting(1.0, float, "secure: each client clips its whole delta to this L2 norm"),
+    "SECURE_BITS": Setting(16, int, "secure: bits of each masked word (16: half the float32 upload)"),
+    "SECURE_MIN_COHORT": Setting(3, int, "secure: the fewest inputs ever aggregated (at least 3); a round "
+                                         "needs max(this, ceil(2n/3)) of its n members at every phase"),
+    "SECURE_PHASE_S": Setting(60.0, float, "secure: seconds each phase waits for members that have not sent"),
     "PUBLISH_GATE": Setting("validation", str, "validation: score each candidate on the bundle's public "
                                                "validation set and refuse one worse than its parent by "
                                                "more than GATE_TOLERANCE; off: publish every safe result"),
@@ -189,8 +198,26 @@ def check(config) -> None:
         raise ValueError("MAX_MEMBERS_PER_NETWORK must be at least 1 and OVER_SELECTION not negative")
     if not (0 <= config["POW_DIFFICULTY"] <= 32):
         raise ValueError("POW_DIFFICULTY is a number of bits from 0 to 32")
+    if config["AGGREGATION"] not in ("plain", "secure"):
+        raise ValueError(f"AGGREGATION must be one of plain, secure, got {config['AGGREGATION']!r}")
+    check_secure(config)
     if config["WEIGHT_CAP_FACTOR"] < 1 or not 0 < config["CLIP_QUANTILE"] < 1:
         raise ValueError("WEIGHT_CAP_FACTOR must be at least 1 and CLIP_QUANTILE within (0, 1)")
+
+
+def check_secure(config) -> None:
+    """Refuse secure settings under which a round could aggregate fewer than 3 inputs, or never run."""
+    if config["SECURE_MIN_COHORT"] < 3:
+        raise ValueError("SECURE_MIN_COHORT must be at least 3: the sum of one or two updates is no secret")
+    if not 2 <= config["SECURE_BITS"] <= 32 or config["SECURE_CLIP"] <= 0 or config["SECURE_PHASE_S"] <= 0:
+        raise ValueError("SECURE_BITS must be in 2..32, SECURE_CLIP and SECURE_PHASE_S positive")
+    if config["AGGREGATION"] != "secure":
+        return
+    if config["SELECTION"] != "cohort":
+        raise ValueError("AGGREGATION=secure needs SELECTION=cohort: the server must choose the cohort")
+    if config["MIN_CLIENTS"] < config["SECURE_MIN_COHORT"]:
+        raise ValueError(f"AGGREGATION=secure: MIN_CLIENTS ({config['MIN_CLIENTS']}) is below "
+                         f"SECURE_MIN_COHORT ({config['SECURE_MIN_COHORT']})")
 
 
 def identity_proofs(config) -> list[str]:
