@@ -232,6 +232,8 @@ class SecureParticipant:
         self.index = fed.secure_state(ticket)["index"]
         config = RoundConfig.decode(fed.secure_fetch(ticket, "config"))
         self.machine = SecAggClient(config, self.index, rng)
+        self.sent: dict[str, int] = {}  # bytes of the message sent in each phase
+        self.fetched: dict[str, int] = {"advertise": len(config.encode())}  # bytes downloaded for it
 
     def state(self) -> dict:
         """The round's state as the server sees it (phase, deadline...)."""
@@ -239,14 +241,24 @@ class SecureParticipant:
 
     def step(self, phase: str) -> dict:
         """Do this member's part of phase; the server's 202 answer."""
-        fed, ticket, machine = self.fed, self.ticket, self.machine
+        machine = self.machine
         if phase == "advertise":
-            return fed.secure_send(ticket, "advertise", machine.advertise())
+            return self._send(phase, "advertise", machine.advertise())
         if phase == "share_keys":
-            return fed.secure_send(ticket, "shares", machine.share_keys(fed.secure_fetch(ticket, "roster")))
+            return self._send(phase, "shares", machine.share_keys(self._fetch(phase, "roster")))
         if phase == "masked_input":
-            shares = fed.secure_fetch(ticket, "shares")
-            return fed.secure_send(ticket, "masked", machine.masked_input(shares, self.delta))
+            return self._send(phase, "masked", machine.masked_input(self._fetch(phase, "shares"), self.delta))
         if phase == "unmask":
-            return fed.secure_send(ticket, "unmask", machine.unmask(fed.secure_fetch(ticket, "unmask")))
+            return self._send(phase, "unmask", machine.unmask(self._fetch(phase, "unmask")))
         raise ValueError(f"unknown phase {phase!r}; one of {', '.join(self.PHASES)}")
+
+    def _fetch(self, phase: str, what: str) -> bytes:
+        """Download what the phase needs, counting its bytes."""
+        data = self.fed.secure_fetch(self.ticket, what)
+        self.fetched[phase] = len(data)
+        return data
+
+    def _send(self, phase: str, kind: str, message: bytes) -> dict:
+        """Send the phase's message, counting its bytes."""
+        self.sent[phase] = len(message)
+        return self.fed.secure_send(self.ticket, kind, message)
