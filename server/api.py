@@ -271,7 +271,9 @@ def secure_send(kind: str):
     secure, ticket = secure_request(kind, SECURE_SENDS)
     if request.mimetype != "application/octet-stream":
         raise ApiError("bad_content_type", "send the message as application/octet-stream", 415)
-    return secure.submit(coordinator(), ticket, kind, request.get_data(cache=False)), 202
+    answer = secure.submit(coordinator(), ticket, kind, request.get_data(cache=False))
+    current_app.extensions["fedurl.tickets"].used(db.ticket_digest(ticket))  # in use: frees its address slot
+    return answer, 202
 
 
 @bp.get("/status")

@@ -296,3 +296,13 @@ def test_nothing_stored_or_logged_is_one_clients_update_in_clear(settings, log_l
             assert not isinstance(value, str) or len(value) <= 80, line
     bodies = [row["body"][HEADER.size:HEADER.size + 16].hex() for row in rows]
     assert not [line for line in lines for body in bodies if body in line]
+
+
+def test_a_ticket_in_use_frees_its_address_slot_for_the_next_round(settings):
+    """Secure tickets are never spent on an upload: advertising puts them in use, else one address
+    of MAX_TICKETS_PER_ADDR members could take part in one round only until they expire."""
+    app, clock = started({**settings, "MAX_TICKETS_PER_ADDR": COHORT})
+    play(app, clock, join(form_cohort(app), sparse_deltas(6, COHORT)), {})
+    members = join(form_cohort(app), sparse_deltas(7, COHORT))  # ten more tickets from the same address
+    play(app, clock, members, {})
+    assert FederatedClient(app.test_client()).status()["version"] == 3
