@@ -31,6 +31,7 @@ import numpy as np
 from privacy.messages import HEADER, ProtocolError, RoundConfig
 from privacy.secagg import Aggregate, SecAggServer, make_config
 from server import db, logs
+from server.cohorts import PHASE_SELECTING
 from server.refusals import (
     BadSecureMessage,
     NotSecure,
@@ -155,8 +156,13 @@ class SecureAggregation:
 
     def advance(self, coordinator: Coordinator, now: float) -> None:
         """Close the current phase when all expected sent or its deadline passed; abandon the round
-        when too few remain; after the unmask phase, close the round through the coordinator.
+        when too few remain; after the unmask phase, close the round through the coordinator. A
+        round that began in plain mode (AGGREGATION changed across a restart) is abandoned.
         """
+        if self.round is None and coordinator.round.phase not in (PHASE_SELECTING, *PHASES):
+            coordinator.abandon_round("secure", "the round began in plain mode; a secure round starts "
+                                      "from a new cohort", now)
+            return
         while self.round is not None and coordinator.round.phase in PHASES:
             current = coordinator.round
             expected, sent = self.round.senders(current.phase)
