@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -251,6 +252,22 @@ class SecureParticipant:
         if phase == "unmask":
             return self._send(phase, "unmask", machine.unmask(self._fetch(phase, "unmask")))
         raise ValueError(f"unknown phase {phase!r}; one of {', '.join(self.PHASES)}")
+
+    def run(self, poll_s: float = 1.0, timeout_s: float = 600.0) -> None:
+        """Take every phase as the server opens it, polling ``GET /api/secure`` (a member that runs
+        alongside others, e.g. beside browsers).
+
+        :raise ProtocolError: the round ended (``round_closed``) or moved past a phase without us.
+        """
+        give_up = time.monotonic() + timeout_s
+        for phase in self.PHASES:
+            while (now := self.state()["phase"]) != phase:
+                if now in self.PHASES and self.PHASES.index(now) > self.PHASES.index(phase):
+                    raise ProtocolError(409, "wrong_phase", f"the round moved past {phase} without us")
+                if time.monotonic() > give_up:
+                    raise ProtocolError(408, "timeout", f"phase {phase} did not open within {timeout_s} s")
+                time.sleep(poll_s)
+            self.step(phase)
 
     def _fetch(self, phase: str, what: str) -> bytes:
         """Download what the phase needs, counting its bytes."""

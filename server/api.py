@@ -69,7 +69,8 @@ def model():
     """Name the current global model; cacheable by ETag until the version or round changes."""
     version, round_id, manifest = coordinator().current()
     files = {name: f"/api/files/{entry['sha256']}" for name, entry in manifest["files"].items()}
-    response = jsonify(version=version, round=round_id, manifest=manifest, files=files)
+    response = jsonify(version=version, round=round_id, manifest=manifest, files=files,
+                       aggregation=current_app.config["AGGREGATION"])
     response.set_etag(f"v{version}-r{round_id}")
     response.cache_control.no_cache = True
     return response.make_conditional(request)
