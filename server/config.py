@@ -94,9 +94,10 @@ SETTINGS: dict[str, Setting] = {
     "CLIP_QUANTILE": Setting(0.5, float, "bounded: the bound follows this quantile of the update norms"),
     "CLIP_LEARNING_RATE": Setting(0.2, float, "bounded: bound *= exp(-lr * (share at or below - quantile))"),
     # [T1] secure aggregation of a drawn cohort (server/secure.py, docs/PROTOCOL.md "Secure rounds")
-    "AGGREGATION": Setting("plain", str, "plain: each member uploads its update (per-update defences "
-                                         "apply); secure: members send masked inputs and the server "
-                                         "learns only the cohort's sum (needs SELECTION=cohort)"),
+    "AGGREGATION": Setting("secure", str, "secure: members send masked inputs and the server learns only "
+                                          "the cohort's sum (needs SELECTION=cohort, MIN_CLIENTS >= 3); "
+                                          "plain: each member uploads its update (per-update defences "
+                                          "apply)"),
     "SECURE_CLIP": Setting(1.0, float, "secure: each client clips its whole delta to this L2 norm"),
     "SECURE_BITS": Setting(16, int, "secure: bits of each masked word (16: half the float32 upload)"),
     "SECURE_MIN_COHORT": Setting(3, int, "secure: the fewest inputs ever aggregated (at least 3); a round "

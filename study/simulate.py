@@ -86,7 +86,8 @@ def server_settings(bundle: Path, data_dir: str, args: argparse.Namespace, split
             "MIN_CLIENTS_FLOOR": 1, "ROUND_DEADLINE_S": 1e6, "TICK_INTERVAL_S": 0, "LOG_LEVEL": "ERROR",
             "SERVER_OPTIMIZER": args.server_optimizer, "SERVER_LR": args.server_lr,
             "TICKETS_PER_CLIENT_PER_MIN": 1e9, "REQUESTS_PER_ADDR_PER_MIN": 1e9,
-            "SELECTION": "open", "IDENTITY": "", "INFLUENCE": args.influence, "PUBLISH_GATE": args.gate,
+            "SELECTION": "open", "AGGREGATION": "plain", "IDENTITY": "", "INFLUENCE": args.influence,
+            "PUBLISH_GATE": args.gate,
             "MAX_NUM_EXAMPLES": max(10_000, largest),
             "MAX_UPDATE_NORM": max(50.0, 1.01 * args.client_lr * manifest["config"]["clip_norm"] * steps),
             **(secure_settings(args) if args.secure else {})}

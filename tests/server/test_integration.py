@@ -24,7 +24,7 @@ def test_five_clients_train_locally_and_the_new_version_is_better(bundle_dir, ka
     app = create_app({"BUNDLE_DIR": str(bundle_dir), "DATA_DIR": str(tmp_path / "data"),
                       "MIN_CLIENTS": CLIENTS, "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0,
                       "LOG_LEVEL": "WARNING", "POW_DIFFICULTY": 8, "SELECTION_WINDOW_S": 0,
-                      "OVER_SELECTION": 0.0, "MAX_MEMBERS_PER_NETWORK": 100})
+                      "OVER_SELECTION": 0.0, "MAX_MEMBERS_PER_NETWORK": 100, "AGGREGATION": "plain"})
     order = np.random.default_rng(0).permutation(len(kasztp_urls))[:CLIENTS * URLS_PER_CLIENT]
     slices = [[kasztp_urls[i] for i in order[k::CLIENTS]] for k in range(CLIENTS)]
     with serving(app) as url:
