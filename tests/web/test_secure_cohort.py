@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 import pytest
-from page_helpers import open_page, visit
+from page_helpers import pages_ready_to_train
 from playwright.sync_api import expect
 
 from client.protocol import FederatedClient, SecureParticipant
@@ -41,12 +41,8 @@ def python_member(base_url: str, failures: list) -> None:
 
 def test_three_pages_and_two_python_clients_complete_one_secure_round(browser, base_url, live_app):
     # Prepare
-    contexts = [browser.new_context(base_url=base_url) for _ in HISTORIES]
-    pages = [open_page(context.new_page()) for context in contexts]
-    for page, history in zip(pages, HISTORIES, strict=True):
-        for url in history:
-            visit(page, url)
-        expect(page.get_by_role("button", name="Train now")).to_be_enabled()
+    contexts, pages = pages_ready_to_train(browser, base_url, HISTORIES)
+    for page in pages:
         expect(page.locator("#aggregation-mode")).to_contain_text("secure")
     failures: list = []
     threads = [threading.Thread(target=python_member, args=(base_url, failures), daemon=True)
