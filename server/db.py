@@ -233,6 +233,11 @@ def add_secure_message(conn: Connection, round_id: int, phase: str, sender: int,
                                                  at=now))
 
 
+def drop_secure_messages_before(conn: Connection, round_id: int) -> int:
+    """Delete the stored messages of ended secure rounds (those before round_id); how many went."""
+    return conn.execute(secure_messages.delete().where(secure_messages.c.round_id < round_id)).rowcount
+
+
 def secure_messages_of(conn: Connection, round_id: int) -> list[tuple[str, int, bytes]]:
     """(phase, sender, body) of every stored message of a secure round, in arrival order."""
     m = secure_messages.c

@@ -15,9 +15,10 @@ released and the next round selects afresh.
 body) in the transaction that accepts it, and the round's CONFIG with its random graph seed
 when the cohort is drawn. The state machine is deterministic given its messages and the phase
 closes that ``rounds.phase`` records, so a restart replays them (``resume``) and loses nothing
-that was accepted. Only masked inputs, public keys and ciphertexts are ever stored: nothing is
-one client's update in clear. Per-update defences (``INFLUENCE=bounded``) cannot see a masked
-input; clipping to ``SECURE_CLIP`` happens on the client and bounds each one's influence.
+that was accepted; once the round has ended they are deleted. Only masked inputs, public keys,
+ciphertexts and unmask shares are ever stored: nothing is one client's update in clear.
+Per-update defences (``INFLUENCE=bounded``) cannot see a masked input; clipping to
+``SECURE_CLIP`` happens on the client (an honest one's influence; nothing enforces it).
 """
 
 from __future__ import annotations
@@ -138,8 +139,11 @@ class SecureAggregation:
         return PHASES[0], now + self.rules.phase_s
 
     def resume(self, conn: db.Connection, current: db.Round) -> None:
-        """Rebuild the open round's state machine from its stored messages (start-up, a new round)."""
+        """Rebuild the open round's state machine from its stored messages (start-up, a new round),
+        and drop those of ended rounds: masked inputs (a megabyte per member) serve nothing after.
+        """
         self.round, self.aggregate = None, None
+        db.drop_secure_messages_before(conn, current.id)
         if current.phase not in PHASES:
             return
         stored = db.secure_messages_of(conn, current.id)

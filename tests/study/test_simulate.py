@@ -71,8 +71,8 @@ def test_one_client_one_round_equals_centralized(bundle_dir, corpus, tmp_path):
 
 def test_secure_federation_completes_its_rounds_and_keeps_the_server_state(bundle_dir, corpus, tmp_path):
     """--secure: 3 rounds of a cohort of 4 run the secure phases; every round publishes a version, the
-    server's database (kept with --data-dir) holds masked inputs and no update, and each member's
-    masked upload is half its float32 model."""
+    server's database (kept with --data-dir) records three secure closes and no update, and each
+    member's masked upload is half its float32 model."""
     data_dir = tmp_path / "server"
     summary = simulate(bundle_dir, corpus, tmp_path / "out", "--clients", "8", "--rounds", "3", "--secure",
                        "--cohort-size", "4", "--limit", "400", "--local-epochs", "2", "--client-lr", "0.3",
@@ -89,9 +89,10 @@ def test_secure_federation_completes_its_rounds_and_keeps_the_server_state(bundl
             return conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
 
         versions, plain = count(schema.versions), count(schema.updates)
-        masked = count(schema.secure_messages, schema.secure_messages.c.phase == "masked")
+        secure = count(schema.rounds, schema.rounds.c.close_reason == "secure")
+        kept = count(schema.secure_messages)  # an ended round's messages are deleted
     engine.dispose()
-    assert (versions, masked, plain) == (4, 12, 0)
+    assert (versions, secure, plain, kept) == (4, 3, 0, 0)
 
 
 @pytest.mark.parametrize("flags, message", [
