@@ -25,6 +25,10 @@ tickets of this round count) until the goal count or the deadline; too few repor
 the round is *abandoned* and a new one selects afresh on the same version. Before publishing, the
 ``gate`` scores the candidate; a refused candidate ends the round as *refused* and the parent
 stays current. With open selection (``RoundRules.cohort`` None) rounds start in ``reporting``.
+
+Secure rounds ([T1], ``AGGREGATION=secure``): the drawn cohort runs ``server.secure``'s phases
+(advertise, share_keys, masked_input, unmask) instead of reporting, and the close takes the
+unmasked mean; the hooks into it are marked ``[T1]`` here, the logic is in server/secure.py.
 """
 
 from __future__ import annotations
