@@ -41,9 +41,11 @@ $(BUNDLE)/manifest.json: | install
 
 bundle: $(BUNDLE)/manifest.json
 
-# One person can complete a round in the demo; a deployment keeps the default of 10 clients.
+# One person can complete a round in the demo, so it aggregates in plain mode (a secure cohort
+# needs 3 or more); a deployment keeps the defaults: secure cohorts of 10 clients.
 demo: install bundle
 	FEDURL_MIN_CLIENTS=$${FEDURL_MIN_CLIENTS:-1} FEDURL_SELECTION_WINDOW_S=$${FEDURL_SELECTION_WINDOW_S:-0} \
+	FEDURL_AGGREGATION=$${FEDURL_AGGREGATION:-plain} \
 	FEDURL_MAX_MEMBERS_PER_NETWORK=$${FEDURL_MAX_MEMBERS_PER_NETWORK:-100} \
 	FEDURL_GATE_TOLERANCE=$${FEDURL_GATE_TOLERANCE:-0.5} \
 	$(VENV)/bin/fedurl-serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)

@@ -65,7 +65,7 @@ def serve(bundle_dir: str):
 
     data = tempfile.mkdtemp(prefix="bench-browser-")
     app = create_app({"BUNDLE_DIR": bundle_dir, "DATA_DIR": data, "MIN_CLIENTS": 1, "MIN_CLIENTS_FLOOR": 1,
-                      "TICK_INTERVAL_S": 0, "LOG_LEVEL": "WARNING"})
+                      "TICK_INTERVAL_S": 0, "LOG_LEVEL": "WARNING", "AGGREGATION": "plain"})
     try:
         with serving(app, name="bench-browser-server") as url:
             yield url

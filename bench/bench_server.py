@@ -55,7 +55,8 @@ def cpu_seconds(pid: int) -> float:
 def start_server(bundle: str, data_dir: str, updates: int) -> tuple[subprocess.Popen, str]:
     """fedurl-serve on a free port; returns the process and its base URL (log drained in a thread)."""
     env = {**os.environ, "FEDURL_MIN_CLIENTS": str(updates), "FEDURL_TICK_INTERVAL_S": "0",
-           "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "1000000", "FEDURL_LOG_LEVEL": "INFO"}
+           "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "1000000", "FEDURL_LOG_LEVEL": "INFO",
+           "FEDURL_AGGREGATION": "plain"}
     command = [sys.executable, "-m", "server.cli", "--bundle", bundle, "--data-dir", data_dir, "--port", "0"]
     process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
     found: list[str] = []

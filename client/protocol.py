@@ -2,7 +2,8 @@
 
 Talks to a server URL over urllib, or to a Flask test client in-process, with the same calls:
 ``enroll()``, ``check_in()``, ``fetch_model()``, ``save_bundle(dir)``, ``global_weights()``,
-``ticket()``, ``upload(delta, ...)``.
+``ticket()``, ``upload(delta, ...)``; a member of a secure cohort runs its round with
+``SecureParticipant`` (``privacy.secagg``) instead of uploading.
 The integration tests and the simulated clients use it; the browser implements the same protocol.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +23,8 @@ from formats import durable
 from formats import tensors as tensor_codec
 from formats import update as update_codec
 from formats.bundle import MANIFEST
+from privacy.messages import RoundConfig
+from privacy.secagg import SecAggClient
 
 
 class ProtocolError(Exception):
@@ -188,3 +192,90 @@ class FederatedClient:
     def status(self) -> dict:
         """GET /api/status."""
         return json.loads(self._call("GET", "/api/status")[2])
+
+    def _bearer(self, ticket: dict, extra: dict | None = None) -> dict:
+        """Headers that authenticate a secure-round request with the member's round ticket."""
+        return {"Authorization": f"Bearer {ticket['ticket']}", **(extra or {})}
+
+    def secure_state(self, ticket: dict) -> dict:
+        """GET /api/secure: {round, phase, index, cohort_size, deadline} of the ticket's secure round."""
+        return json.loads(self._call("GET", "/api/secure", headers=self._bearer(ticket))[2])
+
+    def secure_fetch(self, ticket: dict, what: str) -> bytes:
+        """GET /api/secure/<what>: config, roster, shares (this member's) or unmask, as message bytes."""
+        return self._call("GET", f"/api/secure/{what}", headers=self._bearer(ticket))[2]
+
+    def secure_send(self, ticket: dict, kind: str, message: bytes) -> dict:
+        """POST /api/secure/<kind> (advertise, shares, masked, unmask): 202's JSON body."""
+        headers = self._bearer(ticket, {"Content-Type": "application/octet-stream"})
+        return json.loads(self._call("POST", f"/api/secure/{kind}", message, headers, ok=(202,))[2])
+
+
+def flatten(delta: dict[str, np.ndarray], parameters: list[dict]) -> np.ndarray:
+    """The delta as one float64 vector in manifest order (what a secure round masks)."""
+    return np.concatenate([np.asarray(delta[p["name"]], dtype=np.float64).ravel() for p in parameters])
+
+
+class SecureParticipant:
+    """One cohort member's secure round over HTTP, a phase at a time (docs/PROTOCOL.md, Secure rounds).
+
+    Call ``step(phase)`` for each of ``PHASES`` once the server's round is in that phase (all
+    members of a lockstep driver, as the simulation does; or poll ``state()``). The delta is
+    clipped, quantized and masked on this side: the server never receives it in clear.
+    """
+
+    PHASES = ("advertise", "share_keys", "masked_input", "unmask")
+
+    def __init__(self, fed: FederatedClient, ticket: dict, delta: np.ndarray,
+                 rng: np.random.Generator | None = None):
+        """:param delta: the flattened delta (``flatten``) this member contributes."""
+        self.fed, self.ticket, self.delta = fed, ticket, delta
+        self.index = fed.secure_state(ticket)["index"]
+        config = RoundConfig.decode(fed.secure_fetch(ticket, "config"))
+        self.machine = SecAggClient(config, self.index, rng)
+        self.sent: dict[str, int] = {}  # bytes of the message sent in each phase
+        self.fetched: dict[str, int] = {"advertise": len(config.encode())}  # bytes downloaded for it
+
+    def state(self) -> dict:
+        """The round's state as the server sees it (phase, deadline...)."""
+        return self.fed.secure_state(self.ticket)
+
+    def step(self, phase: str) -> dict:
+        """Do this member's part of phase; the server's 202 answer."""
+        machine = self.machine
+        if phase == "advertise":
+            return self._send(phase, "advertise", machine.advertise())
+        if phase == "share_keys":
+            return self._send(phase, "shares", machine.share_keys(self._fetch(phase, "roster")))
+        if phase == "masked_input":
+            return self._send(phase, "masked", machine.masked_input(self._fetch(phase, "shares"), self.delta))
+        if phase == "unmask":
+            return self._send(phase, "unmask", machine.unmask(self._fetch(phase, "unmask")))
+        raise ValueError(f"unknown phase {phase!r}; one of {', '.join(self.PHASES)}")
+
+    def run(self, poll_s: float = 1.0, timeout_s: float = 600.0) -> None:
+        """Take every phase as the server opens it, polling ``GET /api/secure`` (a member that runs
+        alongside others, e.g. beside browsers).
+
+        :raise ProtocolError: the round ended (``round_closed``) or moved past a phase without us.
+        """
+        give_up = time.monotonic() + timeout_s
+        for phase in self.PHASES:
+            while (now := self.state()["phase"]) != phase:
+                if now in self.PHASES and self.PHASES.index(now) > self.PHASES.index(phase):
+                    raise ProtocolError(409, "wrong_phase", f"the round moved past {phase} without us")
+                if time.monotonic() > give_up:
+                    raise ProtocolError(408, "timeout", f"phase {phase} did not open within {timeout_s} s")
+                time.sleep(poll_s)
+            self.step(phase)
+
+    def _fetch(self, phase: str, what: str) -> bytes:
+        """Download what the phase needs, counting its bytes."""
+        data = self.fed.secure_fetch(self.ticket, what)
+        self.fetched[phase] = len(data)
+        return data
+
+    def _send(self, phase: str, kind: str, message: bytes) -> dict:
+        """Send the phase's message, counting its bytes."""
+        self.sent[phase] = len(message)
+        return self.fed.secure_send(self.ticket, kind, message)

@@ -20,6 +20,7 @@ from server.errors import ApiError
 from server.identity import IdentityError, network_of
 from server.refusals import NotEnrolled, Refused
 from server.rounds import Coordinator
+from server.secure import SecureAggregation
 from server.validation import check_client_id, check_delta, decode_upload, json_body
 from server.versions import iso
 from server.web import send_encoded
@@ -29,7 +30,7 @@ bp = Blueprint("api", __name__, url_prefix="/api")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 ONE_YEAR_S = 31_536_000
 # refusals here are counted by code in /api/status
-COUNTED = {"api.tickets", "api.updates", "api.enrollments", "api.checkins"}
+COUNTED = {"api.tickets", "api.updates", "api.enrollments", "api.checkins", "api.secure_send"}
 IDENTITY_STATUS = {"puzzle_busy": 429}  # every other IdentityError code is a 403
 HISTORY = 200  # rounds and versions listed in a status document
 NO_UPDATES = {"participants": 0, "examples": 0, "loss_before": None, "loss_after": None,
@@ -69,7 +70,8 @@ def model():
     """Name the current global model; cacheable by ETag until the version or round changes."""
     version, round_id, manifest = coordinator().current()
     files = {name: f"/api/files/{entry['sha256']}" for name, entry in manifest["files"].items()}
-    response = jsonify(version=version, round=round_id, manifest=manifest, files=files, training=training())
+    response = jsonify(version=version, round=round_id, manifest=manifest, files=files, training=training(),
+                       aggregation=current_app.config["AGGREGATION"])
     response.set_etag(f"v{version}-r{round_id}")
     response.cache_control.no_cache = True
     return response.make_conditional(request)
@@ -245,6 +247,61 @@ def updates():
     return accepted, 202
 
 
+# -- [T1] secure rounds (server/secure.py; docs/PROTOCOL.md "Secure rounds") -------------------------
+
+SECURE_SENDS = ("advertise", "shares", "masked", "unmask")  # POST /api/secure/<kind>: privacy.messages bytes
+SECURE_FETCHES = ("config", "roster", "shares", "unmask")  # GET /api/secure/<what>
+
+
+def secure_request(name: str, known: tuple[str, ...]) -> tuple[SecureAggregation, str]:
+    """The secure mode and the bearer round ticket of a member's request for name (addr rate limit
+    first).
+
+    :raise ApiError: not_found (name not in known), rate_limited, not_secure (plain mode),
+        ticket_invalid (no bearer ticket).
+    """
+    if name not in known:
+        raise ApiError("not_found", f"no /api/secure/{name[:32]}; one of {', '.join(known)}", 404)
+    rate_limit("addr", request.remote_addr or "-")
+    secure = coordinator().secure
+    if secure is None:
+        raise ApiError("not_secure", "this server aggregates in plain mode (AGGREGATION=plain)", 409)
+    scheme, _, ticket = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not 0 < len(ticket.strip()) <= 128:
+        raise ApiError("ticket_invalid", "send the round ticket (POST /api/tickets) as Authorization: "
+                                         "Bearer <ticket>", 403)
+    return secure, ticket.strip()
+
+
+@bp.get("/secure")
+def secure_state():
+    """Where the member's secure round stands: round, phase, index, cohort_size, deadline."""
+    secure, ticket = secure_request("", ("",))
+    state = secure.state(coordinator(), ticket)
+    return {**state, "deadline": iso(state["deadline"])}
+
+
+@bp.get("/secure/<what>")
+def secure_fetch(what: str):
+    """A server message for the member (CONFIG, ROSTER, its SHARES_FOR, UNMASK_REQUEST) as bytes."""
+    secure, ticket = secure_request(what, SECURE_FETCHES)
+    response = current_app.response_class(secure.fetch(coordinator(), ticket, what),
+                                          mimetype="application/octet-stream")
+    response.cache_control.no_store = True
+    return response
+
+
+@bp.post("/secure/<kind>")
+def secure_send(kind: str):
+    """Accept one member's message of the current phase (ADVERTISE, SHARES, MASKED_INPUT, UNMASK)."""
+    secure, ticket = secure_request(kind, SECURE_SENDS)
+    if request.mimetype != "application/octet-stream":
+        raise ApiError("bad_content_type", "send the message as application/octet-stream", 415)
+    answer = secure.submit(coordinator(), ticket, kind, request.get_data(cache=False))
+    current_app.extensions["fedurl.tickets"].used(db.ticket_digest(ticket))  # in use: frees its address slot
+    return answer, 202
+
+
 @bp.get("/status")
 def status():
     """Rounds, participants, accepted and refused counts, losses, version history."""
@@ -276,7 +333,7 @@ def status_document() -> dict:
         row["selected_at"] = iso(row["selected_at"]) if row["selected_at"] is not None else None
         row["opened_at"], row["deadline"] = iso(row["opened_at"]), iso(row["deadline"])
         row["closed_at"] = iso(row["closed_at"]) if row["closed_at"] is not None else None
-    current, rules = progress.round, progress.rules
+    current, rules, secure = progress.round, progress.rules, coordinator().secure
     influence = dict(progress.report)
     privacy = influence.pop(LEDGER, None)
     by_version = privacy_of_versions([v["version"] for v in versions])
@@ -286,7 +343,9 @@ def status_document() -> dict:
                       "min_clients": rules.min_clients, "min_clients_floor": rules.floor,
                       "phase": current.phase,
                       "selection": "open" if rules.cohort is None else "cohort",
-                      "cohort_target": rules.cohort.target if rules.cohort else None},
+                      "cohort_target": rules.cohort.target if rules.cohort else None,
+                      "secure": secure.progress() if secure is not None else None},
+            "aggregation": current_app.config["AGGREGATION"],
             "influence": influence, "gate": current_app.extensions["fedurl.gate"],
             "privacy": privacy, "training": training(),
             "accepted": accepted, "rejected": dict(sorted(by_code.items())), "quarantined": quarantined,

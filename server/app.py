@@ -22,6 +22,7 @@ from server.cohorts import CohortRules
 from server.identity import enrollment_from
 from server.ratelimit import OutstandingTickets, RateLimiter, RefusalCounts
 from server.rounds import Coordinator, RoundRules
+from server.secure import SecureAggregation, SecureRules
 from server.strategies import make_aggregator
 from server.versions import VersionStore
 
@@ -100,6 +101,13 @@ def _start_coordinator(app: Flask) -> Coordinator:
         return make_optimizer(cfg["SERVER_OPTIMIZER"], lr=cfg["SERVER_LR"], momentum=cfg["SERVER_MOMENTUM"],
                               beta1=cfg["ADAM_BETA1"], beta2=cfg["ADAM_BETA2"], tau=cfg["ADAM_TAU"])
 
+    secure = None
+    if cfg["AGGREGATION"] == "secure":  # per-update defences cannot see a masked input: none apply
+        bounded = None
+        secure = SecureAggregation(SecureRules(
+            clip=cfg["SECURE_CLIP"], bits=cfg["SECURE_BITS"], min_cohort=cfg["SECURE_MIN_COHORT"],
+            phase_s=cfg["SECURE_PHASE_S"], noise_multiplier=cfg["DP_NOISE_MULTIPLIER"]))
+
     def new_aggregator():
         """A fresh aggregation strategy as configured, inside the DP wrapper (noise, or the ledger only)."""
         return dp.DifferentiallyPrivate(make_aggregator(cfg["AGGREGATOR"], bounded,
@@ -107,7 +115,8 @@ def _start_coordinator(app: Flask) -> Coordinator:
 
     new_optimizer()  # fail at start-up, not at the first round's end, on a misspelt optimizer
     store = VersionStore(Path(cfg["DATA_DIR"]))
-    coordinator = Coordinator(db.get_engine(app), store, rules, new_optimizer, new_aggregator)
+    coordinator = Coordinator(db.get_engine(app), store, rules, new_optimizer, new_aggregator,
+                              secure=secure)
     app.extensions["fedurl.gate"] = "off"
     coordinator.start(cfg["BUNDLE_DIR"], lambda manifest: _gate(app, store, manifest))
     app.extensions["fedurl.coordinator"] = coordinator

@@ -110,6 +110,16 @@ SETTINGS: dict[str, Setting] = {
                                             "eligible clients checked in (cohort selection, DP on); unset: "
                                             "N = the cohort size, no amplification by sampling (safe, "
                                             "larger epsilon)", True),
+    # [T1] secure aggregation of a drawn cohort (server/secure.py, docs/PROTOCOL.md "Secure rounds")
+    "AGGREGATION": Setting("secure", str, "secure: members send masked inputs and the server learns only "
+                                          "the cohort's sum (needs SELECTION=cohort, MIN_CLIENTS >= 3); "
+                                          "plain: each member uploads its update (per-update defences "
+                                          "apply)"),
+    "SECURE_CLIP": Setting(1.0, float, "secure: each client clips its whole delta to this L2 norm"),
+    "SECURE_BITS": Setting(16, int, "secure: bits of each masked word (16: half the float32 upload)"),
+    "SECURE_MIN_COHORT": Setting(3, int, "secure: the fewest inputs ever aggregated (at least 3); a round "
+                                         "needs max(this, ceil(2n/3)) of its n members at every phase"),
+    "SECURE_PHASE_S": Setting(60.0, float, "secure: seconds each phase waits for members that have not sent"),
     "PUBLISH_GATE": Setting("validation", str, "validation: score each candidate on the bundle's public "
                                                "validation set and refuse one worse than its parent by "
                                                "more than GATE_TOLERANCE; off: publish every safe result"),
@@ -207,6 +217,9 @@ def check(config) -> None:
     if not (0 <= config["POW_DIFFICULTY"] <= 32):
         raise ValueError("POW_DIFFICULTY is a number of bits from 0 to 32")
     check_dp(config)
+    if config["AGGREGATION"] not in ("plain", "secure"):
+        raise ValueError(f"AGGREGATION must be one of plain, secure, got {config['AGGREGATION']!r}")
+    check_secure(config)
     if config["WEIGHT_CAP_FACTOR"] < 1 or not 0 < config["CLIP_QUANTILE"] < 1:
         raise ValueError("WEIGHT_CAP_FACTOR must be at least 1 and CLIP_QUANTILE within (0, 1)")
 
@@ -231,6 +244,21 @@ def check_dp(config) -> None:
         raise ValueError(f"DP noise is sized for the mean of clipped deltas (AGGREGATOR=fedavg); "
                          f"{config['AGGREGATOR']} can move by more when one client changes, so its "
                          "epsilon would be wrong. Use fedavg, or DP_NOISE_MULTIPLIER=0 (no DP)")
+
+
+def check_secure(config) -> None:
+    """Refuse secure settings under which a round could aggregate fewer than 3 inputs, or never run."""
+    if config["SECURE_MIN_COHORT"] < 3:
+        raise ValueError("SECURE_MIN_COHORT must be at least 3: the sum of one or two updates is no secret")
+    if not 2 <= config["SECURE_BITS"] <= 32 or config["SECURE_CLIP"] <= 0 or config["SECURE_PHASE_S"] <= 0:
+        raise ValueError("SECURE_BITS must be in 2..32, SECURE_CLIP and SECURE_PHASE_S positive")
+    if config["AGGREGATION"] != "secure":
+        return
+    if config["SELECTION"] != "cohort":
+        raise ValueError("AGGREGATION=secure needs SELECTION=cohort: the server must choose the cohort")
+    if config["MIN_CLIENTS"] < config["SECURE_MIN_COHORT"]:
+        raise ValueError(f"AGGREGATION=secure: MIN_CLIENTS ({config['MIN_CLIENTS']}) is below "
+                         f"SECURE_MIN_COHORT ({config['SECURE_MIN_COHORT']})")
 
 
 def identity_proofs(config) -> list[str]:

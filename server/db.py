@@ -30,6 +30,7 @@ from server.schema import (
     quarantine,
     rejections,
     rounds,
+    secure_messages,
     tickets,
     updates,
     versions,
@@ -208,13 +209,40 @@ def end_round(conn: Connection, round_id: int, status: str, now: float, reason: 
         status=status, closed_at=now, close_reason=reason, result_version=result_version, detail=detail))
 
 
-def start_reporting(conn: Connection, round_id: int, members: list[str], now: float, deadline: float) -> None:
-    """End a round's selection: mark its chosen check-ins as members, start the reporting deadline."""
+def start_reporting(conn: Connection, round_id: int, members: list[str], now: float, deadline: float,
+                    phase: str = "reporting") -> None:
+    """End a round's selection: mark its chosen check-ins as members, start the next phase
+    (reporting, or a secure round's first) and its deadline.
+    """
     if members:
         conn.execute(checkins.update().where(checkins.c.round_id == round_id,
                                              checkins.c.client_id.in_(members)).values(selected=True))
     conn.execute(rounds.update().where(rounds.c.id == round_id).values(
-        phase="reporting", selected_at=now, deadline=deadline))
+        phase=phase, selected_at=now, deadline=deadline))
+
+
+def set_phase(conn: Connection, round_id: int, phase: str, deadline: float) -> None:
+    """Move an open round to its next phase with that phase's deadline (a secure round's phases)."""
+    conn.execute(rounds.update().where(rounds.c.id == round_id).values(phase=phase, deadline=deadline))
+
+
+def add_secure_message(conn: Connection, round_id: int, phase: str, sender: int, body: bytes,
+                       now: float) -> None:
+    """Store one accepted message of a secure round (sender: cohort index, -1 the server)."""
+    conn.execute(secure_messages.insert().values(round_id=round_id, phase=phase, sender=sender, body=body,
+                                                 at=now))
+
+
+def drop_secure_messages_before(conn: Connection, round_id: int) -> int:
+    """Delete the stored messages of ended secure rounds (those before round_id); how many went."""
+    return conn.execute(secure_messages.delete().where(secure_messages.c.round_id < round_id)).rowcount
+
+
+def secure_messages_of(conn: Connection, round_id: int) -> list[tuple[str, int, bytes]]:
+    """(phase, sender, body) of every stored message of a secure round, in arrival order."""
+    m = secure_messages.c
+    query = sa.select(m.phase, m.sender, m.body).where(m.round_id == round_id).order_by(m.at, m.sender)
+    return [(phase, sender, bytes(body)) for phase, sender, body in conn.execute(query)]
 
 
 # -- identities, check-ins, cohorts ---------------------------------------------------------------

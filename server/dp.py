@@ -49,6 +49,7 @@ class DpSettings:
     budget: float  # epsilon at delta that no round may take the ledger above
     cohort_size: int  # m: members drawn per round (an upper bound of the reports aggregated)
     population: int  # N >= m: a lower bound of the eligible check-ins the cohort is drawn from
+    where: str = "central"  # who adds the noise: the server (plain mode) or the clients (secure mode)
 
     @property
     def on(self) -> bool:
@@ -57,11 +58,17 @@ class DpSettings:
 
 
 def settings_from(config, cohort_target: int | None) -> DpSettings:
-    """DP settings from the server's; cohort_target None is open selection (no sampling: N = m)."""
+    """DP settings from the server's; cohort_target None is open selection (no sampling: N = m).
+
+    In secure mode the clients clip to SECURE_CLIP and add their shares of the noise before masking
+    (``privacy.secagg.make_config``), so that is the C the summary names.
+    """
     m = cohort_target if cohort_target is not None else config["MIN_CLIENTS"]
     floor = config["DP_MIN_POPULATION"] if cohort_target is not None else None
-    return DpSettings(config["DP_NOISE_MULTIPLIER"], config["DP_CLIP"], config["DP_DELTA"],
-                      config["DP_EPSILON_BUDGET"], m, max(m, floor or m))
+    secure = config["AGGREGATION"] == "secure"
+    return DpSettings(config["DP_NOISE_MULTIPLIER"], config["SECURE_CLIP"] if secure else config["DP_CLIP"],
+                      config["DP_DELTA"], config["DP_EPSILON_BUDGET"], m, max(m, floor or m),
+                      "distributed" if secure else "central")
 
 
 class Ledger:
@@ -114,7 +121,7 @@ def summary(ledger: Ledger, settings: DpSettings) -> dict:
     says why; an infinite budget (account, never stop) is null too.
     """
     eps = ledger.epsilon(settings.delta)
-    doc = {"mode": "central" if settings.on else "off", "epsilon": eps if math.isfinite(eps) else None,
+    doc = {"mode": settings.where if settings.on else "off", "epsilon": eps if math.isfinite(eps) else None,
            "delta": settings.delta, "noise_multiplier": settings.noise_multiplier, "clip": settings.clip,
            "cohort_size": settings.cohort_size, "population": settings.population,
            "budget": settings.budget if math.isfinite(settings.budget) else None,
@@ -197,10 +204,14 @@ class DifferentiallyPrivate(Aggregator):
         else:
             mean = self.inner.finalize(ScaledDeltas(deltas, self.scales))
             result = None if mean is None else self._noised(mean, len(self.scales))
-        if result is not None:  # again after a failed close: the same one round, never two
-            self.closed = self.base.plus(self.settings)
-            self.summary = summary(self.closed, self.settings)
+        if result is not None:
+            self.aggregated_elsewhere()
         return result
+
+    def aggregated_elsewhere(self) -> None:
+        """The round enters the ledger (again after a failed close: the same one round, never two)."""
+        self.closed = self.base.plus(self.settings)
+        self.summary = summary(self.closed, self.settings)
 
     def _noised(self, mean: Arrays, n: int) -> Arrays:
         """(n * mean + noise) / n: Gaussian noise of std 2zC on the sum, per coordinate."""

@@ -26,6 +26,8 @@ STATUS: dict[type[refusals.Refused], int] = {
     refusals.VersionDamaged: 409, refusals.UnsafeWeights: 409,
     refusals.NotSelected: 403, refusals.NotEnrolled: 403, refusals.RoundClosed: 409,
     refusals.PrivacyBudgetSpent: 403,
+    refusals.SecureOnly: 409, refusals.NotSecure: 409, refusals.WrongSender: 403, refusals.WrongPhase: 409,
+    refusals.BadSecureMessage: 400,
 }
 
 

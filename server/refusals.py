@@ -121,3 +121,33 @@ class NotEnrolled(Refused):
     """A check-in or ticket from a client id that has not enrolled with the required proofs."""
 
     code = "not_enrolled"
+
+
+class SecureOnly(Refused):
+    """A plain update sent to a server that aggregates securely ([T1]): it would be stored in clear."""
+
+    code = "secure_only"
+
+
+class NotSecure(Refused):
+    """A secure-round request to a server (or a round) that does not aggregate securely."""
+
+    code = "not_secure"
+
+
+class WrongSender(Refused):
+    """A secure message whose header names another cohort index than the ticket's member."""
+
+    code = "wrong_sender"
+
+
+class WrongPhase(Refused):
+    """A secure message or download that the round's current phase does not take or give (yet)."""
+
+    code = "wrong_phase"
+
+
+class BadSecureMessage(Refused):
+    """Secure-aggregation bytes that the protocol refuses (malformed, twice, not a neighbour...)."""
+
+    code = "bad_secure_message"

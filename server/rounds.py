@@ -25,6 +25,10 @@ tickets of this round count) until the goal count or the deadline; too few repor
 the round is *abandoned* and a new one selects afresh on the same version. Before publishing, the
 ``gate`` scores the candidate; a refused candidate ends the round as *refused* and the parent
 stays current. With open selection (``RoundRules.cohort`` None) rounds start in ``reporting``.
+
+Secure rounds ([T1], ``AGGREGATION=secure``): the drawn cohort runs ``server.secure``'s phases
+(advertise, share_keys, masked_input, unmask) instead of reporting, and the close takes the
+unmasked mean; the hooks into it are marked ``[T1]`` here, the logic is in server/secure.py.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from server.refusals import (
     NotEarlier,
     NotSelected,
     RoundClosed,
+    SecureOnly,
     StaleVersion,
     TicketExpired,
     TicketInvalid,
@@ -62,6 +67,7 @@ from server.refusals import (
     VersionDamaged,
     VersionMismatch,
 )
+from server.secure import SecureAggregation
 from server.spool import Spool
 from server.strategies import Aggregator
 from server.versions import WEIGHTS, VersionStore, iso
@@ -112,9 +118,11 @@ class Coordinator:
 
     def __init__(self, engine: db.Engine, store: VersionStore, rules: RoundRules,
                  new_optimizer: Callable[[], ServerOptimizer], new_aggregator: Callable[[], Aggregator],
-                 clock: Callable[[], float] = time.time, gate: Gate | None = None):
+                 clock: Callable[[], float] = time.time, gate: Gate | None = None,
+                 secure: SecureAggregation | None = None):
         """:param new_optimizer: zero-argument factory of a fresh server optimizer (strategy alike).
         :param gate: scores a candidate before it is published (None: publish every safe result).
+        :param secure: [T1] secure aggregation (server/secure.py): cohorts send masked inputs, not updates.
         """
         self.engine, self.store, self.rules = engine, store, rules
         self.new_optimizer, self.clock, self.gate = new_optimizer, clock, gate
@@ -124,6 +132,7 @@ class Coordinator:
         self.lock = threading.RLock()
         self.parents: dict[int, int | None] = {}
         self.accepted: list[db.StoredUpdate] = []  # the open round's updates, as stored
+        self.secure = secure
 
     # -- start-up and the current version ---------------------------------------------------------
 
@@ -169,6 +178,9 @@ class Coordinator:
         self.round, self.accepted = recovery.replay(self.engine, self.spool, self.aggregator,
                                                     self.manifest["parameters"], self.rules.max_update_norm,
                                                     self.clock())
+        if self.secure is not None:  # [T1] rebuild a secure round from its stored messages
+            with db.transaction(self.engine) as conn:
+                self.secure.resume(conn, self.round)
         logs.event("round_open", version=self.version, round=self.round.id, updates=self.aggregator.count)
         self._maybe_close(self.clock())
 
@@ -227,9 +239,12 @@ class Coordinator:
                 return
             members = cohorts.sample(db.round_checkins(conn, self.round.id), rules.target, rules.per_network,
                                      self.rng)
-            deadline = now + self.rules.deadline_s
-            db.start_reporting(conn, self.round.id, members, now, deadline)
-        self.round = replace(self.round, phase=PHASE_REPORTING, selected_at=now, deadline=deadline)
+            phase, deadline = PHASE_REPORTING, now + self.rules.deadline_s
+            if self.secure is not None:  # [T1] the cohort runs the secure phases instead of reporting
+                size = sum(math.prod(p["shape"]) for p in self.manifest["parameters"])
+                phase, deadline = self.secure.start(conn, self.round.id, members, size, now)
+            db.start_reporting(conn, self.round.id, members, now, deadline, phase)
+        self.round = replace(self.round, phase=phase, selected_at=now, deadline=deadline)
         logs.event("cohort_selected", round=self.round.id, members=len(members),
                    checkins=sum(networks.values()), networks=len(networks))
 
@@ -243,7 +258,7 @@ class Coordinator:
             now = self.clock()
             expires = now + self.rules.ticket_ttl_s
             with db.transaction(self.engine) as conn:
-                if self.rules.cohort is not None and not (self.round.phase == PHASE_REPORTING and
+                if self.rules.cohort is not None and not (self.round.phase != PHASE_SELECTING and
                                                           db.is_member(conn, self.round.id, client_id)):
                     raise NotSelected(f"client {client_id} is not in the cohort of round {self.round.id}; "
                                       "check in (POST /api/checkins) and wait to be selected")
@@ -258,6 +273,9 @@ class Coordinator:
         :raise Refused: UnknownBaseVersion, StaleVersion, Ticket*, VersionMismatch, DuplicateClient.
         """
         with self.lock:
+            if self.secure is not None:  # [T1] an update in clear is exactly what secure mode never stores
+                raise SecureOnly("this server aggregates securely: a cohort member sends a masked input "
+                                 "(docs/PROTOCOL.md, Secure rounds), never its update")
             self.aggregator.admit()
             now, round_id = self.clock(), self.round.id
             staleness = self._staleness(meta.base_version)
@@ -339,6 +357,9 @@ class Coordinator:
         count = self.aggregator.count
         if self.round.phase == PHASE_SELECTING:
             return
+        if self.secure is not None:  # [T1] a secure round closes its phases itself (server/secure.py)
+            self.secure.advance(self, now)
+            return
         if count >= self.rules.min_clients:
             reason = "min_clients"
         elif now >= self.round.deadline and count >= self.rules.floor:
@@ -364,10 +385,26 @@ class Coordinator:
                 raise EmptyRound(f"round {self.round.id} has no updates to aggregate")
             return self._close("admin", self.clock())
 
+    def close_secure(self, now: float) -> None:
+        """[T1] Close a secure round whose sum was unmasked (a failure is logged; the next tick retries)."""
+        try:
+            self._close("secure", now)
+        except Exception:
+            logs.event("close_failed", level=logging.ERROR, exc_info=True, round=self.round.id)
+
+    def abandon_round(self, reason: str, detail: str, now: float) -> None:
+        """[T1] End the open round without a version (a secure cohort fell below its minimum)."""
+        self._restart_round("abandoned", reason, detail, now, self.round.carried)
+
     def _close(self, reason: str, now: float) -> dict:
         """Aggregate the round into the next version and open the next round."""
-        deltas = self.spool.deltas(self.round.id, [update.key for update in self.accepted])
-        mean_delta = self.aggregator.finalize(deltas)
+        mean_delta: dict | None
+        if self.secure is not None:  # [T1] the unmasked mean of the secure cohort
+            mean_delta = self.secure.mean_delta(self.manifest["parameters"])
+            self.aggregator.aggregated_elsewhere()  # the privacy ledger counts it all the same
+        else:
+            deltas = self.spool.deltas(self.round.id, [update.key for update in self.accepted])
+            mean_delta = self.aggregator.finalize(deltas)
         assert mean_delta is not None, "closing a round without updates"
         optimizer = self._optimizer_with(self.optimizer.state)
         weights = optimizer.step(self.weights, mean_delta)
@@ -384,7 +421,8 @@ class Coordinator:
         with db.transaction(self.engine) as conn:
             stats = db.round_stats(conn, [self.round.id]).get(self.round.id, {})
         extra = {"round": self.round.id, "reason": reason, "optimizer": optimizer.name,
-                 "aggregator": self.aggregator.name, **stats, **self.aggregator.report()}
+                 "aggregator": self.aggregator.name, **stats, **self.aggregator.report(),
+                 **(self.secure.report() if self.secure is not None else {})}
         return self._publish(self.manifest, weights, optimizer.state, extra, "aggregate", reason, now,
                              carried)
 

@@ -83,6 +83,14 @@ checkins = sa.Table(  # who asked to take part in a round while its cohort was b
     sa.Column("at", sa.Float, nullable=False),
     sa.Column("selected", sa.Boolean, nullable=False, default=False))
 
+secure_messages = sa.Table(  # [T1] every accepted message of a secure round, to rebuild it on restart
+    "secure_messages", metadata,
+    sa.Column("round_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("phase", sa.String(16), primary_key=True),  # config | advertise | shares | masked | unmask
+    sa.Column("sender", sa.Integer, primary_key=True, autoincrement=False),  # cohort index; -1: the server
+    sa.Column("body", sa.LargeBinary, nullable=False),  # privacy.messages bytes; a masked input is masked
+    sa.Column("at", sa.Float, nullable=False))
+
 rejections = sa.Table(
     "rejections", metadata,
     sa.Column("round_id", sa.Integer, primary_key=True, autoincrement=False),

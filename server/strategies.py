@@ -82,6 +82,11 @@ class Aggregator(ABC):
         budget, ``server.dp``); every round may by default.
         """
 
+    def aggregated_elsewhere(self) -> None:  # noqa: B027  # optional hook, like admit
+        """Count a round whose mean was computed outside accumulate/finalize (a secure cohort's
+        unmasked sum, ``server.secure``), for a strategy that keeps books across rounds.
+        """
+
     def report(self) -> dict:
         """JSON-safe figures of the last finalized round for the manifest and /api/status."""
         return {}

@@ -25,6 +25,14 @@ simulation draws each round's users itself, uniformly with the seed, as the serv
 draw would), and its defaults for bounded influence and the publish gate (``--influence``,
 ``--gate``).
 
+5. Secure aggregation (``--secure``, [T1]): the sampled users check in, the server draws all of
+   them as the cohort (``--cohort-size`` = ``--clients-per-round``), and each runs the secure
+   round's phases in lockstep with ``client.protocol.SecureParticipant`` (clip ``--clip``,
+   ``--bits`` a word); the server only ever sees masked inputs. ``upload_bytes`` then counts
+   the bytes each member sent in all four phases.
+
+``--data-dir`` keeps the server's state (database, versions) there for inspection.
+
 Writes to --out: metrics.csv (one row per round, 0 = the initial model), personalization.csv,
 summary.json, accuracy/loss/clients/upload PNGs, and the split (train.txt, test.txt).
 """
@@ -42,7 +50,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from client.protocol import FederatedClient, encode_update
+from client.protocol import FederatedClient, SecureParticipant, encode_update, flatten
 from formats.bundle import load_bundle
 from formats.urls import REPO, load_urls
 from runtime.complete import Completer
@@ -78,9 +86,17 @@ def server_settings(bundle: Path, data_dir: str, args: argparse.Namespace, split
             "MIN_CLIENTS_FLOOR": 1, "ROUND_DEADLINE_S": 1e6, "TICK_INTERVAL_S": 0, "LOG_LEVEL": "ERROR",
             "SERVER_OPTIMIZER": args.server_optimizer, "SERVER_LR": args.server_lr,
             "TICKETS_PER_CLIENT_PER_MIN": 1e9, "REQUESTS_PER_ADDR_PER_MIN": 1e9,
-            "SELECTION": "open", "IDENTITY": "", "INFLUENCE": args.influence, "PUBLISH_GATE": args.gate,
+            "SELECTION": "open", "AGGREGATION": "plain", "IDENTITY": "", "INFLUENCE": args.influence,
+            "PUBLISH_GATE": args.gate,
             "MAX_NUM_EXAMPLES": max(10_000, largest),
-            "MAX_UPDATE_NORM": max(50.0, 1.01 * args.client_lr * manifest["config"]["clip_norm"] * steps)}
+            "MAX_UPDATE_NORM": max(50.0, 1.01 * args.client_lr * manifest["config"]["clip_norm"] * steps),
+            **(secure_settings(args) if args.secure else {})}
+
+
+def secure_settings(args: argparse.Namespace) -> dict:
+    """Secure mode: the users the simulation sampled check in, and the server draws them all."""
+    return {"AGGREGATION": "secure", "SELECTION": "cohort", "SELECTION_WINDOW_S": 0, "OVER_SELECTION": 0.0,
+            "MAX_MEMBERS_PER_NETWORK": args.clients, "SECURE_CLIP": args.clip, "SECURE_BITS": args.bits}
 
 
 @dataclass
@@ -133,6 +149,30 @@ def client_round(fed: FederatedClient, trainer: LocalTrainer, history: list[str]
     answer = fed.post_update(body)
     stats.add(result, args.local_epochs, len(body))
     return answer
+
+
+def secure_cohort_round(feds: list[FederatedClient], trainer: LocalTrainer, histories: list[list[str]],
+                        version: int, args: argparse.Namespace, seeds: list[int], stats: RoundStats) -> None:
+    """One secure round ([T1]): the users check in (the last check-in draws them all), each trains as
+    in ``client_round``, then all run the four phases in lockstep; the last unmask closes the round.
+    """
+    for fed in feds:
+        fed.check_in()
+    members = []
+    for fed, history, seed in zip(feds, histories, seeds, strict=True):
+        model = fed.fetch_model()
+        ticket = fed.ticket()
+        assert model["version"] == ticket["version"] == version, f"expected version {version}, got {ticket}"
+        start = fed.global_weights()
+        result = trainer.train(start, history, epochs=args.local_epochs, lr=args.client_lr, seed=seed)
+        delta = {name: result.weights[name] - start[name] for name in start}
+        flat = flatten(delta, model["manifest"]["parameters"])
+        members.append((SecureParticipant(fed, ticket, flat), result))
+    for phase in SecureParticipant.PHASES:
+        for member, _ in members:
+            member.step(phase)
+    for member, result in members:
+        stats.add(result, args.local_epochs, sum(member.sent.values()))
 
 
 class Centralized:
@@ -191,12 +231,15 @@ def federate(url: str, trainer: LocalTrainer, split: Split, args: argparse.Names
     for round_index in progress:
         stats = RoundStats()
         chosen = sorted(int(k) for k in rng.choice(len(users), size=args.clients_per_round, replace=False))
-        for k in chosen:
-            answer = client_round(users[k], trainer, split.clients[k].history, version, args,
-                                  local_seed(args.seed, round_index, k), stats, limits if k in evil else None)
-        published = answer["version"] > version  # else the publish gate refused the round
-        version = answer["version"]
-        observer.fetch_model()
+        if args.secure:
+            histories = [split.clients[k].history for k in chosen]
+            secure_cohort_round([users[k] for k in chosen], trainer, histories, version, args,
+                                [local_seed(args.seed, round_index, k) for k in chosen], stats)
+        for k in ([] if args.secure else chosen):
+            client_round(users[k], trainer, split.clients[k].history, version, args,
+                         local_seed(args.seed, round_index, k), stats, limits if k in evil else None)
+        latest = observer.fetch_model()["version"]
+        published, version = latest > version, latest  # not published: the gate refused the round
         weights = observer.global_weights()
         central_metrics = ({"examples": central.advance(stats.steps),
                             **held_out_metrics(bundle, central.weights, eval_urls)} if central else None)
@@ -280,7 +323,8 @@ def run(args: argparse.Namespace) -> dict:
     except ValueError as exc:
         raise SystemExit(f"fedurl-simulate: {exc}") from None
     with tempfile.TemporaryDirectory(prefix="fedurl-sim-") as work:
-        settings = server_settings(args.bundle, str(Path(work) / "server"), args, split)
+        data_dir = str(args.data_dir) if args.data_dir else str(Path(work) / "server")
+        settings = server_settings(args.bundle, data_dir, args, split)
         with serving(create_app(settings), "fedurl-simulate-server") as url:
             bundle = load_bundle(FederatedClient(url).save_bundle(Path(work) / "bundle"))
             trainer = LocalTrainer(bundle, threads=args.threads)
@@ -304,7 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--bundle", type=Path, default=DEFAULT_BUNDLE, help="initial model (default: bundles/default)")
     add("--clients", type=int, default=100, help="simulated users N (default: %(default)s)")
     add("--rounds", type=int, default=20, help="federated rounds R (default: %(default)s)")
-    add("--clients-per-round", type=int, default=10, help="users sampled per round K (default: %(default)s)")
+    add("--clients-per-round", "--cohort-size", type=int, default=10,
+        help="users sampled per round K, the cohort with --secure (default: %(default)s)")
     add("--alpha", type=float, default=0.1,
         help="Dirichlet concentration over hosts; small = skewed (default: %(default)s)")
     add("--local-epochs", type=int, default=1, help="local SGD epochs per round E (default: %(default)s)")
@@ -339,6 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="the server's INFLUENCE: clipping and capped weights, or trust (default: %(default)s)")
     add("--gate", choices=("validation", "off"), default="validation",
         help="the server's PUBLISH_GATE (default: %(default)s)")
+    add("--secure", action="store_true",
+        help="secure aggregation: cohorts send masked inputs (the server's AGGREGATION=secure)")
+    add("--clip", type=float, default=1.0,
+        help="--secure: L2 clip of each delta, SECURE_CLIP (default: %(default)s)")
+    add("--bits", type=int, default=16,
+        help="--secure: bits of a masked word, SECURE_BITS (default: %(default)s)")
+    add("--data-dir", type=Path, default=None,
+        help="keep the server's state (database, versions) here instead of a temporary directory")
     return parser
 
 
@@ -356,6 +409,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--attackers is a share from 0 to below 1")
     if args.clients_per_round > args.clients:
         parser.error("--clients-per-round cannot exceed --clients")
+    secure_ok = args.clients_per_round >= 3 and args.clip > 0 and 2 <= args.bits <= 32 and not args.attackers
+    if args.secure and not secure_ok:
+        parser.error("--secure needs --clients-per-round >= 3, --clip > 0, 2 <= --bits <= 32, no --attackers")
     fractions = 0 < args.test_fraction < 1 and 0 <= args.later_fraction < 1
     if not (args.alpha > 0 and args.client_lr > 0 and fractions):
         parser.error("need --alpha > 0, --client-lr > 0, 0 < --test-fraction < 1, 0 <= --later-fraction < 1")

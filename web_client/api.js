@@ -95,3 +95,35 @@ export async function checkIn(clientId) {
   });
   return response.json();
 }
+
+/** Headers of a secure-round request: the member's round ticket authenticates it. */
+function bearer(ticket, extra = {}) {
+  return { Authorization: `Bearer ${ticket.ticket}`, ...extra };
+}
+
+/**
+ * Where this member's secure round stands (PROTOCOL.md, Secure rounds).
+ * @returns {Promise<{round: number, phase: string, index: number, cohort_size: number, deadline: string}>}
+ */
+export async function secureState(ticket) {
+  return (await send("/api/secure", { headers: bearer(ticket) })).json();
+}
+
+/**
+ * One server message of the secure round: "config", "roster", "shares" (this member's) or "unmask".
+ * @returns {Promise<Uint8Array>}
+ */
+export async function secureFetch(ticket, what) {
+  return new Uint8Array(await (await send(`/api/secure/${what}`, { headers: bearer(ticket) })).arrayBuffer());
+}
+
+/**
+ * Send this member's message of the current phase ("advertise", "shares", "masked", "unmask").
+ * @returns {Promise<{accepted: boolean, round: number, phase: string}>}
+ */
+export async function secureSend(ticket, kind, bytes) {
+  const response = await send(`/api/secure/${kind}`, {
+    method: "POST", headers: bearer(ticket, { "Content-Type": "application/octet-stream" }), body: bytes,
+  });
+  return response.json();
+}

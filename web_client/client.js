@@ -2,13 +2,18 @@
  * The page's controller, without DOM: keeps the model current, asks the completion worker for
  * suggestions, records visits locally, trains in the second worker and uploads the update.
  * Training waits for the server to draw this browser into a round's cohort: the client id is
- * enrolled once (a proof-of-work puzzle, pow.js), then checked in until selected.
+ * enrolled once (a proof-of-work puzzle, pow.js), then checked in until selected. When the
+ * server aggregates securely (its check-in answer names a secure phase), the training worker runs
+ * this browser's side of the round (secagg.js) and only a masked update leaves the page.
  *
  * main.js listens for three events: "change" (detail: the state snapshot below), "suggestions"
  * ({typed, suggestions: [{text, source: "history"|"model"}]}) and "history" (the visit list changed).
  */
 
-import { ServerError, checkIn, enroll, fetchModel, fetchPuzzle, requestTicket, uploadUpdate } from "./api.js";
+import {
+  ServerError, checkIn, enroll, fetchModel, fetchPuzzle, requestTicket, secureFetch, secureSend, secureState,
+  uploadUpdate,
+} from "./api.js";
 import { HISTORY_SUGGESTIONS, RETRY_FIRST_MS, RETRY_MAX_MS, SUGGESTIONS_K, UPLOAD_DTYPE } from "./constants.js";
 import { History, visitableUrl } from "./history.js";
 import { HistoryIndex, mergeSuggestions } from "./history_index.js";
@@ -24,6 +29,21 @@ import { encodeUpdate } from "./update.js";
 function retriesHelp(error) {
   return error.code === "offline" || error.status === 429 || error.status >= 500
     || ["ticket_expired", "ticket_invalid", "not_selected", "round_closed"].includes(error.code);
+}
+
+/** A secure round's phases, in order (PROTOCOL.md, Secure rounds). */
+const SECURE_PHASES = ["advertise", "share_keys", "masked_input", "unmask"];
+const SECURE_POLL_MS = 500;
+
+/** The delta's tensors (manifest order) as one vector: what a secure round masks. */
+function flattenDelta(tensors) {
+  const flat = new Float32Array(tensors.reduce((sum, t) => sum + t.data.length, 0));
+  let offset = 0;
+  for (const t of tensors) {
+    flat.set(t.data, offset);
+    offset += t.data.length;
+  }
+  return flat;
 }
 
 function startWorker() {
@@ -58,7 +78,7 @@ export class Client extends EventTarget {
     this.completing = false;
     this.state = { version: null, round: null, localUrls: 0, newUrls: 0, lossBefore: null, lossAfter: null,
       contributions: 0, answer: null, connection: null, progress: null, training: false, trainReady: false,
-      pending: false, downloadedBytes: 0, stopped: null };
+      pending: false, downloadedBytes: 0, stopped: null, aggregation: null };
     this.uploading = false;
     this.retry = { auto: false, attempts: 0, timer: 0 }; // automatic upload retries with backoff
   }
@@ -107,8 +127,9 @@ export class Client extends EventTarget {
         await pruneCache(fetched.model);
       }
       this.etag = fetched.etag;
-      const { training } = fetched.model;
-      this.update({ round: fetched.model.round, stopped: training?.open === false ? training.message : null });
+      const { training, aggregation } = fetched.model;
+      this.update({ round: fetched.model.round, stopped: training?.open === false ? training.message : null,
+        aggregation: aggregation ?? null });
     } catch (error) {
       this.update({ connection: { ok: false, text: error.message } });
       // Offline start: the last model's files are in Cache Storage.
@@ -235,6 +256,7 @@ export class Client extends EventTarget {
     await this.ensureEnrolled();
     for (;;) {
       const answer = await checkIn(this.clientId);
+      this.secure = SECURE_PHASES.includes(answer.phase);
       if (answer.state === "open" || answer.state === "selected") return true;
       this.update({ answer: { ok: true, text: answer.state === "waiting"
         ? `Checked in for round ${answer.round}: the server draws its participants at random; waiting…`
@@ -277,22 +299,17 @@ export class Client extends EventTarget {
     } finally {
       this.selecting = false;
     }
+    if (this.secure) {
+      await this.trainSecurely(ticket);
+      return;
+    }
     this.update({ training: true, progress: null });
     try {
-      const visits = await this.history.listVisits();
-      const urls = visits.slice(0, this.config.max_train_urls).map((v) => normalizeUrl(v.url))
-        .filter((url) => url !== null);
-      if (!urls.length) throw new Error("the local history holds no usable URL yet");
-      const result = await this.training.request("train",
-        { model: this.model, urls, epochs: this.config.epochs, lr: this.config.lr },
-        { onProgress: ({ stage, done, total, loss }) => this.update({ progress: { stage, done, total, loss } }) });
-      await this.history.markTrained(visits.map((v) => v.id));
+      const { visits, result } = await this.trainLocally();
       await this.history.putPending({ ticket, baseVersion: result.baseVersion, numExamples: result.numExamples,
         lossBefore: result.lossBefore, lossAfter: result.lossAfter, delta: result.delta });
-      await this.history.setMeta("lossBefore", result.lossBefore);
-      await this.history.setMeta("lossAfter", result.lossAfter);
-      this.update({ lossBefore: result.lossBefore, lossAfter: result.lossAfter, pending: true });
-      await this.refreshHistory();
+      this.update({ pending: true });
+      await this.recordTraining(visits, result);
     } catch (error) {
       this.update({ answer: { ok: false, text: `Local training failed: ${error.message}` } });
       return;
@@ -300,6 +317,81 @@ export class Client extends EventTarget {
       this.update({ training: false });
     }
     await this.upload();
+  }
+
+  /** Local SGD on the most recent history in the training worker: the visits used and the result. */
+  async trainLocally() {
+    const visits = await this.history.listVisits();
+    const urls = visits.slice(0, this.config.max_train_urls).map((v) => normalizeUrl(v.url))
+      .filter((url) => url !== null);
+    if (!urls.length) throw new Error("the local history holds no usable URL yet");
+    const result = await this.training.request("train",
+      { model: this.model, urls, epochs: this.config.epochs, lr: this.config.lr },
+      { onProgress: ({ stage, done, total, loss }) => this.update({ progress: { stage, done, total, loss } }) });
+    return { visits, result };
+  }
+
+  /** Mark the visits trained on and keep the losses that training reported. */
+  async recordTraining(visits, result) {
+    await this.history.markTrained(visits.map((v) => v.id));
+    await this.history.setMeta("lossBefore", result.lossBefore);
+    await this.history.setMeta("lossAfter", result.lossAfter);
+    this.update({ lossBefore: result.lossBefore, lossAfter: result.lossAfter });
+    await this.refreshHistory();
+  }
+
+  /**
+   * A secure round (PROTOCOL.md, Secure rounds): advertise keys at once, train meanwhile, then
+   * share keys, send the masked update and help unmask the cohort's sum as each phase opens.
+   * Nothing is kept for a retry: a missed phase leaves this browser out of the round's sum.
+   */
+  async trainSecurely(ticket) {
+    if (!ticket) {
+      this.update({ answer: { ok: false, text: "Could not join the secure round: no ticket for the current model." } });
+      return;
+    }
+    const say = (text) => this.update({ answer: { ok: true, text: `Secure round ${ticket.round}: ${text}` } });
+    this.update({ training: true, progress: null });
+    try {
+      const { index } = await secureState(ticket);
+      await this.secureStep(ticket, "advertise", "advertise", { bytes: await secureFetch(ticket, "config"), index });
+      say("keys advertised; training on your visits…");
+      const training = this.trainLocally();
+      training.catch(() => {}); // awaited below; a failure there must not go unhandled meanwhile
+      await this.awaitPhase(ticket, "share_keys");
+      await this.secureStep(ticket, "shares", "shareKeys", { bytes: await secureFetch(ticket, "roster") });
+      const { visits, result } = await training;
+      await this.awaitPhase(ticket, "masked_input");
+      await this.secureStep(ticket, "masked", "maskedInput",
+        { bytes: await secureFetch(ticket, "shares"), delta: flattenDelta(result.delta) });
+      say("masked update sent; waiting for the cohort to unmask its sum…");
+      await this.awaitPhase(ticket, "unmask");
+      await this.secureStep(ticket, "unmask", "unmask", { bytes: await secureFetch(ticket, "unmask") });
+      await this.recordTraining(visits, result);
+      await this.delivered(`Masked update accepted (secure aggregation): the server learns only the sum of `
+        + `round ${ticket.round}'s cohort, never your update.`);
+    } catch (error) {
+      this.update({ answer: { ok: false, text: `Secure round ${ticket.round} failed: ${error.message}` } });
+    } finally {
+      this.update({ training: false });
+    }
+  }
+
+  /** Run one secure step in the training worker and send its message as kind. */
+  async secureStep(ticket, kind, op, fields) {
+    const { bytes } = await this.training.request("secure", { op, ...fields });
+    return secureSend(ticket, kind, bytes);
+  }
+
+  /** Poll until the secure round reaches phase; throw if it ended or moved past it. */
+  async awaitPhase(ticket, phase) {
+    for (;;) {
+      const state = await secureState(ticket);
+      const at = SECURE_PHASES.indexOf(state.phase);
+      if (at === SECURE_PHASES.indexOf(phase)) return;
+      if (at > SECURE_PHASES.indexOf(phase)) throw new Error(`the round moved past ${phase} without this browser`);
+      await new Promise((resolve) => setTimeout(resolve, SECURE_POLL_MS));
+    }
   }
 
   /** Send the kept update (PROTOCOL.md step 4); on failure say why and keep it if a retry can help. */

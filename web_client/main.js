@@ -204,6 +204,12 @@ function trainHint(state) {
   return "“Train now” learns from your visits at once and sends only the weight change.";
 }
 
+/** What each server aggregation mode means for this page's updates. */
+const AGGREGATION_WORDS = {
+  secure: "secure: updates are masked in this browser; the server learns only a cohort's sum",
+  plain: "plain: the server receives each update (clipped and averaged with the others)",
+};
+
 function renderState(state) {
   input.disabled = state.version === null;
   if (state.version !== null && $("visit-note").textContent === "Loading the model…") $("visit-note").textContent = "";
@@ -217,6 +223,7 @@ function renderState(state) {
   $("downloaded").textContent = megabytes(state.downloadedBytes);
   $("server-status").textContent = state.connection?.text ?? "–";
   $("server-status").classList.toggle("error", state.connection?.ok === false);
+  $("aggregation-mode").textContent = AGGREGATION_WORDS[state.aggregation] ?? "–";
   const { progress } = state;
   /** @type {HTMLProgressElement} */ ($("train-progress")).value = progress ? progress.done / progress.total : 0;
   $("train-status").textContent = progress ? progressInWords(progress, state.training) : "Idle.";

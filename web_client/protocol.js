@@ -13,6 +13,11 @@
  * @typedef {{type: "trainStep", id: number, model: ModelInfo, tokens: Int32Array, targets: Int32Array,
  *            mask: Float32Array, lr: number}} TrainStepRequest
  *   One raw train_step.onnx run from `model`'s weights (parity checks, benchmarks). Reply: stepped.
+ * @typedef {{type: "secure", id: number, op: "advertise"|"shareKeys"|"maskedInput"|"unmask", bytes: Uint8Array,
+ *            index?: number, delta?: Float32Array}} SecureRequest
+ *   One step of this page's side of a secure round (secagg.js): `advertise` takes the CONFIG and
+ *   the member's index and starts the round; the others take the server's message of the phase
+ *   (ROSTER, SHARES_FOR, UNMASK_REQUEST), `maskedInput` also the flattened delta. Reply: secured.
  *
  * Worker -> page
  * @typedef {{type: "ready", id: number, version: number, downloadedBytes: number}} ReadyReply
@@ -25,16 +30,21 @@
  *            lossAfter: number, numExamples: number, steps: number, tokens: number, seconds: number}} TrainedReply
  *   Training finished; delta = trained - global weights, in manifest parameter order.
  * @typedef {{type: "stepped", id: number, loss: number, weights: Tensor[], seconds: number}} SteppedReply
+ * @typedef {{type: "secured", id: number, bytes: Uint8Array}} SecuredReply
+ *   The message to send for the step (ADVERTISE, SHARES, MASKED_INPUT, UNMASK).
  * @typedef {{type: "error", id: number, message: string}} ErrorReply
  *
  * @typedef {{version: number, round: number, manifest: object, files: Object<string, string>,
- *            training?: {open: boolean, code?: string, message?: string}}} ModelInfo
- *   GET /api/model's body: the bundle manifest and a URL per file.
+ *            training?: {open: boolean, code?: string, message?: string},
+ *            aggregation?: "plain"|"secure"}} ModelInfo
+ *   GET /api/model's body: the bundle manifest, a URL per file, whether training is open, and how
+ *   the server aggregates.
  * @typedef {{name: string, shape: number[], data: Float32Array}} Tensor
  */
 
 /** The reply type that settles each request type. */
-export const FINAL_REPLY = Object.freeze({ load: "ready", complete: "suggestions", train: "trained", trainStep: "stepped" });
+export const FINAL_REPLY = Object.freeze({ load: "ready", complete: "suggestions", train: "trained", trainStep: "stepped",
+  secure: "secured" });
 
 /** Page side: send requests to a worker and get promises of their final replies. */
 export class WorkerClient {

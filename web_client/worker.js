@@ -10,6 +10,7 @@ import { ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
 import { fetchRuntime, fetchVerified } from "./model_store.js";
 import { reply } from "./protocol.js";
 import { decode } from "./safetensors.js";
+import { SecAggClient } from "./secagg.js";
 import { Tokenizer } from "./tokenizer.js";
 import { encodeRows, trainLocal, weightDelta } from "./trainer.js";
 
@@ -194,7 +195,30 @@ async function trainStep(request) {
   reply(request, "stepped", { loss, weights: list, seconds }, buffers);
 }
 
-const HANDLERS = { load, complete, train, trainStep };
+let secureClient = null; // this page's side of its open secure round (secagg.js); keys never leave the worker
+
+async function secure(request) {
+  const { op, bytes } = request;
+  let message;
+  if (op === "advertise") {
+    secureClient = await SecAggClient.create(bytes, request.index);
+    message = secureClient.advertise();
+  } else if (!secureClient) {
+    throw new Error("no secure round has begun in this worker");
+  } else if (op === "shareKeys") {
+    message = await secureClient.shareKeys(bytes);
+  } else if (op === "maskedInput") {
+    message = await secureClient.maskedInput(bytes, request.delta);
+  } else if (op === "unmask") {
+    message = secureClient.unmask(bytes);
+    secureClient = null;
+  } else {
+    throw new Error(`unknown secure step ${op}`);
+  }
+  reply(request, "secured", { bytes: message });
+}
+
+const HANDLERS = { load, complete, train, trainStep, secure };
 
 self.addEventListener("message", async ({ data: request }) => {
   try {

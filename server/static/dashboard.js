@@ -163,7 +163,11 @@ function render(status) {
   const refused = Object.values(status.rejected).reduce((a, b) => a + b, 0);
   document.getElementById("version").textContent = status.version;
   document.getElementById("round").textContent = status.round.id;
-  document.getElementById("progress").textContent = `${status.round.updates} / ${status.round.min_clients}`;
+  const secure = status.round.secure; // a secure round reports its phase's counts, never an update
+  document.getElementById("progress").textContent = secure
+    ? `${status.round.phase}: ${secure.advertised} keys, ${secure.masked} masked of ${secure.cohort}`
+    : `${status.round.updates} / ${status.round.min_clients}`;
+  document.getElementById("aggregation").textContent = status.aggregation;
   document.getElementById("accepted").textContent = status.accepted;
   document.getElementById("refused").textContent = refused;
   drawLoss(document.getElementById("loss-chart"), status.rounds);

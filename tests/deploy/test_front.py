@@ -142,7 +142,7 @@ def deployment(tmp_path_factory):
     env = {**{f"FEDURL_{k}_TIMEOUT_S": str(TIMEOUT_S) for k in ("HEADER", "BODY", "IDLE")},
            "FEDURL_FRONT_CONNECTIONS_PER_ADDR": str(PER_ADDR), "FEDURL_MAX_TICKETS_PER_ADDR": "2",
            # open selection, no enrollment: the ticket test counts tickets per address through nginx
-           "FEDURL_SELECTION": "open", "FEDURL_IDENTITY": ""}
+           "FEDURL_SELECTION": "open", "FEDURL_IDENTITY": "", "FEDURL_AGGREGATION": "plain"}
     running = Deployment(write_tiny_bundle(root / "bundle"), root / "data", env)
     yield running
     running.stop()

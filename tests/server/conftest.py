@@ -61,14 +61,15 @@ def config(tiny_bundle, tmp_path, database, request):
     """Settings of a test server: fresh data dir (and a fresh PostgreSQL database when the test runs
     on it), small rounds, no deadline thread.
 
-    Open selection, no identity proofs, influence unbounded, no DP noise: these tests exercise rounds, updates
-    and storage with clients that take tickets directly and check exact FedAvg means. The
-    defaults run in tests/server/test_cohorts.py, test_influence.py, test_integration.py.
+    Open selection, plain aggregation, no identity proofs, influence unbounded, no DP noise: these tests
+    exercise rounds, updates and storage with clients that take tickets directly and check exact FedAvg
+    means. The defaults run in tests/server/test_cohorts.py, test_influence.py, test_integration.py.
     """
     settings = {"BUNDLE_DIR": str(tiny_bundle), "DATA_DIR": str(tmp_path / "data"), "MIN_CLIENTS": 3,
                 "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "ADMIN_TOKEN": ADMIN_TOKEN,
                 "LOG_LEVEL": "WARNING", "MAX_UPDATE_NORM": 10.0, "MAX_NUM_EXAMPLES": 1000,
-                "SELECTION": "open", "IDENTITY": "", "INFLUENCE": "none", "DP_NOISE_MULTIPLIER": 0.0}
+                "SELECTION": "open", "IDENTITY": "", "INFLUENCE": "none", "AGGREGATION": "plain",
+                "DP_NOISE_MULTIPLIER": 0.0}
     if database == "postgresql":
         settings["DATABASE_URL"] = request.getfixturevalue("postgresql_url")
         request.getfixturevalue("dispose_engines")

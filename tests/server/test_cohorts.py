@@ -50,9 +50,10 @@ class Clock:
 @pytest.fixture
 def defaults(tiny_bundle, tmp_path) -> dict:
     """The server's defaults (cohorts of 10 + 30 %, one member per network, proof of work of 18
-    bits, bounded influence), with only the data dir, logs and the ticker set for a test."""
+    bits, bounded influence), with only the data dir, logs and the ticker set for a test, and plain
+    aggregation: these members report plain updates (tests/server/test_secure_rounds.py: secure)."""
     return {"BUNDLE_DIR": str(tiny_bundle), "DATA_DIR": str(tmp_path / "data"), "TICK_INTERVAL_S": 0,
-            "LOG_LEVEL": "WARNING", "ADMIN_TOKEN": ADMIN_TOKEN}
+            "LOG_LEVEL": "WARNING", "ADMIN_TOKEN": ADMIN_TOKEN, "AGGREGATION": "plain"}
 
 
 def started(settings: dict):

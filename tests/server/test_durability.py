@@ -40,7 +40,8 @@ class ServerProcess:
                "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "100000", "FEDURL_MAX_UPDATE_NORM": "1000",
                "FEDURL_POW_DIFFICULTY": "8", "FEDURL_SELECTION_WINDOW_S": "0",
                "FEDURL_MAX_MEMBERS_PER_NETWORK": "1000", "FEDURL_OVER_SELECTION": "0",
-               "FEDURL_INFLUENCE": "none", "FEDURL_DP_NOISE_MULTIPLIER": "0"}
+               "FEDURL_INFLUENCE": "none", "FEDURL_AGGREGATION": "plain",
+               "FEDURL_DP_NOISE_MULTIPLIER": "0"}
         command = [sys.executable, "-m", "server.cli", "--bundle", str(bundle), "--data-dir", str(data_dir),
                    "--port", "0", "--threads", "16", *(["--db", db_url] if db_url else [])]
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)

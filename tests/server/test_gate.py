@@ -18,7 +18,8 @@ def gated(bundle_dir, tmp_path) -> dict:
     """A real bundle (it carries validation.txt), two-client rounds, clients taking tickets."""
     return {"BUNDLE_DIR": str(bundle_dir), "DATA_DIR": str(tmp_path / "data"), "MIN_CLIENTS": 2,
             "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "LOG_LEVEL": "ERROR", "ADMIN_TOKEN": ADMIN_TOKEN,
-            "SELECTION": "open", "IDENTITY": "", "MAX_UPDATE_NORM": 1000.0, "DP_NOISE_MULTIPLIER": 0.0}
+            "SELECTION": "open", "IDENTITY": "", "MAX_UPDATE_NORM": 1000.0, "AGGREGATION": "plain",
+            "DP_NOISE_MULTIPLIER": 0.0}
 
 
 def upload_round(app, deltas: list[dict]) -> list[dict]:

@@ -26,7 +26,7 @@ def test_five_clients_train_locally_and_the_new_version_is_better(bundle_dir, ka
                       "LOG_LEVEL": "WARNING", "POW_DIFFICULTY": 8, "SELECTION_WINDOW_S": 0,
                       "OVER_SELECTION": 0.0, "MAX_MEMBERS_PER_NETWORK": 100,
                       # DP noise at a cohort of 5 swamps the update (docs/PRIVACY.md); test_dp.py runs it
-                      "DP_NOISE_MULTIPLIER": 0.0})
+                      "DP_NOISE_MULTIPLIER": 0.0, "AGGREGATION": "plain"})
     order = np.random.default_rng(0).permutation(len(kasztp_urls))[:CLIENTS * URLS_PER_CLIENT]
     slices = [[kasztp_urls[i] for i in order[k::CLIENTS]] for k in range(CLIENTS)]
     with serving(app) as url:

@@ -11,7 +11,9 @@ import csv
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
+from server import schema
 from study.simulate import parse_args, run
 from tests.conftest import REPO, SHARED_URLS
 
@@ -67,11 +69,38 @@ def test_one_client_one_round_equals_centralized(bundle_dir, corpus, tmp_path):
         np.testing.assert_allclose(weights["federated"][name], central, rtol=0, atol=1e-5, err_msg=name)
 
 
+def test_secure_federation_completes_its_rounds_and_keeps_the_server_state(bundle_dir, corpus, tmp_path):
+    """--secure: 3 rounds of a cohort of 4 run the secure phases; every round publishes a version, the
+    server's database (kept with --data-dir) records three secure closes and no update, and each
+    member's masked upload is half its float32 model."""
+    data_dir = tmp_path / "server"
+    summary = simulate(bundle_dir, corpus, tmp_path / "out", "--clients", "8", "--rounds", "3", "--secure",
+                       "--cohort-size", "4", "--limit", "400", "--local-epochs", "2", "--client-lr", "0.3",
+                       "--gate", "off", "--data-dir", str(data_dir), "--personal-clients", "0")
+    with open(tmp_path / "out" / "metrics.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["clients"]) for r in rows] == [0, 4, 4, 4]
+    model_bytes = summary["training"]["model_float32_bytes"]
+    assert all(4 * model_bytes / 2 < int(r["upload_bytes"]) < 4 * model_bytes * 0.55 for r in rows[1:])
+    assert float(rows[-1]["fed_loss"]) < float(rows[0]["fed_loss"])
+    engine = sa.create_engine(f"sqlite:///{data_dir / 'fedurl.sqlite3'}")
+    with engine.connect() as conn:
+        def count(table, *where) -> int:
+            return conn.execute(sa.select(sa.func.count()).select_from(table).where(*where)).scalar_one()
+
+        versions, plain = count(schema.versions), count(schema.updates)
+        secure = count(schema.rounds, schema.rounds.c.close_reason == "secure")
+        kept = count(schema.secure_messages)  # an ended round's messages are deleted
+    engine.dispose()
+    assert (versions, secure, plain, kept) == (4, 3, 0, 0)
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--clients-per-round", "9"], "cannot exceed"),
     (["--alpha", "0"], "--alpha > 0"),
     (["--rounds", "0"], "--rounds must be"),
     (["--unknown-flag", "1"], "unrecognized arguments"),
+    (["--secure", "--cohort-size", "2"], "--secure needs"),
 ])
 def test_bad_options_are_errors(bundle_dir, corpus, tmp_path, capsys, flags, message):
     """Impossible or unknown options stop with a usage error before any work."""

@@ -67,15 +67,16 @@ def server_config(bundle_dir: Path, tmp_path: Path) -> dict:
     Every browser runs on 127.0.0.1, so the [T2] limits are raised: a cheap puzzle (8 bits; each
     page still enrolls), any number of members per network, no selection window, fast polls, and
     the demo's gate tolerance (one page training alone on one URL raised the loss 5.6 %).
-    Selection is open (a page takes its ticket as soon as it checks in), so one page can train
-    alone; test_cohort.py runs the server-chosen cohort with three pages. No DP noise: a round of
-    one to three pages cannot be private (docs/PRIVACY.md); test_main.py turns it on for the budget.
+    Selection is open (a page takes its ticket as soon as it checks in) and aggregation plain, so one
+    page can train alone; test_cohort.py runs the server-chosen cohort with three pages, and
+    test_secure_cohort.py a secure one with three pages and two Python clients. No DP noise: a
+    round of one to three pages cannot be private (docs/PRIVACY.md); test_main.py turns it on for the budget.
     """
     return {"BUNDLE_DIR": str(bundle_dir), "DATA_DIR": str(tmp_path / "server"), "ADMIN_TOKEN": ADMIN_TOKEN,
             "MIN_CLIENTS": 3, "MIN_CLIENTS_FLOOR": 2, "TICK_INTERVAL_S": 0, "LOG_LEVEL": "WARNING",
             "TICKETS_PER_CLIENT_PER_MIN": 600.0, "REQUESTS_PER_ADDR_PER_MIN": 100_000.0,
             "SELECTION": "open", "POW_DIFFICULTY": 8, "MAX_MEMBERS_PER_NETWORK": 1000,
-            "SELECTION_WINDOW_S": 0.0, "CHECKIN_POLL_S": 0.2, "GATE_TOLERANCE": 0.5,
+            "SELECTION_WINDOW_S": 0.0, "CHECKIN_POLL_S": 0.2, "GATE_TOLERANCE": 0.5, "AGGREGATION": "plain",
             "DP_NOISE_MULTIPLIER": 0.0}
 
 

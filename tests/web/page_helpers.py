@@ -54,3 +54,15 @@ def axe_violations(page, axe_path) -> list[dict]:
     page.add_script_tag(path=axe_path)
     return page.evaluate("""async () => (await axe.run()).violations.map(
         (v) => ({ id: v.id, impact: v.impact, nodes: v.nodes.map((n) => n.target.join(" ")) }))""")
+
+
+def pages_ready_to_train(browser, base_url: str, histories: list[list[str]]) -> tuple[list, list]:
+    """(contexts, pages): one fresh browser context per history, its URLs visited, "Train now" enabled.
+    Close the contexts when done."""
+    contexts = [browser.new_context(base_url=base_url) for _ in histories]
+    pages = [open_page(context.new_page()) for context in contexts]
+    for page, history in zip(pages, histories, strict=True):
+        for url in history:
+            visit(page, url)
+        expect(page.get_by_role("button", name="Train now")).to_be_enabled()
+    return contexts, pages

@@ -4,7 +4,7 @@ by pow.js), checks in, waits to be drawn, and only then trains and uploads."""
 from __future__ import annotations
 
 import pytest
-from page_helpers import open_page, visit
+from page_helpers import pages_ready_to_train
 from playwright.sync_api import expect
 
 from server import db
@@ -22,12 +22,7 @@ def server_config(server_config):
 def test_three_pages_are_drawn_into_one_cohort_and_close_the_round(browser, base_url, live_app):
     """No page gets a ticket before the third checks in; then all three train and the round closes."""
     # Prepare
-    contexts = [browser.new_context(base_url=base_url) for _ in HISTORIES]
-    pages = [open_page(context.new_page()) for context in contexts]
-    for page, history in zip(pages, HISTORIES, strict=True):
-        for url in history:
-            visit(page, url)
-        expect(page.get_by_role("button", name="Train now")).to_be_enabled()
+    contexts, pages = pages_ready_to_train(browser, base_url, HISTORIES)
     # Execute: the first two wait, drawn by nobody, until the third checks in
     pages[0].get_by_role("button", name="Train now").click()
     pages[1].get_by_role("button", name="Train now").click()

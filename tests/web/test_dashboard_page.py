@@ -34,6 +34,7 @@ def test_empty_federation_says_so(page):
     """A fresh server: the refusals table says there are none, axes count in whole numbers,
     each chart has a legend with colour keys, and there is a main landmark and a way back."""
     open_dashboard(page)
+    expect(page.locator("#aggregation")).to_have_text("plain")  # the web tests' server runs plain mode
     expect(page.locator("#refusals tbody")).to_have_text("No refused requests.")
     for chart in ("clients-chart", "versions-chart"):
         labels = page.locator(f"#{chart} text").all_text_contents()
