@@ -5,7 +5,7 @@
  */
 
 import * as ort from "/ort/ort.wasm.min.mjs";
-import { Completer, stateDims } from "./completer.js";
+import { Completer, minProbability, stateDims } from "./completer.js";
 import { ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
 import { fetchRuntime, fetchVerified } from "./model_store.js";
 import { reply } from "./protocol.js";
@@ -115,7 +115,7 @@ function completer(model) {
       return { logProbs: out[io.log_probs_output].data, state: out[io.state.output].data };
     };
     const result = new Completer({ tokenizer: tok, step, config: model.manifest.config, state: io.state,
-      blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id] });
+      blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id], threshold: minProbability(model.manifest) });
     await result.complete("", 1); // warm-up: first runs allocate and JIT
     return result;
   });
