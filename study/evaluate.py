@@ -248,8 +248,8 @@ def main(argv=None) -> None:
     for path in (args.urls, args.train, *(path for path, _ in args.exclude)):
         if path is not None and not path.is_file():
             parser.error(f"{path} not found")
-    if not all(0 <= tau <= 1 for tau in args.tau) or not 0 <= args.max_ksr_loss < 1:
-        parser.error("every --tau must be in [0, 1] and --max-ksr-loss in [0, 1)")
+    if not all(0 <= tau <= 1 for tau in args.tau) or not 0 <= args.max_ksr_loss <= 1:
+        parser.error("every --tau and --max-ksr-loss must be in [0, 1]")
     if args.write and not args.calibrate:
         parser.error("--write needs --calibrate")
     urls = read_corpus(args.urls)
