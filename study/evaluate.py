@@ -44,8 +44,8 @@ from runtime.session import open_session, open_tokenizer
 from runtime.trainer import encode_rows
 from study.split import host_of
 
-TAUS = (0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1)
-MAX_KSR_LOSS = 0.02
+TAUS = (0.0, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1)
+MAX_KSR_LOSS = 0.05
 
 
 def keystrokes(target: str, suggest: Callable[[str], list[str]], k: int = 3) -> int:
@@ -176,7 +176,7 @@ def format_sweep(rows: list[dict], chosen: float, urls: int) -> str:
         mark = "  <- calibrated" if row["tau"] == chosen else ""
         lines.append(f"{row['tau']:6g} {row['ksr@3']:7.3f} {row['shown_per_key']:10.3f} "
                      f"{row['prefix_share']:13.3f}{mark}")
-    lines.append(f"({urls} held-out URLs)")
+    lines.append(f"({urls} URLs)")
     return "\n".join(lines)
 
 

@@ -101,7 +101,7 @@ def test_calibrate_writes_tau_into_the_bundle(bundle_dir, tmp_path, capsys):
           "--tau", "0.5", "1", "--max-ksr-loss", "1"])
     # Assert
     table = capsys.readouterr().out
-    assert "(3 held-out URLs)" in table and "<- calibrated" in table
+    assert "(3 URLs)" in table and "<- calibrated" in table
     assert Completer(bundle).threshold == 1.0 == min_probability(load_bundle(bundle).manifest)
     assert Completer(bundle).complete("goo") == [], "tau 1 shows nothing"
 
