@@ -24,7 +24,8 @@
  * @typedef {{type: "trained", id: number, baseVersion: number, delta: Tensor[], lossBefore: number,
  *            lossAfter: number, numExamples: number, steps: number, tokens: number, seconds: number}} TrainedReply
  *   Training finished; delta = trained - global weights, in manifest parameter order.
- * @typedef {{type: "stepped", id: number, loss: number, weights: Tensor[], seconds: number}} SteppedReply
+ * @typedef {{type: "stepped", id: number, loss: number, weights: Tensor[], seconds: number, threads: number,
+ *            isolated: boolean}} SteppedReply
  * @typedef {{type: "error", id: number, message: string}} ErrorReply
  *
  * @typedef {{version: number, round: number, manifest: object, files: Object<string, string>}} ModelInfo

@@ -14,7 +14,10 @@ import { Tokenizer } from "./tokenizer.js";
 import { encodeRows, trainLocal, weightDelta } from "./trainer.js";
 
 ort.env.wasm.wasmPaths = ORT_WASM_PATH;
-ort.env.wasm.numThreads = ORT_WASM_THREADS;
+// ?threads=N on this worker's URL overrides ORT_WASM_THREADS (bench/bench_browser.py compares 1 and 2).
+const requestedThreads = Number(new URL(self.location.href).searchParams.get("threads"));
+ort.env.wasm.numThreads = Number.isInteger(requestedThreads) && requestedThreads >= 1 && requestedThreads <= 16
+  ? requestedThreads : ORT_WASM_THREADS;
 
 const memo = new Map(); // key -> promise, so concurrent callers share one load
 
@@ -191,7 +194,9 @@ async function trainStep(request) {
   const { loss, weights: updated } = await step(global, request, request.lr);
   const seconds = (performance.now() - started) / 1000;
   const [list, buffers] = tensorList(request.model, updated);
-  reply(request, "stepped", { loss, weights: list, seconds }, buffers);
+  // numThreads as onnxruntime left it: it falls back to 1 where SharedArrayBuffer is missing
+  reply(request, "stepped", { loss, weights: list, seconds, threads: ort.env.wasm.numThreads,
+    isolated: self.crossOriginIsolated }, buffers);
 }
 
 const HANDLERS = { load, complete, train, trainStep };
