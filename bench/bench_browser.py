@@ -33,10 +33,13 @@ sys.path.insert(0, str(REPO / "tests" / "web"))
 from page_helpers import CHROMIUM_ARGS, open_page  # noqa: E402  (shared with the browser tests)
 
 STEP_RUNS = 10
+# Steps not timed: the first builds kernels, and V8 runs wasm on its baseline compiler (Liftoff)
+# until the optimising tier (TurboFan) has compiled the hot functions in the background.
+WARMUP_RUNS = 10
 PARTS = ("transfer", "latency", "train")
 THREADS = (1, 2)  # onnxruntime threads compared, in the page's worker and in Python
 # One worker per thread count (worker.js ?threads=N), stepped in turn so both see the same load.
-TRAIN_STEPS = """async ([fields, runs, threads]) => {
+TRAIN_STEPS = """async ([fields, runs, threads, warmup]) => {
   const { WorkerClient } = await import("/static/protocol.js");
   const workers = threads.map((n) =>
     new WorkerClient(new Worker(`/static/worker.js?threads=${n}`, { type: "module" })));
@@ -44,10 +47,10 @@ TRAIN_STEPS = """async ([fields, runs, threads]) => {
   const batch = { tokens: Int32Array.from(fields.tokens), targets: Int32Array.from(fields.targets),
                   mask: Float32Array.from(fields.mask), lr: fields.lr };
   const out = threads.map(() => ({ seconds: [], threads: 0, isolated: false }));
-  for (let i = 0; i <= runs; i++) {
+  for (let i = 0; i < warmup + runs; i++) {
     for (const [w, worker] of workers.entries()) {
       const reply = await worker.request("trainStep", { ...batch, model });
-      if (i > 0) out[w].seconds.push(reply.seconds);  // the first run compiles kernels
+      if (i >= warmup) out[w].seconds.push(reply.seconds);
       Object.assign(out[w], { threads: reply.threads, isolated: reply.isolated });
     }
   }
@@ -181,7 +184,7 @@ def training_rows(page, bundle_dir: str) -> list[tuple[str, str]]:
     weights, batch = bundle.load_weights(), fixed_batch(trainers[1])
     fields = {"tokens": batch[0].ravel().tolist(), "targets": batch[1].ravel().tolist(),
               "mask": batch[2].ravel().tolist(), "lr": LR}
-    browser = page.evaluate(TRAIN_STEPS, [fields, STEP_RUNS, list(THREADS)])
+    browser = page.evaluate(TRAIN_STEPS, [fields, STEP_RUNS, list(THREADS), WARMUP_RUNS])
     python_ms = {n: time_runs(lambda n=n: trainers[n].step(weights, *batch, LR), STEP_RUNS, 1)
                  for n in THREADS}
     counted, positions = int(batch[2].sum()), batch[2].size
