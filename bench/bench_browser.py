@@ -8,7 +8,8 @@ batch of bench/bench_training.py (same URLs, weights, lr) through the page's wor
 onnxruntime in Python. Transfer counts every request of the page and its workers (headers and
 bodies) on a first visit, on a reload, and over one federated round (train, upload, new version).
 
-    .venv/bin/python bench/bench_browser.py --bundle bundles/default [--keystrokes 500]
+    .venv/bin/python bench/bench_browser.py --bundle bundles/default [--keystrokes 500] \
+        [--parts transfer latency train]
 """
 
 from __future__ import annotations
@@ -32,18 +33,29 @@ sys.path.insert(0, str(REPO / "tests" / "web"))
 from page_helpers import CHROMIUM_ARGS, open_page  # noqa: E402  (shared with the browser tests)
 
 STEP_RUNS = 10
-TRAIN_STEPS = """async ([fields, runs]) => {
+# Steps not timed: the first builds kernels, and V8 runs wasm on its baseline compiler (Liftoff)
+# until the optimising tier (TurboFan) has compiled the hot functions in the background.
+WARMUP_RUNS = 10
+PARTS = ("transfer", "latency", "train")
+THREADS = (1, 2)  # onnxruntime threads compared, in the page's worker and in Python
+# One worker per thread count (worker.js ?threads=N), stepped in turn so both see the same load.
+TRAIN_STEPS = """async ([fields, runs, threads, warmup]) => {
   const { WorkerClient } = await import("/static/protocol.js");
-  const worker = new WorkerClient(new Worker("/static/worker.js", { type: "module" }));
+  const workers = threads.map((n) =>
+    new WorkerClient(new Worker(`/static/worker.js?threads=${n}`, { type: "module" })));
   const model = await (await fetch("/api/model")).json();
   const batch = { tokens: Int32Array.from(fields.tokens), targets: Int32Array.from(fields.targets),
                   mask: Float32Array.from(fields.mask), lr: fields.lr };
-  const seconds = [];
-  for (let i = 0; i <= runs; i++) {
-    seconds.push((await worker.request("trainStep", { ...batch, model })).seconds);
+  const out = threads.map(() => ({ seconds: [], threads: 0, isolated: false }));
+  for (let i = 0; i < warmup + runs; i++) {
+    for (const [w, worker] of workers.entries()) {
+      const reply = await worker.request("trainStep", { ...batch, model });
+      if (i >= warmup) out[w].seconds.push(reply.seconds);
+      Object.assign(out[w], { threads: reply.threads, isolated: reply.isolated });
+    }
   }
-  worker.worker.terminate();
-  return seconds.slice(1);  // the first run compiles kernels
+  workers.forEach((worker) => worker.worker.terminate());
+  return out;
 }"""
 
 
@@ -54,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="keys typed per latency run (default: %(default)s)")
     parser.add_argument("--key-delay-ms", type=float, default=80,
                         help="pause between keys (default: %(default)s)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="what to measure (default: all of %(choices)s)")
     return parser.parse_args(argv)
 
 
@@ -85,10 +99,11 @@ def type_keystrokes(page, urls: list[str], keystrokes: int, delay_ms: float) -> 
     typed = 0
     for url in urls:
         page.fill("#url", "")
-        page.keyboard.type(url[:keystrokes - typed], delay=delay_ms)
-        typed += min(len(url), keystrokes - typed)
-        page.wait_for_function("t => document.getElementById('suggestions').dataset.for === t",
-                               arg=page.input_value("#url"))
+        text = url[:keystrokes - typed]
+        page.keyboard.type(text, delay=delay_ms)
+        typed += len(text)
+        # the typed text, not the input's value: inline completion may have appended a selected tail
+        page.wait_for_function("t => document.getElementById('suggestions').dataset.for === t", arg=text)
         if typed >= keystrokes:
             return typed
     return typed
@@ -162,14 +177,16 @@ def transfer_rows(browser, base_url: str, urls: list[str]) -> list[tuple[str, st
 
 
 def training_rows(page, bundle_dir: str) -> list[tuple[str, str]]:
-    """One train_step on the same batch in the page's worker and in onnxruntime Python."""
+    """One train_step on the same batch in the page's worker and in onnxruntime Python, per thread
+    count; the worker reports the threads onnxruntime-web really runs (1 without isolation)."""
     bundle = load_bundle(bundle_dir)
-    trainer = LocalTrainer(bundle, threads=1)
-    weights, batch = bundle.load_weights(), fixed_batch(trainer)
+    trainers = {n: LocalTrainer(bundle, threads=n) for n in THREADS}
+    weights, batch = bundle.load_weights(), fixed_batch(trainers[1])
     fields = {"tokens": batch[0].ravel().tolist(), "targets": batch[1].ravel().tolist(),
               "mask": batch[2].ravel().tolist(), "lr": LR}
-    browser_ms = [s * 1000 for s in page.evaluate(TRAIN_STEPS, [fields, STEP_RUNS])]
-    python_ms = time_runs(lambda: trainer.step(weights, *batch, LR), STEP_RUNS, 1)
+    browser = page.evaluate(TRAIN_STEPS, [fields, STEP_RUNS, list(THREADS), WARMUP_RUNS])
+    python_ms = {n: time_runs(lambda n=n: trainers[n].step(weights, *batch, LR), STEP_RUNS, 1)
+                 for n in THREADS}
     counted, positions = int(batch[2].sum()), batch[2].size
 
     def rate(ms: list[float]) -> str:
@@ -177,9 +194,15 @@ def training_rows(page, bundle_dir: str) -> list[tuple[str, str]]:
         return (f"{step:.0f} ms/step = {counted / step * 1000:,.0f} tokens/s "
                 f"({positions / step * 1000:,.0f} positions/s)")
 
-    return [("train batch", f"{batch[0].shape[0]} x {batch[0].shape[1]}, {counted} counted tokens"),
-            ("train step, browser (onnxruntime-web wasm, 1 thread)", rate(browser_ms)),
-            ("train step, Python (onnxruntime, 1 thread)", rate(python_ms))]
+    rows = [("train batch", f"{batch[0].shape[0]} x {batch[0].shape[1]}, {counted} counted tokens")]
+    for n, result in zip(THREADS, browser, strict=True):
+        browser_ms = [s * 1000 for s in result["seconds"]]
+        ratio = median(browser_ms) / median(python_ms[n])
+        rows += [(f"train step, browser (onnxruntime-web wasm, {n} thread{'s' * (n > 1)} asked)",
+                  f"{rate(browser_ms)}; runs {result['threads']}, crossOriginIsolated {result['isolated']}"),
+                 (f"train step, Python (onnxruntime, {n} thread{'s' * (n > 1)})",
+                  f"{rate(python_ms[n])}; browser / Python {ratio:.2f}x")]
+    return rows
 
 
 def latency_rows(page, urls, args) -> list[tuple[str, str]]:
@@ -203,10 +226,11 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
     urls = typing_urls(200)
     with serve(args.bundle) as base_url, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
-        rows = transfer_rows(browser, base_url, urls)
+        rows = transfer_rows(browser, base_url, urls) if "transfer" in args.parts else []
         context = browser.new_context(base_url=base_url)
         page = open_page(context.new_page(), "/?train_after_urls=0&poll_ms=60000&epochs=150")
-        rows += latency_rows(page, urls, args) + training_rows(page, args.bundle)
+        rows += latency_rows(page, urls, args) if "latency" in args.parts else []
+        rows += training_rows(page, args.bundle) if "train" in args.parts else []
         browser.close()
     return rows
 

@@ -20,6 +20,8 @@ from formats import tensors as tensor_codec
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BUNDLE_FILES = ("tokenizer.model", "tokenizer.json", "weights.safetensors", "infer.onnx", "train_step.onnx")
+# completion.min_probability of a bundle without one: show every suggestion (the behaviour before it)
+DEFAULT_MIN_PROBABILITY = 0.0
 
 
 class BundleError(ValueError):
@@ -141,6 +143,18 @@ def upgrade_manifest(manifest: dict) -> dict:
                           "shape": [config["n_layer"], BATCH, config["n_hidden"]], "batch_axis": 1,
                           "dtype": "float32", "init": "zeros"}
     return manifest
+
+
+def min_probability(manifest: dict) -> float:
+    """The completers' threshold tau, ``completion.min_probability`` (docs/FORMAT.md), checked.
+
+    :raise BundleError: unless it is a number in [0, 1] (a server's manifest can be wrong too).
+    """
+    section = manifest.get("completion", {})
+    tau = section.get("min_probability", DEFAULT_MIN_PROBABILITY) if isinstance(section, dict) else None
+    if isinstance(tau, bool) or not isinstance(tau, int | float) or not 0 <= tau <= 1:
+        raise BundleError(f"manifest completion.min_probability must be a number in [0, 1], got {tau!r}")
+    return float(tau)
 
 
 def check_parameters(manifest: dict, tensors: dict[str, np.ndarray]) -> None:

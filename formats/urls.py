@@ -23,6 +23,7 @@ Suggestions are shown in this canonical form; ``split_typed`` maps what a user t
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import unicodedata
@@ -121,3 +122,24 @@ def load_urls(path: Path, limit: int | None) -> list[str]:
         urls = list(dict.fromkeys(u for u in (normalize_url(e["rootDomain"]) for e in entries) if u))
         return urls[:limit]
     return read_corpus(path, limit)
+
+
+def corpus_spec(text: str) -> tuple[Path, int | None]:
+    """--corpus FILE or FILE:N (the first N usable URLs of FILE)."""
+    path, colon, count = text.rpartition(":")
+    if colon and count.isdigit() and path:
+        if int(count) <= 0:
+            raise argparse.ArgumentTypeError(f"{text}: N must be positive")
+        return Path(path), int(count)
+    return Path(text), None
+
+
+def read_corpora(specs: list[tuple[Path, int | None]]) -> list[str]:
+    """The canonical URLs of every corpus in order, each cut to its N, duplicates dropped.
+
+    :raise FileNotFoundError: for a missing corpus file.
+    """
+    urls: dict[str, None] = {}
+    for path, count in specs:
+        urls.update(dict.fromkeys(load_urls(path, count)))
+    return list(urls)

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from formats import durable
 from formats import tensors as tensor_codec
-from formats.bundle import FORMAT_VERSION, MANIFEST, file_entries
-from formats.urls import DEFAULT_CORPUS, load_urls
+from formats.bundle import DEFAULT_MIN_PROBABILITY, FORMAT_VERSION, MANIFEST, file_entries
+from formats.urls import DEFAULT_CORPUS, corpus_spec, read_corpora
 from model.graphs import export_infer, export_train_step
 from model.lm import LMConfig, URLLanguageModel, count_parameters, masked_cross_entropy
 from runtime.tokenizer import SPECIAL_IDS, Tokenizer, train_tokenizer
@@ -80,6 +80,7 @@ def build_manifest(model: URLLanguageModel, infer_io: dict, train_io: dict, trai
                            "seq_len": config.seq_len},
         },
         "training": training,
+        "completion": {"min_probability": DEFAULT_MIN_PROBABILITY},  # tune: fedurl-eval --calibrate
         "files": file_entries(directory),
     }
 
@@ -152,27 +153,6 @@ def default_steps(num_urls: int, batch_size: int) -> int:
     0.312, top-1 0.404 vs 0.353); a 500-domain corpus needs no more than 1,000.
     """
     return max(1000, min(4000, math.ceil(4 * num_urls / batch_size)))
-
-
-def corpus_spec(text: str) -> tuple[Path, int | None]:
-    """--corpus FILE or FILE:N (the first N usable URLs of FILE)."""
-    path, colon, count = text.rpartition(":")
-    if colon and count.isdigit() and path:
-        if int(count) <= 0:
-            raise argparse.ArgumentTypeError(f"{text}: N must be positive")
-        return Path(path), int(count)
-    return Path(text), None
-
-
-def read_corpora(specs: list[tuple[Path, int | None]]) -> list[str]:
-    """The canonical URLs of every corpus in order, each cut to its N, duplicates dropped.
-
-    :raise FileNotFoundError: for a missing corpus file.
-    """
-    urls: dict[str, None] = {}
-    for path, count in specs:
-        urls.update(dict.fromkeys(load_urls(path, count)))
-    return list(urls)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

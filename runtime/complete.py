@@ -22,6 +22,15 @@ web_client/completer.js implements exactly this algorithm; keep the two in step.
 4. Stop when no beam is live, after ``max_steps`` steps, or when ``k`` suggestions are finished
    and the best live beam scores below the k-th. Return the top k by score, ties by text;
    a suggestion is ``typed + fill + generated text``. Non-UTF-8 suggestions are dropped.
+5. The threshold tau (the manifest's ``completion.min_probability``, docs/FORMAT.md): a
+   suggestion is shown only if ``score - healed >= log(tau)``. A score is the log-probability of
+   the backed-off ``pending`` bytes *and* the new text after the remaining pieces, so a prefix
+   typed mid-piece ("githu") would score low for the mere cut; ``healed`` is the log of the
+   probability mass that the first step gives to pieces that could reproduce ``pending`` (those
+   that start with it or are a prefix of it; 0 when nothing is pending), summed in piece-id
+   order with log-add. score - healed is then about P(suggestion | typed) (a lower bound: a
+   prefix piece may not go on to reproduce the rest). Tau 0 shows everything. The list is ranked
+   by score, so the threshold keeps a prefix of it.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from formats.bundle import StateSpec, load_bundle
+from formats.bundle import StateSpec, load_bundle, min_probability
 from formats.urls import split_typed
 from runtime.session import open_session, open_tokenizer
 
@@ -118,12 +127,22 @@ def junk(canonical: str, text: str, finished: bool = True) -> bool:
     return False
 
 
+def shown(ranked: list[tuple[str, float]], healed: float, threshold: float) -> list[tuple[str, float]]:
+    """The suggestions of a ranked list that pass the threshold tau (step 5): a prefix of the list."""
+    if threshold <= 0:
+        return ranked
+    floor = math.log(threshold)
+    return [(text, score) for text, score in ranked if score - healed >= floor]
+
+
 class Completer:
     """Suggest full-URL completions for a typed prefix with a bundle's infer.onnx."""
 
     def __init__(self, bundle_dir, weights: dict | None = None, beam_width: int = BEAM_WIDTH,
-                 max_steps: int = MAX_STEPS, threads: int = 1):
+                 max_steps: int = MAX_STEPS, threads: int = 1, threshold: float | None = None):
+        """threshold: tau of step 5; None reads the bundle's (what the page uses)."""
         bundle = load_bundle(bundle_dir)
+        self.threshold = min_probability(bundle.manifest) if threshold is None else threshold
         self.session = open_session(bundle, "infer", threads)
         self.io = bundle.manifest["graphs"]["infer"]
         self.state: StateSpec = bundle.state  # all the completer knows about the model's state
@@ -182,8 +201,12 @@ class Completer:
 
     def complete_scored(self, typed: str, k: int = 5) -> list[tuple[str, float]]:
         """Like complete, with each suggestion's log-probability (what ``runtime.ngram.mix`` weighs)."""
+        return shown(*self.ranked(typed, k), self.threshold)
+
+    def ranked(self, typed: str, k: int) -> tuple[list[tuple[str, float]], float]:
+        """The top k (suggestion, log-probability) before the threshold, and ``healed`` (step 5)."""
         if k <= 0:
-            return []
+            return [], 0.0
         fill, canonical = split_typed(typed)
         ids = self.tokenizer.encode(canonical) if canonical else []
         ids, pending = self.heal(ids)
@@ -198,7 +221,18 @@ class Completer:
                 continue
             if len(suggestions) == k:
                 break
-        return suggestions
+        return suggestions, self.healed(log_probs, pending)
+
+    def healed(self, log_probs: np.ndarray, pending: bytes) -> float:
+        """Log of the first step's mass on pieces that could reproduce pending (step 5); 0 if none pending."""
+        if not pending:
+            return 0.0
+        mass = -math.inf
+        for piece, piece_bytes in enumerate(self.tokenizer.piece_bytes):
+            if piece_bytes and not self.blocked[piece] and piece != self.eos_id \
+                    and (piece_bytes.startswith(pending) or pending.startswith(piece_bytes)):
+                mass = _log_add(mass, float(log_probs[piece]))
+        return mass
 
     def _search(self, root: _Beam, k: int, prefix: bytes) -> dict[bytes, float]:
         """The beam search of step 3-4 in the module docstring; returns text -> log-prob."""

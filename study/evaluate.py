@@ -7,6 +7,12 @@ Metrics on held-out URLs (canonical form, see formats/urls.py):
   longest such one for one keystroke, else type the next character for one keystroke;
   KSR = 1 - keystrokes / len(target).
 
+``--calibrate`` sets the completers' threshold tau (runtime/complete.py step 5) instead: KSR@3,
+suggestions shown per keystroke and the share of them that are a prefix of the target (and longer
+than what was typed), for each tau of a grid; the calibrated tau is the largest whose KSR@3 is at
+least (1 - ``--max-ksr-loss``) times tau 0's. ``--exclude`` keeps the held-out URLs honest (no
+host of the model's training corpora), ``--write`` stores tau in the bundle's manifest.
+
 Baselines, both built from ``--train``: ``8-gram``, the classic character LM yardstick
 (``runtime/ngram.py``: order 8, stupid backoff 0.4, beam 6, suggestions ending at the same
 boundaries as the model's), and ``trie``, the autofill every browser has (known URLs only).
@@ -29,12 +35,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from formats.bundle import Bundle, BundleError, load_bundle
-from formats.urls import read_corpus
-from runtime.complete import Completer
+from formats import durable
+from formats.bundle import MANIFEST, Bundle, BundleError, load_bundle
+from formats.urls import corpus_spec, read_corpora, read_corpus
+from runtime.complete import Completer, shown
 from runtime.ngram import CharNgramLM, PersonalCompleter
 from runtime.session import open_session, open_tokenizer
 from runtime.trainer import encode_rows
+from study.split import host_of
+
+TAUS = (0.0, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1)
+MAX_KSR_LOSS = 0.05
 
 
 def keystrokes(target: str, suggest: Callable[[str], list[str]], k: int = 3) -> int:
@@ -118,6 +129,57 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
     return report
 
 
+def threshold_sweep(completer: Completer, targets: list[str], taus, k: int = 3) -> list[dict]:
+    """KSR@k, suggestions shown per keystroke and the share of them that are a prefix of the target,
+    per tau. Each prefix is searched once: a threshold keeps a prefix of the ranked list.
+    """
+    cache: dict[str, tuple[list[tuple[str, float]], float]] = {}
+    rows = []
+    for tau in taus:
+        counts = {"keys": 0, "shown": 0, "prefix": 0}
+
+        def suggest(typed: str, target: str, tau: float = tau, counts: dict = counts) -> list[str]:
+            if typed not in cache:
+                cache[typed] = completer.ranked(typed, k)
+            texts = [text for text, _ in shown(*cache[typed], tau)]
+            counts["shown"] += len(texts)
+            counts["prefix"] += sum(target.startswith(t) and len(t) > len(typed) for t in texts)
+            return texts
+
+        for target in tqdm(targets, desc=f"tau {tau}", unit="url", disable=None, file=sys.stderr):
+            counts["keys"] += keystrokes(target, functools.partial(suggest, target=target), k)
+        chars = max(sum(map(len, targets)), 1)
+        rows.append({"tau": tau, "ksr@3": 1.0 - counts["keys"] / chars,
+                     "shown_per_key": counts["shown"] / max(counts["keys"], 1),
+                     "prefix_share": counts["prefix"] / max(counts["shown"], 1)})
+    return rows
+
+
+def pick_threshold(rows: list[dict], max_ksr_loss: float) -> float:
+    """The largest tau whose KSR@3 is at least (1 - max_ksr_loss) times that of tau 0 (rows[0])."""
+    floor = (1.0 - max_ksr_loss) * rows[0]["ksr@3"]
+    return max(row["tau"] for row in rows if row["ksr@3"] >= floor)
+
+
+def write_threshold(bundle_dir: Path, tau: float) -> None:
+    """Store tau as the bundle manifest's completion.min_probability (the manifest is not hashed)."""
+    path = Path(bundle_dir) / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["completion"] = {**manifest.get("completion", {}), "min_probability": tau}
+    durable.write_json(path, manifest)
+
+
+def format_sweep(rows: list[dict], chosen: float, urls: int) -> str:
+    """The threshold sweep as a text table, the calibrated tau marked."""
+    lines = [f"{'tau':>6} {'KSR@3':>7} {'shown/key':>10} {'prefix share':>13}"]
+    for row in rows:
+        mark = "  <- calibrated" if row["tau"] == chosen else ""
+        lines.append(f"{row['tau']:6g} {row['ksr@3']:7.3f} {row['shown_per_key']:10.3f} "
+                     f"{row['prefix_share']:13.3f}{mark}")
+    lines.append(f"({urls} URLs)")
+    return "\n".join(lines)
+
+
 def personalization(completer: Completer, urls: list[str], hosts: int, history: int = 8, later: int = 15,
                     seed: int = 0) -> dict:
     """KSR@3 for a user who visited ``history`` URLs of a host, typing ``later`` other URLs of it:
@@ -126,7 +188,7 @@ def personalization(completer: Completer, urls: list[str], hosts: int, history: 
     """
     by_host: dict[str, list[str]] = {}
     for url in urls:
-        by_host.setdefault(url.split("/", 1)[0].split("?", 1)[0], []).append(url)
+        by_host.setdefault(host_of(url), []).append(url)
     rng = random.Random(seed)
     eligible = sorted(h for h, found in by_host.items() if len(found) >= history + later)
     rows = {}
@@ -172,13 +234,33 @@ def main(argv=None) -> None:
                         help="also measure the personal n-gram on this many hosts of --urls "
                         "(8 URLs visited, 15 others typed)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--exclude", type=corpus_spec, action="append", default=[], metavar="CORPUS[:N]",
+                        help="drop --urls whose host is a host of this corpus (as fedurl-export --corpus "
+                        "reads it: the model's training data); repeatable")
+    parser.add_argument("--calibrate", action="store_true",
+                        help="sweep the suggestion threshold tau on the first --ksr-limit URLs instead")
+    parser.add_argument("--tau", type=float, nargs="+", default=list(TAUS), help="taus to sweep (0 is added)")
+    parser.add_argument("--max-ksr-loss", type=float, default=MAX_KSR_LOSS,
+                        help="the KSR@3 share (of tau 0's) the calibrated tau may cost")
+    parser.add_argument("--write", action="store_true",
+                        help="with --calibrate: store the calibrated tau in the bundle's manifest")
     args = parser.parse_args(argv)
-    for path in (args.urls, args.train):
+    for path in (args.urls, args.train, *(path for path, _ in args.exclude)):
         if path is not None and not path.is_file():
             parser.error(f"{path} not found")
+    if not all(0 <= tau <= 1 for tau in args.tau) or not 0 <= args.max_ksr_loss <= 1:
+        parser.error("every --tau and --max-ksr-loss must be in [0, 1]")
+    if args.write and not args.calibrate:
+        parser.error("--write needs --calibrate")
     urls = read_corpus(args.urls)
+    if args.exclude:
+        seen = {host_of(url) for url in read_corpora(args.exclude)}
+        urls = [url for url in urls if host_of(url) not in seen]
     if not urls:
         parser.error(f"{args.urls} holds no usable URLs")
+    if args.calibrate:
+        calibrate(args, urls[:args.ksr_limit])
+        return
     try:
         report = evaluate(args.bundle, urls, read_corpus(args.train) if args.train else None, args.ksr_limit)
         if args.personal_hosts:
@@ -186,6 +268,20 @@ def main(argv=None) -> None:
     except BundleError as exc:
         raise SystemExit(f"fedurl-eval: {exc}") from None
     print(json.dumps(report, indent=2) if args.json else format_table(report))
+
+
+def calibrate(args: argparse.Namespace, urls: list[str]) -> None:
+    """--calibrate: the sweep table (or JSON), and with --write the chosen tau into the bundle."""
+    try:
+        completer = Completer(args.bundle, threshold=0.0)
+    except BundleError as exc:
+        raise SystemExit(f"fedurl-eval: {exc}") from None
+    rows = threshold_sweep(completer, urls, sorted({0.0, *args.tau}))
+    chosen = pick_threshold(rows, args.max_ksr_loss)
+    if args.write:
+        write_threshold(args.bundle, chosen)
+    print(json.dumps({"rows": rows, "calibrated": chosen, "urls": len(urls)}, indent=2) if args.json
+          else format_sweep(rows, chosen, len(urls)))
 
 
 if __name__ == "__main__":

@@ -108,6 +108,21 @@ export function stateDims(spec, rows) {
   return spec.shape.map((d, i) => (i === spec.batch_axis ? rows : Number(d)));
 }
 
+/**
+ * The threshold tau of a manifest, `completion.min_probability` (formats/bundle.py min_probability).
+ * @param {object} manifest
+ * @returns {number} in [0, 1]; 0 (show every suggestion) when the manifest has none
+ */
+export function minProbability(manifest) {
+  const section = "completion" in manifest ? manifest.completion : {};
+  const isObject = typeof section === "object" && section !== null && !Array.isArray(section);
+  const tau = isObject ? ("min_probability" in section ? section.min_probability : 0) : null;
+  if (typeof tau !== "number" || !(tau >= 0 && tau <= 1)) {
+    throw new Error(`manifest completion.min_probability must be a number in [0, 1], got ${JSON.stringify(tau)}`);
+  }
+  return tau;
+}
+
 /** Flat candidate indices, best first: score desc, then index (numpy's stable argsort). */
 function candidateQueue(scores) {
   const live = [];
@@ -124,9 +139,11 @@ export class Completer {
    * @param {{bos_id: number, eos_id: number}} options.config
    * @param {StateSpec} options.state the manifest's state description
    * @param {number[]} options.blockedIds pieces never generated (pad, unk, bos)
+   * @param {number} [options.threshold] tau (minProbability of the manifest); 0 shows everything
    */
-  constructor({ tokenizer, step, config, state, blockedIds }) {
+  constructor({ tokenizer, step, config, state, blockedIds, threshold = 0 }) {
     this.tokenizer = tokenizer;
+    this.threshold = threshold;
     this.step = step;
     this.config = config;
     this.layout = stateLayout(state);
@@ -189,15 +206,28 @@ export class Completer {
     const prefix = String.fromCharCode(...utf8Encoder.encode(canonical)); // bytes, one char each
     const finished = await this.search({ score: 0, logProbs, state, text: "", pending }, k, prefix);
     const ranked = [...finished].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+    const healed = this.threshold > 0 ? this.healed(logProbs, pending) : 0;
     /** @type {Array<[string, number]>} */
     const suggestions = [];
     for (const [text, score] of ranked) {
+      if (this.threshold > 0 && score - healed < Math.log(this.threshold)) break;
       const decoded = decodeBytes(text);
       if (decoded === null) continue;
       suggestions.push([typed + fill + decoded, score]);
       if (suggestions.length === k) break;
     }
     return suggestions;
+  }
+
+  /** Log of the first step's mass on pieces that could reproduce pending (runtime/complete.py step 5). */
+  healed(logProbs, pending) {
+    if (!pending) return 0;
+    let mass = -Infinity;
+    this.tokenizer.pieceBytes.forEach((bytes, piece) => {
+      if (bytes && !this.blocked.includes(piece) && piece !== this.config.eos_id
+          && (bytes.startsWith(pending) || pending.startsWith(bytes))) mass = logAdd(mass, logProbs[piece]);
+    });
+    return mass;
   }
 
   /** Beam search (runtime/complete.py steps 3-4); returns Map text -> log-prob. */

@@ -29,7 +29,8 @@
  * @typedef {{type: "trained", id: number, baseVersion: number, delta: Tensor[], lossBefore: number,
  *            lossAfter: number, numExamples: number, steps: number, tokens: number, seconds: number}} TrainedReply
  *   Training finished; delta = trained - global weights, in manifest parameter order.
- * @typedef {{type: "stepped", id: number, loss: number, weights: Tensor[], seconds: number}} SteppedReply
+ * @typedef {{type: "stepped", id: number, loss: number, weights: Tensor[], seconds: number, threads: number,
+ *            isolated: boolean}} SteppedReply
  * @typedef {{type: "secured", id: number, bytes: Uint8Array}} SecuredReply
  *   The message to send for the step (ADVERTISE, SHARES, MASKED_INPUT, UNMASK).
  * @typedef {{type: "error", id: number, message: string}} ErrorReply

@@ -5,7 +5,7 @@
  */
 
 import * as ort from "/ort/ort.wasm.min.mjs";
-import { Completer, stateDims } from "./completer.js";
+import { Completer, minProbability, stateDims } from "./completer.js";
 import { ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
 import { fetchRuntime, fetchVerified } from "./model_store.js";
 import { reply } from "./protocol.js";
@@ -15,7 +15,10 @@ import { Tokenizer } from "./tokenizer.js";
 import { encodeRows, trainLocal, weightDelta } from "./trainer.js";
 
 ort.env.wasm.wasmPaths = ORT_WASM_PATH;
-ort.env.wasm.numThreads = ORT_WASM_THREADS;
+// ?threads=N on this worker's URL overrides ORT_WASM_THREADS (bench/bench_browser.py compares 1 and 2).
+const requestedThreads = Number(new URL(self.location.href).searchParams.get("threads"));
+ort.env.wasm.numThreads = Number.isInteger(requestedThreads) && requestedThreads >= 1 && requestedThreads <= 16
+  ? requestedThreads : ORT_WASM_THREADS;
 
 const memo = new Map(); // key -> promise, so concurrent callers share one load
 
@@ -116,7 +119,7 @@ function completer(model) {
       return { logProbs: out[io.log_probs_output].data, state: out[io.state.output].data };
     };
     const result = new Completer({ tokenizer: tok, step, config: model.manifest.config, state: io.state,
-      blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id] });
+      blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id], threshold: minProbability(model.manifest) });
     await result.complete("", 1); // warm-up: first runs allocate and JIT
     return result;
   });
@@ -192,7 +195,9 @@ async function trainStep(request) {
   const { loss, weights: updated } = await step(global, request, request.lr);
   const seconds = (performance.now() - started) / 1000;
   const [list, buffers] = tensorList(request.model, updated);
-  reply(request, "stepped", { loss, weights: list, seconds }, buffers);
+  // numThreads as onnxruntime left it: it falls back to 1 where SharedArrayBuffer is missing
+  reply(request, "stepped", { loss, weights: list, seconds, threads: ort.env.wasm.numThreads,
+    isolated: self.crossOriginIsolated }, buffers);
 }
 
 let secureClient = null; // this page's side of its open secure round (secagg.js); keys never leave the worker

@@ -2,6 +2,7 @@
 
 import pytest
 
+from formats.bundle import DEFAULT_MIN_PROBABILITY, load_bundle
 from model import export
 from study import evaluate
 
@@ -73,3 +74,8 @@ def test_a_zero_count_is_refused(capsys):
     with pytest.raises(SystemExit):
         export.main(["--corpus", "urls.txt:0"])
     assert "N must be positive" in capsys.readouterr().err
+
+
+def test_export_writes_the_default_threshold(bundle_dir):
+    """Every exported manifest names its suggestion threshold; fedurl-eval --calibrate retunes it."""
+    assert load_bundle(bundle_dir).manifest["completion"] == {"min_probability": DEFAULT_MIN_PROBABILITY}

@@ -1,9 +1,11 @@
 """The reference completer: prefixes kept, token healing, k and empty-prefix edge cases."""
 
+import math
+
 import numpy as np
 import pytest
 
-from formats.bundle import StateSpec
+from formats.bundle import DEFAULT_MIN_PROBABILITY, BundleError, StateSpec, min_probability
 from formats.urls import DEFAULT_CORPUS, load_urls, split_typed
 from runtime.complete import Completer, junk
 from runtime.ngram import CharNgramLM
@@ -138,3 +140,50 @@ def test_the_ngram_refuses_junk_too():
     assert all(s.startswith("google.com/") for s in lm.complete("google.com", 3))
     assert "en.wikipedia.org/a.org" not in lm.complete("en.wikipedia.org/", 3)
     assert lm.complete("github.com", 1) == ["github.com/x"]
+
+
+class RawScoreCompleter(Completer):
+    """The threshold on the raw score: no credit for the mass that reproduces the backed-off bytes."""
+
+    def healed(self, log_probs, pending):
+        return 0.0
+
+
+@pytest.mark.parametrize("completion", [{}, {"min_probability": 0}, {"min_probability": 0.25},
+                                        {"min_probability": 1}])
+def test_the_threshold_comes_from_the_manifest(completion):
+    manifest = {"completion": completion} if completion else {}
+    assert min_probability(manifest) == completion.get("min_probability", DEFAULT_MIN_PROBABILITY)
+
+
+@pytest.mark.parametrize("completion", [{"min_probability": -0.1}, {"min_probability": 1.5},
+                                        {"min_probability": float("nan")}, {"min_probability": "0.1"},
+                                        {"min_probability": True}, {"min_probability": None}, [0.1]])
+def test_a_bad_threshold_is_refused(completion):
+    with pytest.raises(BundleError, match="min_probability"):
+        min_probability({"completion": completion})
+
+
+def test_the_threshold_keeps_the_likely_prefix_of_the_list(bundle_dir):
+    """tau drops exactly the suggestions whose score - healed is below log(tau), never reorders."""
+    everything, strict = Completer(bundle_dir, threshold=0.0), Completer(bundle_dir, threshold=0.05)
+    dropped = kept = 0
+    for typed in ["", "g", "githu", "amazon.c", "en.wikipedia.org/", "x", "qq", "stackov"]:
+        ranked, healed = everything.ranked(typed, 5)
+        got = strict.complete_scored(typed, 5)
+        assert got == ranked[:len(got)]
+        assert all(score - healed >= math.log(0.05) for _, score in got)
+        assert all(score - healed < math.log(0.05) for _, score in ranked[len(got):])
+        dropped, kept = dropped + len(ranked) - len(got), kept + len(got)
+    assert dropped > 0 and kept > 0, (dropped, kept)
+
+
+def test_the_threshold_judges_what_was_typed_not_where_a_piece_was_cut(bundle_dir):
+    """Known domains typed up to the middle of a piece: P(suggestion | typed) clears tau far more
+    often than the raw score, which also pays for reproducing the backed-off bytes."""
+    normalised = Completer(bundle_dir, threshold=0.05)
+    pairs = _mid_piece_prefixes(normalised, load_urls(DEFAULT_CORPUS, None)[:40])
+    raw = RawScoreCompleter(bundle_dir, threshold=0.05)
+    found = sum(url in normalised.complete(prefix, 5) for prefix, url in pairs) / len(pairs)
+    found_raw = sum(url in raw.complete(prefix, 5) for prefix, url in pairs) / len(pairs)
+    assert found >= found_raw + 0.1, (found, found_raw)

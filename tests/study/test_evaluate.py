@@ -1,9 +1,21 @@
-"""KSR and the frequency-trie baseline on examples small enough to count by hand."""
+"""KSR, the frequency-trie baseline and the threshold sweep on examples small enough to count by hand."""
+
+import math
+import shutil
 
 import pytest
 
-from formats.bundle import load_bundle
-from study.evaluate import FrequencyTrie, keystroke_savings, keystrokes, next_token_metrics
+from formats.bundle import load_bundle, min_probability
+from runtime.complete import Completer
+from study.evaluate import (
+    FrequencyTrie,
+    keystroke_savings,
+    keystrokes,
+    main,
+    next_token_metrics,
+    pick_threshold,
+    threshold_sweep,
+)
 
 
 def test_keystrokes_without_suggestions_is_one_per_character():
@@ -49,3 +61,55 @@ def test_next_token_metrics_are_probabilities(bundle_dir):
     assert 0.0 <= metrics["top1"] <= metrics["top3"] <= 1.0
     assert metrics["perplexity"] >= 1.0
     assert metrics["tokens"] > 4
+
+
+class FixedRanks:
+    """A completer stand-in: before typing, "ab.com" at p 0.5 and "xy.com" at 0.01; then nothing."""
+
+    def ranked(self, typed, k):
+        return ([("ab.com", math.log(0.5)), ("xy.com", math.log(0.01))][:k] if typed == "" else []), 0.0
+
+
+def test_threshold_sweep_by_hand():
+    # tau 0: both shown before the first key, "ab.com" accepted: 1 key of 6, 1 of 2 shown a prefix.
+    # tau 0.1: only "ab.com" shown, still 1 key. tau 0.6: nothing shown, 6 keys, no shown suggestion.
+    rows = threshold_sweep(FixedRanks(), ["ab.com"], [0.0, 0.1, 0.6])
+    assert [r["ksr@3"] for r in rows] == pytest.approx([5 / 6, 5 / 6, 0.0])
+    assert [r["shown_per_key"] for r in rows] == pytest.approx([2.0, 1.0, 0.0])
+    assert [r["prefix_share"] for r in rows] == pytest.approx([0.5, 1.0, 0.0])
+    assert pick_threshold(rows, 0.02) == 0.1
+
+
+def test_pick_threshold_keeps_the_allowed_share_of_tau_0s_ksr():
+    rows = [{"tau": 0.0, "ksr@3": 0.20}, {"tau": 0.01, "ksr@3": 0.195}, {"tau": 0.02, "ksr@3": 0.18}]
+    assert pick_threshold(rows, 0.05) == 0.01
+    assert pick_threshold(rows, 0.0) == 0.0
+    assert pick_threshold(rows, 0.5) == 0.02
+
+
+def test_calibrate_writes_tau_into_the_bundle(bundle_dir, tmp_path, capsys):
+    """fedurl-eval --calibrate --write: the table, and the chosen tau where every completer reads it."""
+    # Prepare
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, bundle)
+    urls = tmp_path / "held_out.txt"
+    urls.write_text("https://www.google.com/\ngithub.com/login\nen.wikipedia.org/wiki/Python\nnew-host.org\n")
+    exclude = tmp_path / "train.txt"
+    exclude.write_text("new-host.org/some/page\n")
+    # Execute
+    main(["--calibrate", "--write", "--bundle", str(bundle), "--urls", str(urls), "--exclude", str(exclude),
+          "--tau", "0.5", "1", "--max-ksr-loss", "1"])
+    # Assert
+    table = capsys.readouterr().out
+    assert "(3 URLs)" in table and "<- calibrated" in table
+    assert Completer(bundle).threshold == 1.0 == min_probability(load_bundle(bundle).manifest)
+    assert Completer(bundle).complete("goo") == [], "tau 1 shows nothing"
+
+
+@pytest.mark.parametrize("argv", [["--write"], ["--calibrate", "--tau", "1.5"],
+                                  ["--calibrate", "--tau", "-1"], ["--calibrate", "--max-ksr-loss", "1.5"]])
+def test_calibrate_refuses_bad_options(bundle_dir, tmp_path, argv):
+    urls = tmp_path / "held_out.txt"
+    urls.write_text("google.com\n")
+    with pytest.raises(SystemExit, match="2"):
+        main(["--bundle", str(bundle_dir), "--urls", str(urls), *argv])
