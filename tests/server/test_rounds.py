@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 
 from client.protocol import FederatedClient, ProtocolError
+from formats import durable
+from formats.bundle import MANIFEST
 from server import db
 from server.app import create_app
-from tests.server.conftest import small_delta, snapshot
+from tests.server.conftest import small_delta, snapshot, write_tiny_bundle
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -151,6 +154,20 @@ def test_server_lr_scales_the_step(config):
         upload(app.test_client(), value)
     for name, array in weights(app, 2).items():
         np.testing.assert_allclose(array, v1[name] + 0.1, rtol=1e-6)
+
+
+def test_a_published_version_keeps_the_completion_settings(config, tmp_path):
+    """The bundle's calibrated threshold (manifest "completion", docs/FORMAT.md) reaches every
+    version the server publishes, so pages keep the operator's tau after a round."""
+    bundle = write_tiny_bundle(tmp_path / "calibrated")
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    durable.write_json(bundle / MANIFEST, {**manifest, "completion": {"min_probability": 0.003}})
+    app = create_app({**config, "BUNDLE_DIR": str(bundle)})
+    for value in (0.1, 0.1, 0.1):
+        upload(app.test_client(), value)
+    published = FederatedClient(app.test_client()).fetch_model()
+    assert published["version"] == 2
+    assert published["manifest"]["completion"] == {"min_probability": 0.003}
 
 
 def test_f16_deltas_are_accepted(client, app):
