@@ -12,7 +12,7 @@
  */
 
 const sw = /** @type {ServiceWorkerGlobalScope} */ (/** @type {unknown} */ (self));
-const SHELL_CACHE = "fedurl-shell-v2";
+const SHELL_CACHE = "fedurl-shell-v3";
 const SHELL = [
   "/",
   "/favicon.ico",
@@ -31,6 +31,9 @@ const SHELL = [
   "/static/model_store.js",
   "/static/protocol.js",
   "/static/pow.js",
+  "/static/secagg.js",
+  "/static/vendor/shamir-secret-sharing/index.js",
+  "/static/vendor/shamir-secret-sharing/csprng.js",
   "/static/safetensors.js",
   "/static/update.js",
   "/static/worker.js",
