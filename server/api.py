@@ -213,8 +213,7 @@ def updates():
     body = request.get_data(cache=False)
     update = decode_upload(body, current_app.config["MAX_NUM_EXAMPLES"])
     tensors, meta = update.tensors, update.meta
-    parameters = coordinator().current()[2]["parameters"]
-    norm = check_delta(tensors, parameters, current_app.config["MAX_UPDATE_NORM"])[1]
+    norm = check_delta(tensors, coordinator().parameters(), current_app.config["MAX_UPDATE_NORM"])[1]
     accepted = coordinator().submit(meta, norm, body)
     current_app.extensions["fedurl.tickets"].used(db.ticket_digest(meta.ticket))
     return accepted, 202

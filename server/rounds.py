@@ -225,6 +225,12 @@ class Coordinator:
             self._sync(conn)
             return self.version, self.round.id, self.manifest
 
+    def parameters(self) -> list[dict]:
+        """The model's parameter names and shapes: the same in every version of a federation
+        (start-up refuses other graphs), so no need to read the database.
+        """
+        return self.manifest["parameters"]
+
     def progress(self) -> Progress:
         """The live part of /api/status: the open round and its count over every worker."""
         with self.lock, db.transaction(self.engine) as conn:
