@@ -140,7 +140,8 @@ def run_setup(args, deltas: list[dict], database: str, workers: int, cluster) ->
             ingest_cpu = server_cpu() - cpu_before
             peaks = [memory_kib(pid)["VmHWM"] for pid in pids]
             began = time.perf_counter()
-            closed = clients[0]._call("POST", "/api/admin/close", headers={
+            admin = FederatedClient(urls[0], timeout=3600)  # the close holds the answer until it is done
+            closed = admin._call("POST", "/api/admin/close", headers={
                 "Authorization": f"Bearer {ADMIN_TOKEN}"})
             close_s = time.perf_counter() - began
             status = clients[0].status()

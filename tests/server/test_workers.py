@@ -38,9 +38,16 @@ OPEN = {"SELECTION": "open", "IDENTITY": "", "MAX_STALENESS": 20}  # tickets str
 
 def start_workers(bundle: Path, data_dir: Path, db_url: str,
                   settings: dict | None = None) -> list[ServerProcess]:
-    """WORKERS fedurl-serve processes started at once on the same data dir and database."""
+    """WORKERS fedurl-serve processes started at once on the same data dir and database (if one
+    fails to start, the others are stopped: no process outlives the test).
+    """
     with ThreadPoolExecutor(WORKERS) as pool:
-        return list(pool.map(lambda _: ServerProcess(bundle, data_dir, db_url, settings), range(WORKERS)))
+        futures = [pool.submit(ServerProcess, bundle, data_dir, db_url, settings) for _ in range(WORKERS)]
+    for future in futures:
+        if future.exception() is not None:
+            stop_all([f.result() for f in futures if f.exception() is None])
+            future.result()  # raises what stopped that worker
+    return [future.result() for future in futures]
 
 
 def stop_all(workers: list[ServerProcess]) -> None:
