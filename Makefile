@@ -8,6 +8,9 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 FRONT_PORT ?= 8080
 DATA_DIR ?= instance
+# make prod: app processes behind nginx; more than 1 needs DB=postgresql://... (SQLite: one process)
+WORKERS ?= 1
+DB ?=
 
 .PHONY: install demo prod bundle serve test lint bench chromium postgresql nginx clean
 
@@ -50,9 +53,10 @@ demo: install bundle
 	FEDURL_GATE_TOLERANCE=$${FEDURL_GATE_TOLERANCE:-0.5} \
 	$(VENV)/bin/fedurl-serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 
-# The production start: nginx on FRONT_PORT in front of the app (server/README.md, Production start).
+# The production start: nginx on FRONT_PORT in front of WORKERS app processes (server/README.md, Production start).
 prod: install bundle nginx
-	$(VENV)/bin/fedurl-deploy --bundle $(BUNDLE) --data-dir $(DATA_DIR) --host $(HOST) --port $(FRONT_PORT)
+	$(VENV)/bin/fedurl-deploy --bundle $(BUNDLE) --data-dir $(DATA_DIR) --host $(HOST) --port $(FRONT_PORT) \
+	  --workers $(WORKERS) $(if $(DB),--db $(DB))
 
 test: install chromium postgresql nginx
 	$(PY) -m pytest

@@ -1,16 +1,18 @@
-"""Aggregation server throughput and memory: N uploads of real-size deltas into one round.
+"""Aggregation server ingest and close: N uploads of real-size deltas into one round, per setup.
 
-Starts ``fedurl-serve`` (waitress) on a temp data dir with MIN_CLIENTS = N, so the N-th upload
-closes the round (aggregation and the new version are included), sends N updates from parallel
-sender threads over loopback HTTP, and prints a table: updates/s, latency, server RSS before
-and at its peak (VmHWM), plus the bad-input case count of tests/server/test_bad_input.py.
+For each setup (database and worker count; default: SQLite with 1 worker, PostgreSQL with 1, 2
+and 4) it starts that many ``fedurl-serve`` (waitress) processes on one fresh data dir and
+database, sends N updates from parallel sender threads over loopback HTTP, spread round robin
+over the workers as nginx's upstream does, then closes the round with the admin API and times
+that. MIN_CLIENTS is N + 1, so ingest and close are measured apart. PostgreSQL is a throwaway
+cluster from the machine's binaries (tests/postgres.py) with fsync on, as in production; its
+CPU counts as server CPU. Prints one table, a column per setup.
 
-    .venv/bin/python bench/bench_server.py --bundle bundles/default [--updates 1000 --senders 8]
+    .venv/bin/python bench/bench_server.py --bundle pretrained [--updates 2000 --senders 8]
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -27,16 +29,22 @@ from common import REPO, bundle_parser  # first: puts the repo on sys.path
 from client.protocol import FederatedClient, encode_update
 from formats.bundle import load_bundle
 
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef-32+"
 
-def parse_args(argv=None) -> argparse.Namespace:
+
+def parse_args(argv=None):
     """Command line; unknown options are errors."""
     parser = bundle_parser(__doc__)
-    parser.add_argument("--updates", type=int, default=1000,
+    parser.add_argument("--updates", type=int, default=2000,
                         help="uploads in the round (default: %(default)s)")
     parser.add_argument("--senders", type=int, default=8,
                         help="parallel sender threads (default: %(default)s)")
     parser.add_argument("--distinct", type=int, default=16,
                         help="distinct random deltas cycled (default: %(default)s)")
+    parser.add_argument("--setups", default="sqlite:1,postgresql:1,postgresql:2,postgresql:4",
+                        help="database:workers, comma-separated (default: %(default)s)")
+    parser.add_argument("--float32", action="store_true",
+                        help="send float32 deltas (default: float16, as browsers send them)")
     return parser.parse_args(argv)
 
 
@@ -46,23 +54,42 @@ def memory_kib(pid: int) -> dict[str, int]:
     return {key: int(fields[key].split()[0]) for key in ("VmRSS", "VmHWM")}
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far."""
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """User + system CPU time a process has used so far (and its reaped children's, if asked)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = int(fields[11]) + int(fields[12]) + (int(fields[13]) + int(fields[14]) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def start_server(bundle: str, data_dir: str, updates: int) -> tuple[subprocess.Popen, str]:
+def postgres_cpu(postmaster: int) -> float:
+    """CPU of the PostgreSQL server: its main process, its live backends and the ended ones."""
+    total = cpu_seconds(postmaster, children=True)
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                total += cpu_seconds(int(entry.name))
+        except (OSError, ValueError):
+            continue  # a backend that ended meanwhile
+    return total
+
+
+def start_server(bundle: str, data_dir: str, db_url: str | None,
+                 updates: int) -> tuple[subprocess.Popen, str]:
     """fedurl-serve on a free port; returns the process and its base URL (log drained in a thread)."""
-    env = {**os.environ, "FEDURL_MIN_CLIENTS": str(updates), "FEDURL_TICK_INTERVAL_S": "0",
-           "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "1000000", "FEDURL_LOG_LEVEL": "INFO",
+    env = {**os.environ, "FEDURL_MIN_CLIENTS": str(updates + 1), "FEDURL_TICK_INTERVAL_S": "0",
+           "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "1000000", "FEDURL_MAX_TICKETS_PER_ADDR": "1000000",
+           "FEDURL_LOG_LEVEL": "INFO", "FEDURL_SELECTION": "open", "FEDURL_IDENTITY": "",
+           "FEDURL_PUBLISH_GATE": "off", "FEDURL_ADMIN_TOKEN": ADMIN_TOKEN, "FEDURL_GZIP_CACHE_BYTES": "0",
            "FEDURL_AGGREGATION": "plain"}
-    command = [sys.executable, "-m", "server.cli", "--bundle", bundle, "--data-dir", data_dir, "--port", "0"]
-    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    command = [sys.executable, "-m", "server.cli", "--bundle", bundle, "--data-dir", data_dir, "--port", "0",
+               *(["--db", db_url] if db_url else [])]
+    process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               text=True)
     found: list[str] = []
     ready = threading.Event()
 
     def drain():
+        """Read the log until the process ends (a full pipe would stall it); note the URL."""
         for line in process.stderr:
             if not ready.is_set() and '"listening"' in line:
                 found.append(json.loads(line)["url"])
@@ -75,24 +102,34 @@ def start_server(bundle: str, data_dir: str, updates: int) -> tuple[subprocess.P
     return process, found[0]
 
 
-def run(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """Run the benchmark; return (metric, value) rows."""
-    manifest = load_bundle(args.bundle, verify=False).manifest
-    rng = np.random.default_rng(0)
-    deltas = [{p["name"]: rng.normal(scale=1e-4, size=p["shape"]).astype(np.float32)
-               for p in manifest["parameters"]} for _ in range(args.distinct)]
-    elements = sum(int(np.prod(p["shape"])) for p in manifest["parameters"])
+def run_setup(args, deltas: list[dict], database: str, workers: int, cluster) -> dict[str, str]:
+    """One setup: start, ingest, close, stop; its column of the table."""
+    dtype = np.float32 if args.float32 else np.float16
     with tempfile.TemporaryDirectory(prefix="fedurl-bench-") as data_dir:
-        process, url = start_server(args.bundle, data_dir, args.updates)
+        db_url = cluster.database()[1] if database == "postgresql" else None
+        processes = []
         try:
-            clients = [FederatedClient(url) for _ in range(args.updates)]
+            for _ in range(workers):  # one after the other: the first imports the bundle
+                processes.append(start_server(args.bundle, data_dir, db_url, args.updates))
+            urls = [url for _, url in processes]
+            clients = [FederatedClient(urls[i % workers]) for i in range(args.updates)]
             tickets = [c.ticket() for c in clients]
-            idle, cpu_before = memory_kib(process.pid), cpu_seconds(process.pid)
+            pids = [process.pid for process, _ in processes]
+            idle = [memory_kib(pid) for pid in pids]
+            postmaster = cluster.postmaster_pid() if db_url else None
+
+            def server_cpu() -> float:
+                """CPU seconds of the workers and PostgreSQL so far."""
+                database_cpu = postgres_cpu(postmaster) if postmaster else 0.0
+                return sum(cpu_seconds(pid) for pid in pids) + database_cpu
+
+            cpu_before = server_cpu()
             latencies = [0.0] * args.updates
 
             def send(i: int) -> None:
+                """Upload update i and time it."""
                 delta = deltas[i % args.distinct]
-                body = encode_update(delta, tickets[i], clients[i].client_id, 20, 3.0, 2.5)
+                body = encode_update(delta, tickets[i], clients[i].client_id, 20, 3.0, 2.5, dtype)
                 began = time.perf_counter()
                 clients[i].post_update(body)
                 latencies[i] = time.perf_counter() - began
@@ -101,34 +138,66 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
             with ThreadPoolExecutor(args.senders) as pool:
                 list(pool.map(send, range(args.updates)))
             seconds = time.perf_counter() - began
-            peak, server_cpu = memory_kib(process.pid), cpu_seconds(process.pid) - cpu_before
+            ingest_cpu = server_cpu() - cpu_before
+            peaks = [memory_kib(pid)["VmHWM"] for pid in pids]
+            began = time.perf_counter()
+            admin = FederatedClient(urls[0], timeout=3600)  # the close holds the answer until it is done
+            closed = admin._call("POST", "/api/admin/close", headers={
+                "Authorization": f"Bearer {ADMIN_TOKEN}"})
+            close_s = time.perf_counter() - began
             status = clients[0].status()
         finally:
-            process.terminate()
-            process.wait(30)
-    assert status["version"] == 2 and status["rounds"][0]["participants"] == args.updates, status["round"]
-    ms = np.array(latencies[:-1]) * 1000  # the last upload also closes the round: reported apart
-    from tests.server.test_bad_input import CASES  # the suite's own list: counted, not typed in
-    return [("model parameters", f"{elements:,} ({4 * elements / 2**20:.2f} MiB as float32)"),
-            ("updates in the round", f"{args.updates} from {args.senders} sender threads"),
-            ("ingest rate", f"{args.updates / seconds:.1f} updates/s "
-                            f"({seconds:.1f} s, aggregation included)"),
-            ("server CPU per update", f"{1000 * server_cpu / args.updates:.1f} ms "
-                                      f"(user + system, all threads)"),
-            ("upload latency p50 / p95", f"{np.percentile(ms, 50):.1f} / {np.percentile(ms, 95):.1f} ms"),
-            ("last upload (closes the round)", f"{latencies[-1] * 1000:.0f} ms"),
-            ("server RSS before uploads", f"{idle['VmRSS'] / 1024:.1f} MiB"),
-            (f"server peak RSS (VmHWM) at {args.updates} updates", f"{peak['VmHWM'] / 1024:.1f} MiB"),
-            ("bad-input test cases", str(len(CASES)))]
+            for process, _ in processes:
+                process.terminate()
+                process.wait(30)
+    assert closed[0] == 200 and status["version"] == 2, status["round"]
+    assert status["rounds"][-2]["participants"] == args.updates, status["rounds"][-2:]
+    ms = np.array(latencies) * 1000
+    return {"ingest rate": f"{args.updates / seconds:.1f} updates/s ({seconds:.1f} s)",
+            "server CPU per update": f"{1000 * ingest_cpu / args.updates:.1f} ms",
+            "upload latency p50 / p95": f"{np.percentile(ms, 50):.0f} / {np.percentile(ms, 95):.0f} ms",
+            "RSS before, per worker": f"{max(m['VmRSS'] for m in idle) / 1024:.0f} MiB",
+            "peak RSS (VmHWM), per worker / all": f"{max(peaks) / 1024:.0f} / {sum(peaks) / 1024:.0f} MiB",
+            f"close at {args.updates} updates (admin)": f"{close_s:.2f} s"}
+
+
+def run(args) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """Run every setup; return the column names and (metric, values) rows."""
+    from tests.postgres import Cluster, find_bindir
+
+    manifest = load_bundle(args.bundle, verify=False).manifest
+    rng = np.random.default_rng(0)
+    deltas = [{p["name"]: rng.normal(scale=1e-4, size=p["shape"]).astype(np.float32)
+               for p in manifest["parameters"]} for _ in range(args.distinct)]
+    setups = [(db, int(n)) for db, n in (item.split(":") for item in args.setups.split(","))]
+    cluster = None
+    if any(db == "postgresql" for db, _ in setups):
+        bindir = find_bindir()
+        if bindir is None:
+            raise SystemExit("PostgreSQL binaries not found (make postgresql)")
+        cluster = Cluster(bindir, durable=True).start()
+    try:
+        columns = [run_setup(args, deltas, db, n, cluster) for db, n in setups]
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    elements = sum(int(np.prod(p["shape"])) for p in manifest["parameters"])
+    names = [f"{db} x{n}" for db, n in setups]
+    body = "float32" if args.float32 else "float16"
+    rows = [("model parameters", [f"{elements:,}"] * len(setups)),
+            ("updates, senders, body", [f"{args.updates}, {args.senders}, {body}"] * len(setups))]
+    return names, rows + [(key, [column[key] for column in columns]) for key in columns[0]]
 
 
 def main(argv=None) -> None:
     """Print the result table."""
-    rows = run(parse_args(argv))
+    names, rows = run(parse_args(argv))
     width = max(len(k) for k, _ in rows)
-    print(f"{'metric'.ljust(width)} | value\n{'-' * width}-|------")
-    for key, value in rows:
-        print(f"{key.ljust(width)} | {value}")
+    cells = [max(len(n), *(len(v[i]) for _, v in rows)) for i, n in enumerate(names)]
+    print(" | ".join(["metric".ljust(width), *(n.ljust(c) for n, c in zip(names, cells, strict=True))]))
+    print("-|-".join(["-" * width, *("-" * c for c in cells)]))
+    for key, values in rows:
+        print(" | ".join([key.ljust(width), *(v.ljust(c) for v, c in zip(values, cells, strict=True))]))
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
    one train_step.onnx step in onnxruntime-web;
 2. bench_training.py: the same step in onnxruntime Python and torch eager;
 3. bench_update_size.py: bytes per update vs the float32 model;
-4. bench_server.py (server engineer): ingest + aggregation rate and peak RSS, --runs times at the
-   first --server-updates size (the rate's median), once at each larger size (the memory check);
+4. bench_server.py (server engineer): ingest rate, server CPU per update, peak RSS and close time
+   with SQLite x1 and PostgreSQL x1, x2, x4 workers, once at each --server-updates size;
 5. bench_secagg.py: secure aggregation; bench_attacks.py: attackers at 10 % and 30 % (10 rounds
    each, several minutes);
 6. bench_export.py: wall time of the default export.
@@ -21,7 +21,6 @@ import argparse
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -37,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     """Command line; unknown options are errors."""
     parser = bundle_parser(__doc__)
     parser.add_argument("--runs", type=int, default=5, help="runs behind every median (default: %(default)s)")
-    parser.add_argument("--server-updates", default="1000,10000", help="updates per round, comma-separated "
+    parser.add_argument("--server-updates", default="2000", help="updates per round, comma-separated "
                         "(default: %(default)s)")
     parser.add_argument("--skip", default="",
                         help=f"comma-separated benchmarks to leave out, of {','.join(STEPS)}")
@@ -78,15 +77,9 @@ def first_ms(rows: dict[str, str], *words: str) -> float | None:
 
 
 def server_runs(args: argparse.Namespace) -> None:
-    """bench_server.py at each size; the first size args.runs times for a median rate."""
-    for index, updates in enumerate(args.server_updates):
-        outputs = [run_script("bench_server.py", "--bundle", args.bundle, "--updates", str(updates))
-                   for _ in range(args.runs if index == 0 else 1)]
-        rates = [float(rows["ingest rate"].split()[0]) for _, rows in outputs if "ingest rate" in rows]
-        text = outputs[-1][0]
-        if len(rates) > 1:
-            text += (f"\n(ingest rate over {len(rates)} runs: median {statistics.median(rates):.1f}, "
-                     f"min {min(rates):.1f}, max {max(rates):.1f} updates/s; table above is the last run)")
+    """bench_server.py at each size (four setups per run: a column each)."""
+    for updates in args.server_updates:
+        text = run_script("bench_server.py", "--bundle", args.bundle, "--updates", str(updates))[0]
         section(f"Server, {updates:,} updates in one round",
                 f"bench/bench_server.py --updates {updates}", text)
 

@@ -4,7 +4,9 @@
 
 Runs the app (fedurl-serve's waitress server, on 127.0.0.1 and a free port, trusting one proxy
 hop for the client address) and nginx on --host:--port in front of it, until Ctrl-C or SIGTERM,
-which stop both; if nginx dies the app stops too. At each start it copies the page's files (the
+which stop both; if nginx dies the app stops too. With ``--workers N`` (PostgreSQL only) N - 1
+more app processes (``fedurl-serve --front``) run on their own ports in nginx's upstream, and
+one that dies is started again. At each start it copies the page's files (the
 web client, onnxruntime-web's page files) into DATA_DIR/front/public with a level-9 ``.gz`` beside
 each that gzip shrinks (what the app would send gzipped), renders DATA_DIR/front/nginx.conf from
 deploy/nginx.conf.j2 and checks it with ``nginx -t``. server/README.md, "Production start".
@@ -24,7 +26,9 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,13 +36,15 @@ import jinja2
 from flask import Flask
 from werkzeug.utils import get_content_type
 
-from server import logs, web
+from server import db, logs, web
 from server.app import ISOLATION_HEADERS, create_app
 from server.cli import make_server
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.j2")
 FRONT_DIR = "front"  # under DATA_DIR: nginx.conf, nginx.pid, public/, tmp/
 STOP_WAIT_S = 10.0
+WORKER_START_S = 120.0  # a worker's start replays the open round's bodies: allow for a large round
+RESTART_DELAY_S = 1.0  # a worker that dies at once is not restarted in a tight loop
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 # nginx's own refusals, as the app's JSON errors: (location, status, code, message, Retry-After s)
 ERRORS = (
@@ -210,6 +216,82 @@ class Nginx:
             self.process.wait(STOP_WAIT_S)
 
 
+class Workers:
+    """The app processes beside this one (``fedurl-serve --front`` on 127.0.0.1, each on its own
+    port), started again when one dies (a SIGKILL loses nothing: server/README.md, Several workers).
+    """
+
+    def __init__(self, command: list[str], count: int):
+        self.command, self.stopping = command, False
+        self.ports = [free_port("127.0.0.1") for _ in range(count)]
+        self.processes: dict[int, subprocess.Popen] = {}
+        self.lock = threading.Lock()
+
+    def start(self) -> list[tuple[str, int]]:
+        """Start every worker and wait until each accepts connections; their (host, port)s.
+
+        :raise RuntimeError: if one exits or does not listen within WORKER_START_S.
+        """
+        started = []
+        for port in self.ports:
+            started.append(threading.Event())
+            threading.Thread(target=self._supervise, args=(port, started[-1]), name=f"fedurl-worker-{port}",
+                             daemon=True).start()
+        deadline = time.monotonic() + WORKER_START_S
+        for port, spawned in zip(self.ports, started, strict=True):
+            spawned.wait(WORKER_START_S)
+            while not _accepts(port):
+                if self.processes[port].poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the worker on port {port} did not start (see its log above)")
+                time.sleep(0.1)
+        return [("127.0.0.1", port) for port in self.ports]
+
+    def _supervise(self, port: int, spawned: threading.Event) -> None:
+        """Run the worker of port, and again whenever it ends before ``stop``. The worker is started
+        from this thread, which lives as long as the deployment: Linux's parent-death signal
+        follows the thread that started a child, not the process.
+        """
+        while True:
+            with self.lock:
+                if self.stopping:
+                    return
+                process = subprocess.Popen([*self.command, "--port", str(port)], stdin=subprocess.DEVNULL,
+                                           stdout=subprocess.DEVNULL, start_new_session=True,  # not Ctrl-C
+                                           preexec_fn=_end_with_parent)
+                self.processes[port] = process
+            spawned.set()
+            code = process.wait()
+            if self.stopping:
+                return
+            logs.event("worker_exited", level=logging.ERROR, port=port, pid=process.pid, returncode=code)
+            time.sleep(RESTART_DELAY_S)
+
+    def stop(self) -> None:
+        """SIGTERM every worker (waitress ends at once; a round being closed is redone by the next
+        start, as after a crash), then SIGKILL what is left after STOP_WAIT_S.
+        """
+        with self.lock:
+            self.stopping = True
+            processes = list(self.processes.values())
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(STOP_WAIT_S)
+
+
+def _accepts(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def _end_with_parent() -> None:
     """In the child before exec: SIGTERM it when we die, even by SIGKILL (Linux), so no nginx is left
     holding the port.
@@ -253,10 +335,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8080, help="nginx's port; 0 picks a free one "
                                                                "(default: %(default)s)")
     parser.add_argument("--threads", type=int, default=8,
-                        help="the app's request threads (default: %(default)s)")
+                        help="request threads of each app process (default: %(default)s)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="app processes behind nginx; more than 1 needs PostgreSQL (--db) "
+                             "(default: %(default)s)")
     parser.add_argument("--nginx", default=shutil.which("nginx") or "/usr/sbin/nginx",
                         help="the nginx binary (default: %(default)s)")
     return parser.parse_args(argv)
+
+
+def worker_command(args: argparse.Namespace, overrides: dict) -> list[str]:
+    """fedurl-serve for one more worker with this command's bundle, data dir and database (the
+    settings from the environment and instance/config.py reach it as they reach this process).
+    """
+    flags = {"BUNDLE_DIR": "--bundle", "DATA_DIR": "--data-dir", "DATABASE_URL": "--db"}
+    given = [part for key, value in overrides.items() for part in (flags[key], value)]
+    return [sys.executable, "-m", "server.cli", "--front", "--host", "127.0.0.1",
+            "--threads", str(args.threads), *given]
 
 
 def main(argv=None) -> None:
@@ -265,15 +360,27 @@ def main(argv=None) -> None:
     overrides = {key: value for key, value in
                  (("BUNDLE_DIR", args.bundle), ("DATA_DIR", args.data_dir), ("DATABASE_URL", args.db))
                  if value is not None}
+    if args.workers < 1:
+        raise SystemExit("fedurl-deploy: --workers must be at least 1")
+    workers = Workers(worker_command(args, overrides), args.workers - 1)
     try:
         app = create_app({**overrides, "PROXY_HOPS": 1})
+        if args.workers > 1 and not db.shares_workers(db.get_engine(app)):
+            raise ValueError(f"--workers {args.workers} needs PostgreSQL (--db postgresql://...): on SQLite "
+                             "one process serves")
+        if args.workers > 1 and app.config["AGGREGATION"] == "secure":
+            raise ValueError(f"--workers {args.workers} with AGGREGATION=secure: a secure round's phases "
+                             "live in one process (server/secure.py rebuilds them from the database only "
+                             "at start); run one worker, or FEDURL_AGGREGATION=plain")
         server = make_server(app, "127.0.0.1", 0, args.threads)  # reachable through nginx only
         upstream = ("127.0.0.1", server.effective_port)
         listen = (args.host, args.port or free_port(args.host))
         prefix = Path(app.config["DATA_DIR"]).resolve() / FRONT_DIR
         nginx = Nginx(args.nginx, prefix)
-        published = prepare(app, nginx, prefix, listen, [upstream])
+        upstreams = [upstream, *workers.start()]
+        published = prepare(app, nginx, prefix, listen, upstreams)
     except (RuntimeError, ValueError, OSError) as exc:
+        workers.stop()
         raise SystemExit(f"fedurl-deploy: {exc}") from None
     web.precompress(app)  # the model files /api/files serves, in the background
     failed = []
@@ -292,6 +399,7 @@ def main(argv=None) -> None:
     nginx.start(nginx_ended)
     url = f"http://{listen[0] if ':' not in listen[0] else f'[{listen[0]}]'}:{listen[1]}"
     logs.event("listening", url=url, app_url=f"http://{upstream[0]}:{upstream[1]}", front=str(prefix),
+               workers=[f"http://{host}:{port}" for host, port in upstreams],
                version=app.extensions["fedurl.coordinator"].version, published_files=published.files,
                gzipped=published.gzipped, bytes=published.bytes, gzip_bytes=published.gzip_bytes)
     print(f"Open {url}  (dashboard: {url}/dashboard)", flush=True)
@@ -299,6 +407,7 @@ def main(argv=None) -> None:
         server.run()
     finally:
         nginx.stop()
+        workers.stop()
     if failed:
         raise SystemExit(f"fedurl-deploy: nginx exited with {failed[0]}")
 

@@ -83,7 +83,7 @@ def training() -> dict:
     Decided when the round opens, so the /api/model ETag (version, round) covers it.
     """
     try:
-        coordinator().aggregator.admit()
+        coordinator().admit()
     except Refused as refused:
         return {"open": False, "code": refused.code, "message": refused.message}
     return {"open": True}
@@ -240,9 +240,8 @@ def updates():
     body = request.get_data(cache=False)
     update = decode_upload(body, current_app.config["MAX_NUM_EXAMPLES"])
     tensors, meta = update.tensors, update.meta
-    parameters = coordinator().current()[2]["parameters"]
-    delta, norm = check_delta(tensors, parameters, current_app.config["MAX_UPDATE_NORM"])
-    accepted = coordinator().submit(meta, delta, norm, body)
+    norm = check_delta(tensors, coordinator().parameters(), current_app.config["MAX_UPDATE_NORM"])[1]
+    accepted = coordinator().submit(meta, norm, body)
     current_app.extensions["fedurl.tickets"].used(db.ticket_digest(meta.ticket))
     return accepted, 202
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -221,6 +222,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: %(default)s)")
     parser.add_argument("--port", type=int, default=5000, help="0 picks a free port (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=8, help="request threads (default: %(default)s)")
+    parser.add_argument("--front", action="store_true",
+                        help="a worker that fedurl-deploy starts behind nginx: trust one proxy hop, "
+                             "leave the page's files to nginx, log worker_listening")
     return parser.parse_args(argv)
 
 
@@ -231,14 +235,15 @@ def main(argv=None) -> None:
                  (("BUNDLE_DIR", args.bundle), ("DATA_DIR", args.data_dir), ("DATABASE_URL", args.db))
                  if value is not None}
     try:
-        app = create_app(overrides)
+        app = create_app({**overrides, "PROXY_HOPS": 1} if args.front else overrides)
     except (RuntimeError, ValueError) as exc:
         raise SystemExit(f"fedurl-serve: {exc}") from None
     server = make_server(app, args.host, args.port, args.threads)
-    web.precompress(app)  # a background thread: requests meanwhile get files as they are
+    web.precompress(app, pages=not args.front)  # background: requests meanwhile get files as they are
     port = server.effective_port if hasattr(server, "effective_port") else args.port
     url = f"http://{args.host}:{port}"
-    logs.event("listening", url=url, version=app.extensions["fedurl.coordinator"].version,
+    logs.event("worker_listening" if args.front else "listening", url=url, pid=os.getpid(),
+               version=app.extensions["fedurl.coordinator"].version,
                connection_limit=app.config["CONNECTION_LIMIT"],
                dp_noise_multiplier=app.config["DP_NOISE_MULTIPLIER"], **{
                    f"{k}_timeout_s": v for k, v in asdict(Timeouts.from_config(app.config)).items()})

@@ -124,6 +124,40 @@ def transaction(engine: sa.Engine) -> Iterator[Connection]:
         yield connection
 
 
+# -- the round lock: several workers on one PostgreSQL ------------------------------------------------
+
+ROUND_LOCK = 0x66656475726C  # the advisory lock key of the open round ("fedurl")
+
+
+def shares_workers(engine: sa.Engine) -> bool:
+    """Whether several worker processes may use this database (PostgreSQL); SQLite has one process."""
+    return engine.dialect.name == "postgresql"
+
+
+def share_round(conn: Connection) -> None:
+    """Hold the round lock shared until conn's transaction ends: an upload in flight keeps any
+    worker from closing the round under it. A no-op on SQLite, where one process serves.
+    """
+    if shares_workers(conn.engine):
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock_shared(:key)"), {"key": ROUND_LOCK})
+
+
+@contextmanager
+def round_lock(engine: sa.Engine) -> Iterator[None]:
+    """Hold the round lock exclusively: wait until no worker has an upload in flight, and keep new
+    ones waiting until the block ends (PostgreSQL releases it if this process dies). A no-op on SQLite.
+    """
+    if not shares_workers(engine):
+        yield
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": ROUND_LOCK})
+        try:
+            yield
+        finally:
+            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": ROUND_LOCK})
+
+
 def get_engine(app: Flask | None = None) -> sa.Engine:
     """The engine of app (default: the current app)."""
     return (app or current_app).extensions["fedurl.engine"]
@@ -346,9 +380,10 @@ def find_ticket(conn: Connection, digest: str) -> Ticket | None:
     return None if row is None else Ticket(*row)
 
 
-def use_ticket(conn: Connection, digest: str, now: float) -> None:
-    """Mark a ticket used."""
-    conn.execute(tickets.update().where(tickets.c.digest == digest).values(used_at=now))
+def use_ticket(conn: Connection, digest: str, now: float) -> bool:
+    """Mark a ticket used; False if another transaction used it first (two workers, one ticket)."""
+    unused = (tickets.c.digest == digest) & tickets.c.used_at.is_(None)
+    return conn.execute(tickets.update().where(unused).values(used_at=now)).rowcount == 1
 
 
 def ticket_was_used(conn: Connection, digest: str) -> bool:
@@ -367,9 +402,22 @@ def has_update(conn: Connection, round_id: int, client_id: str) -> bool:
     return conn.execute(query).first() is not None
 
 
-def insert_update(conn: Connection, **values: object) -> None:
-    """Insert an accepted update's row (columns as in ``server.schema.updates``)."""
-    conn.execute(updates.insert().values(**values))
+def insert_update(conn: Connection, **values: object) -> bool:
+    """Insert an accepted update's row (columns as in ``server.schema.updates``); False if the
+    client already has one in the round (a concurrent upload on another worker won; the
+    transaction must then end).
+    """
+    try:
+        conn.execute(updates.insert().values(**values))
+    except sa.exc.IntegrityError:
+        return False
+    return True
+
+
+def count_updates(conn: Connection, round_id: int) -> int:
+    """How many updates the round has accepted (every worker's)."""
+    query = sa.select(sa.func.count()).select_from(updates).where(updates.c.round_id == round_id)
+    return conn.execute(query).scalar_one()
 
 
 def round_updates(conn: Connection, round_id: int) -> list[StoredUpdate]:

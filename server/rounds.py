@@ -1,14 +1,18 @@
 """The round coordinator: tickets, accepted updates, closing rounds, rollback.
 
-One ``Coordinator`` per server process owns the open round. An update is committed (its row and
-its used ticket in the database, its delta bytes fsynced to the spool, ``server.spool``) *before*
-it is handed to the aggregation strategy and before the client hears 202; a restart replays the
-open round's stored deltas (``server.recovery``), so whatever the strategy holds in memory is a
-cache of what is on disk, never the only copy. Closing writes the next version directory
-atomically (``server.versions``), then records it, closes the round and opens the next in one
-transaction. A crash between the two leaves an unknown directory that start-up clears away and
-a still-open round that closes again with the same updates. Writers hold one lock: the server is
-one process with many threads (``fedurl-serve``).
+One ``Coordinator`` per worker process; the open round lives in the database and the spool, not
+in memory, so several workers (on PostgreSQL) serve one federation. An update is committed (its
+row and its used ticket in the database, its delta bytes fsynced to the spool, ``server.spool``)
+before the client hears 202, and that is all a worker does with it: no worker holds a running
+sum. The worker that closes the round holds the round lock (``db.round_lock``: a PostgreSQL
+advisory lock, which every upload holds shared while it commits), so no upload is in flight
+anywhere; it reads the round's rows, feeds every stored delta, checked again, to a fresh
+aggregation strategy (``server.recovery.replay``, as at start-up) and publishes. Closing writes
+the next version directory atomically (``server.versions``), then records it, closes the round
+and opens the next in one transaction. A crash between the two leaves an unknown directory that
+start-up clears away and a still-open round that closes again with the same updates. Each
+request first catches up with what other workers did (``_sync``). Within a process, one lock
+serializes the threads; SQLite has one process (``db.shares_workers``).
 
 The coordinator knows neither HTTP nor SQL nor the aggregation math: refusals are
 ``server.refusals`` exceptions, statements are ``server.db`` functions, and the round's deltas go
@@ -40,10 +44,9 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
-
-import numpy as np
 
 from formats.update import UpdateMeta
 from server import cohorts, db, logs, quarantine, recovery
@@ -127,12 +130,15 @@ class Coordinator:
         self.engine, self.store, self.rules = engine, store, rules
         self.new_optimizer, self.clock, self.gate = new_optimizer, clock, gate
         self.rng: random.Random | None = None  # cohort draws: the OS's randomness unless a test seeds it
-        self.aggregator = new_aggregator()
+        self.new_aggregator = new_aggregator
+        self.aggregator = new_aggregator()  # the strategy of the last round this worker closed
         self.spool = Spool(store.data_dir)
         self.lock = threading.RLock()
+        self.exclusive = 0  # depth of _exclusive blocks this process is in (under self.lock)
         self.parents: dict[int, int | None] = {}
-        self.accepted: list[db.StoredUpdate] = []  # the open round's updates, as stored
+        self.round: db.Round  # the open round as this worker last read it; set by start
         self.secure = secure
+        self.opened: tuple[int, Aggregator] | None = None  # (round id, strategy started on its carry)
 
     # -- start-up and the current version ---------------------------------------------------------
 
@@ -142,7 +148,7 @@ class Coordinator:
         :param make_gate: builds the publish gate from the current manifest, before a replayed
             round can close.
         """
-        with self.lock:
+        with self._exclusive(sync=False):  # another worker may be starting or publishing
             self.parents = recovery.known_versions(self.engine, self.store, self.clock())
             if not self.parents:
                 self.parents = recovery.import_first_version(self.engine, self.store, bundle_dir,
@@ -152,7 +158,39 @@ class Coordinator:
             recovery.check_same_graphs(self.store.data_dir, self.manifest, bundle_dir)
             if make_gate is not None:
                 self.gate = make_gate(self.manifest)
+            self._gather()  # checks every stored body now: a damaged one is quarantined at start
             self._resume()
+
+    @contextmanager
+    def _exclusive(self, sync: bool = True) -> Iterator[None]:
+        """Make this worker the only one that may change the round: hold the round lock (no upload
+        in flight on any worker) and, with sync, catch up with the database first.
+        """
+        with self.lock:
+            if self.exclusive:
+                yield
+                return
+            with db.round_lock(self.engine):
+                self.exclusive += 1
+                try:
+                    if sync:
+                        with db.transaction(self.engine) as conn:
+                            self._sync(conn)
+                    yield
+                finally:
+                    self.exclusive -= 1
+
+    def _sync(self, conn: db.Connection) -> None:
+        """Catch up with the database: another worker may have drawn the cohort, closed the round
+        or published a version since this one last looked.
+        """
+        current = db.current_round(conn)
+        if current == self.round:
+            return
+        if current.base_version != self.version:
+            self.parents = db.version_parents(conn)
+            self._load(current.base_version)
+        self.round = current
 
     def _load(self, version: int) -> None:
         """Make version current: manifest, weights and optimizer state."""
@@ -170,30 +208,66 @@ class Coordinator:
             logs.event("optimizer_state_reset", optimizer=optimizer.name, saved_slots=sorted(state)[:4])
         return optimizer
 
-    def _resume(self) -> None:
-        """Start the strategy on the open round and replay that round's stored deltas into it."""
+    def _gather(self) -> tuple[Aggregator, list[db.StoredUpdate]]:
+        """A fresh strategy fed every stored delta of the open round, each checked again (a damaged
+        body is quarantined, bodies without a row are deleted); only under the round lock.
+        """
         with db.transaction(self.engine) as conn:
             carried = db.current_round(conn).carried
-        self.aggregator.start({p["name"]: tuple(p["shape"]) for p in self.manifest["parameters"]}, carried)
-        self.round, self.accepted = recovery.replay(self.engine, self.spool, self.aggregator,
-                                                    self.manifest["parameters"], self.rules.max_update_norm,
-                                                    self.clock())
-        if self.secure is not None:  # [T1] rebuild a secure round from its stored messages
-            with db.transaction(self.engine) as conn:
+        aggregator = self.new_aggregator()
+        aggregator.start({p["name"]: tuple(p["shape"]) for p in self.manifest["parameters"]}, carried)
+        self.round, accepted = recovery.replay(self.engine, self.spool, aggregator,
+                                               self.manifest["parameters"], self.rules.max_update_norm,
+                                               self.clock())
+        return aggregator, accepted
+
+    def _resume(self) -> None:
+        """Take up the open round (as the database has it) and close it if it is already due."""
+        with db.transaction(self.engine) as conn:
+            self._sync(conn)
+            count = db.count_updates(conn, self.round.id)
+            if self.secure is not None:  # [T1] rebuild a secure round from its stored messages
                 self.secure.resume(conn, self.round)
-        logs.event("round_open", version=self.version, round=self.round.id, updates=self.aggregator.count)
-        self._maybe_close(self.clock())
+        logs.event("round_open", version=self.version, round=self.round.id, updates=count)
+        self._maybe_close(self.clock(), count)
+
+    def admit(self) -> None:
+        """:raise Refused: if the open round takes no training (e.g. a spent privacy budget)."""
+        with self.lock, db.transaction(self.engine) as conn:
+            self._sync(conn)
+            self._opened_strategy().admit()
+
+    def _opened_strategy(self) -> Aggregator:
+        """The strategy started on the open round's carried state: it says whether the round may
+        train (``admit``: a spent privacy budget) and what the books say now, whichever worker
+        closed the last round.
+        """
+        if self.opened is None or self.opened[0] != self.round.id:
+            aggregator = self.new_aggregator()
+            aggregator.start({p["name"]: tuple(p["shape"]) for p in self.manifest["parameters"]},
+                             self.round.carried)
+            self.opened = (self.round.id, aggregator)
+        return self.opened[1]
 
     def current(self) -> tuple[int, int, dict]:
-        """(version, open round id, manifest) read together."""
-        with self.lock:
+        """(version, open round id, manifest) read together, as the database has them now."""
+        with self.lock, db.transaction(self.engine) as conn:
+            self._sync(conn)
             return self.version, self.round.id, self.manifest
 
+    def parameters(self) -> list[dict]:
+        """The model's parameter names and shapes: the same in every version of a federation
+        (start-up refuses other graphs), so no need to read the database.
+        """
+        return self.manifest["parameters"]
+
     def progress(self) -> Progress:
-        """The in-memory part of /api/status."""
-        with self.lock:
+        """The live part of /api/status: the open round and its count over every worker."""
+        with self.lock, db.transaction(self.engine) as conn:
+            self._sync(conn)
             return Progress(self.version, self.optimizer.name, self.aggregator.name, self.round,
-                            self.aggregator.count, self.rules, self.aggregator.report())
+                            db.count_updates(conn, self.round.id), self.rules,
+                            {**self.aggregator.report(), **self._opened_strategy().report()})
 
     def _first_phase(self) -> str:
         """The phase a new round opens in."""
@@ -209,14 +283,16 @@ class Coordinator:
             retry_after_s (when to ask again), deadline.
         """
         with self.lock:
-            self.aggregator.admit()
             now, rules = self.clock(), self.rules.cohort
+            with db.transaction(self.engine) as conn:
+                self._sync(conn)
+                self._opened_strategy().admit()
+                if rules is not None and self.round.phase == PHASE_SELECTING:
+                    db.check_in(conn, self.round.id, client_id, network, now)
             answer = {"round": self.round.id, "version": self.version, "phase": self.round.phase}
             if rules is None:
                 return {**answer, "state": "open", "retry_after_s": 0.0, "deadline": self.round.deadline}
             if self.round.phase == PHASE_SELECTING:
-                with db.transaction(self.engine) as conn:
-                    db.check_in(conn, self.round.id, client_id, network, now)
                 self._maybe_select(now)
             answer = {"round": self.round.id, "version": self.version, "phase": self.round.phase}
             if self.round.phase == PHASE_SELECTING:
@@ -230,13 +306,25 @@ class Coordinator:
 
     def _maybe_select(self, now: float) -> None:
         """Draw the open round's cohort once its window passed and enough eligible clients checked in."""
-        rules = self.rules.cohort
-        if rules is None or self.round.phase != PHASE_SELECTING:
+        if self.rules.cohort is None or self.round.phase != PHASE_SELECTING or not self._ready(now):
             return
+        with self._exclusive():  # one worker draws, once
+            if self.round.phase == PHASE_SELECTING and self._ready(now):
+                self._select(now)
+
+    def _ready(self, now: float) -> bool:
+        """Whether the selecting round's window passed with enough eligible check-ins."""
+        assert self.rules.cohort is not None
         with db.transaction(self.engine) as conn:
             networks = db.checkins_by_network(conn, self.round.id)
-            if not cohorts.ready(rules, self.round.opened_at, now, networks):
-                return
+        return cohorts.ready(self.rules.cohort, self.round.opened_at, now, networks)
+
+    def _select(self, now: float) -> None:
+        """Draw the cohort among the round's check-ins and start reporting."""
+        rules = self.rules.cohort
+        assert rules is not None
+        with db.transaction(self.engine) as conn:
+            networks = db.checkins_by_network(conn, self.round.id)
             members = cohorts.sample(db.round_checkins(conn, self.round.id), rules.target, rules.per_network,
                                      self.rng)
             phase, deadline = PHASE_REPORTING, now + self.rules.deadline_s
@@ -254,10 +342,11 @@ class Coordinator:
         """A single-use ticket for the current version and round: ticket, version, round, expires_at."""
         ticket = secrets.token_urlsafe(24)
         with self.lock:
-            self.aggregator.admit()
             now = self.clock()
             expires = now + self.rules.ticket_ttl_s
             with db.transaction(self.engine) as conn:
+                self._sync(conn)
+                self._opened_strategy().admit()
                 if self.rules.cohort is not None and not (self.round.phase != PHASE_SELECTING and
                                                           db.is_member(conn, self.round.id, client_id)):
                     raise NotSelected(f"client {client_id} is not in the cohort of round {self.round.id}; "
@@ -266,37 +355,41 @@ class Coordinator:
                                  expires)
             return {"ticket": ticket, "version": self.version, "round": self.round.id, "expires_at": expires}
 
-    def submit(self, meta: UpdateMeta, delta: dict[str, np.ndarray], norm: float, body: bytes) -> dict:
-        """Persist one validated update, hand it to the strategy, and close the round if it is due.
+    def submit(self, meta: UpdateMeta, norm: float, body: bytes) -> dict:
+        """Persist one validated update (body: its checked upload) and close the round if it is due.
 
         :return: accepted, round, updates_in_round, and the version after this update.
         :raise Refused: UnknownBaseVersion, StaleVersion, Ticket*, VersionMismatch, DuplicateClient.
         """
+        sha256 = hashlib.sha256(body).hexdigest()  # the close checks the stored body against it
         with self.lock:
             if self.secure is not None:  # [T1] an update in clear is exactly what secure mode never stores
                 raise SecureOnly("this server aggregates securely: a cohort member sends a masked input "
                                  "(docs/PROTOCOL.md, Secure rounds), never its update")
-            self.aggregator.admit()
-            now, round_id = self.clock(), self.round.id
-            staleness = self._staleness(meta.base_version)
-            weight = meta.num_examples * staleness_weight(staleness, self.rules.staleness_exponent)
-            sha256 = hashlib.sha256(body).hexdigest()  # replay checks the stored body against it
+            now = self.clock()
             with db.transaction(self.engine) as conn:
+                db.share_round(conn)  # until the commit: no worker closes this round meanwhile
+                self._sync(conn)
+                self._opened_strategy().admit()
+                round_id = self.round.id
+                staleness = self._staleness(meta.base_version)
+                weight = meta.num_examples * staleness_weight(staleness, self.rules.staleness_exponent)
                 key = self._claim_ticket(conn, meta, now)
+                duplicate = DuplicateClient(f"client {meta.client_id} already sent an update in round "
+                                            f"{round_id}")
                 if db.has_update(conn, round_id, meta.client_id):
-                    raise DuplicateClient(f"client {meta.client_id} already sent an update in round "
-                                          f"{round_id}")
-                db.insert_update(conn, round_id=round_id, client_id=meta.client_id, ticket_digest=key,
-                                 base_version=meta.base_version, staleness=staleness,
-                                 num_examples=meta.num_examples, weight=weight, loss_before=meta.loss_before,
-                                 loss_after=meta.loss_after, norm=norm, received_at=now, sha256=sha256)
+                    raise duplicate
+                if not db.insert_update(conn, round_id=round_id, client_id=meta.client_id, ticket_digest=key,
+                                        base_version=meta.base_version, staleness=staleness,
+                                        num_examples=meta.num_examples, weight=weight,
+                                        loss_before=meta.loss_before, loss_after=meta.loss_after, norm=norm,
+                                        received_at=now, sha256=sha256):
+                    raise duplicate  # another worker stored this client's update a moment ago
+                count = db.count_updates(conn, round_id)
                 self.spool.write(round_id, key, body)  # before the commit: a committed row has its body
-            self.aggregator.accumulate(delta, weight)
-            self.accepted.append(db.StoredUpdate(key, weight, sha256))
-            count = self.aggregator.count
             logs.event("update_accepted", round=round_id, client=meta.client_id, staleness=staleness,
                        examples=meta.num_examples, norm=round(norm, 6), updates_in_round=count)
-            self._maybe_close(now)
+            self._maybe_close(now, count)
             return {"accepted": True, "round": round_id, "updates_in_round": count, "version": self.version}
 
     def _staleness(self, base_version: int) -> int:
@@ -332,7 +425,8 @@ class Coordinator:
         if ticket.version != meta.base_version:
             raise VersionMismatch(f"ticket is for version {ticket.version}, base_version says "
                                   f"{meta.base_version}: take the ticket with the model you train on")
-        db.use_ticket(conn, key, now)
+        if not db.use_ticket(conn, key, now):
+            raise TicketReused("this ticket was already used (by a concurrent upload)")
         return key
 
     def prune_tickets(self) -> int:
@@ -345,50 +439,71 @@ class Coordinator:
     def tick(self) -> None:
         """Draw a cohort that is due; close (or abandon) the round if its deadline passed."""
         with self.lock:
+            with db.transaction(self.engine) as conn:
+                self._sync(conn)
             self._maybe_select(self.clock())
             self._maybe_close(self.clock())
 
-    def _maybe_close(self, now: float) -> None:
+    def _due(self, now: float, count: int) -> str | None:
+        """Why the open round ends now with count updates: min_clients, deadline (close), abandon
+        (a cohort short of the floor at the deadline), or None (not yet).
+        """
+        if self.round.phase == PHASE_SELECTING:
+            return None
+        if count >= self.rules.min_clients:
+            return "min_clients"
+        if now >= self.round.deadline and count >= self.rules.floor:
+            return "deadline"
+        if now >= self.round.deadline and self.rules.cohort is not None:
+            return "abandon"
+        return None
+
+    def _maybe_close(self, now: float, count: int | None = None) -> None:
         """Close when min_clients arrived, or past the deadline with at least the floor.
 
-        A failed close (disk full...) is logged and leaves the round open with every update it
-        had; the next update or tick tries again. The update that triggered it stays accepted.
+        count is the round's updates as the caller saw them (None: counted here). When due, the
+        round lock is taken and the stored deltas decide again: another worker may have closed the
+        round meanwhile, and a damaged body does not count. A failed close (disk full...) is
+        logged and leaves the round open with every update it had; the next update or tick tries
+        again. The update that triggered it stays accepted.
         """
-        count = self.aggregator.count
-        if self.round.phase == PHASE_SELECTING:
-            return
         if self.secure is not None:  # [T1] a secure round closes its phases itself (server/secure.py)
-            self.secure.advance(self, now)
+            if self.round.phase != PHASE_SELECTING:
+                self.secure.advance(self, now)
             return
-        if count >= self.rules.min_clients:
-            reason = "min_clients"
-        elif now >= self.round.deadline and count >= self.rules.floor:
-            reason = "deadline"
-        elif now >= self.round.deadline and self.rules.cohort is not None:
-            self._restart_round("abandoned", "deadline", f"{count} of {self.rules.floor} reports needed by "
-                                "the deadline arrived; a new cohort is drawn", now, self.round.carried)
+        if count is None:
+            with db.transaction(self.engine) as conn:
+                count = db.count_updates(conn, self.round.id)
+        if self._due(now, count) is None:
             return
-        else:
-            return
-        try:
-            self._close(reason, now)
-        except Exception:
-            logs.event("close_failed", level=logging.ERROR, exc_info=True, round=self.round.id)
+        with self._exclusive():
+            aggregator, accepted = self._gather()
+            reason = self._due(now, aggregator.count)
+            if reason == "abandon":
+                detail = (f"{aggregator.count} of {self.rules.floor} reports needed by the deadline arrived; "
+                          "a new cohort is drawn")
+                self._restart_round("abandoned", "deadline", detail, now, self.round.carried)
+            elif reason is not None:
+                try:
+                    self._close(reason, now, aggregator, accepted)
+                except Exception:
+                    logs.event("close_failed", level=logging.ERROR, exc_info=True, round=self.round.id)
 
     def close_now(self) -> dict:
         """Close the open round with whatever it has (admin).
 
         :raise EmptyRound: if no update arrived yet.
         """
-        with self.lock:
-            if self.aggregator.count == 0:
+        with self._exclusive():
+            aggregator, accepted = self._gather()
+            if aggregator.count == 0:
                 raise EmptyRound(f"round {self.round.id} has no updates to aggregate")
-            return self._close("admin", self.clock())
+            return self._close("admin", self.clock(), aggregator, accepted)
 
     def close_secure(self, now: float) -> None:
         """[T1] Close a secure round whose sum was unmasked (a failure is logged; the next tick retries)."""
         try:
-            self._close("secure", now)
+            self._close("secure", now, self._opened_strategy(), [])
         except Exception:
             logs.event("close_failed", level=logging.ERROR, exc_info=True, round=self.round.id)
 
@@ -396,19 +511,23 @@ class Coordinator:
         """[T1] End the open round without a version (a secure cohort fell below its minimum)."""
         self._restart_round("abandoned", reason, detail, now, self.round.carried)
 
-    def _close(self, reason: str, now: float) -> dict:
-        """Aggregate the round into the next version and open the next round."""
+    def _close(self, reason: str, now: float, aggregator: Aggregator,
+               accepted: list[db.StoredUpdate]) -> dict:
+        """Aggregate the round (every stored delta fed to aggregator, or a secure cohort's unmasked
+        sum) into the next version and open the next round; under the round lock.
+        """
         mean_delta: dict | None
         if self.secure is not None:  # [T1] the unmasked mean of the secure cohort
             mean_delta = self.secure.mean_delta(self.manifest["parameters"])
-            self.aggregator.aggregated_elsewhere()  # the privacy ledger counts it all the same
+            aggregator.aggregated_elsewhere()  # the privacy ledger counts it all the same
         else:
-            deltas = self.spool.deltas(self.round.id, [update.key for update in self.accepted])
-            mean_delta = self.aggregator.finalize(deltas)
+            deltas = self.spool.deltas(self.round.id, [update.key for update in accepted])
+            mean_delta = aggregator.finalize(deltas)
         assert mean_delta is not None, "closing a round without updates"
         optimizer = self._optimizer_with(self.optimizer.state)
         weights = optimizer.step(self.weights, mean_delta)
-        carried = self.aggregator.carry()
+        carried = aggregator.carry()
+        self.aggregator = aggregator  # /api/status reports the round this worker closed last
         problem = unsafe_weights(weights, self.rules.max_weight_abs)
         if problem:
             raise UnsafeWeights(f"refusing to publish version {self.version + 1}: {problem}")
@@ -434,6 +553,7 @@ class Coordinator:
         with db.transaction(self.engine) as conn:
             db.end_round(conn, ended, status, now, reason, None, detail)
             db.open_round(conn, self.version, now, now + self.rules.deadline_s, self._first_phase(), carried)
+        self.spool.drop_round(ended)
         self._resume()
         logs.event(f"round_{status}", ended_round=ended, round=self.round.id, detail=detail)
         return {"version": self.version, "ended_round": ended, "round": self.round.id, "reason": status,
@@ -445,7 +565,7 @@ class Coordinator:
         The open round is aborted: its deltas were computed on the model being rolled back.
         :raise NoSuchVersion, NotEarlier, VersionDamaged: for an unknown, the current or a damaged version.
         """
-        with self.lock:
+        with self._exclusive():
             if version not in self.parents:
                 raise NoSuchVersion(f"there is no version {version}")
             if version == self.version:
@@ -457,7 +577,7 @@ class Coordinator:
                 logs.event("version_damaged", level=logging.ERROR, version=version, error=str(exc))
                 raise VersionDamaged(f"version {version} is damaged on disk ({exc})") from None
             # the strategy's account so far: a rollback never takes back spent privacy (server.dp)
-            extra = {"rollback_to": version, "rolled_back": self.version, **self.aggregator.report()}
+            extra = {"rollback_to": version, "rolled_back": self.version, **self._opened_strategy().report()}
             return self._publish(parent, weights, state, extra, "rollback", "rollback", self.clock(),
                                  self.round.carried)
 
@@ -481,7 +601,7 @@ class Coordinator:
             db.end_round(conn, ended, status, now, reason, version)
             db.open_round(conn, version, now, now + self.rules.deadline_s, self._first_phase(), carried)
         self.parents[version] = manifest["parent_version"]
-        self._load(version)
+        self.spool.drop_round(ended)
         self._resume()
         logs.event("version_published", version=version, kind=kind, ended_round=ended, status=status,
                    reason=reason, parent=manifest["parent_version"])

@@ -17,6 +17,7 @@ import numpy as np
 
 from formats import durable
 from formats import tensors as tensor_codec
+from server.validation import as_float32
 
 SUFFIX = ".st"
 
@@ -49,8 +50,7 @@ class Spool:
         One body is decoded at a time and only the one tensor is kept, so reading a whole round
         back costs updates x one parameter of memory.
         """
-        return np.stack([tensor_codec.decode(self.read(round_id, key))[0][name].astype(np.float32)
-                         for key in keys])
+        return np.stack([as_float32(tensor_codec.decode(self.read(round_id, key))[0][name]) for key in keys])
 
     def deltas(self, round_id: int, keys: list[str]) -> RoundDeltas:
         """The listed bodies of a round as ``server.strategies.Deltas``."""

@@ -84,8 +84,22 @@ def check_delta(tensors: dict[str, np.ndarray], parameters: list[dict], max_norm
 
 
 def as_float32(array: np.ndarray) -> np.ndarray:
-    """A float32 view (F32) or copy (F16) of a decoded delta tensor."""
-    return array.astype(np.float32, copy=False)
+    """A float32 view (F32) or exact copy (F16) of a decoded delta tensor.
+
+    F16 goes through its bits: numpy's own cast takes a slow path for float16 subnormals, which
+    are most of a 1e-4-scale delta (8 ms against 0.8 ms for the shipped model, per upload and
+    again at the close). Shifting the magnitude bits into float32 place and scaling by 2^112 is
+    exact for every finite value, subnormals included; infinities and NaNs come out infinite.
+    """
+    if array.dtype != np.float16:
+        return array.astype(np.float32, copy=False)
+    bits = array.view(np.uint16).astype(np.uint32)
+    result = (((bits & 0x7FFF) << 13) | ((bits & 0x8000) << 16)).view(np.float32)
+    result *= np.float32(2.0 ** 112)
+    not_finite = (bits & 0x7C00) == 0x7C00  # float16's all-ones exponent
+    if not_finite.any():
+        result[not_finite] = np.inf
+    return result
 
 
 def decode_upload(body: bytes, max_examples: int) -> Update:

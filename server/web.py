@@ -163,14 +163,16 @@ def gzip_cache(app: Flask | None = None) -> GzipCache:
     return extensions["fedurl.gzip"]
 
 
-def precompress_list(app: Flask) -> list[Path]:
-    """What a first visit downloads: the web client's files, ORT's page files, the current model's files."""
+def precompress_list(app: Flask, pages: bool = True) -> list[Path]:
+    """What a first visit downloads: the web client's files, ORT's page files (unless not pages:
+    nginx serves them), the current model's files.
+    """
     root = Path(app.config["WEB_CLIENT_DIR"])
     files = []
-    for folder, subfolders, names in os.walk(root):
+    for folder, subfolders, names in os.walk(root) if pages else ():
         subfolders[:] = sorted(d for d in subfolders if d.lower() != "node_modules" and not d.startswith("."))
         files += [Path(folder, name) for name in sorted(names) if not name.startswith(".")]
-    files += [root / ORT_DIST / name for name in ORT_PRECOMPRESS]
+    files += [root / ORT_DIST / name for name in ORT_PRECOMPRESS] if pages else []
     coordinator = app.extensions.get("fedurl.coordinator")
     if coordinator is not None:
         _, _, manifest = coordinator.current()
@@ -182,15 +184,15 @@ def precompress_list(app: Flask) -> list[Path]:
     return [f for f in files if f.suffix.lower() in COMPRESSIBLE and f.is_file()]
 
 
-def precompress(app: Flask) -> threading.Thread | None:
-    """Compress precompress_list(app) in a background thread (fedurl-serve calls this at start).
+def precompress(app: Flask, pages: bool = True) -> threading.Thread | None:
+    """Compress precompress_list(app, pages) in a background thread (fedurl-serve calls this at start).
 
     Requests meanwhile get files as they are. Logs ``precompressed`` when done. None if
     compression is off (GZIP_CACHE_BYTES = 0).
     """
     if app.config["GZIP_CACHE_BYTES"] <= 0:
         return None
-    cache, files = gzip_cache(app), precompress_list(app)
+    cache, files = gzip_cache(app), precompress_list(app, pages)
 
     def run() -> None:
         """Compress each file once, least important last (the cache keeps the newest)."""

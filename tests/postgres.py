@@ -2,7 +2,8 @@
 
 ``initdb`` into a fresh temp folder, ``pg_ctl start`` listening on a unix socket in that folder
 only (no TCP port, so concurrent test sessions never collide), trust authentication for the one
-local user. Durability settings are off (``fsync``): the tests kill the server, never PostgreSQL.
+local user. Durability settings are off (``fsync``): the tests kill the server, never PostgreSQL
+(bench/bench_server.py keeps them on).
 Debian keeps the binaries in /usr/lib/postgresql/<major>/bin, off PATH; ``make postgresql``
 installs Debian's package when none are found. PostgreSQL refuses to run as root, so under root
 the cluster runs as the ``postgres`` user (made by that package), else ``nobody``.
@@ -50,8 +51,9 @@ def _run_as() -> str | None:
 class Cluster:
     """One PostgreSQL server in a temp folder; ``database()`` hands out fresh, empty databases."""
 
-    def __init__(self, bindir: Path):
-        self.bindir = bindir
+    def __init__(self, bindir: Path, durable: bool = False):
+        """:param durable: keep fsync on (benchmarks); the tests turn it off."""
+        self.bindir, self.durable = bindir, durable
         self.user = _run_as()
         self.root = Path(tempfile.mkdtemp(prefix="fedurl-pg-"))  # short: a socket path is ≤ 107 bytes
         self.data = self.root / "data"
@@ -72,8 +74,9 @@ class Cluster:
             os.chown(self.root, account.pw_uid, account.pw_gid)
         self._pg("initdb", "-D", str(self.data), "-U", USER, "--auth=trust", "--encoding=UTF8",
                  "--locale=C", "--no-sync")
-        options = (f"-c listen_addresses='' -k {self.root} -p {PORT} -c fsync=off -c synchronous_commit=off "
-                   "-c full_page_writes=off -c max_connections=300")
+        options = f"-c listen_addresses='' -k {self.root} -p {PORT} -c max_connections=300"
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._pg("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w",
                  "-t", str(START_TIMEOUT_S), "-o", options, "start")
         self._admin = sa.create_engine(self.url("postgres"), isolation_level="AUTOCOMMIT",
@@ -97,6 +100,10 @@ class Cluster:
         assert self._admin is not None
         with self._admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+    def postmaster_pid(self) -> int:
+        """The server's main process (its backends are its children)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self) -> None:
         """Stop the server at once and delete its folder."""

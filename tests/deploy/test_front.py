@@ -20,9 +20,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from tests.server.conftest import write_tiny_bundle
+from client.protocol import FederatedClient
+from formats.bundle import load_bundle
+from tests.server.conftest import TINY_PARAMETERS, write_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "web_client"
@@ -59,16 +62,17 @@ def nginx_installed():
 class Deployment:
     """``fedurl-deploy`` (python -m deploy.front) on a free port; its log lines are kept by a thread."""
 
-    def __init__(self, bundle: Path, data_dir: Path, env: dict[str, str]):
+    def __init__(self, bundle: Path, data_dir: Path, env: dict[str, str], args: tuple[str, ...] = ()):
         environ = {**os.environ, "PYTHONPATH": str(REPO), "FEDURL_TICK_INTERVAL_S": "0",
                    "FEDURL_LOG_LEVEL": "INFO", **env}
         self.data_dir = data_dir
         self.process = subprocess.Popen([sys.executable, "-m", "deploy.front", "--bundle", str(bundle),
-                                         "--data-dir", str(data_dir), "--host", CLIENT, "--port", "0"],
+                                         "--data-dir", str(data_dir), "--host", CLIENT, "--port", "0", *args],
                                         cwd=REPO, env=environ, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         self.events: dict[str, dict] = {}  # the first of each name
+        self.log: list[dict] = []  # every event, in order
         self.timed_out: list[dict] = []  # the app's connections_timed_out events
         self.drain = threading.Thread(target=self._drain, daemon=True)
         self.drain.start()
@@ -90,6 +94,7 @@ class Deployment:
             except json.JSONDecodeError:
                 continue
             self.events.setdefault(event.get("event"), event)
+            self.log.append(event)
             if event.get("event") == "connections_timed_out":
                 self.timed_out.append(event["closed"])
 
@@ -306,3 +311,67 @@ def test_ctrl_c_stops_the_app_and_nginx(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail("nginx still runs after fedurl-deploy stopped")
+
+
+def test_several_workers_on_postgresql_serve_a_round_and_one_killed_comes_back(tmp_path, postgresql_url):
+    """The documented start with --workers 3 on PostgreSQL: a round's uploads go through nginx to
+    three app processes; one SIGKILLed mid-round is started again, and the round closes into the
+    exact weighted mean of all six uploads."""
+    # Prepare
+    bundle = write_tiny_bundle(tmp_path / "bundle")
+    env = {"FEDURL_SELECTION": "open", "FEDURL_IDENTITY": "", "FEDURL_MIN_CLIENTS": "6",
+           "FEDURL_INFLUENCE": "none", "FEDURL_GZIP_CACHE_BYTES": "0", "FEDURL_AGGREGATION": "plain"}
+    deployment = Deployment(bundle, tmp_path / "data", env, ("--workers", "3", "--db", postgresql_url))
+    rng = np.random.default_rng(5)
+    deltas = [{n: rng.normal(scale=0.01, size=s).astype(np.float32) for n, s in TINY_PARAMETERS.items()}
+              for _ in range(6)]
+    try:
+        started = [e for e in deployment.log if e.get("event") == "worker_listening"]
+        url = f"http://{CLIENT}:{deployment.port}"
+        clients = [FederatedClient(url) for _ in deltas]
+        tickets = [client.ticket() for client in clients]
+        for i in range(3):
+            clients[i].upload(deltas[i], tickets[i], 10 + i, 5.0, 4.0)
+        # Execute
+        os.kill(started[0]["pid"], signal.SIGKILL)
+        assert deployment.wait_for("worker_exited", 20)
+        for _ in range(600):  # the restarted worker replays the round's 3 bodies, then listens again
+            if sum(e.get("event") == "worker_listening" for e in deployment.log) == 3:
+                break
+            time.sleep(0.1)
+        for i in range(3, 6):
+            clients[i].upload(deltas[i], tickets[i], 10 + i, 5.0, 4.0)
+        version = FederatedClient(url).fetch_model()["version"]
+    finally:
+        code = deployment.stop()
+    # Assert
+    assert len(started) == 2 and len(deployment.events["listening"]["workers"]) == 3
+    assert deployment.events["worker_exited"]["pid"] == started[0]["pid"]
+    assert sum(e.get("event") == "worker_listening" for e in deployment.log) == 3, "the worker came back"
+    assert version == 2 and code == 0
+    v1 = load_bundle(bundle).load_weights()
+    v2 = load_bundle(tmp_path / "data" / "versions" / "2").load_weights()
+    weights = [10 + i for i in range(6)]
+    for name in TINY_PARAMETERS:
+        pairs = zip(weights, deltas, strict=True)
+        mean = sum(w * d[name].astype(np.float64) for w, d in pairs) / sum(weights)
+        np.testing.assert_allclose(v2[name], v1[name] + mean, rtol=1e-5, atol=1e-7)
+
+
+def test_several_workers_on_sqlite_are_refused(tmp_path):
+    """SQLite has one process: --workers 2 without PostgreSQL stops the start with a reason."""
+    command = [sys.executable, "-m", "deploy.front", "--bundle", str(write_tiny_bundle(tmp_path / "b")),
+               "--data-dir", str(tmp_path / "data"), "--port", "0", "--workers", "2"]
+    environ = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=environ, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "needs PostgreSQL" in result.stderr
+
+
+def test_several_workers_in_secure_mode_are_refused(tmp_path, postgresql_url):
+    """A secure round's phases live in one process: --workers 2 with the default AGGREGATION=secure
+    stops the start with a reason instead of letting two workers keep two different rounds."""
+    command = [sys.executable, "-m", "deploy.front", "--bundle", str(write_tiny_bundle(tmp_path / "b")),
+               "--data-dir", str(tmp_path / "data"), "--port", "0", "--workers", "2", "--db", postgresql_url]
+    environ = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, cwd=REPO, env=environ, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "AGGREGATION=secure" in result.stderr

@@ -147,7 +147,7 @@ def fetch(client, path: str, **kwargs):
 
 def snapshot(app) -> dict:
     """Everything an update could change: every table but the refusal counters, the version and
-    spool files on disk, and the coordinator's running aggregate. Equal snapshots mean nothing changed."""
+    spool files on disk, and the coordinator's view of the round. Equal snapshots mean nothing changed."""
     engine = app.extensions["fedurl.engine"]
     with db.transaction(engine) as conn:
         tables = {t.name: sorted(repr(tuple(row)) for row in conn.execute(sa.select(t)))
@@ -155,10 +155,8 @@ def snapshot(app) -> dict:
     root = Path(app.config["DATA_DIR"])
     files = sorted((str(p.relative_to(root)), hashlib.sha256(p.read_bytes()).hexdigest())
                    for folder in ("versions", "spool") for p in (root / folder).rglob("*") if p.is_file())
-    coordinator = app.extensions["fedurl.coordinator"]
-    aggregator = coordinator.aggregator
-    running = (coordinator.version, coordinator.round.id, aggregator.count, list(coordinator.accepted),
-               [s.tobytes() for s in aggregator.sum.sums.values()] if hasattr(aggregator, "sum") else None)
+    progress = app.extensions["fedurl.coordinator"].progress()
+    running = (progress.version, progress.round, progress.updates)
     return {"tables": tables, "files": files, "running": running}
 
 

@@ -35,13 +35,15 @@ pytestmark = pytest.mark.databases("sqlite", "postgresql")
 class ServerProcess:
     """fedurl-serve in a subprocess on a free port; its JSON-lines log is drained by a thread."""
 
-    def __init__(self, bundle: Path, data_dir: Path, db_url: str | None = None):
+    def __init__(self, bundle: Path, data_dir: Path, db_url: str | None = None, settings: dict | None = None):
+        """:param settings: FEDURL_ settings (without the prefix) over this test's."""
         env = {**os.environ, "FEDURL_MIN_CLIENTS": str(MIN_CLIENTS), "FEDURL_TICK_INTERVAL_S": "0",
                "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "100000", "FEDURL_MAX_UPDATE_NORM": "1000",
                "FEDURL_POW_DIFFICULTY": "8", "FEDURL_SELECTION_WINDOW_S": "0",
                "FEDURL_MAX_MEMBERS_PER_NETWORK": "1000", "FEDURL_OVER_SELECTION": "0",
                "FEDURL_INFLUENCE": "none", "FEDURL_AGGREGATION": "plain",
-               "FEDURL_DP_NOISE_MULTIPLIER": "0"}
+               "FEDURL_DP_NOISE_MULTIPLIER": "0",
+               **{f"FEDURL_{k}": str(v) for k, v in (settings or {}).items()}}
         command = [sys.executable, "-m", "server.cli", "--bundle", str(bundle), "--data-dir", str(data_dir),
                    "--port", "0", "--threads", "16", *(["--db", db_url] if db_url else [])]
         self.process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
@@ -86,6 +88,18 @@ def deltas_for(count: int, seed: int) -> list[dict]:
             for _ in range(count)]
 
 
+def draw_cohort(urls: list[str]) -> tuple[list, list, list]:
+    """MIN_CLIENTS clients, spread over urls, enroll and check in; the last check-in draws the
+    cohort. Returns the KILLED_CLIENTS that upload under fire with their tickets, and the rest.
+    """
+    clients = [FederatedClient(urls[i % len(urls)], timeout=20) for i in range(MIN_CLIENTS)]
+    for client in clients:
+        client.enroll()
+    states = [client.check_in()["state"] for client in clients]
+    assert states[-1] == "selected", "the last check-in completes the cohort"
+    return clients[:KILLED_CLIENTS], clients[KILLED_CLIENTS:], [c.ticket() for c in clients[:KILLED_CLIENTS]]
+
+
 def upload_until_killed(server: ServerProcess, clients: list, tickets: list, deltas: list) -> set[int]:
     """All clients upload at once; SIGKILL the server after KILL_AFTER 202s. Returns who got 202."""
     acked, lock, enough = set(), threading.Lock(), threading.Event()
@@ -121,13 +135,7 @@ def test_sigkill_mid_round_keeps_every_acknowledged_update(tmp_path, database, r
     db_url = request.getfixturevalue("postgresql_url") if database == "postgresql" else None
     server = ServerProcess(bundle, data_dir, db_url)
     try:
-        clients = [FederatedClient(server.url, timeout=20) for _ in range(KILLED_CLIENTS)]
-        fill_clients = [FederatedClient(server.url) for _ in range(MIN_CLIENTS - KILLED_CLIENTS)]
-        for client in clients + fill_clients:
-            client.enroll()
-        states = [client.check_in()["state"] for client in clients + fill_clients]
-        assert states[-1] == "selected", "the last check-in completes the cohort"
-        tickets = [c.ticket() for c in clients]
+        clients, fill_clients, tickets = draw_cohort([server.url])
         deltas = deltas_for(KILLED_CLIENTS, seed=1)
         # Execute: kill -9 mid-round, restart, retry everyone, then fill the round
         acknowledged = upload_until_killed(server, clients, tickets, deltas)

@@ -116,7 +116,7 @@ def test_a_corrupted_spool_body_is_quarantined_not_published(config, value):
     overwrite_tensors(spool_bodies(config)[0], value)
     # Execute
     restarted = create_app(config)
-    resumed = coordinator(restarted).aggregator.count
+    resumed = coordinator(restarted).progress().updates
     upload(restarted, 0.3)
     upload(restarted, 0.4)
     # Assert
@@ -139,7 +139,7 @@ def test_a_body_without_checksum_is_validated_again(config):
     with db.transaction(db.get_engine(app)) as conn:
         conn.execute(schema.updates.update().values(sha256=None))
     overwrite_tensors(spool_bodies(config)[1], float("nan"))
-    assert coordinator(create_app(config)).aggregator.count == 1
+    assert coordinator(create_app(config)).progress().updates == 1
 
 
 def test_weights_out_of_range_are_never_published(config):
@@ -148,7 +148,7 @@ def test_weights_out_of_range_are_never_published(config):
     app = create_app({**config, "SERVER_LR": 1e30})
     for value in (0.1, 0.2, 0.3):
         upload(app, value)
-    assert coordinator(app).version == 1 and coordinator(app).aggregator.count == 3
+    assert coordinator(app).version == 1 and coordinator(app).progress().updates == 3
     assert versions_on_disk(config) == ["1"]
     admin = {"Authorization": f"Bearer {config['ADMIN_TOKEN']}"}
     response = app.test_client().post("/api/admin/close", headers=admin)
@@ -173,7 +173,7 @@ def test_truncated_and_missing_spool_bodies_are_quarantined_and_start_goes_on(co
     missing.unlink()
     # Execute
     restarted = create_app(config_small)
-    resumed = coordinator(restarted).aggregator.count
+    resumed = coordinator(restarted).progress().updates
     for value in (0.4, 0.5, 0.6):
         upload(restarted, value)
     # Assert

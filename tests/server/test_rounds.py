@@ -93,7 +93,7 @@ def test_restart_resumes_the_open_round(config):
     v1 = weights(first, 1)
     # Execute
     second = create_app(config)
-    resumed = coordinator(second).aggregator.count
+    resumed = coordinator(second).progress().updates
     upload(second.test_client(), 0.6)
     # Assert
     assert resumed == 2 and coordinator(second).version == 2
@@ -121,7 +121,7 @@ def test_crash_between_publish_and_record_is_swept_and_redone(config):
     # Assert
     assert not any(path.exists() for path in debris) and not (data / "versions" / "2").exists()
     assert len(list((data / "spool" / "1").iterdir())) == 2  # the two committed bodies stay
-    assert (coordinator(restarted).version, coordinator(restarted).aggregator.count) == (1, 2)
+    assert (coordinator(restarted).version, coordinator(restarted).progress().updates) == (1, 2)
     upload(restarted.test_client(), 0.3)
     for name, array in weights(restarted, 2).items():
         np.testing.assert_allclose(array, c.weights[name] + 0.2, rtol=1e-6)
@@ -213,7 +213,7 @@ def test_a_failed_close_keeps_the_round_and_its_updates(app, client, monkeypatch
     upload(client, 0.2)
     # Execute
     third = upload(client, 0.3)
-    stuck = (c.version, c.aggregator.count, (Path(app.config["DATA_DIR"]) / "versions" / "2").exists())
+    stuck = (c.version, c.progress().updates, (Path(app.config["DATA_DIR"]) / "versions" / "2").exists())
     monkeypatch.undo()
     c.tick()
     # Assert
