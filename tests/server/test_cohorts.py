@@ -118,7 +118,9 @@ def test_one_address_with_unlimited_ids_lands_at_most_one_member_of_any_cohort_a
                 assert sybil.check_in()["state"] == "not_selected"
                 with pytest.raises(ProtocolError) as refused:
                     sybil.ticket()
-                assert refused.value.code == "not_selected"
+                # a fast machine mints more ids in ATTACK_S than the address may ask tickets for a
+                # minute: the rate limit then answers first; refused either way
+                assert refused.value.code in ("not_selected", "rate_limited")
         for fed in honest:
             if fed.client_id in chosen and coordinator.round.id == opened:
                 report(fed)
