@@ -283,10 +283,11 @@ class Workers:
                 process.wait(STOP_WAIT_S)
 
 
-def _accepts(port: int) -> bool:
-    """Whether something accepts TCP connections on 127.0.0.1:port."""
+def _accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on host:port (a wildcard host: on loopback)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        socket.create_connection((host, port), timeout=1).close()
     except OSError:
         return False
     return True
@@ -397,6 +398,12 @@ def main(argv=None) -> None:
 
     signal.signal(signal.SIGTERM, terminate)
     nginx.start(nginx_ended)
+    deadline = time.monotonic() + WORKER_START_S
+    while not _accepts(listen[1], listen[0]):  # "listening" means a request gets through now
+        if nginx.process is None or nginx.process.poll() is not None or time.monotonic() > deadline:
+            workers.stop()
+            raise SystemExit(f"fedurl-deploy: nginx did not start listening on {listen[0]}:{listen[1]}")
+        time.sleep(0.05)
     url = f"http://{listen[0] if ':' not in listen[0] else f'[{listen[0]}]'}:{listen[1]}"
     logs.event("listening", url=url, app_url=f"http://{upstream[0]}:{upstream[1]}", front=str(prefix),
                workers=[f"http://{host}:{port}" for host, port in upstreams],
