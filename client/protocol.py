@@ -23,6 +23,7 @@ from formats import durable
 from formats import tensors as tensor_codec
 from formats import update as update_codec
 from formats.bundle import MANIFEST
+from formats.pow import solve
 from privacy.messages import RoundConfig
 from privacy.secagg import SecAggClient
 
@@ -64,24 +65,6 @@ class _FlaskTransport:
         data = response.get_data()
         response.close()  # file responses hold an open file until closed
         return response.status_code, {k.lower(): v for k, v in response.headers.items()}, data
-
-
-def leading_zero_bits(digest: bytes) -> int:
-    """How many zero bits a digest starts with."""
-    return len(digest) * 8 - int.from_bytes(digest, "big").bit_length()
-
-
-def solve_puzzle(puzzle: str, difficulty: int, limit: int = 1 << 32) -> str:
-    """The first decimal counter c with SHA-256(puzzle ":" c) starting with difficulty zero bits
-    (the client's half of server/identity.py's WorkPuzzles, as web_client/pow.js in the browser).
-    """
-    prefix = hashlib.sha256(f"{puzzle}:".encode())
-    for counter in range(limit):
-        digest = prefix.copy()
-        digest.update(str(counter).encode())
-        if leading_zero_bits(digest.digest()) >= difficulty:
-            return str(counter)
-    raise RuntimeError(f"no solution below {limit}")
 
 
 def random_client_id() -> str:
@@ -163,7 +146,7 @@ class FederatedClient:
         body: dict = {"client_id": self.client_id}
         if "pow" in challenge["requires"]:
             body.update(puzzle=challenge["puzzle"],
-                        counter=solve_puzzle(challenge["puzzle"], challenge["difficulty"]))
+                        counter=solve(challenge["puzzle"], challenge["difficulty"]))
         if token is not None:
             body["token"] = token
         return self._post_json("/api/enrollments", body)

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from formats.pow import solves
+
 PUZZLE_VERSION = 1
 NONCE_BYTES = 16
 _PUZZLE = struct.Struct(">BB16sQ")  # version, difficulty, nonce, expires (unix seconds)
@@ -52,29 +54,6 @@ def _unb64(text: str, code: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except ValueError:
         raise IdentityError(code, "malformed base64url field") from None
-
-
-def leading_zero_bits(digest: bytes) -> int:
-    """How many zero bits the digest starts with."""
-    value = int.from_bytes(digest, "big")
-    return len(digest) * 8 - value.bit_length()
-
-
-def solves(puzzle: str, counter: str, difficulty: int) -> bool:
-    """Whether SHA-256(puzzle ":" counter) starts with ``difficulty`` zero bits."""
-    digest = hashlib.sha256(f"{puzzle}:{counter}".encode()).digest()
-    return leading_zero_bits(digest) >= difficulty
-
-
-def solve(puzzle: str, difficulty: int, limit: int = 1 << 32) -> str:
-    """The first decimal counter that solves a puzzle (what web_client/pow.js does in the browser)."""
-    prefix = hashlib.sha256(f"{puzzle}:".encode())
-    for counter in range(limit):
-        digest = prefix.copy()
-        digest.update(str(counter).encode())
-        if leading_zero_bits(digest.digest()) >= difficulty:
-            return str(counter)
-    raise RuntimeError(f"no solution below {limit}")
 
 
 @dataclass(frozen=True)

@@ -10,15 +10,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from server.identity import (
-    EnrollmentTokens,
-    IdentityError,
-    WorkPuzzles,
-    leading_zero_bits,
-    network_of,
-    solve,
-    solves,
-)
+from formats.pow import leading_zero_bits, solve, solves
+from server.identity import EnrollmentTokens, IdentityError, WorkPuzzles, network_of
 
 NOW = 1_700_000_000.0
 
