@@ -375,7 +375,7 @@ export class Client extends EventTarget {
       await this.secureStep(ticket, "unmask", "unmask", { bytes: await secureFetch(ticket, "unmask") });
       await this.recordTraining(visits, result);
       await this.delivered(`Masked update accepted (secure aggregation): the server learns only the sum of `
-        + `round ${ticket.round}'s cohort, never your update.`);
+        + `round ${ticket.round}'s cohort of ${size}, never your update.`);
     } catch (error) {
       this.update({ answer: { ok: false, text: `Secure round ${ticket.round} failed: ${error.message}` } });
     } finally {
