@@ -543,7 +543,7 @@ class Coordinator:
                            **(verdict.scores or {}))
                 return self._restart_round("refused", "gate", verdict.detail, now, carried)
         with db.transaction(self.engine) as conn:
-            stats = db.round_stats(conn, [self.round.id]).get(self.round.id, {})
+            stats = self.aggregator.publishable(db.round_stats(conn, [self.round.id]).get(self.round.id, {}))
         extra = {"round": self.round.id, "reason": reason, "optimizer": optimizer.name,
                  "aggregator": self.aggregator.name, **stats, **self.aggregator.report(),
                  **(self.secure.report() if self.secure is not None else {})}
