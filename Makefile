@@ -44,12 +44,22 @@ $(BUNDLE)/manifest.json: | install
 
 bundle: $(BUNDLE)/manifest.json
 
-# One person can complete a round in the demo, so it aggregates in plain mode (a secure cohort
-# needs 3 or more); a deployment keeps the defaults: secure cohorts of 10 clients.
+# The demo runs a deployment's secure aggregation: a cohort of PARTICIPANTS simulated people
+# (fedurl-participants: the Python client on public URLs) and you, so each round waits for your page
+# and you see the cohort form. PARTICIPANTS=0: plain mode, one person completes a round alone.
+PARTICIPANTS ?= 3
+ifeq ($(PARTICIPANTS),0)
+DEMO_MODE := FEDURL_AGGREGATION=plain FEDURL_MIN_CLIENTS=1
+else
+DEMO_MODE := FEDURL_AGGREGATION=secure FEDURL_MIN_CLIENTS=$(shell echo $$(($(PARTICIPANTS) + 1)))
+endif
+
 demo: install bundle
-	FEDURL_MIN_CLIENTS=$${FEDURL_MIN_CLIENTS:-1} FEDURL_SELECTION_WINDOW_S=$${FEDURL_SELECTION_WINDOW_S:-0} \
-	FEDURL_AGGREGATION=$${FEDURL_AGGREGATION:-plain} \
-	FEDURL_MAX_MEMBERS_PER_NETWORK=$${FEDURL_MAX_MEMBERS_PER_NETWORK:-100} \
+	@if [ "$(PARTICIPANTS)" != 0 ]; then \
+	  $(VENV)/bin/fedurl-participants --server http://$(HOST):$(PORT) --count $(PARTICIPANTS) & \
+	  trap "kill $$! 2>/dev/null" EXIT; \
+	fi; \
+	$(DEMO_MODE) FEDURL_OVER_SELECTION=0 FEDURL_SELECTION_WINDOW_S=0 FEDURL_MAX_MEMBERS_PER_NETWORK=100 \
 	FEDURL_GATE_TOLERANCE=$${FEDURL_GATE_TOLERANCE:-0.5} \
 	$(VENV)/bin/fedurl-serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
 

@@ -325,8 +325,10 @@ def status_document() -> dict:
         by_code[code] = by_code.get(code, 0) + count
         per_round = rejected.setdefault(round_id, {})
         per_round[code] = per_round.get(code, 0) + count
+    strategy = coordinator().aggregator
     for row in rounds:
-        row.update(stats.get(row["id"], NO_UPDATES), rejected=rejected.get(row["id"], {}),
+        published = strategy.publishable(stats.get(row["id"], NO_UPDATES))
+        row.update(published, rejected=rejected.get(row["id"], {}),
                    **sizes.get(row["id"], {"checkins": 0, "cohort": 0}))
         row.pop("carried", None)
         row["selected_at"] = iso(row["selected_at"]) if row["selected_at"] is not None else None

@@ -228,6 +228,15 @@ class DifferentiallyPrivate(Aggregator):
         """The inner strategy's state and the ledger including this round once it was aggregated."""
         return {**self.inner.carry(), LEDGER: {"rounds": self.closed.to_json()}}
 
+    def publishable(self, stats: dict) -> dict:
+        """With DP on, only a round's participant count (the cohort's size, public anyway): its
+        means of self-reported losses, examples and staleness are functions of each person's data
+        that no noise covers, so publishing them would bypass the ε the manifest claims.
+        """
+        if not self.settings.on:
+            return self.inner.publishable(stats)
+        return {key: (value if key == "participants" else None) for key, value in stats.items()}
+
     def report(self) -> dict:
         """The inner report (DP off; with DP on per-round clip counts are not published: they are not
         noised) and the privacy summary of the ledger so far.

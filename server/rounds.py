@@ -280,7 +280,8 @@ class Coordinator:
         afterwards the answer says whether client_id is in the reporting round's cohort.
 
         :return: round, version, phase, state (open | waiting | selected | not_selected),
-            retry_after_s (when to ask again), deadline.
+            retry_after_s (when to ask again), deadline; while waiting also checked_in (eligible
+            check-ins so far) and needed (how many draw the cohort), so a page can show it forming.
         """
         with self.lock:
             now, rules = self.clock(), self.rules.cohort
@@ -297,7 +298,11 @@ class Coordinator:
             answer = {"round": self.round.id, "version": self.version, "phase": self.round.phase}
             if self.round.phase == PHASE_SELECTING:
                 wait = max(rules.poll_s, self.round.opened_at + rules.window_s - now)
-                return {**answer, "state": "waiting", "retry_after_s": wait, "deadline": None}
+                with db.transaction(self.engine) as conn:
+                    networks = db.checkins_by_network(conn, self.round.id)
+                return {**answer, "state": "waiting", "retry_after_s": wait, "deadline": None,
+                        "checked_in": cohorts.eligible(networks, rules.per_network),
+                        "needed": max(rules.goal, rules.min_eligible)}
             with db.transaction(self.engine) as conn:
                 member = db.is_member(conn, self.round.id, client_id)
             wait = rules.poll_s if member else min(max(rules.poll_s, self.round.deadline - now), 60.0)
@@ -538,7 +543,7 @@ class Coordinator:
                            **(verdict.scores or {}))
                 return self._restart_round("refused", "gate", verdict.detail, now, carried)
         with db.transaction(self.engine) as conn:
-            stats = db.round_stats(conn, [self.round.id]).get(self.round.id, {})
+            stats = self.aggregator.publishable(db.round_stats(conn, [self.round.id]).get(self.round.id, {}))
         extra = {"round": self.round.id, "reason": reason, "optimizer": optimizer.name,
                  "aggregator": self.aggregator.name, **stats, **self.aggregator.report(),
                  **(self.secure.report() if self.secure is not None else {})}

@@ -91,6 +91,13 @@ class Aggregator(ABC):
         """JSON-safe figures of the last finalized round for the manifest and /api/status."""
         return {}
 
+    def publishable(self, stats: dict) -> dict:
+        """A round's figures from the clients' own reports (``db.round_stats``: mean losses,
+        examples, staleness) as they may be published; all of them by default (``server.dp``
+        withholds them).
+        """
+        return stats
+
 
 class FedAvgMean(Aggregator):
     """FedAvg (McMahan et al. 2017): the weighted mean, streamed into one float64 running sum.

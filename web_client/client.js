@@ -31,6 +31,13 @@ function retriesHelp(error) {
     || ["ticket_expired", "ticket_invalid", "not_selected", "round_closed"].includes(error.code);
 }
 
+/** What a waiting check-in says of the cohort being drawn (PROTOCOL.md step 1). */
+function cohortForming(answer) {
+  const count = Number.isInteger(answer.checked_in) && Number.isInteger(answer.needed)
+    ? ` ${answer.checked_in} of the ${answer.needed} needed have checked in;` : "";
+  return `Checked in for round ${answer.round}:${count} the server draws its participants at random; waiting…`;
+}
+
 /** A secure round's phases, in order (PROTOCOL.md, Secure rounds). */
 const SECURE_PHASES = ["advertise", "share_keys", "masked_input", "unmask"];
 const SECURE_POLL_MS = 500;
@@ -258,8 +265,7 @@ export class Client extends EventTarget {
       const answer = await checkIn(this.clientId);
       this.secure = SECURE_PHASES.includes(answer.phase);
       if (answer.state === "open" || answer.state === "selected") return true;
-      this.update({ answer: { ok: true, text: answer.state === "waiting"
-        ? `Checked in for round ${answer.round}: the server draws its participants at random; waiting…`
+      this.update({ answer: { ok: true, text: answer.state === "waiting" ? cohortForming(answer)
         : `Not drawn for round ${answer.round}; checking in again for the next one…` } });
       await new Promise((resolve) => setTimeout(resolve, Math.max(200, 1000 * answer.retry_after_s)));
     }
@@ -353,9 +359,9 @@ export class Client extends EventTarget {
     const say = (text) => this.update({ answer: { ok: true, text: `Secure round ${ticket.round}: ${text}` } });
     this.update({ training: true, progress: null });
     try {
-      const { index } = await secureState(ticket);
+      const { index, cohort_size: size } = await secureState(ticket);
       await this.secureStep(ticket, "advertise", "advertise", { bytes: await secureFetch(ticket, "config"), index });
-      say("keys advertised; training on your visits…");
+      say(`drawn into a cohort of ${size} (you and ${size - 1} others); keys advertised; training on your visits…`);
       const training = this.trainLocally();
       training.catch(() => {}); // awaited below; a failure there must not go unhandled meanwhile
       await this.awaitPhase(ticket, "share_keys");
@@ -369,7 +375,7 @@ export class Client extends EventTarget {
       await this.secureStep(ticket, "unmask", "unmask", { bytes: await secureFetch(ticket, "unmask") });
       await this.recordTraining(visits, result);
       await this.delivered(`Masked update accepted (secure aggregation): the server learns only the sum of `
-        + `round ${ticket.round}'s cohort, never your update.`);
+        + `round ${ticket.round}'s cohort of ${size}, never your update.`);
     } catch (error) {
       this.update({ answer: { ok: false, text: `Secure round ${ticket.round} failed: ${error.message}` } });
     } finally {

@@ -161,6 +161,17 @@ def test_no_ticket_without_being_drawn_and_no_report_after_the_round(defaults):
     assert refused.value.code == "round_closed"
 
 
+def test_a_waiting_check_in_says_how_many_eligible_clients_are_there_and_how_many_are_needed(defaults):
+    """The page shows the cohort forming: a waiting answer counts eligible check-ins (ids on one
+    network count once, as the draw does) against the goal."""
+    app, _ = started({**defaults, "IDENTITY": "", "MIN_CLIENTS": 4})
+    web = app.test_client()
+    answers = [FederatedClient(At(web, address)).check_in()
+               for address in ("198.51.1.7", "198.51.2.7", "198.51.2.8", "198.51.3.7")]
+    assert [(a["state"], a["checked_in"], a["needed"]) for a in answers] == [
+        ("waiting", 1, 4), ("waiting", 2, 4), ("waiting", 2, 4), ("waiting", 3, 4)]
+
+
 def test_a_client_that_did_not_enroll_cannot_check_in(defaults):
     """IDENTITY=pow (the default): check-ins and tickets of unenrolled ids are 403 not_enrolled."""
     app, _ = started(defaults)

@@ -126,6 +126,20 @@ def test_every_published_version_carries_the_accountants_epsilon(config):
     assert status["training"] == {"open": True}
 
 
+def test_with_dp_on_no_self_reported_loss_or_count_is_published_only_the_participants(config):
+    """Each client's loss and example count are functions of its data that no noise covers: with DP
+    on, neither the manifest nor /api/status publishes their means; without DP both do."""
+    for settings_, published in ((dp_config(config), False), (config, True)):
+        app = create_app({**settings_, "DATA_DIR": f"{config['DATA_DIR']}-{published}"})
+        close_round(app)
+        aggregation = app.extensions["fedurl.coordinator"].store.manifest(2)["aggregation"]
+        row = next(r for r in app.test_client().get("/api/status").get_json()["rounds"] if r["id"] == 1)
+        for record in (aggregation, row):
+            assert record["participants"] == 3
+            shown = [record[key] for key in ("examples", "loss_before", "loss_after", "mean_staleness")]
+            assert shown == ([30, 5.0, 4.0, 0.0] if published else [None] * 4), (settings_, record)
+
+
 def test_a_round_without_noise_is_published_with_an_infinite_epsilon(config):
     app = create_app(config)  # DP_NOISE_MULTIPLIER 0
     close_round(app)
