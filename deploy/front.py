@@ -369,10 +369,6 @@ def main(argv=None) -> None:
         if args.workers > 1 and not db.shares_workers(db.get_engine(app)):
             raise ValueError(f"--workers {args.workers} needs PostgreSQL (--db postgresql://...): on SQLite "
                              "one process serves")
-        if args.workers > 1 and app.config["AGGREGATION"] == "secure":
-            raise ValueError(f"--workers {args.workers} with AGGREGATION=secure: a secure round's phases "
-                             "live in one process (server/secure.py rebuilds them from the database only "
-                             "at start); run one worker, or FEDURL_AGGREGATION=plain")
         server = make_server(app, "127.0.0.1", 0, args.threads)  # reachable through nginx only
         upstream = ("127.0.0.1", server.effective_port)
         listen = (args.host, args.port or free_port(args.host))

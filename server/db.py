@@ -272,11 +272,25 @@ def drop_secure_messages_before(conn: Connection, round_id: int) -> int:
     return conn.execute(secure_messages.delete().where(secure_messages.c.round_id < round_id)).rowcount
 
 
-def secure_messages_of(conn: Connection, round_id: int) -> list[tuple[str, int, bytes]]:
-    """(phase, sender, body) of every stored message of a secure round, in arrival order."""
+def secure_messages_of(conn: Connection, round_id: int,
+                       only: list[tuple[str, int]] | None = None) -> list[tuple[str, int, bytes]]:
+    """(phase, sender, body) of every stored message of a secure round (only: these (phase,
+    sender) pairs), in arrival order.
+    """
     m = secure_messages.c
     query = sa.select(m.phase, m.sender, m.body).where(m.round_id == round_id).order_by(m.at, m.sender)
+    if only is not None:
+        if not only:
+            return []
+        query = query.where(sa.tuple_(m.phase, m.sender).in_(only))
     return [(phase, sender, bytes(body)) for phase, sender, body in conn.execute(query)]
+
+
+def secure_message_senders(conn: Connection, round_id: int) -> list[tuple[str, int]]:
+    """(phase, sender) of every stored message of a secure round, without the bodies."""
+    m = secure_messages.c
+    return [(phase, sender) for phase, sender in
+            conn.execute(sa.select(m.phase, m.sender).where(m.round_id == round_id))]
 
 
 # -- identities, check-ins, cohorts ---------------------------------------------------------------

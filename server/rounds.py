@@ -45,7 +45,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 
 from formats.update import UpdateMeta
@@ -179,6 +179,10 @@ class Coordinator:
                     yield
                 finally:
                     self.exclusive -= 1
+
+    def exclusive_round(self) -> AbstractContextManager[None]:
+        """[T1] ``_exclusive`` for server.secure: a secure round's messages change it one at a time."""
+        return self._exclusive()
 
     def _sync(self, conn: db.Connection) -> None:
         """Catch up with the database: another worker may have drawn the cohort, closed the round

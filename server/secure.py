@@ -24,6 +24,8 @@ Per-update defences (``INFLUENCE=bounded``) cannot see a masked input; clipping 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 
 PHASES = ("advertise", "share_keys", "masked_input", "unmask")  # rounds.phase of a secure round, in order
 MESSAGES = dict(zip(PHASES, ("advertise", "shares", "masked", "unmask"), strict=True))  # what each takes
+PHASE_OF = {kind: phase for phase, kind in MESSAGES.items()}
 DOWNLOADS = {"config": PHASES[0], "roster": PHASES[1], "shares": PHASES[2], "unmask": PHASES[3]}  # from
 SERVER_SENDER = -1  # the stored CONFIG's sender
 
@@ -78,6 +81,7 @@ class SecureRound:
         self.index = {client_id: i for i, client_id in enumerate(self.members)}
         self.config = config
         self.server = SecAggServer(config)
+        self.phase = PHASES[0]  # the phase this machine is in: every earlier one is closed here
 
     def senders(self, phase: str) -> tuple[set[int], set[int]]:
         """(who is expected to send in phase, who already did)."""
@@ -102,6 +106,7 @@ class SecureRound:
         """Close a phase before the last (:raise RoundAborted: below min_survivors)."""
         {"advertise": self.server.roster, "share_keys": self.server.close_shares,
          "masked_input": self.server.unmask_request}[phase]()
+        self.phase = PHASES[PHASES.index(phase) + 1]
 
     def download(self, what: str, index: int) -> bytes:
         """What a member fetches: config, roster, its shares, the unmask request."""
@@ -120,7 +125,9 @@ class SecureRound:
 class SecureAggregation:
     """The coordinator's secure mode: starts, runs, resumes and aborts secure rounds.
 
-    Every method runs under the coordinator's lock (the coordinator calls them, or takes it).
+    Every method that reads or changes the round runs on this worker's turn (``_turn``): the
+    round lock held exclusively across workers, after catching up with the messages and phase
+    closes other workers stored, so several workers on PostgreSQL serve one secure round.
     """
 
     def __init__(self, rules: SecureRules):
@@ -149,20 +156,49 @@ class SecureAggregation:
         stored = db.secure_messages_of(conn, current.id)
         config = RoundConfig.decode(next(body for kind, _, body in stored if kind == "config"))
         secure = SecureRound([client for client, _ in db.cohort(conn, current.id)], config)
-        for phase in PHASES[:PHASES.index(current.phase) + 1]:
-            for kind, _, body in stored:
-                if kind == MESSAGES[phase]:
-                    secure.receive(phase, body)
-            if phase != current.phase:
-                secure.close(phase)
+        self._replay(secure, stored, current.phase)
         self.round = secure
         logs.event("secure_round_resumed", round=current.id, phase=current.phase, **secure.progress())
+
+    def catch_up(self, conn: db.Connection, current: db.Round) -> None:
+        """Take what other workers stored since this one last looked (several workers on
+        PostgreSQL): a round drawn elsewhere is rebuilt from its messages, the open one is fed only
+        the messages and phase closes this worker lacks. Cheap when nothing changed: one query of
+        (kind, sender) pairs.
+        """
+        if self.round is None or self.round.config.round_id != current.id:
+            if self.round is not None or current.phase in PHASES:
+                self.resume(conn, current)
+            return
+        if current.phase not in PHASES:
+            return
+        missing = [(kind, sender) for kind, sender in db.secure_message_senders(conn, current.id)
+                   if kind != "config" and sender not in self.round.senders(PHASE_OF[kind])[1]]
+        if missing or self.round.phase != current.phase:
+            self._replay(self.round, db.secure_messages_of(conn, current.id, missing), current.phase)
+
+    @staticmethod
+    def _replay(secure: SecureRound, stored: list[tuple[str, int, bytes]], phase: str) -> None:
+        """Feed stored messages to secure in phase order, closing each phase before phase (where
+        the database has the round), from the phase the machine is in.
+        """
+        for at in PHASES[PHASES.index(secure.phase):PHASES.index(phase) + 1]:
+            for kind, _, body in stored:
+                if kind == MESSAGES[at]:
+                    secure.receive(at, body)
+            if at != phase:
+                secure.close(at)
 
     def advance(self, coordinator: Coordinator, now: float) -> None:
         """Close the current phase when all expected sent or its deadline passed; abandon the round
         when too few remain; after the unmask phase, close the round through the coordinator. A
         round that began in plain mode (AGGREGATION changed across a restart) is abandoned.
         """
+        with self._turn(coordinator):
+            self._advance(coordinator, now)
+
+    def _advance(self, coordinator: Coordinator, now: float) -> None:
+        """``advance`` on this worker's turn."""
         if self.round is None and coordinator.round.phase not in (PHASE_SELECTING, *PHASES):
             coordinator.abandon_round("secure", "the round began in plain mode; a secure round starts "
                                       "from a new cohort", now)
@@ -221,9 +257,9 @@ class SecureAggregation:
 
     def state(self, coordinator: Coordinator, ticket: str) -> dict:
         """Where the member's round stands: round, phase, index, cohort size, deadline."""
-        with coordinator.lock:
+        with self._turn(coordinator):
             now = coordinator.clock()
-            self.advance(coordinator, now)
+            self._advance(coordinator, now)
             index = self._member(coordinator, ticket, now)
             assert self.round is not None
             return {"round": coordinator.round.id, "phase": coordinator.round.phase, "index": index,
@@ -234,9 +270,9 @@ class SecureAggregation:
 
         :raise WrongPhase: before the phase that makes it exists.
         """
-        with coordinator.lock:
+        with self._turn(coordinator):
             now = coordinator.clock()
-            self.advance(coordinator, now)
+            self._advance(coordinator, now)
             index = self._member(coordinator, ticket, now)
             assert self.round is not None
             if PHASES.index(coordinator.round.phase) < PHASES.index(DOWNLOADS[what]):
@@ -250,9 +286,9 @@ class SecureAggregation:
 
         :raise WrongPhase, WrongSender, BadSecureMessage, and the ticket refusals.
         """
-        with coordinator.lock:
+        with self._turn(coordinator):
             now = coordinator.clock()
-            self.advance(coordinator, now)
+            self._advance(coordinator, now)
             index = self._member(coordinator, ticket, now)
             assert self.round is not None
             current = coordinator.round
@@ -272,10 +308,23 @@ class SecureAggregation:
                 raise
             logs.event("secure_message", round=current.id, phase=current.phase, sender=index,
                        bytes=len(data))
-            self.advance(coordinator, now)
+            self._advance(coordinator, now)
             return {"accepted": True, "round": current.id, "phase": coordinator.round.phase}
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def _turn(self, coordinator: Coordinator) -> Iterator[None]:
+        """Our worker's turn at the secure round: the round lock held exclusively (no other
+        worker changes the round meanwhile), caught up with what the others stored.
+        """
+        with coordinator.exclusive_round():
+            try:
+                with db.transaction(coordinator.engine) as conn:
+                    self.catch_up(conn, coordinator.round)
+            except Exception:  # memory and database disagree: rebuild from the database
+                self._reload(coordinator)
+            yield
 
     def _member(self, coordinator: Coordinator, ticket: str, now: float) -> int:
         """The cohort index of the ticket's member in the open secure round.

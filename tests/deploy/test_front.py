@@ -365,13 +365,3 @@ def test_several_workers_on_sqlite_are_refused(tmp_path):
     environ = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(command, cwd=REPO, env=environ, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "needs PostgreSQL" in result.stderr
-
-
-def test_several_workers_in_secure_mode_are_refused(tmp_path, postgresql_url):
-    """A secure round's phases live in one process: --workers 2 with the default AGGREGATION=secure
-    stops the start with a reason instead of letting two workers keep two different rounds."""
-    command = [sys.executable, "-m", "deploy.front", "--bundle", str(write_tiny_bundle(tmp_path / "b")),
-               "--data-dir", str(tmp_path / "data"), "--port", "0", "--workers", "2", "--db", postgresql_url]
-    environ = {**os.environ, "PYTHONPATH": str(REPO)}
-    result = subprocess.run(command, cwd=REPO, env=environ, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "AGGREGATION=secure" in result.stderr

@@ -9,6 +9,7 @@ weighted mean of its round's rows. Then one worker of three is SIGKILLed under l
 from __future__ import annotations
 
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from client.protocol import FederatedClient, ProtocolError
+from client.protocol import FederatedClient, ProtocolError, SecureParticipant, flatten
 from formats.bundle import load_bundle
+from privacy import quantize
 from server import schema
 from tests.server.conftest import write_tiny_bundle
 from tests.server.test_durability import (
@@ -187,3 +189,49 @@ def test_a_close_waits_for_uploads_in_flight(tmp_path, bundle, postgresql_url):
     aggregated = [v.round_id for v in versions if v.kind == "aggregate"]
     assert len(updates) == count and len(aggregated) == len(set(aggregated))
     assert {u.round_id for u in updates} == set(aggregated)
+
+
+def test_a_secure_round_runs_across_workers_whichever_worker_each_message_reaches(
+        tmp_path, bundle, postgresql_url):
+    """[T1] on several workers: a cohort of 6 drawn across 3 workers; each member sends each phase's
+    message through another worker than the one before, and one member vanishes after sharing its
+    keys, so the masked-input phase closes at its deadline on whichever worker is asked next and the
+    survivors unmask its masks from shares. Exactly one version is published: its parent plus the
+    mean of the 5 survivors' clipped deltas (the plain mean is the oracle). Before, a worker knew
+    only the phases it had seen itself."""
+    # Prepare
+    data_dir, cohort, phase_s = tmp_path / "data", 6, 10.0
+    workers = start_workers(bundle, data_dir, postgresql_url, {
+        "SELECTION": "cohort", "AGGREGATION": "secure", "IDENTITY": "", "MIN_CLIENTS": cohort,
+        "SECURE_PHASE_S": phase_s})
+    order = [{"name": name, "shape": list(shape)} for name, shape in PARAMETERS.items()]
+    deltas = deltas_for(cohort, seed=5)
+    urls = [worker.url for worker in workers]
+    try:
+        feds = [FederatedClient(urls[k % WORKERS]) for k in range(cohort)]
+        assert [fed.check_in()["state"] for fed in feds][-1] == "selected"
+        members = [SecureParticipant(fed, fed.ticket(), flatten(delta, order), np.random.default_rng(k))
+                   for k, (fed, delta) in enumerate(zip(feds, deltas, strict=True))]
+        # Execute: phase by phase, each member through the next worker; the last one leaves
+        for step, phase in enumerate(SecureParticipant.PHASES):
+            for k, member in enumerate(members):
+                if k == cohort - 1 and phase in ("masked_input", "unmask"):
+                    continue
+                member.fed = FederatedClient(urls[(k + step) % WORKERS], client_id=member.fed.client_id)
+                member.step(phase)
+            if phase == "masked_input":
+                time.sleep(phase_s + 0.5)  # the vanished member's deadline passes
+        status = FederatedClient(urls[1]).status()
+    finally:
+        stop_all(workers)
+    # Assert: one version, from exactly the survivors' masked inputs
+    versions = rows(postgresql_url, schema.versions)
+    assert sorted(v.version for v in versions) == [1, 2] and status["version"] == 2
+    v1, v2 = (load_bundle(data_dir / "versions" / str(v)).load_weights() for v in (1, 2))
+    config = members[0].machine.config
+    published = flatten({name: v2[name].astype(np.float64) - v1[name] for name in v2}, order)
+    expected = np.mean([quantize.clip(flatten(delta, order), config.clip) for delta in deltas[:-1]], axis=0)
+    assert np.abs(published - expected).max() < quantize.error_bound(config.scale)
+    manifest = load_bundle(data_dir / "versions" / "2").manifest["aggregation"]
+    assert (manifest["mode"], manifest["survivors"], manifest["dropped"]) == ("secure", cohort - 1, 1)
+    assert rows(postgresql_url, schema.updates) == []  # nothing in clear
