@@ -17,10 +17,9 @@ eligible check-ins it samples from (a smaller N gives a larger, safe, epsilon).
 
 - distributed (preferred): each client adds integer noise of std ``noise_std`` (in quantized
   units) before masking (:func:`client_noise_std`), sized so that ``min_survivors`` clients
-  already sum to the target; no single party sees it removed. The client draws a rounded
-  Gaussian: an approximation of the distributed discrete Gaussian of Kairouz, Liu and Steinke
-  (ICML 2021), whose exact sampler is left for integration; the sum's variance is what the
-  accountant assumes, plus at most 1/12 per client from rounding.
+  already sum to the target; no single party sees it removed. Each client draws its share from
+  the discrete Gaussian N_Z(0, noise_std^2) (privacy.ddg, exact up to float64 exp()): the
+  distributed discrete Gaussian of Kairouz, Liu and Steinke (ICML 2021).
 - central (fallback): :func:`add_central_noise` right after unmasking, on the server.
 """
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
-from . import dp, graph, quantize, shamir
+from . import ddg, dp, graph, quantize, shamir
 from .messages import (
     MAGIC,
     SERVER,
@@ -149,6 +149,13 @@ def _read_roster(config: RoundConfig, data: bytes) -> dict[int, tuple[bytes, byt
     return roster
 
 
+def noise_share(config: RoundConfig) -> np.ndarray | None:
+    """A client's share of the round's noise: num_params draws of N_Z(0, noise_std^2) from a CSPRNG
+    (privacy.ddg), or None without DP.
+    """
+    return ddg.discrete_gaussian(config.noise_std, config.num_params) if config.noise_std > 0 else None
+
+
 class SecAggClient:
     """One client's side of one round. Call advertise, share_keys, masked_input, unmask in order."""
 
@@ -227,10 +234,7 @@ class SecAggClient:
         delta = np.asarray(delta, dtype=np.float64).ravel()
         if delta.size != config.num_params:
             raise ProtocolError(f"delta has {delta.size} values, the round {config.num_params}")
-        noise = None
-        if config.noise_std > 0:
-            noise = np.rint(self.rng.normal(0.0, config.noise_std, config.num_params)).astype(np.int64)
-        value = quantize.encode(delta, config.bits, config.clip, config.scale, self.rng, noise)
+        value = quantize.encode(delta, config.bits, config.clip, config.scale, self.rng, noise_share(config))
         value = value.astype(word_dtype(config))
         value += pairwise_mask(config, self.b_seed)
         for v in sorted(self.received):
