@@ -35,11 +35,13 @@ def sum_noise_std(noise_multiplier: float, clip: float) -> float:
     return 2.0 * noise_multiplier * clip
 
 
-def client_noise_std(noise_multiplier: float, clip: float, scale: float, min_survivors: int) -> float:
-    """Per-client integer noise std (quantized units) so min_survivors shares sum to 2zC (scaled)."""
+def client_noise_std(noise_multiplier: float, norm_bound: float, min_survivors: int) -> float:
+    """Per-client discrete Gaussian std (integer units) such that min_survivors shares sum to z times
+    the integer-domain sensitivity 2 * norm_bound (privacy.quantize.norm_bound: C*s, plus rounding).
+    """
     if min_survivors < 1:
         raise ValueError("min_survivors must be positive")
-    return sum_noise_std(noise_multiplier, clip) * scale / math.sqrt(min_survivors)
+    return 2.0 * noise_multiplier * norm_bound / math.sqrt(min_survivors)
 
 
 def add_central_noise(total: np.ndarray, noise_multiplier: float, clip: float,

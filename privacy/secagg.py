@@ -75,14 +75,15 @@ def make_config(round_id: int, cohort_size: int, num_params: int, *, bits: int =
     threshold = graph.default_threshold(degree) if threshold is None else threshold
     if min_survivors is None:
         min_survivors = max(MIN_COHORT, math.ceil(2 * cohort_size / 3))
-    # all n clients' noise shares, each sized for min_survivors: std 2z*sqrt(n/min_survivors) C*s
+    # all n clients' noise shares, each sized for min_survivors: std 2z*sqrt(n/min_survivors) * norm bound
     noise_width = 2 * noise_multiplier * math.sqrt(cohort_size / max(1, min_survivors))
-    scale = quantize.scale_for(bits, clip, cohort_size, noise_width)
+    scale = quantize.scale_for(bits, clip, cohort_size, noise_width, num_params)
     config = RoundConfig(
         round_id=round_id, cohort_size=cohort_size, degree=degree, threshold=threshold,
         min_survivors=min_survivors, bits=bits, num_params=num_params, scale=scale, clip=clip,
         graph_seed=secrets.token_bytes(32) if graph_seed is None else graph_seed,
-        noise_std=dp.client_noise_std(noise_multiplier, clip, scale, max(1, min_survivors)))
+        noise_std=dp.client_noise_std(noise_multiplier, quantize.norm_bound(clip, scale, num_params),
+                                      max(1, min_survivors)))
     check_config(config)
     return config
 

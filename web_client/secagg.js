@@ -26,6 +26,9 @@ const KIND_SK = 1;
 const PKCS8_X25519 = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20];
 const MAX_RANDOM_BYTES = 65536; // crypto.getRandomValues' limit per call
 const EXP_MINUS_1 = Math.exp(-1);
+const ROUNDING_TRIES = 64; // privacy.quantize: conditional rounding's tries before rounding toward zero
+const NORM_SLACK = 1 - 2 ** -30; // bound^2 times this absorbs the float sum of squares' error
+const MAX_DIMS = 2 ** 23; // ... for vectors up to this long
 
 export const Type = Object.freeze({
   CONFIG: 0, ADVERTISE: 1, ROSTER: 2, SHARES: 3, SHARES_FOR: 4, MASKED_INPUT: 5, UNMASK_REQUEST: 6, UNMASK: 7,
@@ -289,17 +292,44 @@ export function clipDelta(delta, bound) {
 }
 
 /**
- * A client's input mod 2^32 (reduce to bits later): clip, scale, stochastic rounding, and the
- * client's share of the noise, discrete Gaussian of std noiseStd (privacy/dp.py), as in
+ * The L2 norm a clipped, scaled, conditionally rounded input never exceeds, in integer units
+ * (privacy.quantize.norm_bound: the same operations in the same order, so the same double).
+ */
+export function normBound(clip, scale, dims) {
+  if (!(dims >= 0 && dims <= MAX_DIMS)) throw new RangeError(`at most ${MAX_DIMS} values per input`);
+  const cs = clip * scale;
+  return Math.sqrt(cs * cs + dims / 4 + cs + Math.sqrt(dims) / 2);
+}
+
+/**
+ * Stochastic rounding repeated until the L2 norm is within bound; toward zero after
+ * ROUNDING_TRIES failures (privacy.quantize.conditional_round, which says why).
+ * @param {Float64Array} values @param {number} bound
+ */
+export function conditionalRound(values, bound) {
+  const limit = bound * bound * NORM_SLACK;
+  const out = new Float64Array(values.length);
+  const sumOfSquares = () => out.reduce((sum, q) => sum + q * q, 0);
+  for (let attempt = 0; attempt < ROUNDING_TRIES; attempt++) {
+    const u = uniforms(values.length);
+    for (let i = 0; i < values.length; i++) out[i] = Math.floor(values[i] + u[i]);
+    if (sumOfSquares() <= limit) return out;
+  }
+  for (let i = 0; i < values.length; i++) out[i] = Math.trunc(values[i]);
+  if (sumOfSquares() > limit) throw new RangeError(`values cannot round within the norm ${bound}`);
+  return out;
+}
+
+/**
+ * A client's input mod 2^32 (reduce to bits later): clip, scale, conditional stochastic rounding,
+ * and the client's share of the noise, discrete Gaussian of std noiseStd (privacy/dp.py), as in
  * privacy.quantize.encode.
  */
 export function encodeInput(delta, bound, scale, noiseStd = 0) {
-  const clipped = clipDelta(delta, bound);
-  const u = uniforms(clipped.length);
-  const out = new Uint32Array(clipped.length);
-  const noise = noiseStd > 0 ? discreteGaussian(noiseStd, clipped.length) : null;
-  for (let i = 0; i < clipped.length; i++) out[i] = Math.floor(clipped[i] * scale + u[i]) + (noise ? noise[i] : 0);
-  return out;
+  const scaled = clipDelta(delta, bound).map((v) => v * scale);
+  const rounded = conditionalRound(scaled, normBound(bound, scale, scaled.length));
+  const noise = noiseStd > 0 ? discreteGaussian(noiseStd, scaled.length) : null;
+  return Uint32Array.from(rounded, (q, i) => q + (noise ? noise[i] : 0));
 }
 
 function header(kind, roundId, sender) {

@@ -244,12 +244,14 @@ def test_stored_masked_inputs_look_uniform_and_hide_zero_rows():
 def test_distributed_noise_has_the_promised_size():
     n, d, z, clip = 10, 20_000, 0.5, 1.0
     config = make_config(round_id=8, cohort_size=n, num_params=d, bits=24, clip=clip, noise_multiplier=z)
-    assert config.noise_std == pytest.approx(dp.client_noise_std(z, clip, config.scale, config.min_survivors))
+    bound = quantize.norm_bound(clip, config.scale, d)  # the integer-domain sensitivity is 2 * bound
+    assert config.noise_std == pytest.approx(dp.client_noise_std(z, bound, config.min_survivors))
+    assert config.noise_std > dp.sum_noise_std(z, clip) * config.scale / np.sqrt(config.min_survivors)
     deltas = sparse_deltas(np.random.default_rng(6), n, d)
     _, aggregate, _ = run_round(config, deltas, {"share_keys": {3}})
     m = aggregate.count
     error_of_sum = (aggregate.mean(config) - oracle(config, deltas, aggregate.survivors)) * m
-    expected = dp.sum_noise_std(z, clip) * np.sqrt(m / config.min_survivors)  # >= 2zC since m >= min
+    expected = 2 * z * bound / config.scale * np.sqrt(m / config.min_survivors)  # >= 2zC since m >= min
     assert error_of_sum.std() == pytest.approx(expected, rel=0.05)
     assert abs(error_of_sum.mean()) < 5 * expected / np.sqrt(d)
 

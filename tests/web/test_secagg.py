@@ -166,6 +166,23 @@ def test_js_noise_is_the_discrete_gaussian_like_pythons(sa_page, sigma):
     assert stats.chi2_contingency(table).pvalue > 1e-4
 
 
+def test_js_conditional_rounding_never_exceeds_the_norm_bound(sa_page):
+    """The delta of tests/privacy's halfway test (plain rounding exceeds the bound about one run in
+    six): the JS input never does, and its bound is Python's double, bit for bit."""
+    d, scale = 100, 1000.0
+    delta = (np.arange(d) % 7 + 40.5) / scale
+    clip = float(np.linalg.norm(delta)) * (1 + 1e-12)
+    got = sa_page.evaluate("""([delta, clip, scale, cases]) => ({
+      norms: Array.from({ length: 300 }, () => Math.sqrt(Array.from(sa.encodeInput(delta, clip, scale),
+        (w) => (w >= 2 ** 31 ? w - 2 ** 32 : w)).reduce((s, q) => s + q * q, 0))),
+      bounds: cases.map(([c, s, n]) => sa.normBound(c, s, n)),
+    })""", [delta.tolist(), clip, scale, [[clip, scale, d], [1.0, 885.37, 690_688], [0.3, 1e7, 3]]])
+    bound = quantize.norm_bound(clip, scale, d)
+    assert max(got["norms"]) <= bound
+    assert got["bounds"] == [quantize.norm_bound(clip, scale, d), quantize.norm_bound(1.0, 885.37, 690_688),
+                             quantize.norm_bound(0.3, 1e7, 3)]
+
+
 def test_js_bernoulli_decides_a_tie_on_the_next_digits(sa_page):
     got = sa_page.evaluate("""() => {
       const scripted = (draws) => ({ draw53: () => draws.shift() });
