@@ -62,6 +62,11 @@ class RoundAborted(ProtocolError):
     """Too few clients remain for the round to complete safely."""
 
 
+def min_survivors_for(cohort_size: int, min_cohort: int = MIN_COHORT) -> int:
+    """The fewest of a cohort's clients a round may end with: max(min_cohort, ceil(2n/3))."""
+    return max(min_cohort, math.ceil(2 * cohort_size / 3))
+
+
 def make_config(round_id: int, cohort_size: int, num_params: int, *, bits: int = 16, clip: float = 1.0,
                 degree: int | None = None, threshold: int | None = None, min_survivors: int | None = None,
                 noise_multiplier: float = 0.0, graph_seed: bytes | None = None) -> RoundConfig:
@@ -74,7 +79,7 @@ def make_config(round_id: int, cohort_size: int, num_params: int, *, bits: int =
     degree = graph.default_degree(cohort_size) if degree is None else degree
     threshold = graph.default_threshold(degree) if threshold is None else threshold
     if min_survivors is None:
-        min_survivors = max(MIN_COHORT, math.ceil(2 * cohort_size / 3))
+        min_survivors = min_survivors_for(cohort_size)
     # all n clients' noise shares, each sized for min_survivors: std 2z*sqrt(n/min_survivors) * norm bound
     noise_width = 2 * noise_multiplier * math.sqrt(cohort_size / max(1, min_survivors))
     scale = quantize.scale_for(bits, clip, cohort_size, noise_width, num_params)

@@ -256,6 +256,18 @@ def test_distributed_noise_has_the_promised_size():
     assert abs(error_of_sum.mean()) < 5 * expected / np.sqrt(d)
 
 
+def test_a_realistic_secure_round_is_accounted_as_the_gaussian_at_z():
+    """At the model's size the per-client sigma is in the hundreds: tau underflows, and a round's noise,
+    sized for the sensitivity after rounding, is the Gaussian mechanism at z exactly."""
+    for z, bits, n in [(1.0, 16, 13), (0.5, 20, 100)]:
+        config = make_config(round_id=1, cohort_size=n, num_params=690_688, bits=bits, noise_multiplier=z)
+        assert config.noise_std > 100
+        assert dp.distributed_noise_multiplier(config) == pytest.approx(z, rel=1e-12)
+    assert dp.distributed_noise_multiplier(make_config(round_id=1, cohort_size=5, num_params=10)) == 0.0
+    with pytest.raises(ValueError):
+        dp.ddg_epsilon(0.0, 3, 1.0, 10)
+
+
 def test_epsilon_equals_dp_accounting_figure():
     import dp_accounting
     from dp_accounting import rdp
