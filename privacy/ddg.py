@@ -4,7 +4,7 @@ Algorithm 3 of their paper: with t = floor(sigma) + 1, propose Y from the discre
 P(y) ~ exp(-|y|/t) (their Algorithm 2: U uniform in {0..t-1} kept with probability exp(-U/t),
 V geometric from Bernoulli(exp(-1)) trials, X = U + t*V, a fair sign, (-, 0) refused), and keep
 Y with probability exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2)). Vectorised over numpy arrays (a
-million coordinates take about a second); ``web_client/secagg.js`` (``discreteGaussian``) is the
+million coordinates take under a second); ``web_client/secagg.js`` (``discreteGaussian``) is the
 same algorithm, one coordinate at a time.
 
 **Why hand-written.** OpenDP samples the discrete Gaussian exactly (Rust, rational arithmetic),
@@ -16,10 +16,11 @@ exact PMF with the same chi-square test (tests/privacy/test_ddg.py, tests/web/te
 else is exact. Each Bernoulli(p) is exact *for the float p* (:func:`bernoulli`: compare 53-bit
 uniform integers with the binary expansion of p, drawing more digits on a tie), so the only error
 is p = fl(exp(-fl(gamma))) against exp(-gamma): a relative error below 2^-52 (exp) plus
-2^-53 (sqrt(2 gamma) + 5 gamma) (the exponent's roundings) for every y with gamma <= 50, i.e.
-|y| <= 11 sigma. The sampled PMF is therefore within a factor exp(+-1e-13) of the exact one on
-|y| <= 11 sigma, and both put less than 1e-26 beyond. docs/PRIVACY.md turns this into what it adds
-to epsilon and delta (nothing the ledger's rounding would show).
+2^-53 (sqrt(2 gamma) + 5 gamma) (the exponent's roundings), at most 1.2e-13 for gamma <= 200,
+which holds for every |y| <= 20 sigma. The sampled PMF is therefore within a factor
+exp(+-2.5e-13) of the exact one on |y| <= 20 sigma, and both put less than 1e-86 beyond.
+docs/PRIVACY.md ("Floating point") turns this into what it adds to epsilon: at most 4.5e-6 a
+round at the defaults, which the ledger does not add.
 
 **Randomness.** :class:`CryptoRandom`: an AES-256-CTR keystream under a key from ``os.urandom``
 (the construction of the mask PRG, ``privacy.primitives``). Noise must be unpredictable to the
