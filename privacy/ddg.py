@@ -16,7 +16,7 @@ exact PMF with the same chi-square test (tests/privacy/test_ddg.py, tests/web/te
 else is exact. Each Bernoulli(p) is exact *for the float p* (:func:`bernoulli`: compare 53-bit
 uniform integers with the binary expansion of p, drawing more digits on a tie), so the only error
 is p = fl(exp(-fl(gamma))) against exp(-gamma): a relative error below 2^-52 (exp) plus
-2^-53 (sqrt(2 gamma) + 5 gamma) (the exponent's roundings), at most 1.2e-13 for gamma <= 200,
+2^-53 (5 gamma + 2 sqrt(2 gamma)) (the exponent's roundings), at most 1.2e-13 for gamma <= 200,
 which holds for every |y| <= 20 sigma. The sampled PMF is therefore within a factor
 exp(+-2.5e-13) of the exact one on |y| <= 20 sigma, and both put less than 1e-86 beyond.
 docs/PRIVACY.md ("Floating point") turns this into what it adds to epsilon: at most 4.5e-6 a

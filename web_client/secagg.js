@@ -309,14 +309,20 @@ export function normBound(clip, scale, dims) {
 export function conditionalRound(values, bound) {
   const limit = bound * bound * NORM_SLACK;
   const out = new Float64Array(values.length);
-  const sumOfSquares = () => out.reduce((sum, q) => sum + q * q, 0);
+  const fill = (round) => {
+    let sum = 0;
+    for (let i = 0; i < values.length; i++) {
+      const q = round(i);
+      out[i] = q;
+      sum += q * q;
+    }
+    return sum;
+  };
   for (let attempt = 0; attempt < ROUNDING_TRIES; attempt++) {
     const u = uniforms(values.length);
-    for (let i = 0; i < values.length; i++) out[i] = Math.floor(values[i] + u[i]);
-    if (sumOfSquares() <= limit) return out;
+    if (fill((i) => Math.floor(values[i] + u[i])) <= limit) return out;
   }
-  for (let i = 0; i < values.length; i++) out[i] = Math.trunc(values[i]);
-  if (sumOfSquares() > limit) throw new RangeError(`values cannot round within the norm ${bound}`);
+  if (fill((i) => Math.trunc(values[i])) > limit) throw new RangeError(`values cannot round within the norm ${bound}`);
   return out;
 }
 
@@ -326,10 +332,14 @@ export function conditionalRound(values, bound) {
  * privacy.quantize.encode.
  */
 export function encodeInput(delta, bound, scale, noiseStd = 0) {
-  const scaled = clipDelta(delta, bound).map((v) => v * scale);
+  const scaled = clipDelta(delta, bound);
+  for (let i = 0; i < scaled.length; i++) scaled[i] *= scale;
   const rounded = conditionalRound(scaled, normBound(bound, scale, scaled.length));
-  const noise = noiseStd > 0 ? discreteGaussian(noiseStd, scaled.length) : null;
-  return Uint32Array.from(rounded, (q, i) => q + (noise ? noise[i] : 0));
+  if (noiseStd > 0) {
+    const noise = discreteGaussian(noiseStd, scaled.length);
+    for (let i = 0; i < scaled.length; i++) rounded[i] += noise[i];
+  }
+  return Uint32Array.from(rounded); // ToUint32: negative values wrap mod 2^32
 }
 
 function header(kind, roundId, sender) {
