@@ -56,6 +56,7 @@ from .primitives import KeyPair, agree, decrypt, encrypt, prg_words
 MIN_COHORT = 3  # the sum of one or two updates is no secret
 SHARE_BYTES = 33  # a 32-byte secret plus the x coordinate
 B_SHARE, SK_SHARE = 0, 1
+MAX_NOISE_STD = 2.0**32  # the browser's sampler draws its uniform offsets from 32-bit words
 
 
 class RoundAborted(ProtocolError):
@@ -108,6 +109,9 @@ def check_config(config: RoundConfig) -> None:
         raise ProtocolError("threshold must be above half the degree and at most the degree")
     if not 2 <= config.bits <= 32 or config.scale <= 0 or config.clip <= 0 or config.num_params < 1:
         raise ProtocolError("bits, scale, clip or num_params out of range")
+    finite = math.isfinite(config.scale) and math.isfinite(config.clip)
+    if not (finite and 0 <= config.noise_std < MAX_NOISE_STD):  # a NaN noise_std would skip the noise
+        raise ProtocolError("scale and clip must be finite, noise_std in [0, 2^32)")
     if len(config.graph_seed) != 32:
         raise ProtocolError("graph seed must be 32 bytes")
 

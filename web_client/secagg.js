@@ -423,6 +423,10 @@ export function decodeConfig(bytes) {
   const graphSeed = reader.take(32);
   reader.end();
   if (width !== (bits <= 16 ? 2 : 4)) throw new ProtocolError("word width does not match bits");
+  if (!(scale > 0 && clip > 0 && Number.isFinite(scale) && Number.isFinite(clip) && noiseStd >= 0
+    && noiseStd < 2 ** 32)) { // privacy.secagg.check_config; NaN would skip the noise
+    throw new ProtocolError("scale and clip must be finite and positive, noise std in [0, 2^32)");
+  }
   if (cohortSize < 3 || minSurvivors < 3 || minSurvivors > cohortSize) {
     throw new ProtocolError("a secure cohort needs at least 3 clients");
   }

@@ -15,7 +15,7 @@ from scipy import stats
 from privacy import ddg, graph, quantize, shamir
 from privacy.messages import RoundConfig
 from privacy.primitives import KeyPair, agree, decrypt, encrypt, hkdf, prg_bytes, prg_words
-from privacy.secagg import SecAggClient, SecAggServer, make_config
+from privacy.secagg import ProtocolError, SecAggClient, SecAggServer, make_config
 from tests.privacy.ddg_support import chi_square_pvalue
 from tests.privacy.secagg_support import RFC7748
 
@@ -129,6 +129,12 @@ def test_config_decodes_in_js(sa_page):
     weak = RoundConfig(**{**config.__dict__, "threshold": config.degree // 2})  # b and s_sk both rebuildable
     with pytest.raises(Exception, match="threshold"):
         sa_page.evaluate("(data) => sa.decodeConfig(unhex(data))", weak.encode().hex())
+    for noise in (float("nan"), -1.0, 2.0**32):  # NaN > 0 is false: a NaN noise std would add none
+        unsafe = RoundConfig(**{**config.__dict__, "noise_std": noise})
+        with pytest.raises(Exception, match="noise std"):
+            sa_page.evaluate("(data) => sa.decodeConfig(unhex(data))", unsafe.encode().hex())
+        with pytest.raises(ProtocolError, match="noise_std"):
+            SecAggClient(unsafe, 0)
 
 
 def test_module_runs_in_a_web_worker(sa_page):
