@@ -58,8 +58,9 @@ def ddg_epsilon(sigma: float, survivors: int, sensitivity: float, dims: int) -> 
         epsilon = min(sqrt(S^2 / (n sigma^2) + tau d / 2), S / (sqrt(n) sigma) + tau sqrt(d)),
         tau = 10 * sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k / (k + 1)).
 
-    tau measures how far a sum of discrete Gaussians is from one discrete Gaussian; it underflows
-    to 0 once sigma > 6, so at realistic sigma epsilon = S / (sqrt(n) sigma), the Gaussian's.
+    tau measures how far a sum of discrete Gaussians is from one discrete Gaussian; it is below
+    1e-150 once sigma > 6 (0 in float64 past 8.7), so at realistic sigma epsilon = S / (sqrt(n) sigma),
+    the Gaussian's.
     """
     if sigma <= 0 or survivors < 1 or sensitivity <= 0 or dims < 1:
         raise ValueError("need sigma > 0, survivors >= 1, sensitivity > 0, dims >= 1")
