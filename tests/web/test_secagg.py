@@ -16,7 +16,7 @@ from privacy import ddg, graph, quantize, shamir
 from privacy.messages import RoundConfig
 from privacy.primitives import KeyPair, agree, decrypt, encrypt, hkdf, prg_bytes, prg_words
 from privacy.secagg import ProtocolError, SecAggClient, SecAggServer, make_config
-from tests.privacy.ddg_support import chi_square_pvalue
+from tests.privacy.ddg_support import chi_square_pvalue, variance
 from tests.privacy.secagg_support import RFC7748
 
 # The page imports the module and leaves it, and hex helpers, on window.
@@ -166,6 +166,7 @@ def test_js_noise_is_the_discrete_gaussian_like_pythons(sa_page, sigma):
     python = ddg.discrete_gaussian(sigma, count)
     assert chi_square_pvalue(js, sigma) > 1e-4
     assert chi_square_pvalue(python, sigma) > 1e-4
+    assert js.var() == pytest.approx(variance(sigma), rel=0.02)  # sigma^2 + 1/12 for the old share
     low, high = int(-4 * sigma) - 1, int(4 * sigma) + 1
     table = [np.bincount(np.clip(x, low, high) - low, minlength=high - low + 1) for x in (js, python)]
     table = np.array(table)[:, np.array(table).sum(axis=0) > 0]
