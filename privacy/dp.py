@@ -17,18 +17,23 @@ eligible check-ins it samples from (a smaller N gives a larger, safe, epsilon).
 
 - distributed (preferred): each client adds integer noise of std ``noise_std`` (in quantized
   units) before masking (:func:`client_noise_std`), sized so that ``min_survivors`` clients
-  already sum to the target; no single party sees it removed. The client draws a rounded
-  Gaussian: an approximation of the distributed discrete Gaussian of Kairouz, Liu and Steinke
-  (ICML 2021), whose exact sampler is left for integration; the sum's variance is what the
-  accountant assumes, plus at most 1/12 per client from rounding.
+  already sum to the target; no single party sees it removed. Each client draws its share from
+  the discrete Gaussian N_Z(0, noise_std^2) (privacy.ddg, exact up to float64 exp()): the
+  distributed discrete Gaussian of Kairouz, Liu and Steinke (ICML 2021).
 - central (fallback): :func:`add_central_noise` right after unmasking, on the server.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from . import quantize
+
+if TYPE_CHECKING:
+    from .messages import RoundConfig
 
 
 def sum_noise_std(noise_multiplier: float, clip: float) -> float:
@@ -36,11 +41,47 @@ def sum_noise_std(noise_multiplier: float, clip: float) -> float:
     return 2.0 * noise_multiplier * clip
 
 
-def client_noise_std(noise_multiplier: float, clip: float, scale: float, min_survivors: int) -> float:
-    """Per-client integer noise std (quantized units) so min_survivors shares sum to 2zC (scaled)."""
+def client_noise_std(noise_multiplier: float, norm_bound: float, min_survivors: int) -> float:
+    """Per-client discrete Gaussian std (integer units) such that min_survivors shares sum to z times
+    the integer-domain sensitivity 2 * norm_bound (privacy.quantize.norm_bound: C*s, plus rounding).
+    """
     if min_survivors < 1:
         raise ValueError("min_survivors must be positive")
-    return sum_noise_std(noise_multiplier, clip) * scale / math.sqrt(min_survivors)
+    return 2.0 * noise_multiplier * norm_bound / math.sqrt(min_survivors)
+
+
+def ddg_epsilon(sigma: float, survivors: int, sensitivity: float, dims: int) -> float:
+    """The zCDP epsilon of the sum of survivors' shares of N_Z(0, sigma^2) in dims coordinates, for a sum
+    whose L2 sensitivity is sensitivity (Kairouz, Liu, Steinke, ICML 2021, Theorem 1): the sum is
+    (epsilon^2 / 2)-concentrated DP with
+
+        epsilon = min(sqrt(S^2 / (n sigma^2) + tau d / 2), S / (sqrt(n) sigma) + tau sqrt(d)),
+        tau = 10 * sum_{k=1}^{n-1} exp(-2 pi^2 sigma^2 k / (k + 1)).
+
+    tau measures how far a sum of discrete Gaussians is from one discrete Gaussian; it is below
+    1e-150 once sigma > 6 (0 in float64 past 8.7), so at realistic sigma epsilon = S / (sqrt(n) sigma),
+    the Gaussian's.
+    """
+    if sigma <= 0 or survivors < 1 or sensitivity <= 0 or dims < 1:
+        raise ValueError("need sigma > 0, survivors >= 1, sensitivity > 0, dims >= 1")
+    tau = 10 * sum(math.exp(-2 * math.pi**2 * sigma**2 * k / (k + 1)) for k in range(1, survivors))
+    return min(math.sqrt(sensitivity**2 / (survivors * sigma**2) + tau * dims / 2),
+               sensitivity / (math.sqrt(survivors) * sigma) + tau * math.sqrt(dims))
+
+
+def distributed_noise_multiplier(config: RoundConfig) -> float:
+    """The noise multiplier z of the Gaussian mechanism whose RDP curve a secure round's noise has
+    (0: no noise). (epsilon^2/2)-zCDP is RDP alpha * epsilon^2 / 2 at every order alpha, the curve of
+    the Gaussian with z = 1 / epsilon; the accountant composes and amplifies it as that Gaussian.
+
+    What it assumes: at least min_survivors honest shares of N_Z(0, noise_std^2) are in the sum, and
+    the sum's sensitivity under REPLACE_ONE is 2 * quantize.norm_bound (each input's L2 norm after
+    conditional rounding, in integer units).
+    """
+    if config.noise_std <= 0:
+        return 0.0
+    sensitivity = 2 * quantize.norm_bound(config.clip, config.scale, config.num_params)
+    return 1.0 / ddg_epsilon(config.noise_std, config.min_survivors, sensitivity, config.num_params)
 
 
 def add_central_noise(total: np.ndarray, noise_multiplier: float, clip: float,

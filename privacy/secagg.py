@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 from cryptography.exceptions import InvalidTag
 
-from . import dp, graph, quantize, shamir
+from . import ddg, dp, graph, quantize, shamir
 from .messages import (
     MAGIC,
     SERVER,
@@ -56,10 +56,16 @@ from .primitives import KeyPair, agree, decrypt, encrypt, prg_words
 MIN_COHORT = 3  # the sum of one or two updates is no secret
 SHARE_BYTES = 33  # a 32-byte secret plus the x coordinate
 B_SHARE, SK_SHARE = 0, 1
+MAX_NOISE_STD = 2.0**32  # the browser's sampler draws its uniform offsets from 32-bit words
 
 
 class RoundAborted(ProtocolError):
     """Too few clients remain for the round to complete safely."""
+
+
+def min_survivors_for(cohort_size: int, min_cohort: int = MIN_COHORT) -> int:
+    """The fewest of a cohort's clients a round may end with: max(min_cohort, ceil(2n/3))."""
+    return max(min_cohort, math.ceil(2 * cohort_size / 3))
 
 
 def make_config(round_id: int, cohort_size: int, num_params: int, *, bits: int = 16, clip: float = 1.0,
@@ -74,15 +80,16 @@ def make_config(round_id: int, cohort_size: int, num_params: int, *, bits: int =
     degree = graph.default_degree(cohort_size) if degree is None else degree
     threshold = graph.default_threshold(degree) if threshold is None else threshold
     if min_survivors is None:
-        min_survivors = max(MIN_COHORT, math.ceil(2 * cohort_size / 3))
-    # all n clients' noise shares, each sized for min_survivors: std 2z*sqrt(n/min_survivors) C*s
+        min_survivors = min_survivors_for(cohort_size)
+    # all n clients' noise shares, each sized for min_survivors: std 2z*sqrt(n/min_survivors) * norm bound
     noise_width = 2 * noise_multiplier * math.sqrt(cohort_size / max(1, min_survivors))
-    scale = quantize.scale_for(bits, clip, cohort_size, noise_width)
+    scale = quantize.scale_for(bits, clip, cohort_size, noise_width, num_params)
     config = RoundConfig(
         round_id=round_id, cohort_size=cohort_size, degree=degree, threshold=threshold,
         min_survivors=min_survivors, bits=bits, num_params=num_params, scale=scale, clip=clip,
         graph_seed=secrets.token_bytes(32) if graph_seed is None else graph_seed,
-        noise_std=dp.client_noise_std(noise_multiplier, clip, scale, max(1, min_survivors)))
+        noise_std=dp.client_noise_std(noise_multiplier, quantize.norm_bound(clip, scale, num_params),
+                                      max(1, min_survivors)))
     check_config(config)
     return config
 
@@ -102,6 +109,9 @@ def check_config(config: RoundConfig) -> None:
         raise ProtocolError("threshold must be above half the degree and at most the degree")
     if not 2 <= config.bits <= 32 or config.scale <= 0 or config.clip <= 0 or config.num_params < 1:
         raise ProtocolError("bits, scale, clip or num_params out of range")
+    finite = math.isfinite(config.scale) and math.isfinite(config.clip)
+    if not (finite and 0 <= config.noise_std < MAX_NOISE_STD):  # a NaN noise_std would skip the noise
+        raise ProtocolError("scale and clip must be finite, noise_std in [0, 2^32)")
     if len(config.graph_seed) != 32:
         raise ProtocolError("graph seed must be 32 bytes")
 
@@ -147,6 +157,13 @@ def _read_roster(config: RoundConfig, data: bytes) -> dict[int, tuple[bytes, byt
         roster[index] = (c_pk, s_pk)
     reader.end()
     return roster
+
+
+def noise_share(config: RoundConfig) -> np.ndarray | None:
+    """A client's share of the round's noise: num_params draws of N_Z(0, noise_std^2) from a CSPRNG
+    (privacy.ddg), or None without DP.
+    """
+    return ddg.discrete_gaussian(config.noise_std, config.num_params) if config.noise_std > 0 else None
 
 
 class SecAggClient:
@@ -227,10 +244,7 @@ class SecAggClient:
         delta = np.asarray(delta, dtype=np.float64).ravel()
         if delta.size != config.num_params:
             raise ProtocolError(f"delta has {delta.size} values, the round {config.num_params}")
-        noise = None
-        if config.noise_std > 0:
-            noise = np.rint(self.rng.normal(0.0, config.noise_std, config.num_params)).astype(np.int64)
-        value = quantize.encode(delta, config.bits, config.clip, config.scale, self.rng, noise)
+        value = quantize.encode(delta, config.bits, config.clip, config.scale, self.rng, noise_share(config))
         value = value.astype(word_dtype(config))
         value += pairwise_mask(config, self.b_seed)
         for v in sorted(self.received):

@@ -16,6 +16,13 @@ the round's median norm, which moves when one client changes (every other delta 
 differently, so the sensitivity would not be 2C) and is published without noise. So with DP on
 the wrapped strategy is the plain one and INFLUENCE has no effect; with DP off it applies as before.
 
+**Secure mode** (``where="distributed"``): the clients clip to SECURE_CLIP, round conditionally and
+add their shares of discrete Gaussian noise before masking (``privacy.secagg``); the server adds
+nothing. Each round enters the ledger with the noise multiplier of the Gaussian whose RDP curve the
+round's noise has (``privacy.dp.distributed_noise_multiplier``: Kairouz et al.'s zCDP bound for
+min_survivors shares, the integer-domain sensitivity after rounding), the smallest over every
+cohort size the round may draw (:func:`accounted_noise_multiplier`); docs/PRIVACY.md has the numbers.
+
 The **ledger** of every aggregated round (also those the publish gate refused: their noisy sum
 was computed and its refusal is seen) goes from round to round through ``carry``, the seam the
 coordinator stores with the next round, so a restart or a rollback never forgets spent privacy.
@@ -26,12 +33,14 @@ nothing and cost nothing.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from privacy import dp
+from privacy.secagg import make_config, min_survivors_for
 from server.influence import global_norm
 from server.refusals import PrivacyBudgetSpent
 from server.strategies import Aggregator, Arrays, Deltas, ScaledDeltas, Shapes
@@ -50,6 +59,8 @@ class DpSettings:
     cohort_size: int  # m: members drawn per round (an upper bound of the reports aggregated)
     population: int  # N >= m: a lower bound of the eligible check-ins the cohort is drawn from
     where: str = "central"  # who adds the noise: the server (plain mode) or the clients (secure mode)
+    bits: int = 16  # secure mode: SECURE_BITS, which sets the scale and so the rounding's share of the norm
+    min_cohort: int = 3  # secure mode: SECURE_MIN_COHORT, the smallest cohort a round may draw
 
     @property
     def on(self) -> bool:
@@ -68,7 +79,23 @@ def settings_from(config, cohort_target: int | None) -> DpSettings:
     secure = config["AGGREGATION"] == "secure"
     return DpSettings(config["DP_NOISE_MULTIPLIER"], config["SECURE_CLIP"] if secure else config["DP_CLIP"],
                       config["DP_DELTA"], config["DP_EPSILON_BUDGET"], m, max(m, floor or m),
-                      "distributed" if secure else "central")
+                      "distributed" if secure else "central", config["SECURE_BITS"],
+                      config["SECURE_MIN_COHORT"])
+
+
+@functools.lru_cache(maxsize=16)
+def accounted_noise_multiplier(settings: DpSettings, num_params: int) -> float:
+    """The z a round at these settings enters the ledger with: central, z itself; distributed, the
+    smallest Gaussian-equivalent z of the round configs (privacy.secagg.make_config, as
+    server.secure.SecureRules makes them) of every cohort size from min_cohort to cohort_size, since
+    a round draws at most cohort_size members and at least its goal.
+    """
+    if settings.where != "distributed" or not settings.on:
+        return settings.noise_multiplier
+    return min(dp.distributed_noise_multiplier(make_config(
+        0, n, num_params, bits=settings.bits, clip=settings.clip, min_survivors=min_survivors_for(
+            n, settings.min_cohort), noise_multiplier=settings.noise_multiplier, graph_seed=bytes(32)))
+        for n in range(settings.min_cohort, settings.cohort_size + 1))
 
 
 class Ledger:
@@ -90,10 +117,9 @@ class Ledger:
         self.entries[key] = self.entries.get(key, 0) + rounds
         return self
 
-    def plus(self, settings: DpSettings) -> Ledger:
-        """A copy with one more round at settings."""
-        return Ledger(self.to_json()).add(settings.noise_multiplier, settings.cohort_size,
-                                          settings.population)
+    def plus(self, z: float, m: int, n: int) -> Ledger:
+        """A copy with one more round of noise multiplier z, cohort m, population n."""
+        return Ledger(self.to_json()).add(z, m, n)
 
     @property
     def rounds(self) -> int:
@@ -154,6 +180,7 @@ class DifferentiallyPrivate(Aggregator):
         self.keeps_deltas = inner.keeps_deltas  # type: ignore[misc]
         self.scales: list[float] = []
         self.base, self.closed = Ledger(), Ledger()
+        self.event = (settings.noise_multiplier, settings.cohort_size, settings.population)  # (z, m, N)
         self.refusal: str | None = None
         self.summary: dict = {}
 
@@ -166,6 +193,9 @@ class DifferentiallyPrivate(Aggregator):
         """Start the inner strategy; take the ledger so far and decide whether this round may train."""
         self.inner.start(shapes, carried)
         self.scales = []
+        num_params = sum(math.prod(shape) for shape in shapes.values())
+        self.event = (accounted_noise_multiplier(self.settings, num_params), self.settings.cohort_size,
+                      self.settings.population)
         self.base = self.closed = Ledger.from_carried(carried)
         self.refusal = self._refusal()
         self.summary = summary(self.closed, self.settings)
@@ -174,7 +204,7 @@ class DifferentiallyPrivate(Aggregator):
         """Why this round takes no update (the budget), or None."""
         if not self.settings.on:
             return None
-        now, after = self.base.epsilon(self.settings.delta), self.base.plus(self.settings).epsilon(
+        now, after = self.base.epsilon(self.settings.delta), self.base.plus(*self.event).epsilon(
             self.settings.delta)
         if after <= self.settings.budget:
             return None
@@ -210,7 +240,7 @@ class DifferentiallyPrivate(Aggregator):
 
     def aggregated_elsewhere(self) -> None:
         """The round enters the ledger (again after a failed close: the same one round, never two)."""
-        self.closed = self.base.plus(self.settings)
+        self.closed = self.base.plus(*self.event)
         self.summary = summary(self.closed, self.settings)
 
     def _noised(self, mean: Arrays, n: int) -> Arrays:

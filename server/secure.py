@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from privacy.messages import HEADER, ProtocolError, RoundConfig
-from privacy.secagg import Aggregate, SecAggServer, make_config
+from privacy.secagg import Aggregate, SecAggServer, make_config, min_survivors_for
 from server import db, logs
 from server.cohorts import PHASE_SELECTING
 from server.refusals import (
@@ -69,7 +69,7 @@ class SecureRules:
     def config(self, round_id: int, cohort_size: int, num_params: int) -> RoundConfig:
         """The round's public parameters: min_survivors is max(min_cohort, ceil(2n/3))."""
         return make_config(round_id, cohort_size, num_params, bits=self.bits, clip=self.clip,
-                           min_survivors=max(self.min_cohort, math.ceil(2 * cohort_size / 3)),
+                           min_survivors=min_survivors_for(cohort_size, self.min_cohort),
                            noise_multiplier=self.noise_multiplier)
 
 

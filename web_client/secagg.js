@@ -25,6 +25,10 @@ const KIND_SK = 1;
 // PKCS#8 wrapping of a raw X25519 private key (RFC 8410): WebCrypto imports no raw private keys.
 const PKCS8_X25519 = [0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x04, 0x22, 0x04, 0x20];
 const MAX_RANDOM_BYTES = 65536; // crypto.getRandomValues' limit per call
+const EXP_MINUS_1 = Math.exp(-1);
+const ROUNDING_TRIES = 64; // privacy.quantize: conditional rounding's tries before rounding toward zero
+const NORM_SLACK = 1 - 2 ** -30; // bound^2 times this absorbs the float sum of squares' error
+const MAX_DIMS = 2 ** 23; // ... for vectors up to this long
 
 export const Type = Object.freeze({
   CONFIG: 0, ADVERTISE: 1, ROSTER: 2, SHARES: 3, SHARES_FOR: 4, MASKED_INPUT: 5, UNMASK_REQUEST: 6, UNMASK: 7,
@@ -196,6 +200,88 @@ function uniforms(count) {
   return out;
 }
 
+/** Uniform integers from crypto.getRandomValues, fetched 64 KiB at a time (privacy.ddg.CryptoRandom). */
+export class RandomWords {
+  constructor() {
+    this.words = new Uint32Array(MAX_RANDOM_BYTES / 4);
+    this.at = this.words.length;
+  }
+  /** A uniform 32-bit word. */
+  next() {
+    if (this.at === this.words.length) {
+      crypto.getRandomValues(this.words);
+      this.at = 0;
+    }
+    return this.words[this.at++];
+  }
+  /** A uniform integer in [0, 2^53). */
+  draw53() { return (this.next() >>> 11) * 2 ** 32 + this.next(); }
+  /** A uniform integer in [0, bound), bound <= 2^32, by rejection: no modulo bias. */
+  below(bound) {
+    const last = 2 ** 32 - (2 ** 32 % bound) - 1;
+    for (;;) {
+      const word = this.next();
+      if (word <= last) return word % bound;
+    }
+  }
+  /** A fair coin. */
+  coin() { return (this.next() & 1) === 1; }
+}
+
+/**
+ * Bernoulli(p) exactly for the double p in [0, 1] (privacy.ddg.bernoulli): a uniform U < p,
+ * decided 53 bits at a time; a tie on one digit (probability 2^-53) draws the next.
+ * @param {number} p @param {RandomWords} random
+ */
+export function bernoulli(p, random) {
+  let rest = p;
+  while (rest > 0) {
+    const scaled = rest * 2 ** 53;
+    const digit = Math.floor(scaled);
+    const k = random.draw53();
+    if (k !== digit) return k < digit;
+    rest = scaled - digit;
+  }
+  return false;
+}
+
+/** P(y) proportional to exp(-|y|/t): Canonne, Kamath, Steinke 2020, Algorithm 2 (privacy.ddg). */
+function discreteLaplace(t, random) {
+  for (;;) {
+    const u = random.below(t);
+    if (!bernoulli(Math.exp(-u / t), random)) continue;
+    let v = 0;
+    while (bernoulli(EXP_MINUS_1, random)) v++;
+    const x = u + t * v;
+    const negative = random.coin();
+    if (negative && x === 0) continue; // -0 and +0 are one value: refuse one of them
+    return negative ? -x : x;
+  }
+}
+
+/**
+ * count draws from the discrete Gaussian N_Z(0, sigma^2): Canonne, Kamath, Steinke 2020,
+ * Algorithm 3, as privacy/ddg.py (whose docstring bounds what float64 exp() changes).
+ * @param {number} sigma @param {number} count @param {RandomWords} [random]
+ */
+export function discreteGaussian(sigma, count, random = new RandomWords()) {
+  if (!(Number.isFinite(sigma) && sigma > 0 && sigma < 2 ** 32)) throw new RangeError(`bad sigma ${sigma}`);
+  const sigma2 = sigma * sigma;
+  const t = Math.floor(sigma) + 1;
+  const out = new Float64Array(count);
+  for (let i = 0; i < count; i++) {
+    for (;;) {
+      const y = discreteLaplace(t, random);
+      const gap = Math.abs(y) - sigma2 / t;
+      if (bernoulli(Math.exp(-(gap * gap) / (2 * sigma2)), random)) {
+        out[i] = y;
+        break;
+      }
+    }
+  }
+  return out;
+}
+
 /** The delta scaled down to L2 norm <= bound (float64). @param {ArrayLike<number>} delta */
 export function clipDelta(delta, bound) {
   let sum = 0;
@@ -206,21 +292,54 @@ export function clipDelta(delta, bound) {
 }
 
 /**
- * A client's input mod 2^32 (reduce to bits later): clip, scale, stochastic rounding, noise
- * (a rounded Gaussian of std noiseStd, privacy/dp.py), as in privacy.quantize.encode.
+ * The L2 norm a clipped, scaled, conditionally rounded input never exceeds, in integer units
+ * (privacy.quantize.norm_bound: the same operations in the same order, so the same double).
+ */
+export function normBound(clip, scale, dims) {
+  if (!(dims >= 0 && dims <= MAX_DIMS)) throw new RangeError(`at most ${MAX_DIMS} values per input`);
+  const cs = clip * scale;
+  return Math.sqrt(cs * cs + dims / 4 + cs + Math.sqrt(dims) / 2);
+}
+
+/**
+ * Stochastic rounding repeated until the L2 norm is within bound; toward zero after
+ * ROUNDING_TRIES failures (privacy.quantize.conditional_round, which says why).
+ * @param {Float64Array} values @param {number} bound
+ */
+export function conditionalRound(values, bound) {
+  const limit = bound * bound * NORM_SLACK;
+  const out = new Float64Array(values.length);
+  const fill = (round) => {
+    let sum = 0;
+    for (let i = 0; i < values.length; i++) {
+      const q = round(i);
+      out[i] = q;
+      sum += q * q;
+    }
+    return sum;
+  };
+  for (let attempt = 0; attempt < ROUNDING_TRIES; attempt++) {
+    const u = uniforms(values.length);
+    if (fill((i) => Math.floor(values[i] + u[i])) <= limit) return out;
+  }
+  if (fill((i) => Math.trunc(values[i])) > limit) throw new RangeError(`values cannot round within the norm ${bound}`);
+  return out;
+}
+
+/**
+ * A client's input mod 2^32 (reduce to bits later): clip, scale, conditional stochastic rounding,
+ * and the client's share of the noise, discrete Gaussian of std noiseStd (privacy/dp.py), as in
+ * privacy.quantize.encode.
  */
 export function encodeInput(delta, bound, scale, noiseStd = 0) {
-  const clipped = clipDelta(delta, bound);
-  const u = uniforms(clipped.length);
-  const out = new Uint32Array(clipped.length);
-  let noise = null;
+  const scaled = clipDelta(delta, bound);
+  for (let i = 0; i < scaled.length; i++) scaled[i] *= scale;
+  const rounded = conditionalRound(scaled, normBound(bound, scale, scaled.length));
   if (noiseStd > 0) {
-    const [a, b] = [uniforms(clipped.length), uniforms(clipped.length)];
-    noise = Float64Array.from(a, (x, i) => Math.round(noiseStd * Math.sqrt(-2 * Math.log(1 - x))
-      * Math.cos(2 * Math.PI * b[i])));
+    const noise = discreteGaussian(noiseStd, scaled.length);
+    for (let i = 0; i < scaled.length; i++) rounded[i] += noise[i];
   }
-  for (let i = 0; i < clipped.length; i++) out[i] = Math.floor(clipped[i] * scale + u[i]) + (noise ? noise[i] : 0);
-  return out;
+  return Uint32Array.from(rounded); // ToUint32: negative values wrap mod 2^32
 }
 
 function header(kind, roundId, sender) {
@@ -304,6 +423,10 @@ export function decodeConfig(bytes) {
   const graphSeed = reader.take(32);
   reader.end();
   if (width !== (bits <= 16 ? 2 : 4)) throw new ProtocolError("word width does not match bits");
+  if (!(scale > 0 && clip > 0 && Number.isFinite(scale) && Number.isFinite(clip) && noiseStd >= 0
+    && noiseStd < 2 ** 32)) { // privacy.secagg.check_config; NaN would skip the noise
+    throw new ProtocolError("scale and clip must be finite and positive, noise std in [0, 2^32)");
+  }
   if (cohortSize < 3 || minSurvivors < 3 || minSurvivors > cohortSize) {
     throw new ProtocolError("a secure cohort needs at least 3 clients");
   }

@@ -141,6 +141,53 @@ def test_quantization_error_is_within_the_stated_bound():
     assert abs(error.mean()) < 5 * error.std() / np.sqrt(d)
 
 
+def halfway_delta(d: int = 100, scale: float = 1000.0) -> tuple[np.ndarray, float, float]:
+    """A delta whose scaled coordinates all end in .5, the clip that keeps it whole, and the scale:
+    plain stochastic rounding lengthens it beyond the norm bound in about one run in six."""
+    delta = (np.arange(d) % 7 + 40.5) / scale
+    return delta, float(np.linalg.norm(delta)) * (1 + 1e-12), scale
+
+
+def test_conditional_rounding_never_exceeds_the_norm_bound():
+    delta, clip, scale = halfway_delta()
+    bound = quantize.norm_bound(clip, scale, delta.size)
+    rng = np.random.default_rng(1)
+    plain = [np.linalg.norm(quantize.stochastic_round(delta * scale, rng)) for _ in range(300)]
+    assert sum(norm > bound for norm in plain) > 10  # what the accountant's sensitivity could not see
+    for _ in range(300):
+        q = quantize.encode(delta, 32, clip, scale, rng).astype(np.int64)
+        q = np.where(q >= 2**31, q - 2**32, q)
+        assert np.linalg.norm(q) <= bound
+        assert np.abs(q - delta * scale).max() < 1  # still a rounding: the error bound holds
+
+
+def test_conditional_rounding_falls_back_toward_zero_and_refuses_long_input():
+    values = np.array([3.5, -2.25, 0.75])
+    assert quantize.conditional_round(values, 5.0, np.random.default_rng(0), tries=0).tolist() == [3, -2, 0]
+    with pytest.raises(ValueError, match="cannot round"):
+        quantize.conditional_round(values * 10, 5.0, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="at most"):
+        quantize.norm_bound(1.0, 1.0, 2**23 + 1)
+
+
+def test_norm_bound_is_kairouz_et_al_with_beta_exp_minus_half():
+    clip, scale, d = 0.5, 300.0, 10_000
+    c, beta = clip * scale, np.exp(-0.5)
+    kairouz = np.sqrt(c**2 + d / 4 + np.sqrt(2 * np.log(1 / beta)) * (c + np.sqrt(d) / 2))
+    assert quantize.norm_bound(clip, scale, d) == pytest.approx(kairouz, rel=1e-12)
+    for c, d in [(0.0, 1), (0.01, 4), (1.0, 1), (150.0, 10_000), (3e4, 690_688)]:  # below C*s + sqrt(d)
+        assert c <= quantize.norm_bound(c, 1.0, d) < c + np.sqrt(d)
+
+
+def test_scale_leaves_room_for_noise_sized_by_the_norm_bound():
+    bits, clip, n, width, d = 16, 1.0, 13, 2.4, 690_688
+    scale = quantize.scale_for(bits, clip, n, width, d)
+    used = n * (clip * scale + 1) + quantize.TAIL * width * quantize.norm_bound(clip, scale, d)
+    assert used <= 2**15 - 1 < n * (clip * scale * 1.001 + 1) + quantize.TAIL * width * quantize.norm_bound(
+        clip, scale * 1.001, d)
+    assert scale < quantize.scale_for(bits, clip, n, width)  # rounding's share of the norm costs scale
+
+
 def test_clip_scales_only_what_exceeds():
     x = np.array([3.0, 4.0])
     assert np.allclose(quantize.clip(x, 1.0), [0.6, 0.8])

@@ -244,14 +244,28 @@ def test_stored_masked_inputs_look_uniform_and_hide_zero_rows():
 def test_distributed_noise_has_the_promised_size():
     n, d, z, clip = 10, 20_000, 0.5, 1.0
     config = make_config(round_id=8, cohort_size=n, num_params=d, bits=24, clip=clip, noise_multiplier=z)
-    assert config.noise_std == pytest.approx(dp.client_noise_std(z, clip, config.scale, config.min_survivors))
+    bound = quantize.norm_bound(clip, config.scale, d)  # the integer-domain sensitivity is 2 * bound
+    assert config.noise_std == pytest.approx(dp.client_noise_std(z, bound, config.min_survivors))
+    assert config.noise_std > dp.sum_noise_std(z, clip) * config.scale / np.sqrt(config.min_survivors)
     deltas = sparse_deltas(np.random.default_rng(6), n, d)
     _, aggregate, _ = run_round(config, deltas, {"share_keys": {3}})
     m = aggregate.count
     error_of_sum = (aggregate.mean(config) - oracle(config, deltas, aggregate.survivors)) * m
-    expected = dp.sum_noise_std(z, clip) * np.sqrt(m / config.min_survivors)  # >= 2zC since m >= min
+    expected = 2 * z * bound / config.scale * np.sqrt(m / config.min_survivors)  # >= 2zC since m >= min
     assert error_of_sum.std() == pytest.approx(expected, rel=0.05)
     assert abs(error_of_sum.mean()) < 5 * expected / np.sqrt(d)
+
+
+def test_a_realistic_secure_round_is_accounted_as_the_gaussian_at_z():
+    """At the model's size the per-client sigma is in the hundreds: tau underflows, and a round's noise,
+    sized for the sensitivity after rounding, is the Gaussian mechanism at z exactly."""
+    for z, bits, n in [(1.0, 16, 13), (0.5, 20, 100)]:
+        config = make_config(round_id=1, cohort_size=n, num_params=690_688, bits=bits, noise_multiplier=z)
+        assert config.noise_std > 100
+        assert dp.distributed_noise_multiplier(config) == pytest.approx(z, rel=1e-12)
+    assert dp.distributed_noise_multiplier(make_config(round_id=1, cohort_size=5, num_params=10)) == 0.0
+    with pytest.raises(ValueError):
+        dp.ddg_epsilon(0.0, 3, 1.0, 10)
 
 
 def test_epsilon_equals_dp_accounting_figure():

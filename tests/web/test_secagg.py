@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import stats
 
-from privacy import graph, quantize, shamir
+from privacy import ddg, graph, quantize, shamir
 from privacy.messages import RoundConfig
 from privacy.primitives import KeyPair, agree, decrypt, encrypt, hkdf, prg_bytes, prg_words
-from privacy.secagg import SecAggClient, SecAggServer, make_config
+from privacy.secagg import ProtocolError, SecAggClient, SecAggServer, make_config
+from tests.privacy.ddg_support import chi_square_pvalue, variance
 from tests.privacy.secagg_support import RFC7748
 
 # The page imports the module and leaves it, and hex helpers, on window.
@@ -127,6 +129,12 @@ def test_config_decodes_in_js(sa_page):
     weak = RoundConfig(**{**config.__dict__, "threshold": config.degree // 2})  # b and s_sk both rebuildable
     with pytest.raises(Exception, match="threshold"):
         sa_page.evaluate("(data) => sa.decodeConfig(unhex(data))", weak.encode().hex())
+    for noise in (float("nan"), -1.0, 2.0**32):  # NaN > 0 is false: a NaN noise std would add none
+        unsafe = RoundConfig(**{**config.__dict__, "noise_std": noise})
+        with pytest.raises(Exception, match="noise std"):
+            sa_page.evaluate("(data) => sa.decodeConfig(unhex(data))", unsafe.encode().hex())
+        with pytest.raises(ProtocolError, match="noise_std"):
+            SecAggClient(unsafe, 0)
 
 
 def test_module_runs_in_a_web_worker(sa_page):
@@ -144,6 +152,55 @@ def test_module_runs_in_a_web_worker(sa_page):
       worker.onerror = (e) => resolve({error: String(e.message)});
     })""")
     assert got == {"shares": 3, "words": prg_words(bytes(32), 4, 4).tolist()}
+
+
+@pytest.mark.parametrize("sigma", [0.8, 1.5, 40.0])
+def test_js_noise_is_the_discrete_gaussian_like_pythons(sa_page, sigma):
+    """encodeInput of a zero delta is the client's noise share alone: it passes the chi-square test
+    against the exact PMF that the Python sampler passes (tests/privacy/test_ddg.py), and the two
+    samples agree with each other. On the old Math.round(Box-Muller) share it fails at sigma ~ 1."""
+    count = 200_000
+    js = np.array(sa_page.evaluate("""([sigma, count]) => Array.from(
+      sa.encodeInput(new Float64Array(count), 1, 1000, sigma), (w) => (w >= 2 ** 31 ? w - 2 ** 32 : w))""",
+                                   [sigma, count]), dtype=np.int64)
+    python = ddg.discrete_gaussian(sigma, count)
+    assert chi_square_pvalue(js, sigma) > 1e-4
+    assert chi_square_pvalue(python, sigma) > 1e-4
+    assert js.var() == pytest.approx(variance(sigma), rel=0.02)  # sigma^2 + 1/12 for the old share
+    low, high = int(-4 * sigma) - 1, int(4 * sigma) + 1
+    table = [np.bincount(np.clip(x, low, high) - low, minlength=high - low + 1) for x in (js, python)]
+    table = np.array(table)[:, np.array(table).sum(axis=0) > 0]
+    assert stats.chi2_contingency(table).pvalue > 1e-4
+
+
+def test_js_conditional_rounding_never_exceeds_the_norm_bound(sa_page):
+    """The delta of tests/privacy's halfway test (plain rounding exceeds the bound about one run in
+    six): the JS input never does, and its bound is Python's double, bit for bit."""
+    d, scale = 100, 1000.0
+    delta = (np.arange(d) % 7 + 40.5) / scale
+    clip = float(np.linalg.norm(delta)) * (1 + 1e-12)
+    got = sa_page.evaluate("""([delta, clip, scale, cases]) => ({
+      norms: Array.from({ length: 300 }, () => Math.sqrt(Array.from(sa.encodeInput(delta, clip, scale),
+        (w) => (w >= 2 ** 31 ? w - 2 ** 32 : w)).reduce((s, q) => s + q * q, 0))),
+      bounds: cases.map(([c, s, n]) => sa.normBound(c, s, n)),
+    })""", [delta.tolist(), clip, scale, [[clip, scale, d], [1.0, 885.37, 690_688], [0.3, 1e7, 3]]])
+    bound = quantize.norm_bound(clip, scale, d)
+    assert max(got["norms"]) <= bound
+    assert got["bounds"] == [quantize.norm_bound(clip, scale, d), quantize.norm_bound(1.0, 885.37, 690_688),
+                             quantize.norm_bound(0.3, 1e7, 3)]
+
+
+def test_js_bernoulli_decides_a_tie_on_the_next_digits(sa_page):
+    got = sa_page.evaluate("""() => {
+      const scripted = (draws) => ({ draw53: () => draws.shift() });
+      const p = 0.3;
+      const digit = Math.floor(p * 2 ** 53);
+      const next = Math.floor((p * 2 ** 53 - digit) * 2 ** 53);
+      return [sa.bernoulli(p, scripted([digit - 1])), sa.bernoulli(p, scripted([digit + 1])),
+              sa.bernoulli(p, scripted([digit, next - 1])), sa.bernoulli(p, scripted([digit, next + 1])),
+              sa.bernoulli(1, scripted([2 ** 53 - 1])), sa.bernoulli(0, scripted([0]))];
+    }""")
+    assert got == [True, False, True, False, True, False]
 
 
 @pytest.mark.parametrize("bits", [16, 24])
