@@ -97,8 +97,10 @@ SETTINGS: dict[str, Setting] = {
     # [T1] differential privacy (docs/PRIVACY.md): DP-FedAvg's clipping and Gaussian noise, the
     # accountant's epsilon in every manifest and /api/status, training stops at the budget.
     "DP_NOISE_MULTIPLIER": Setting(0.0, float, "z: the noise on a round's sum of clipped deltas has std "
-                                               "z * 2 * DP_CLIP (0, the default: no DP; every version's "
-                                               "epsilon is then infinite and the budget is not enforced; "
+                                               "z * 2 * DP_CLIP in plain mode, z times the rounded "
+                                               "sensitivity in secure mode (0, the default: no DP; every "
+                                               "version's epsilon is then infinite and the budget is not "
+                                               "enforced; "
                                                "docs/PRIVACY.md says why and when to turn it on)"),
     "DP_CLIP": Setting(1.0, float, "C: each client's delta is scaled down to L2 norm at most this before it "
                                    "is summed (DP on: replaces INFLUENCE's adaptive clip and weight cap)"),
