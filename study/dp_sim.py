@@ -81,6 +81,9 @@ def report(args: argparse.Namespace, status: dict) -> dict:
     """What summary.json says about privacy: the simulation's epsilon, the server's ledger, and how many
     rounds the publish gate let through (noise that swamps the update makes it refuse them).
 
+    ``noise_std_of_mean`` is 2zC / m per weight: what the accountant assumes (secure mode adds a bit
+    more: each member's share is sized for the round's minimum survivors).
+
     :param status: ``/api/status`` at the end of the run (version 1 is the initial bundle).
     """
     server_privacy, z = status["privacy"], args.noise_multiplier

@@ -31,6 +31,10 @@ draw would), and its defaults for bounded influence and the publish gate (``--in
    ``--bits`` a word); the server only ever sees masked inputs. ``upload_bytes`` then counts
    the bytes each member sent in all four phases.
 
+6. Differential privacy (``--noise-multiplier z`` or ``--epsilon e``, ``--clip``, ``--delta``;
+   study/dp_sim.py): the server's DP-FedAvg (central noise in plain mode, the members' distributed
+   noise with --secure); summary.json's ``privacy`` has the accountant's epsilon for the run.
+
 ``--data-dir`` keeps the server's state (database, versions) there for inspection.
 
 Writes to --out: metrics.csv (one row per round, 0 = the initial model), personalization.csv,
