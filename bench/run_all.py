@@ -8,7 +8,9 @@
 3. bench_update_size.py: bytes per update vs the float32 model;
 4. bench_server.py (server engineer): ingest rate, server CPU per update, peak RSS and close time
    with SQLite x1 and PostgreSQL x1, x2, x4 workers, once at each --server-updates size;
-5. bench_secagg.py: secure aggregation; bench_attacks.py: attackers at 10 % and 30 % (10 rounds
+5. bench_secagg.py: secure aggregation (server CPU of a secure round beside a plain one at cohorts
+   10, 100, 1,000, bytes per phase, a browser's key agreement + masking; the shipped pretrained/
+   model's size, whatever --bundle is); bench_attacks.py: attackers at 10 % and 30 % (10 rounds
    each, several minutes);
 6. bench_export.py: wall time of the default export.
 Then one table of training-step times side by side. Scripts run sequentially, never concurrently,
@@ -125,7 +127,7 @@ def main(argv=None) -> None:
     if "server" not in args.skip:
         server_runs(args)
     if "secagg" not in args.skip:
-        section("Secure aggregation: server unmasking, bytes per phase, browser masking",
+        section("Secure aggregation: server CPU secure vs plain, bytes per phase, browser masking",
                 "bench/bench_secagg.py", run_script("bench_secagg.py")[0])
     if "attacks" not in args.skip:
         section("Attackers: 10 % and 30 %, 10 rounds, beside a clean run (docs/SECURITY.md)",

@@ -76,8 +76,12 @@ def personal_summary(results: list[dict]) -> dict:
             "ksr_gain": float(np.mean(gains)), "clients_improved": sum(g > 0 for g in gains)}
 
 
-def write_outputs(args, split, rows: list[dict], table: dict, personal: list[dict], model_bytes: int) -> dict:
-    """Write everything under args.out; return the summary (also saved as summary.json)."""
+def write_outputs(args, split, rows: list[dict], table: dict, personal: list[dict], model_bytes: int,
+                  extra: dict | None = None) -> dict:
+    """Write everything under args.out; return the summary (also saved as summary.json).
+
+    :param extra: more top-level sections of summary.json (e.g. "privacy").
+    """
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     (out / "train.txt").write_text("".join(url + "\n" for url in split.train))
@@ -100,7 +104,7 @@ def write_outputs(args, split, rows: list[dict], table: dict, personal: list[dic
                      "bytes_per_update": sum(row["upload_bytes"] for row in rows) / max(updates, 1),
                      "model_float32_bytes": model_bytes},
         "held_out": table, "personalization": personal_summary(personal),
-        "plots": plot_rounds(rows, out)}
+        "plots": plot_rounds(rows, out), **(extra or {})}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

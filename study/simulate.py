@@ -31,6 +31,10 @@ draw would), and its defaults for bounded influence and the publish gate (``--in
    ``--bits`` a word); the server only ever sees masked inputs. ``upload_bytes`` then counts
    the bytes each member sent in all four phases.
 
+6. Differential privacy (``--noise-multiplier z`` or ``--epsilon e``, ``--clip``, ``--delta``;
+   study/dp_sim.py): the server's DP-FedAvg (central noise in plain mode, the members' distributed
+   noise with --secure); summary.json's ``privacy`` has the accountant's epsilon for the run.
+
 ``--data-dir`` keeps the server's state (database, versions) there for inspection.
 
 Writes to --out: metrics.csv (one row per round, 0 = the initial model), personalization.csv,
@@ -56,6 +60,7 @@ from formats.urls import REPO, load_urls
 from runtime.complete import Completer
 from runtime.trainer import LocalTrainer, batches
 from server.app import create_app
+from study import dp_sim
 from study.attacks import ATTACKS, attack_update, backdoor_hits, choose_attackers
 from study.background import serving
 from study.evaluate import FrequencyTrie, keystroke_savings, next_token_metrics
@@ -90,7 +95,7 @@ def server_settings(bundle: Path, data_dir: str, args: argparse.Namespace, split
             "PUBLISH_GATE": args.gate,
             "MAX_NUM_EXAMPLES": max(10_000, largest),
             "MAX_UPDATE_NORM": max(50.0, 1.01 * args.client_lr * manifest["config"]["clip_norm"] * steps),
-            **(secure_settings(args) if args.secure else {})}
+            **(secure_settings(args) if args.secure else {}), **dp_sim.server_settings(args)}
 
 
 def secure_settings(args: argparse.Namespace) -> dict:
@@ -329,13 +334,15 @@ def run(args: argparse.Namespace) -> dict:
             bundle = load_bundle(FederatedClient(url).save_bundle(Path(work) / "bundle"))
             trainer = LocalTrainer(bundle, threads=args.threads)
             result = federate(url, trainer, split, args, bundle, settings)
+            privacy = dp_sim.report(args, FederatedClient(url).status())
         completer = Completer(bundle.directory, weights=result["federated"], threads=args.threads)
         table = held_out_table(result, split, completer, bundle, args)
         wanted = args.personal_clients and args.ksr_urls
         personal = personalization(result, split, trainer, completer, bundle, args) if wanted else []
     model_bytes = 4 * sum(math.prod(p["shape"]) for p in bundle.manifest["parameters"])
-    summary = write_outputs(args, split, result["rows"], table, personal, model_bytes)
+    summary = write_outputs(args, split, result["rows"], table, personal, model_bytes, {"privacy": privacy})
     print_summary(summary)
+    print(dp_sim.describe(privacy))
     return {**summary, "weights": {k: result[k] for k in ("initial", "federated", "centralized")}}
 
 
@@ -387,11 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--secure", action="store_true",
         help="secure aggregation: cohorts send masked inputs (the server's AGGREGATION=secure)")
     add("--clip", type=float, default=1.0,
-        help="--secure: L2 clip of each delta, SECURE_CLIP (default: %(default)s)")
+        help="L2 clip of each delta: SECURE_CLIP with --secure, DP_CLIP with DP (default: %(default)s)")
     add("--bits", type=int, default=16,
         help="--secure: bits of a masked word, SECURE_BITS (default: %(default)s)")
     add("--data-dir", type=Path, default=None,
         help="keep the server's state (database, versions) here instead of a temporary directory")
+    dp_sim.add_arguments(parser)
     return parser
 
 
@@ -417,6 +425,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("need --alpha > 0, --client-lr > 0, 0 < --test-fraction < 1, 0 <= --later-fraction < 1")
     if not (args.bundle / "manifest.json").is_file():
         parser.error(f"{args.bundle} is not a bundle (make one with `fedurl-export --out {args.bundle}`)")
+    dp_sim.check(args, parser)
     return args
 
 
