@@ -160,17 +160,24 @@ export class Completer {
   async context(ids) {
     let known = ids.length;
     while (known >= 0 && !this.contexts.has(ids.slice(0, known).join())) known--;
-    let entry = known >= 0 ? this.contexts.get(ids.slice(0, known).join()) : null;
+    let entry = known >= 0 ? this.cached(ids.slice(0, known).join()) : null;
     for (let n = known + 1; n <= ids.length; n++) {
       const token = n === 0 ? this.config.bos_id : ids[n - 1];
       const { logProbs, state } = await this.step([token], entry ? entry.state : new Float32Array(this.layout.rowSize));
       entry = { logProbs, state };
       this.remember(ids.slice(0, n).join(), entry);
     }
-    this.remember(ids.join(), entry);
+    return /** @type {{logProbs: Float32Array, state: Float32Array}} */ (entry);
+  }
+
+  /** The cached {logProbs, state} after BOS + the pieces of `key` (a comma-joined list), now most recent. */
+  cached(key) {
+    const entry = this.contexts.get(key);
+    if (entry) this.remember(key, entry);
     return entry;
   }
 
+  /** Cache the model's output after BOS + the pieces of `key`; the least recently used entry goes. */
   remember(key, entry) {
     this.contexts.delete(key);
     this.contexts.set(key, entry);
@@ -204,7 +211,7 @@ export class Completer {
     const { ids, pending } = this.heal(canonical ? this.tokenizer.encode(canonical) : []);
     const { logProbs, state } = await this.context(ids);
     const prefix = String.fromCharCode(...utf8Encoder.encode(canonical)); // bytes, one char each
-    const finished = await this.search({ score: 0, logProbs, state, text: "", pending }, k, prefix);
+    const finished = await this.search({ score: 0, logProbs, state, text: "", pending, pieces: ids }, k, prefix);
     const ranked = [...finished].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     const healed = this.threshold > 0 ? this.healed(logProbs, pending) : 0;
     /** @type {Array<[string, number]>} */
@@ -291,22 +298,32 @@ export class Completer {
     return junk(prefix, text, false) ? null : { text, pending: "", done: false };
   }
 
-  /** One batched infer step for the chosen (beam, piece) pairs; state rows follow chosen order. */
+  /**
+   * The chosen (beam, piece) pairs as beams: cached piece sequences (an earlier keystroke's search
+   * often took the same ones) are reused, the rest run in one batched infer step.
+   */
   async advance(beams, chosen) {
-    const { outer, inner, rowSize } = this.layout;
-    const B = chosen.length;
-    // Row b of a B-row state is, for each outer block o, the `inner` values at (o * B + b) * inner.
-    const state = new Float32Array(rowSize * B);
-    chosen.forEach(({ beamIndex }, b) => {
-      const own = beams[beamIndex].state;
-      for (let o = 0; o < outer; o++) state.set(own.subarray(o * inner, (o + 1) * inner), (o * B + b) * inner);
-    });
-    const out = await this.step(chosen.map((c) => c.piece), state);
-    const V = this.vocabSize;
-    return chosen.map(({ score, text, pending }, b) => {
-      const own = new Float32Array(rowSize);
-      for (let o = 0; o < outer; o++) own.set(out.state.subarray((o * B + b) * inner, (o * B + b + 1) * inner), o * inner);
-      return { score, logProbs: out.logProbs.subarray(b * V, (b + 1) * V), state: own, text, pending };
-    });
+    const pieces = chosen.map(({ beamIndex, piece }) => [...beams[beamIndex].pieces, piece]);
+    const outputs = pieces.map((key) => this.cached(key.join()));
+    const missing = outputs.flatMap((output, i) => (output ? [] : [i]));
+    if (missing.length) {
+      const { outer, inner, rowSize } = this.layout;
+      const B = missing.length;
+      // Row b of a B-row state is, for each outer block o, the `inner` values at (o * B + b) * inner.
+      const state = new Float32Array(rowSize * B);
+      missing.forEach((i, b) => {
+        const own = beams[chosen[i].beamIndex].state;
+        for (let o = 0; o < outer; o++) state.set(own.subarray(o * inner, (o + 1) * inner), (o * B + b) * inner);
+      });
+      const out = await this.step(missing.map((i) => chosen[i].piece), state);
+      const V = this.vocabSize;
+      missing.forEach((i, b) => {
+        const own = new Float32Array(rowSize);
+        for (let o = 0; o < outer; o++) own.set(out.state.subarray((o * B + b) * inner, (o * B + b + 1) * inner), o * inner);
+        outputs[i] = { logProbs: out.logProbs.subarray(b * V, (b + 1) * V), state: own };
+        this.remember(pieces[i].join(), outputs[i]);
+      });
+    }
+    return chosen.map(({ score, text, pending }, i) => ({ score, ...outputs[i], text, pending, pieces: pieces[i] }));
   }
 }
