@@ -10,7 +10,6 @@
  */
 
 import { BEAM_WIDTH, CONTEXT_CACHE_ENTRIES, MAX_STEPS } from "./constants.js";
-import { Heap } from "./heap.js";
 import { splitTyped } from "./normalize.js";
 
 const BOUNDARY_BYTES = "/?";
@@ -123,11 +122,42 @@ export function minProbability(manifest) {
   return tau;
 }
 
-/** Flat candidate indices, best first: score desc, then index (numpy's stable argsort). */
-function candidateQueue(scores) {
-  const live = [];
-  scores.forEach((score, index) => { if (score !== -Infinity) live.push(index); });
-  return new Heap((a, b) => scores[a] > scores[b] || (scores[a] === scores[b] && a < b), live);
+/**
+ * The first `count` flat indices with a score that come after (score `lastScore`, index `lastIndex`)
+ * in the candidate order (score desc, then index), in that order. One pass with an insertion into
+ * a short sorted list: most candidates are rejected by one comparison with its last entry.
+ */
+function nextCandidates(scores, lastScore, lastIndex, count) {
+  const best = [];
+  for (let i = 0; i < scores.length; i++) {
+    const score = scores[i];
+    if (score === -Infinity || score > lastScore || (score === lastScore && i <= lastIndex)) continue;
+    if (best.length === count && !(score > scores[best[count - 1]])) continue; // ties: the earlier index first
+    let low = 0, high = best.length; // insert before the first entry that scores below
+    while (low < high) {
+      const mid = (low + high) >> 1;
+      if (scores[best[mid]] >= score) low = mid + 1;
+      else high = mid;
+    }
+    best.splice(low, 0, i);
+    if (best.length > count) best.pop();
+  }
+  return best;
+}
+
+/**
+ * Flat candidate indices, best first: score desc, then index (numpy's stable argsort). Lazily, in
+ * growing chunks: a step's walk usually stops after a few dozen of the beams x vocabulary.
+ */
+export function* candidateOrder(scores) {
+  let lastScore = Infinity, lastIndex = -1;
+  for (let count = 64; ; count *= 4) {
+    const chunk = nextCandidates(scores, lastScore, lastIndex, count);
+    yield* chunk;
+    if (chunk.length < count) return;
+    lastIndex = chunk[chunk.length - 1];
+    lastScore = scores[lastIndex];
+  }
 }
 
 export class Completer {
@@ -243,9 +273,8 @@ export class Completer {
     const finished = new Map();
     for (let stepIndex = 0; stepIndex < MAX_STEPS; stepIndex++) {
       const scores = this.scores(beams);
-      const queue = candidateQueue(scores);
       const chosen = [];
-      for (let flat = queue.pop(); flat !== undefined; flat = queue.pop()) {
+      for (const flat of candidateOrder(scores)) {
         const beamIndex = Math.floor(flat / this.vocabSize), piece = flat % this.vocabSize;
         const outcome = this.extend(beams[beamIndex], piece, prefix);
         if (!outcome) continue;

@@ -15,7 +15,8 @@ LOAD = """
   const { decode } = await import("/static/safetensors.js");
   const { bakeWeights, openInfer } = await import("/static/infer_session.js");
   const { manifest } = await (await fetch("/api/model")).json();
-  const get = async (name) => new Uint8Array(await (await fetch(`/api/files/${manifest.files[name].sha256}`)).arrayBuffer());
+  const get = async (name) =>
+    new Uint8Array(await (await fetch(`/api/files/${manifest.files[name].sha256}`)).arrayBuffer());
   const graph = await get(manifest.graphs.infer.file);
   const { tensors } = decode(await get("weights.safetensors"));
   const values = Object.fromEntries(manifest.parameters.map(({ name }) => [name, tensors.get(name).data]));
@@ -87,7 +88,9 @@ TYPING = """async ([url]) => {""" + LOAD + """
     blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id], threshold: minProbability(manifest),
     step: (tokens, state) => { rows += tokens.length; return step(tokens, state); } });
   const suggestions = [];
-  for (let end = 1; end <= url.length; end++) suggestions.push(await completer.complete(url.slice(0, end), 5));
+  for (let end = 1; end <= url.length; end++) {
+    suggestions.push(await completer.complete(url.slice(0, end), 5));
+  }
   return { suggestions, rows };
 }"""
 
