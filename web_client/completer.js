@@ -241,9 +241,11 @@ export class Completer {
     const { ids, pending } = this.heal(canonical ? this.tokenizer.encode(canonical) : []);
     const { logProbs, state } = await this.context(ids);
     const prefix = String.fromCharCode(...utf8Encoder.encode(canonical)); // bytes, one char each
-    const finished = await this.search({ score: 0, logProbs, state, text: "", pending, pieces: ids }, k, prefix);
-    const ranked = [...finished].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     const healed = this.threshold > 0 ? this.healed(logProbs, pending) : 0;
+    const floor = this.threshold > 0 ? Math.log(this.threshold) + healed : -Infinity;
+    const root = { score: 0, logProbs, state, text: "", pending, pieces: ids };
+    const finished = await this.search(root, k, prefix, floor);
+    const ranked = [...finished].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     /** @type {Array<[string, number]>} */
     const suggestions = [];
     for (const [text, score] of ranked) {
@@ -267,8 +269,8 @@ export class Completer {
     return mass;
   }
 
-  /** Beam search (runtime/complete.py steps 3-4); returns Map text -> log-prob. */
-  async search(root, k, prefix) {
+  /** Beam search (runtime/complete.py steps 3-4), live beams below floor dropped; returns Map text -> log-prob. */
+  async search(root, k, prefix, floor) {
     let beams = [root];
     const finished = new Map();
     for (let stepIndex = 0; stepIndex < MAX_STEPS; stepIndex++) {
@@ -287,8 +289,9 @@ export class Completer {
           if (chosen.length === BEAM_WIDTH) break;
         }
       }
-      if (!chosen.length) break;
-      beams = await this.advance(beams, chosen);
+      const kept = chosen.filter((c) => c.score >= floor);
+      if (!kept.length) break;
+      beams = await this.advance(beams, kept);
       if (finished.size >= k && beams[0].score < [...finished.values()].sort((a, b) => b - a)[k - 1]) break;
     }
     return finished;

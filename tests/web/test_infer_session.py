@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from formats.bundle import load_bundle
 from runtime.complete import Completer
@@ -77,15 +78,15 @@ def test_baking_refuses_a_graph_without_the_parameter_inputs(module_page):
     assert message == "infer.onnx has no input for parameter(s) no.such.parameter"
 
 
-TYPING = """async ([url]) => {""" + LOAD + """
-  const { Completer, minProbability } = await import("/static/completer.js");
+TYPING = """async ([url, tau]) => {""" + LOAD + """
+  const { Completer } = await import("/static/completer.js");
   const { Tokenizer } = await import("/static/tokenizer.js");
   const tokenizer = new Tokenizer(JSON.parse(new TextDecoder().decode(await get(manifest.tokenizer.vocab))));
   const { step } = await openInfer(ort, graph, manifest, values);
   const ids = manifest.tokenizer;
   let rows = 0;
   const completer = new Completer({ tokenizer, config: manifest.config, state: manifest.graphs.infer.state,
-    blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id], threshold: minProbability(manifest),
+    blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id], threshold: tau,
     step: (tokens, state) => { rows += tokens.length; return step(tokens, state); } });
   const suggestions = [];
   for (let end = 1; end <= url.length; end++) {
@@ -95,20 +96,22 @@ TYPING = """async ([url]) => {""" + LOAD + """
 }"""
 
 
-def test_js_typing_runs_the_rows_python_runs(module_page, bundle_dir):
+@pytest.mark.parametrize("tau", [0.0, 0.02])
+def test_js_typing_runs_the_rows_python_runs(module_page, bundle_dir, tau):
     """Typed key by key, completer.js runs exactly the model rows Python's completer runs (the same
-    piece-sequence cache), under half of what searching each prefix afresh takes, same suggestions."""
+    piece-sequence cache, the same beams dropped below tau), under half of what searching each
+    prefix afresh takes, with the same suggestions."""
     # Prepare
     url = "en.wikipedia.org/wiki/Main_Page"
-    python = CountingCompleter(bundle_dir)
+    python = CountingCompleter(bundle_dir, threshold=tau)
     expected = [python.complete(url[:end]) for end in range(1, len(url) + 1)]
     fresh_rows = 0
     for end in range(1, len(url) + 1):
-        fresh = CountingCompleter(bundle_dir)
+        fresh = CountingCompleter(bundle_dir, threshold=tau)
         fresh.complete(url[:end])
         fresh_rows += fresh.rows
     # Execute
-    got = module_page.evaluate(TYPING, [url])
+    got = module_page.evaluate(TYPING, [url, tau])
     # Assert
     assert got["suggestions"] == expected
     assert got["rows"] == python.rows < 0.5 * fresh_rows, (got["rows"], python.rows, fresh_rows)
