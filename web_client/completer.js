@@ -10,7 +10,6 @@
  */
 
 import { BEAM_WIDTH, CONTEXT_CACHE_ENTRIES, MAX_STEPS } from "./constants.js";
-import { Heap } from "./heap.js";
 import { splitTyped } from "./normalize.js";
 
 const BOUNDARY_BYTES = "/?";
@@ -123,11 +122,42 @@ export function minProbability(manifest) {
   return tau;
 }
 
-/** Flat candidate indices, best first: score desc, then index (numpy's stable argsort). */
-function candidateQueue(scores) {
-  const live = [];
-  scores.forEach((score, index) => { if (score !== -Infinity) live.push(index); });
-  return new Heap((a, b) => scores[a] > scores[b] || (scores[a] === scores[b] && a < b), live);
+/**
+ * The first `count` flat indices with a score that come after (score `lastScore`, index `lastIndex`)
+ * in the candidate order (score desc, then index), in that order. One pass with an insertion into
+ * a short sorted list: most candidates are rejected by one comparison with its last entry.
+ */
+function nextCandidates(scores, lastScore, lastIndex, count) {
+  const best = [];
+  for (let i = 0; i < scores.length; i++) {
+    const score = scores[i];
+    if (score === -Infinity || score > lastScore || (score === lastScore && i <= lastIndex)) continue;
+    if (best.length === count && !(score > scores[best[count - 1]])) continue; // ties: the earlier index first
+    let low = 0, high = best.length; // insert before the first entry that scores below
+    while (low < high) {
+      const mid = (low + high) >> 1;
+      if (scores[best[mid]] >= score) low = mid + 1;
+      else high = mid;
+    }
+    best.splice(low, 0, i);
+    if (best.length > count) best.pop();
+  }
+  return best;
+}
+
+/**
+ * Flat candidate indices, best first: score desc, then index (numpy's stable argsort). Lazily, in
+ * growing chunks: a step's walk usually stops after a few dozen of the beams x vocabulary.
+ */
+export function* candidateOrder(scores) {
+  let lastScore = Infinity, lastIndex = -1;
+  for (let count = 64; ; count *= 4) {
+    const chunk = nextCandidates(scores, lastScore, lastIndex, count);
+    yield* chunk;
+    if (chunk.length < count) return;
+    lastIndex = chunk[chunk.length - 1];
+    lastScore = scores[lastIndex];
+  }
 }
 
 export class Completer {
@@ -160,17 +190,24 @@ export class Completer {
   async context(ids) {
     let known = ids.length;
     while (known >= 0 && !this.contexts.has(ids.slice(0, known).join())) known--;
-    let entry = known >= 0 ? this.contexts.get(ids.slice(0, known).join()) : null;
+    let entry = known >= 0 ? this.cached(ids.slice(0, known).join()) : null;
     for (let n = known + 1; n <= ids.length; n++) {
       const token = n === 0 ? this.config.bos_id : ids[n - 1];
       const { logProbs, state } = await this.step([token], entry ? entry.state : new Float32Array(this.layout.rowSize));
       entry = { logProbs, state };
       this.remember(ids.slice(0, n).join(), entry);
     }
-    this.remember(ids.join(), entry);
+    return /** @type {{logProbs: Float32Array, state: Float32Array}} */ (entry);
+  }
+
+  /** The cached {logProbs, state} after BOS + the pieces of `key` (a comma-joined list), now most recent. */
+  cached(key) {
+    const entry = this.contexts.get(key);
+    if (entry) this.remember(key, entry);
     return entry;
   }
 
+  /** Cache the model's output after BOS + the pieces of `key`; the least recently used entry goes. */
   remember(key, entry) {
     this.contexts.delete(key);
     this.contexts.set(key, entry);
@@ -204,9 +241,11 @@ export class Completer {
     const { ids, pending } = this.heal(canonical ? this.tokenizer.encode(canonical) : []);
     const { logProbs, state } = await this.context(ids);
     const prefix = String.fromCharCode(...utf8Encoder.encode(canonical)); // bytes, one char each
-    const finished = await this.search({ score: 0, logProbs, state, text: "", pending }, k, prefix);
-    const ranked = [...finished].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     const healed = this.threshold > 0 ? this.healed(logProbs, pending) : 0;
+    const floor = this.threshold > 0 ? Math.log(this.threshold) + healed : -Infinity;
+    const root = { score: 0, logProbs, state, text: "", pending, pieces: ids };
+    const finished = await this.search(root, k, prefix, floor);
+    const ranked = [...finished].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
     /** @type {Array<[string, number]>} */
     const suggestions = [];
     for (const [text, score] of ranked) {
@@ -230,15 +269,14 @@ export class Completer {
     return mass;
   }
 
-  /** Beam search (runtime/complete.py steps 3-4); returns Map text -> log-prob. */
-  async search(root, k, prefix) {
+  /** Beam search (runtime/complete.py steps 3-4), live beams below floor dropped; returns Map text -> log-prob. */
+  async search(root, k, prefix, floor) {
     let beams = [root];
     const finished = new Map();
     for (let stepIndex = 0; stepIndex < MAX_STEPS; stepIndex++) {
       const scores = this.scores(beams);
-      const queue = candidateQueue(scores);
       const chosen = [];
-      for (let flat = queue.pop(); flat !== undefined; flat = queue.pop()) {
+      for (const flat of candidateOrder(scores)) {
         const beamIndex = Math.floor(flat / this.vocabSize), piece = flat % this.vocabSize;
         const outcome = this.extend(beams[beamIndex], piece, prefix);
         if (!outcome) continue;
@@ -251,8 +289,9 @@ export class Completer {
           if (chosen.length === BEAM_WIDTH) break;
         }
       }
-      if (!chosen.length) break;
-      beams = await this.advance(beams, chosen);
+      const kept = chosen.filter((c) => c.score >= floor);
+      if (!kept.length) break;
+      beams = await this.advance(beams, kept);
       if (finished.size >= k && beams[0].score < [...finished.values()].sort((a, b) => b - a)[k - 1]) break;
     }
     return finished;
@@ -291,22 +330,32 @@ export class Completer {
     return junk(prefix, text, false) ? null : { text, pending: "", done: false };
   }
 
-  /** One batched infer step for the chosen (beam, piece) pairs; state rows follow chosen order. */
+  /**
+   * The chosen (beam, piece) pairs as beams: cached piece sequences (an earlier keystroke's search
+   * often took the same ones) are reused, the rest run in one batched infer step.
+   */
   async advance(beams, chosen) {
-    const { outer, inner, rowSize } = this.layout;
-    const B = chosen.length;
-    // Row b of a B-row state is, for each outer block o, the `inner` values at (o * B + b) * inner.
-    const state = new Float32Array(rowSize * B);
-    chosen.forEach(({ beamIndex }, b) => {
-      const own = beams[beamIndex].state;
-      for (let o = 0; o < outer; o++) state.set(own.subarray(o * inner, (o + 1) * inner), (o * B + b) * inner);
-    });
-    const out = await this.step(chosen.map((c) => c.piece), state);
-    const V = this.vocabSize;
-    return chosen.map(({ score, text, pending }, b) => {
-      const own = new Float32Array(rowSize);
-      for (let o = 0; o < outer; o++) own.set(out.state.subarray((o * B + b) * inner, (o * B + b + 1) * inner), o * inner);
-      return { score, logProbs: out.logProbs.subarray(b * V, (b + 1) * V), state: own, text, pending };
-    });
+    const pieces = chosen.map(({ beamIndex, piece }) => [...beams[beamIndex].pieces, piece]);
+    const outputs = pieces.map((key) => this.cached(key.join()));
+    const missing = outputs.flatMap((output, i) => (output ? [] : [i]));
+    if (missing.length) {
+      const { outer, inner, rowSize } = this.layout;
+      const B = missing.length;
+      // Row b of a B-row state is, for each outer block o, the `inner` values at (o * B + b) * inner.
+      const state = new Float32Array(rowSize * B);
+      missing.forEach((i, b) => {
+        const own = beams[chosen[i].beamIndex].state;
+        for (let o = 0; o < outer; o++) state.set(own.subarray(o * inner, (o + 1) * inner), (o * B + b) * inner);
+      });
+      const out = await this.step(missing.map((i) => chosen[i].piece), state);
+      const V = this.vocabSize;
+      missing.forEach((i, b) => {
+        const own = new Float32Array(rowSize);
+        for (let o = 0; o < outer; o++) own.set(out.state.subarray((o * B + b) * inner, (o * B + b + 1) * inner), o * inner);
+        outputs[i] = { logProbs: out.logProbs.subarray(b * V, (b + 1) * V), state: own };
+        this.remember(pieces[i].join(), outputs[i]);
+      });
+    }
+    return chosen.map(({ score, text, pending }, i) => ({ score, ...outputs[i], text, pending, pieces: pieces[i] }));
   }
 }

@@ -11,8 +11,8 @@ export const BEAM_WIDTH = 8;
 /** Decoding steps before the search gives up (runtime/complete.py MAX_STEPS). */
 export const MAX_STEPS = 16;
 
-/** Prefix contexts (BOS + pieces -> state) kept between keystrokes (runtime/complete.py). */
-export const CONTEXT_CACHE_ENTRIES = 256;
+/** Piece sequences (BOS + pieces -> log-probs, state) kept between keystrokes (runtime/complete.py CONTEXT_CACHE_SIZE). */
+export const CONTEXT_CACHE_ENTRIES = 512;
 
 /** The personal n-gram's order: symbols of context + 1 (runtime/ngram.py ORDER). */
 export const NGRAM_ORDER = 8;

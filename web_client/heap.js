@@ -1,6 +1,6 @@
 /**
  * A binary heap ordered by a `before(a, b)` predicate (true when a pops first). The tokenizer's
- * merge agenda and the completer's candidate order both need an exact, deterministic order.
+ * merge agenda needs an exact, deterministic order.
  */
 export class Heap {
   /**

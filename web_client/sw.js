@@ -38,6 +38,7 @@ const SHELL = [
   "/static/update.js",
   "/static/worker.js",
   "/static/completer.js",
+  "/static/infer_session.js",
   "/static/ngram.js",
   "/static/heap.js",
   "/static/tokenizer.js",

@@ -5,8 +5,9 @@
  */
 
 import * as ort from "/ort/ort.wasm.min.mjs";
-import { Completer, minProbability, stateDims } from "./completer.js";
+import { Completer, minProbability } from "./completer.js";
 import { ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
+import { openInfer } from "./infer_session.js";
 import { fetchRuntime, fetchVerified } from "./model_store.js";
 import { reply } from "./protocol.js";
 import { decode } from "./safetensors.js";
@@ -104,24 +105,16 @@ function feedWeights(model, values) {
     [name, new ort.Tensor("float32", values[name], shape)]));
 }
 
-/** A warmed-up Completer over a model version's infer.onnx. */
+/** A warmed-up Completer over a model version's infer.onnx (its weights baked in), and release(). */
 function completer(model) {
   return once(`completer:${model.version}`, async () => {
-    const [graphSession, tok, values] = await Promise.all([session(model, "infer"), tokenizer(model), weights(model)]);
     const io = model.manifest.graphs.infer, ids = model.manifest.tokenizer;
-    const params = feedWeights(model, values);
-    const step = async (tokens, state) => {
-      const out = await graphSession.run({
-        ...params,
-        [io.tokens_input]: new ort.Tensor("int64", BigInt64Array.from(tokens, BigInt), [tokens.length]),
-        [io.state.input]: new ort.Tensor("float32", state, stateDims(io.state, tokens.length)),
-      });
-      return { logProbs: out[io.log_probs_output].data, state: out[io.state.output].data };
-    };
-    const result = new Completer({ tokenizer: tok, step, config: model.manifest.config, state: io.state,
+    const [graph, tok, values] = await Promise.all([file(model, io.file), tokenizer(model), weights(model), runtime()]);
+    const infer = await openInfer(ort, graph, model.manifest, values);
+    const result = new Completer({ tokenizer: tok, step: infer.step, config: model.manifest.config, state: io.state,
       blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id], threshold: minProbability(model.manifest) });
     await result.complete("", 1); // warm-up: first runs allocate and JIT
-    return result;
+    return { completer: result, release: infer.release };
   });
 }
 
@@ -154,23 +147,44 @@ function tensorList(model, values) {
   return [list, list.map((t) => t.data.buffer)];
 }
 
-let active = null; // the newest model that finished loading: completions use it
+/**
+ * The newest model that finished loading: completions use it. `busy` counts its completions in
+ * flight; a retired one frees its session once none is.
+ * @type {{version: number, completer: Completer, release: () => Promise<void>, busy: number, retired: boolean}|null}
+ */
+let active = null;
+
+function retire(entry) {
+  entry.retired = true;
+  if (!entry.busy) entry.release();
+}
 
 async function load(request) {
   const before = downloadedBytes;
-  const ready = await completer(request.model);
-  if (!active || request.model.version >= active.version) {
-    active = { version: request.model.version, completer: ready };
+  const ready = { version: request.model.version, ...(await completer(request.model)), busy: 0, retired: false };
+  if (!active || ready.version > active.version) {
+    if (active) retire(active);
+    active = ready;
     keepOnly(request.model);
+  } else if (ready.version < active.version) {
+    memo.delete(`completer:${ready.version}`); // an older version finished loading late
+    retire(ready);
   }
   reply(request, "ready", { version: request.model.version, downloadedBytes: downloadedBytes - before });
 }
 
 async function complete(request) {
   if (!active) throw new Error("no model is loaded yet");
-  const scored = await active.completer.completeScored(request.typed, request.k);
-  reply(request, "suggestions", { typed: request.typed, suggestions: scored.map(([text]) => text),
-    scores: scored.map(([, score]) => score) });
+  const entry = active;
+  entry.busy += 1;
+  try {
+    const scored = await entry.completer.completeScored(request.typed, request.k);
+    reply(request, "suggestions", { typed: request.typed, suggestions: scored.map(([text]) => text),
+      scores: scored.map(([, score]) => score) });
+  } finally {
+    entry.busy -= 1;
+    if (entry.retired && !entry.busy) entry.release();
+  }
 }
 
 async function train(request) {

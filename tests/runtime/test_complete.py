@@ -7,7 +7,7 @@ import pytest
 
 from formats.bundle import DEFAULT_MIN_PROBABILITY, BundleError, StateSpec, min_probability
 from formats.urls import DEFAULT_CORPUS, load_urls, split_typed
-from runtime.complete import Completer, junk
+from runtime.complete import Completer, junk, shown
 from runtime.ngram import CharNgramLM
 
 
@@ -16,6 +16,16 @@ class UnhealedCompleter(Completer):
 
     def heal(self, ids):
         return ids, b""
+
+
+class CountingCompleter(Completer):
+    """Counts the rows it runs through infer.onnx."""
+
+    rows = 0
+
+    def step(self, tokens, state):
+        self.rows += len(tokens)
+        return super().step(tokens, state)
 
 
 class BatchFirstCompleter(Completer):
@@ -97,6 +107,19 @@ def test_results_are_deterministic_and_cache_independent(completer, bundle_dir):
     assert first == [fresh.complete(p) for p in ("githu", "github.com/", "githu")]
 
 
+def test_typing_on_reuses_the_beams_of_the_last_keystroke(bundle_dir):
+    """Typing a URL key by key runs under half the infer rows of searching each prefix afresh (the
+    cache holds every piece sequence a search ran, not only the typed context), same suggestions."""
+    url = "en.wikipedia.org/wiki/Main_Page"
+    typing, fresh_rows, fresh_suggestions = CountingCompleter(bundle_dir), 0, []
+    for end in range(1, len(url) + 1):
+        fresh = CountingCompleter(bundle_dir)
+        fresh_suggestions.append(fresh.complete(url[:end]))
+        fresh_rows += fresh.rows
+    assert [typing.complete(url[:end]) for end in range(1, len(url) + 1)] == fresh_suggestions
+    assert typing.rows < 0.5 * fresh_rows, (typing.rows, fresh_rows)
+
+
 def test_search_depends_on_the_state_description_only(completer, bundle_dir):
     """Another state layout in the manifest gives the same suggestions (batch axis 0 instead of 1)."""
     other = BatchFirstCompleter(bundle_dir)
@@ -166,16 +189,31 @@ def test_a_bad_threshold_is_refused(completion):
 
 def test_the_threshold_keeps_the_likely_prefix_of_the_list(bundle_dir):
     """tau drops exactly the suggestions whose score - healed is below log(tau), never reorders."""
-    everything, strict = Completer(bundle_dir, threshold=0.0), Completer(bundle_dir, threshold=0.05)
+    strict = Completer(bundle_dir, threshold=0.05)
     dropped = kept = 0
     for typed in ["", "g", "githu", "amazon.c", "en.wikipedia.org/", "x", "qq", "stackov"]:
-        ranked, healed = everything.ranked(typed, 5)
+        ranked, healed = strict.ranked(typed, 5)
         got = strict.complete_scored(typed, 5)
         assert got == ranked[:len(got)]
         assert all(score - healed >= math.log(0.05) for _, score in got)
         assert all(score - healed < math.log(0.05) for _, score in ranked[len(got):])
         dropped, kept = dropped + len(ranked) - len(got), kept + len(got)
     assert dropped > 0 and kept > 0, (dropped, kept)
+
+
+def test_the_threshold_stops_beams_that_can_only_end_below_it(bundle_dir):
+    """With tau the search runs under 60 % of the model rows it runs without, and shows the same
+    suggestions as the unpruned search thresholded afterwards for at least 90 % of 60 prefixes."""
+    urls = load_urls(DEFAULT_CORPUS, None)[:20] + ["en.wikipedia.org/wiki/Main_Page", "github.com/login"]
+    typed = [url[:end] for url in urls for end in (1, len(url) // 2, len(url) - 1)]
+    pruned = CountingCompleter(bundle_dir, threshold=0.02)
+    everything = CountingCompleter(bundle_dir, threshold=0.0)
+    same = 0
+    for text in typed:
+        got = pruned.complete(text, 5)
+        same += got == [suggestion for suggestion, _ in shown(*everything.ranked(text, 5), 0.02)]
+    assert pruned.rows < 0.6 * everything.rows, (pruned.rows, everything.rows)
+    assert same >= 0.9 * len(typed), (same, len(typed))
 
 
 def test_the_threshold_judges_what_was_typed_not_where_a_piece_was_cut(bundle_dir):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 from page_helpers import open_page, suggestions_for
 
 from runtime.complete import Completer, junk
@@ -137,3 +138,26 @@ def test_js_junk_rule_equals_python(module_page, canonical_urls):
     expected = [[junk(c, t), junk(c, t, finished=False)] for c, t in pairs]
     assert any(row[0] for row in expected) and not all(row[0] for row in expected)
     assert got == expected, [(p, g, e) for p, g, e in zip(pairs, got, expected, strict=True) if g != e][:3]
+
+
+ORDER = """async (lists) => {
+  const { candidateOrder } = await import("/static/completer.js");
+  return lists.map((scores) => [...candidateOrder(Float64Array.from(scores, (s) => s ?? -Infinity))]);
+}"""
+
+
+def test_js_candidate_order_is_numpys_stable_argsort(module_page):
+    """The walk's order over beams x vocabulary, ties and -inf (blocked) included, in chunks that
+    grow past 64, 256 and 1024 entries: numpy's stable argsort of -scores, as runtime/complete.py walks."""
+    # Prepare
+    rng = np.random.default_rng(3)
+    lists = []
+    for size in (1, 5, 64, 65, 300, 1500, 8192):
+        scores = rng.choice(np.linspace(-30, 0, 40), size=size)  # few distinct values: many ties
+        scores[rng.random(size) < 0.2] = -np.inf
+        lists.append(scores)
+    # Execute
+    got = module_page.evaluate(ORDER, [[None if s == -np.inf else s for s in x.tolist()] for x in lists])
+    # Assert
+    expected = [[i for i in np.argsort(-x, kind="stable").tolist() if x[i] != -np.inf] for x in lists]
+    assert got == expected
