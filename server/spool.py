@@ -11,6 +11,7 @@ database file, about six times slower than one sequential write and fsync.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -76,7 +77,7 @@ class Spool:
 
 
 class RoundDeltas:
-    """One round's stored deltas, read back from the spool one parameter at a time."""
+    """One round's stored deltas, read back from the spool (``server.strategies.Deltas``)."""
 
     def __init__(self, spool: Spool, round_id: int, keys: list[str]):
         self.spool, self.round_id, self.keys = spool, round_id, keys
@@ -84,3 +85,9 @@ class RoundDeltas:
     def column(self, name: str) -> np.ndarray:
         """Every listed delta's tensor ``name``, stacked: (updates, *shape) float32."""
         return self.spool.column(self.round_id, self.keys, name)
+
+    def each(self) -> Iterator[dict[str, np.ndarray]]:
+        """Every listed delta as float32, one body read and decoded at a time."""
+        for key in self.keys:
+            tensors = tensor_codec.decode(self.spool.read(self.round_id, key))[0]
+            yield {name: as_float32(array) for name, array in tensors.items()}
