@@ -375,16 +375,13 @@ class Coordinator:
                 staleness = self._staleness(meta.base_version)
                 weight = meta.num_examples * staleness_weight(staleness, self.rules.staleness_exponent)
                 key = self._claim_ticket(conn, meta, now)
-                duplicate = DuplicateClient(f"client {meta.client_id} already sent an update in round "
-                                            f"{round_id}")
-                if db.has_update(conn, round_id, meta.client_id):
-                    raise duplicate
                 if not db.insert_update(conn, round_id=round_id, client_id=meta.client_id, ticket_digest=key,
                                         base_version=meta.base_version, staleness=staleness,
                                         num_examples=meta.num_examples, weight=weight,
                                         loss_before=meta.loss_before, loss_after=meta.loss_after, norm=norm,
-                                        received_at=now, sha256=sha256):
-                    raise duplicate  # another worker stored this client's update a moment ago
+                                        received_at=now, sha256=sha256):  # the unique (round, client) key
+                    raise DuplicateClient(f"client {meta.client_id} already sent an update in round "
+                                          f"{round_id}")
                 count = db.count_updates(conn, round_id)
                 self.spool.write(round_id, key, body)  # before the commit: a committed row has its body
             logs.event("update_accepted", round=round_id, client=meta.client_id, staleness=staleness,
@@ -406,18 +403,23 @@ class Coordinator:
         return steps
 
     def _claim_ticket(self, conn: db.Connection, meta: UpdateMeta, now: float) -> str:
-        """Mark the update's ticket used, after checking it is this client's, unused and unexpired."""
+        """Mark the update's ticket used, checking it is this client's, unused and unexpired (a
+        refusal rolls the mark back with the transaction).
+        """
         key = db.ticket_digest(meta.ticket)
-        ticket = db.find_ticket(conn, key)
-        if ticket is None and db.ticket_was_used(conn, key):  # used, then pruned after it expired
-            raise TicketReused("this ticket was already used")
-        if ticket is None:
+        ticket = db.use_ticket(conn, key, now)
+        if ticket is None:  # the rare paths: say why
+            used = db.find_ticket(conn, key)
+            if used is not None and used.client_id != meta.client_id:
+                raise TicketMismatch("this ticket was issued to another client_id")
+            if used is not None:
+                raise TicketReused("this ticket was already used (if your first upload got no answer, "
+                                   "it was counted)")
+            if db.ticket_was_used(conn, key):  # used, then pruned after it expired
+                raise TicketReused("this ticket was already used")
             raise TicketInvalid("unknown ticket; get one from POST /api/tickets")
         if ticket.client_id != meta.client_id:
             raise TicketMismatch("this ticket was issued to another client_id")
-        if ticket.used_at is not None:
-            raise TicketReused("this ticket was already used (if your first upload got no answer, "
-                               "it was counted)")
         if ticket.expires_at <= now:
             raise TicketExpired(f"ticket expired at {iso(ticket.expires_at)}")
         if self.rules.cohort is not None and ticket.round_id != self.round.id:
@@ -425,8 +427,6 @@ class Coordinator:
         if ticket.version != meta.base_version:
             raise VersionMismatch(f"ticket is for version {ticket.version}, base_version says "
                                   f"{meta.base_version}: take the ticket with the model you train on")
-        if not db.use_ticket(conn, key, now):
-            raise TicketReused("this ticket was already used (by a concurrent upload)")
         return key
 
     def prune_tickets(self) -> int:

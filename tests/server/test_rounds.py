@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from client.protocol import FederatedClient, ProtocolError
 from formats import durable
@@ -220,3 +221,45 @@ def test_a_failed_close_keeps_the_round_and_its_updates(app, client, monkeypatch
     assert third == {"accepted": True, "round": 1, "updates_in_round": 3, "version": 1}
     assert stuck == (1, 3, True)
     assert c.version == 2 and FederatedClient(client).status()["rounds"][0]["participants"] == 3
+
+
+def test_an_accepted_upload_costs_four_statements(app, client, database):
+    """Read the round, claim the ticket (one UPDATE ... RETURNING), insert, count; PostgreSQL adds
+    the shared round lock. It was six: a ticket SELECT before its UPDATE, and a duplicate SELECT
+    before the insert that the unique (round, client) key already refuses.
+    """
+    # Prepare
+    fed = FederatedClient(client)
+    ticket = fed.ticket()
+    statements: list[str] = []
+    engine = db.get_engine(app)
+
+    def record(_conn, _cursor, statement, *_args):
+        statements.append(statement.split()[0])
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    # Execute
+    try:
+        upload(client, 0.1, ticket=ticket, fed=fed)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    # Assert
+    expected = ["SELECT", "UPDATE", "INSERT", "SELECT"]
+    assert statements == (["SELECT"] + expected if database == "postgresql" else expected)
+
+
+def test_a_duplicate_upload_is_refused_by_the_unique_key_and_keeps_its_ticket(app, client):
+    """A second update of one client in a round: refused by the insert, and the ticket's mark is
+    rolled back with it.
+    """
+    # Prepare
+    fed = FederatedClient(client)
+    upload(client, 0.1, fed=fed)
+    second = fed.ticket()
+    # Execute
+    with pytest.raises(ProtocolError) as refused:
+        upload(client, 0.1, ticket=second, fed=fed)
+    # Assert
+    assert refused.value.code == "duplicate_client"
+    with db.transaction(db.get_engine(app)) as conn:
+        assert db.find_ticket(conn, db.ticket_digest(second["ticket"])).used_at is None
