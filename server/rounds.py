@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from formats.update import UpdateMeta
 from server import cohorts, db, logs, quarantine, recovery
@@ -361,33 +362,46 @@ class Coordinator:
         :return: accepted, round, updates_in_round, and the version after this update.
         :raise Refused: UnknownBaseVersion, StaleVersion, Ticket*, VersionMismatch, DuplicateClient.
         """
+        if self.secure is not None:  # [T1] an update in clear is exactly what secure mode never stores
+            raise SecureOnly("this server aggregates securely: a cohort member sends a masked input "
+                             "(docs/PROTOCOL.md, Secure rounds), never its update")
         sha256 = hashlib.sha256(body).hexdigest()  # the close checks the stored body against it
-        with self.lock:
-            if self.secure is not None:  # [T1] an update in clear is exactly what secure mode never stores
-                raise SecureOnly("this server aggregates securely: a cohort member sends a masked input "
-                                 "(docs/PROTOCOL.md, Secure rounds), never its update")
-            now = self.clock()
-            with db.transaction(self.engine) as conn:
-                db.share_round(conn)  # until the commit: no worker closes this round meanwhile
-                self._sync(conn)
-                self._opened_strategy().admit()
-                round_id = self.round.id
-                staleness = self._staleness(meta.base_version)
-                weight = meta.num_examples * staleness_weight(staleness, self.rules.staleness_exponent)
-                key = self._claim_ticket(conn, meta, now)
-                if not db.insert_update(conn, round_id=round_id, client_id=meta.client_id, ticket_digest=key,
-                                        base_version=meta.base_version, staleness=staleness,
-                                        num_examples=meta.num_examples, weight=weight,
-                                        loss_before=meta.loss_before, loss_after=meta.loss_after, norm=norm,
-                                        received_at=now, sha256=sha256):  # the unique (round, client) key
-                    raise DuplicateClient(f"client {meta.client_id} already sent an update in round "
-                                          f"{round_id}")
-                count = db.count_updates(conn, round_id)
-                self.spool.write(round_id, key, body)  # before the commit: a committed row has its body
-            logs.event("update_accepted", round=round_id, client=meta.client_id, staleness=staleness,
-                       examples=meta.num_examples, norm=round(norm, 6), updates_in_round=count)
-            self._maybe_close(now, count)
-            return {"accepted": True, "round": round_id, "updates_in_round": count, "version": self.version}
+        staged = self.spool.stage(body)  # written and fsynced before any lock: most of an upload's time
+        try:
+            with self.lock:
+                now = self.clock()
+                round_id, staleness, count = self._store(meta, norm, sha256, staged, now)
+                logs.event("update_accepted", round=round_id, client=meta.client_id, staleness=staleness,
+                           examples=meta.num_examples, norm=round(norm, 6), updates_in_round=count)
+                self._maybe_close(now, count)
+                return {"accepted": True, "round": round_id, "updates_in_round": count,
+                        "version": self.version}
+        finally:
+            staged.unlink(missing_ok=True)  # a refused upload's body; gone already once placed
+
+    def _store(self, meta: UpdateMeta, norm: float, sha256: str, staged: Path, now: float
+               ) -> tuple[int, int, int]:
+        """Record one update in the open round and place its staged body, in one transaction.
+
+        :return: the round, the update's staleness, and the round's update count with it.
+        """
+        with db.transaction(self.engine) as conn:
+            db.share_round(conn)  # until the commit: no worker closes this round meanwhile
+            self._sync(conn)
+            self._opened_strategy().admit()
+            round_id = self.round.id
+            staleness = self._staleness(meta.base_version)
+            weight = meta.num_examples * staleness_weight(staleness, self.rules.staleness_exponent)
+            key = self._claim_ticket(conn, meta, now)
+            if not db.insert_update(conn, round_id=round_id, client_id=meta.client_id, ticket_digest=key,
+                                    base_version=meta.base_version, staleness=staleness,
+                                    num_examples=meta.num_examples, weight=weight,
+                                    loss_before=meta.loss_before, loss_after=meta.loss_after, norm=norm,
+                                    received_at=now, sha256=sha256):  # the unique (round, client) key
+                raise DuplicateClient(f"client {meta.client_id} already sent an update in round {round_id}")
+            count = db.count_updates(conn, round_id)
+            self.spool.place(staged, round_id, key)  # before the commit: a committed row has its body
+        return round_id, staleness, count
 
     def _staleness(self, base_version: int) -> int:
         """How many versions the current one is past base_version along its ancestry."""

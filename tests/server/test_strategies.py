@@ -209,7 +209,8 @@ def test_a_bounded_fedavg_close_reads_each_stored_body_once(tmp_path, monkeypatc
     deltas = [{n: a.astype(np.float16).astype(np.float32) for n, a in d.items()} for d in deltas]
     spool = Spool(tmp_path)
     for k, delta in enumerate(deltas):
-        spool.write(1, f"key{k}", tensor_codec.encode({n: a.astype(np.float16) for n, a in delta.items()}))
+        body = tensor_codec.encode({n: a.astype(np.float16) for n, a in delta.items()})
+        spool.place(spool.stage(body), 1, f"key{k}")
     reads = []
     read = spool.read
     monkeypatch.setattr(spool, "read", lambda round_id, key: reads.append(key) or read(round_id, key))
