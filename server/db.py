@@ -386,18 +386,24 @@ def insert_ticket(conn: Connection, digest: str, client_id: str, version: int, r
                                          round_id=round_id, issued_at=issued_at, expires_at=expires_at))
 
 
+TICKET_COLUMNS = (tickets.c.digest, tickets.c.client_id, tickets.c.version, tickets.c.expires_at,
+                  tickets.c.used_at, tickets.c.round_id)
+
+
 def find_ticket(conn: Connection, digest: str) -> Ticket | None:
     """The ticket with this digest, or None."""
-    row = conn.execute(sa.select(tickets.c.digest, tickets.c.client_id, tickets.c.version,
-                                 tickets.c.expires_at, tickets.c.used_at, tickets.c.round_id)
-                       .where(tickets.c.digest == digest)).first()
+    row = conn.execute(sa.select(*TICKET_COLUMNS).where(tickets.c.digest == digest)).first()
     return None if row is None else Ticket(*row)
 
 
-def use_ticket(conn: Connection, digest: str, now: float) -> bool:
-    """Mark a ticket used; False if another transaction used it first (two workers, one ticket)."""
+def use_ticket(conn: Connection, digest: str, now: float) -> Ticket | None:
+    """Mark an unused ticket used and return it, in one statement (an upload's checks follow; a
+    refusal rolls the mark back); None if no unused ticket has this digest (unknown, or used: by
+    another transaction first, two workers and one ticket).
+    """
     unused = (tickets.c.digest == digest) & tickets.c.used_at.is_(None)
-    return conn.execute(tickets.update().where(unused).values(used_at=now)).rowcount == 1
+    row = conn.execute(tickets.update().where(unused).values(used_at=now).returning(*TICKET_COLUMNS)).first()
+    return None if row is None else Ticket(*row)
 
 
 def ticket_was_used(conn: Connection, digest: str) -> bool:
@@ -408,12 +414,6 @@ def ticket_was_used(conn: Connection, digest: str) -> bool:
 def prune_tickets(conn: Connection, expired_before: float) -> int:
     """Delete the tickets that expired before the given time; return how many went."""
     return conn.execute(tickets.delete().where(tickets.c.expires_at < expired_before)).rowcount
-
-
-def has_update(conn: Connection, round_id: int, client_id: str) -> bool:
-    """Whether client_id already has an update in the round."""
-    query = sa.select(updates.c.id).where(updates.c.round_id == round_id, updates.c.client_id == client_id)
-    return conn.execute(query).first() is not None
 
 
 def insert_update(conn: Connection, **values: object) -> bool:

@@ -47,6 +47,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from formats.update import UpdateMeta
 from server import cohorts, db, logs, quarantine, recovery
@@ -370,36 +371,46 @@ class Coordinator:
         :return: accepted, round, updates_in_round, and the version after this update.
         :raise Refused: UnknownBaseVersion, StaleVersion, Ticket*, VersionMismatch, DuplicateClient.
         """
+        if self.secure is not None:  # [T1] an update in clear is exactly what secure mode never stores
+            raise SecureOnly("this server aggregates securely: a cohort member sends a masked input "
+                             "(docs/PROTOCOL.md, Secure rounds), never its update")
         sha256 = hashlib.sha256(body).hexdigest()  # the close checks the stored body against it
-        with self.lock:
-            if self.secure is not None:  # [T1] an update in clear is exactly what secure mode never stores
-                raise SecureOnly("this server aggregates securely: a cohort member sends a masked input "
-                                 "(docs/PROTOCOL.md, Secure rounds), never its update")
-            now = self.clock()
-            with db.transaction(self.engine) as conn:
-                db.share_round(conn)  # until the commit: no worker closes this round meanwhile
-                self._sync(conn)
-                self._opened_strategy().admit()
-                round_id = self.round.id
-                staleness = self._staleness(meta.base_version)
-                weight = meta.num_examples * staleness_weight(staleness, self.rules.staleness_exponent)
-                key = self._claim_ticket(conn, meta, now)
-                duplicate = DuplicateClient(f"client {meta.client_id} already sent an update in round "
-                                            f"{round_id}")
-                if db.has_update(conn, round_id, meta.client_id):
-                    raise duplicate
-                if not db.insert_update(conn, round_id=round_id, client_id=meta.client_id, ticket_digest=key,
-                                        base_version=meta.base_version, staleness=staleness,
-                                        num_examples=meta.num_examples, weight=weight,
-                                        loss_before=meta.loss_before, loss_after=meta.loss_after, norm=norm,
-                                        received_at=now, sha256=sha256):
-                    raise duplicate  # another worker stored this client's update a moment ago
-                count = db.count_updates(conn, round_id)
-                self.spool.write(round_id, key, body)  # before the commit: a committed row has its body
-            logs.event("update_accepted", round=round_id, client=meta.client_id, staleness=staleness,
-                       examples=meta.num_examples, norm=round(norm, 6), updates_in_round=count)
-            self._maybe_close(now, count)
-            return {"accepted": True, "round": round_id, "updates_in_round": count, "version": self.version}
+        staged = self.spool.stage(body)  # written and fsynced before any lock: most of an upload's time
+        try:
+            with self.lock:
+                now = self.clock()
+                round_id, staleness, count = self._store(meta, norm, sha256, staged, now)
+                logs.event("update_accepted", round=round_id, client=meta.client_id, staleness=staleness,
+                           examples=meta.num_examples, norm=round(norm, 6), updates_in_round=count)
+                self._maybe_close(now, count)
+                return {"accepted": True, "round": round_id, "updates_in_round": count,
+                        "version": self.version}
+        finally:
+            staged.unlink(missing_ok=True)  # a refused upload's body; gone already once placed
+
+    def _store(self, meta: UpdateMeta, norm: float, sha256: str, staged: Path, now: float
+               ) -> tuple[int, int, int]:
+        """Record one update in the open round and place its staged body, in one transaction.
+
+        :return: the round, the update's staleness, and the round's update count with it.
+        """
+        with db.transaction(self.engine) as conn:
+            db.share_round(conn)  # until the commit: no worker closes this round meanwhile
+            self._sync(conn)
+            self._opened_strategy().admit()
+            round_id = self.round.id
+            staleness = self._staleness(meta.base_version)
+            weight = meta.num_examples * staleness_weight(staleness, self.rules.staleness_exponent)
+            key = self._claim_ticket(conn, meta, now)
+            if not db.insert_update(conn, round_id=round_id, client_id=meta.client_id, ticket_digest=key,
+                                    base_version=meta.base_version, staleness=staleness,
+                                    num_examples=meta.num_examples, weight=weight,
+                                    loss_before=meta.loss_before, loss_after=meta.loss_after, norm=norm,
+                                    received_at=now, sha256=sha256):  # the unique (round, client) key
+                raise DuplicateClient(f"client {meta.client_id} already sent an update in round {round_id}")
+            count = db.count_updates(conn, round_id)
+            self.spool.place(staged, round_id, key)  # before the commit: a committed row has its body
+        return round_id, staleness, count
 
     def _staleness(self, base_version: int) -> int:
         """How many versions the current one is past base_version along its ancestry."""
@@ -415,18 +426,23 @@ class Coordinator:
         return steps
 
     def _claim_ticket(self, conn: db.Connection, meta: UpdateMeta, now: float) -> str:
-        """Mark the update's ticket used, after checking it is this client's, unused and unexpired."""
+        """Mark the update's ticket used, checking it is this client's, unused and unexpired (a
+        refusal rolls the mark back with the transaction).
+        """
         key = db.ticket_digest(meta.ticket)
-        ticket = db.find_ticket(conn, key)
-        if ticket is None and db.ticket_was_used(conn, key):  # used, then pruned after it expired
-            raise TicketReused("this ticket was already used")
-        if ticket is None:
+        ticket = db.use_ticket(conn, key, now)
+        if ticket is None:  # the rare paths: say why
+            used = db.find_ticket(conn, key)
+            if used is not None and used.client_id != meta.client_id:
+                raise TicketMismatch("this ticket was issued to another client_id")
+            if used is not None:
+                raise TicketReused("this ticket was already used (if your first upload got no answer, "
+                                   "it was counted)")
+            if db.ticket_was_used(conn, key):  # used, then pruned after it expired
+                raise TicketReused("this ticket was already used")
             raise TicketInvalid("unknown ticket; get one from POST /api/tickets")
         if ticket.client_id != meta.client_id:
             raise TicketMismatch("this ticket was issued to another client_id")
-        if ticket.used_at is not None:
-            raise TicketReused("this ticket was already used (if your first upload got no answer, "
-                               "it was counted)")
         if ticket.expires_at <= now:
             raise TicketExpired(f"ticket expired at {iso(ticket.expires_at)}")
         if self.rules.cohort is not None and ticket.round_id != self.round.id:
@@ -434,8 +450,6 @@ class Coordinator:
         if ticket.version != meta.base_version:
             raise VersionMismatch(f"ticket is for version {ticket.version}, base_version says "
                                   f"{meta.base_version}: take the ticket with the model you train on")
-        if not db.use_ticket(conn, key, now):
-            raise TicketReused("this ticket was already used (by a concurrent upload)")
         return key
 
     def prune_tickets(self) -> int:

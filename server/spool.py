@@ -1,16 +1,25 @@
 """Accepted update bodies on disk until their round closes: ``DATA_DIR/spool/<round>/<digest>.st``.
 
-The database holds each update's metadata; its delta bytes go here, written and fsynced inside the
-update's transaction *before* the commit, so a committed update always has its file. A crash
-between the file and the commit leaves a file without a row, which ``sweep`` removes at start-up
-(as it removes the directories of rounds that already closed). Bulk bytes stay out of the
-database because SQLite writes a 2 MB blob page by page into its journal and then again into the
-database file, about six times slower than one sequential write and fsync.
+The database holds each update's metadata; its delta bytes go here in two steps. ``stage`` writes
+and fsyncs the body under a fresh name in ``spool/incoming`` before the upload takes any lock or
+opens its transaction (the 1 MB write and its fsync are most of an upload's time, and no longer
+hold up other uploads); ``place`` renames it to its final name and fsyncs the directory inside the
+update's transaction, *before* the commit, so a committed update always has its file. A staged
+body is never written over an accepted one (a reused ticket's body stays staged and is deleted).
+A crash between the rename and the commit leaves a file without a row, which ``sweep`` removes
+(as it removes the directories of rounds that already closed, and staged files older than
+``STAGED_TTL_S``: younger ones may belong to an upload in flight on another worker). Bulk bytes
+stay out of the database because SQLite writes a 2 MB blob page by page into its journal and then
+again into the database file, about six times slower than one sequential write and fsync.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +29,8 @@ from formats import tensors as tensor_codec
 from server.validation import as_float32
 
 SUFFIX = ".st"
+INCOMING = "incoming"  # staged bodies, not yet any round's
+STAGED_TTL_S = 3600.0  # an upload places its staged body within seconds; an older one is crash debris
 
 
 class Spool:
@@ -29,16 +40,28 @@ class Spool:
         self.data_dir = Path(data_dir)
         self.root = self.data_dir / "spool"
         self.root.mkdir(parents=True, exist_ok=True)
+        self.incoming = self.root / INCOMING
+        self.incoming.mkdir(exist_ok=True)
 
     def path(self, round_id: int, key: str) -> Path:
         """Where one update's body lives."""
         return self.root / str(round_id) / f"{key}{SUFFIX}"
 
-    def write(self, round_id: int, key: str, body: bytes) -> None:
-        """Write durably: temp file, fsync, rename, fsync the directory."""
+    def stage(self, body: bytes) -> Path:
+        """Write body to a fresh file in the incoming directory and fsync it; return its path."""
+        fd, name = tempfile.mkstemp(dir=self.incoming, suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return Path(name)
+
+    def place(self, staged: Path, round_id: int, key: str) -> None:
+        """Move a staged body to its final name and make the rename durable (fsync the directory)."""
         path = self.path(round_id, key)
         path.parent.mkdir(exist_ok=True)
-        durable.write_bytes(path, body)
+        os.replace(staged, path)
+        durable.fsync_dir(path.parent)
 
     def read(self, round_id: int, key: str) -> bytes:
         """One stored body."""
@@ -61,9 +84,17 @@ class Spool:
         shutil.rmtree(self.root / str(round_id), ignore_errors=True)
 
     def sweep(self, open_round: int, keep: set[str]) -> list[str]:
-        """Remove everything but the open round's files named in keep; return what went."""
-        removed = []
+        """Remove everything but the open round's files named in keep and the staged files of
+        the last STAGED_TTL_S; return what went.
+        """
+        removed, now = [], time.time()  # file times are the wall clock's, whatever the server's clock
+        for entry in self.incoming.iterdir():
+            if entry.stat().st_mtime < now - STAGED_TTL_S:
+                entry.unlink()
+                removed.append(f"{INCOMING}/{entry.name}")
         for directory in self.root.iterdir():
+            if directory.name == INCOMING:
+                continue
             if directory.name != str(open_round):
                 shutil.rmtree(directory, ignore_errors=True)
                 removed.append(directory.name)
@@ -76,7 +107,7 @@ class Spool:
 
 
 class RoundDeltas:
-    """One round's stored deltas, read back from the spool one parameter at a time."""
+    """One round's stored deltas, read back from the spool (``server.strategies.Deltas``)."""
 
     def __init__(self, spool: Spool, round_id: int, keys: list[str]):
         self.spool, self.round_id, self.keys = spool, round_id, keys
@@ -84,3 +115,9 @@ class RoundDeltas:
     def column(self, name: str) -> np.ndarray:
         """Every listed delta's tensor ``name``, stacked: (updates, *shape) float32."""
         return self.spool.column(self.round_id, self.keys, name)
+
+    def each(self) -> Iterator[dict[str, np.ndarray]]:
+        """Every listed delta as float32, one body read and decoded at a time."""
+        for key in self.keys:
+            tensors = tensor_codec.decode(self.spool.read(self.round_id, key))[0]
+            yield {name: as_float32(array) for name, array in tensors.items()}

@@ -19,6 +19,7 @@ back through ``start``; the coordinator stores it with the next round, so a rest
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from typing import ClassVar, Protocol
 
 import numpy as np
@@ -30,10 +31,17 @@ Shapes = dict[str, tuple[int, ...]]
 
 
 class Deltas(Protocol):
-    """The round's accepted deltas, read back one parameter at a time, in arrival order."""
+    """The round's accepted deltas, read back in arrival order: one parameter of every delta at a
+    time (``column``, for coordinate-wise statistics) or one whole delta at a time (``each``, for
+    sums: each stored body is read once, and memory stays one delta whatever the round's size).
+    """
 
     def column(self, name: str) -> np.ndarray:
         """Every delta's tensor ``name`` stacked: shape (updates, *parameter shape), float32."""
+        ...
+
+    def each(self) -> Iterator[Arrays]:
+        """Every delta, float32, one at a time."""
         ...
 
 
@@ -129,12 +137,13 @@ class FedAvgMean(Aggregator):
         return self.sum.mean() if self.sum.count else None
 
     def combine(self, deltas: Deltas, weights: list[float]) -> Arrays | None:
-        """sum_k w_k delta_k / sum_k w_k, one parameter at a time, in float64."""
+        """sum_k w_k delta_k / sum_k w_k in float64, streamed: one delta in memory at a time."""
         if not weights:
             return None
-        w = np.asarray(weights, dtype=np.float64)
-        return {name: np.tensordot(w, deltas.column(name).astype(np.float64), axes=1) / w.sum()
-                for name in self.shapes}
+        total = WeightedSum(self.shapes)
+        for delta, weight in zip(deltas.each(), weights, strict=True):
+            total.add(delta, weight)
+        return total.mean()
 
 
 class Coordinatewise(Aggregator):
@@ -214,7 +223,7 @@ class CoordinateMedian(Coordinatewise):
 
 
 class ScaledDeltas:
-    """Deltas each multiplied by its own factor (clipping), still read one parameter at a time."""
+    """Deltas each multiplied by its own factor (clipping), read as the wrapped ones are."""
 
     def __init__(self, deltas: Deltas, scales: list[float]):
         self.deltas, self.scales = deltas, np.asarray(scales, dtype=np.float32)
@@ -223,6 +232,11 @@ class ScaledDeltas:
         """The stacked column, row k times scales[k]."""
         stack = self.deltas.column(name)
         return stack * self.scales.reshape((-1,) + (1,) * (stack.ndim - 1))
+
+    def each(self) -> Iterator[Arrays]:
+        """Delta k times scales[k], one at a time."""
+        for delta, scale in zip(self.deltas.each(), self.scales, strict=True):
+            yield {name: array * scale for name, array in delta.items()}
 
 
 class BoundedInfluence(Aggregator):
@@ -305,6 +319,11 @@ class StackedDeltas:
     def column(self, name: str) -> np.ndarray:
         """Stack one parameter of every delta."""
         return np.stack([delta[name].astype(np.float32) for delta in self.deltas])
+
+    def each(self) -> Iterator[Arrays]:
+        """Every delta as float32."""
+        for delta in self.deltas:
+            yield {name: array.astype(np.float32) for name, array in delta.items()}
 
 
 AGGREGATORS: dict[str, type[Aggregator]] = {

@@ -230,6 +230,8 @@ CASES = [
          lambda c: c.post(c.body({n: a.astype(np.float16) for n, a in with_value(-np.inf).items()}))),
     Case("norm_too_large", 400, "norm_too_large", "exceeds the limit 10",
          lambda c: c.post(c.body(with_value(11.0)))),
+    Case("squares_overflow", 400, "norm_too_large", "L2 norm inf",
+         lambda c: c.post(c.body(with_value(1e30)))),  # finite, but its square is not: no non_finite
     Case("unknown_version", 400, "unknown_version", "base_version 99",
          lambda c: c.post(c.body(base_version="99"))),
     Case("stale_version", 409, "stale_version", "too old",

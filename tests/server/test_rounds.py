@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 
 from client.protocol import FederatedClient, ProtocolError
 from formats import durable
@@ -116,10 +118,15 @@ def test_crash_between_publish_and_record_is_swept_and_redone(config):
               data / "spool" / "1" / "x.tmp", data / "spool" / "0"]
     for path in debris:  # a half-written version; bodies written but never committed; an old round
         path.mkdir() if path.suffix == "" else path.write_bytes(b"half")
+    stale, in_flight = data / "spool" / "incoming" / "old.tmp", data / "spool" / "incoming" / "new.tmp"
+    for path in (stale, in_flight):  # staged bodies: a crash's, and another worker's upload in flight
+        path.write_bytes(b"staged")
+    os.utime(stale, (time.time() - 2 * 3600,) * 2)
     # Execute
     restarted = create_app(config)
     # Assert
     assert not any(path.exists() for path in debris) and not (data / "versions" / "2").exists()
+    assert not stale.exists() and in_flight.exists()
     assert len(list((data / "spool" / "1").iterdir())) == 2  # the two committed bodies stay
     assert (coordinator(restarted).version, coordinator(restarted).progress().updates) == (1, 2)
     upload(restarted.test_client(), 0.3)
@@ -186,12 +193,14 @@ def disk_full(*args):
     raise OSError("No space left on device")
 
 
-def test_a_failed_store_is_a_json_500_and_keeps_the_ticket(app, client, monkeypatch):
-    """A body that cannot be stored: 500 internal_error, nothing recorded, the ticket still works."""
+@pytest.mark.parametrize("step", ["stage", "place"])
+def test_a_failed_store_is_a_json_500_and_keeps_the_ticket(app, client, monkeypatch, step):
+    """A body that cannot be stored (staged, or renamed into its round): 500 internal_error,
+    nothing recorded, no staged file left, the ticket still works."""
     # Prepare
     fed = FederatedClient(client)
     ticket = fed.ticket()
-    monkeypatch.setattr(coordinator(app).spool, "write", disk_full)
+    monkeypatch.setattr(coordinator(app).spool, step, disk_full)
     before = snapshot(app)
     # Execute
     with pytest.raises(ProtocolError) as failed:
@@ -199,6 +208,7 @@ def test_a_failed_store_is_a_json_500_and_keeps_the_ticket(app, client, monkeypa
     # Assert
     assert (failed.value.status, failed.value.code) == (500, "internal_error")
     assert snapshot(app) == before
+    assert not list(coordinator(app).spool.incoming.iterdir())
     monkeypatch.undo()
     assert fed.upload(small_delta(), ticket, 10, 5.0, 4.0)["updates_in_round"] == 1
 
@@ -220,3 +230,45 @@ def test_a_failed_close_keeps_the_round_and_its_updates(app, client, monkeypatch
     assert third == {"accepted": True, "round": 1, "updates_in_round": 3, "version": 1}
     assert stuck == (1, 3, True)
     assert c.version == 2 and FederatedClient(client).status()["rounds"][0]["participants"] == 3
+
+
+def test_an_accepted_upload_costs_four_statements(app, client, database):
+    """Read the round, claim the ticket (one UPDATE ... RETURNING), insert, count; PostgreSQL adds
+    the shared round lock. It was six: a ticket SELECT before its UPDATE, and a duplicate SELECT
+    before the insert that the unique (round, client) key already refuses.
+    """
+    # Prepare
+    fed = FederatedClient(client)
+    ticket = fed.ticket()
+    statements: list[str] = []
+    engine = db.get_engine(app)
+
+    def record(_conn, _cursor, statement, *_args):
+        statements.append(statement.split()[0])
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    # Execute
+    try:
+        upload(client, 0.1, ticket=ticket, fed=fed)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    # Assert
+    expected = ["SELECT", "UPDATE", "INSERT", "SELECT"]
+    assert statements == (["SELECT"] + expected if database == "postgresql" else expected)
+
+
+def test_a_duplicate_upload_is_refused_by_the_unique_key_and_keeps_its_ticket(app, client):
+    """A second update of one client in a round: refused by the insert, and the ticket's mark is
+    rolled back with it.
+    """
+    # Prepare
+    fed = FederatedClient(client)
+    upload(client, 0.1, fed=fed)
+    second = fed.ticket()
+    # Execute
+    with pytest.raises(ProtocolError) as refused:
+        upload(client, 0.1, ticket=second, fed=fed)
+    # Assert
+    assert refused.value.code == "duplicate_client"
+    with db.transaction(db.get_engine(app)) as conn:
+        assert db.find_ticket(conn, db.ticket_digest(second["ticket"])).used_at is None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from formats import tensors as tensor_codec
+from server.spool import Spool
 from server.strategies import (
     AGGREGATORS,
     CoordinateMedian,
@@ -196,3 +198,30 @@ def test_the_clip_bound_is_carried_to_the_next_round():
     # Assert: every norm was below 100, so the bound shrank by exp(-0.2 * (1 - 0.5))
     assert carried["clip_bound"] == pytest.approx(100.0 * np.exp(-0.1))
     assert second.clip.bound == pytest.approx(carried["clip_bound"])
+
+
+def test_a_bounded_fedavg_close_reads_each_stored_body_once(tmp_path, monkeypatch):
+    """From the spool, clipped FedAvg streams: one read per body (it read every body once per
+    parameter, and held a parameter of every delta at once), same result as the naive formula.
+    """
+    # Prepare: float16 bodies in a spool, as browsers send them; count the reads
+    deltas, weights = random_round(6, 3)
+    deltas = [{n: a.astype(np.float16).astype(np.float32) for n, a in d.items()} for d in deltas]
+    spool = Spool(tmp_path)
+    for k, delta in enumerate(deltas):
+        body = tensor_codec.encode({n: a.astype(np.float16) for n, a in delta.items()})
+        spool.place(spool.stage(body), 1, f"key{k}")
+    reads = []
+    read = spool.read
+    monkeypatch.setattr(spool, "read", lambda round_id, key: reads.append(key) or read(round_id, key))
+    aggregator = make_aggregator("fedavg", {"cap_factor": 2.0, "clip_initial": 3.0})
+    aggregator.start(SHAPES)
+    for delta, weight in zip(deltas, weights, strict=True):
+        aggregator.accumulate(delta, weight)
+    # Execute
+    got = aggregator.finalize(spool.deltas(1, [f"key{k}" for k in range(6)]))
+    # Assert
+    assert reads == [f"key{k}" for k in range(6)]
+    expected = naive_bounded(deltas, weights, 3.0, 2.0)
+    for name in SHAPES:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6)

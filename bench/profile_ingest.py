@@ -1,0 +1,102 @@
+"""Where one worker's CPU goes per upload and at the close: cProfile of the app in one process.
+
+Uploads go through Flask's test client (no sockets, no HTTP parsing: bench_server.py measures
+those), in one thread, into a fresh SQLite data dir, then the round is closed by the admin API.
+Prints the ms per update of the functions that matter (cumulative, with their callees), then the
+close's wall time and its top functions. The setup is bench_server.py's (open selection, plain
+aggregation, bounded influence, float16 bodies).
+
+    .venv/bin/python bench/profile_ingest.py --bundle pretrained [--updates 300]
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import tempfile
+import time
+
+import numpy as np
+from common import bundle_parser  # first: puts the repo on sys.path
+
+from client.protocol import FederatedClient, encode_update
+from formats.bundle import load_bundle
+from server.app import create_app
+
+ADMIN_TOKEN = "profile-admin-token-0123456789abcdef-32+"
+
+# (label, pstats function-name substring): cumulative time of each, per update
+STAGES = [
+    ("whole request (Flask, no HTTP parsing)", "flask/app.py", "wsgi_app"),
+    ("decode_upload (safetensors)", "validation.py", "decode_upload"),
+    ("check_delta (f16->f32, finite, norm)", "validation.py", "check_delta"),
+    ("Coordinator.submit", "rounds.py", "submit"),
+    ("  sha256 of the body", "~", "_hashlib.openssl_sha256"),
+    ("  spool write (write, 2 fsyncs)", "spool.py", "write"),
+    ("    os.fsync", "~", "posix.fsync"),
+    ("  _sync (read the round)", "rounds.py", "_sync"),
+    ("  _claim_ticket", "rounds.py", "_claim_ticket"),
+    ("  transaction commit", "base.py", "commit"),
+    ("SQL statements (execute)", "base.py", "execute"),
+]
+
+
+def parse_args(argv=None):
+    """Command line; unknown options are errors."""
+    parser = bundle_parser(__doc__)
+    parser.add_argument("--updates", type=int, default=300, help="uploads profiled (default: %(default)s)")
+    return parser.parse_args(argv)
+
+
+def stage_ms(stats: pstats.Stats, where: str, name: str, updates: int) -> float:
+    """Cumulative ms per update of the functions called name in a file matching where (builtins:
+    where "~" and a name inside the function's description).
+    """
+    total = sum(cumulative for (path, _line, func), (_cc, _nc, _tt, cumulative, _callers)
+                in stats.stats.items()  # type: ignore[attr-defined]
+                if (func == name and where in path) or (where == path == "~" and name in func))
+    return 1000 * total / updates
+
+
+def main(argv=None) -> None:
+    """Profile the uploads, then the close; print ms per update and the close's top functions."""
+    args = parse_args(argv)
+    manifest = load_bundle(args.bundle, verify=False).manifest
+    rng = np.random.default_rng(0)
+    deltas = [{p["name"]: rng.normal(scale=1e-4, size=p["shape"]).astype(np.float32)
+               for p in manifest["parameters"]} for _ in range(8)]
+    with tempfile.TemporaryDirectory(prefix="fedurl-profile-") as data_dir:
+        app = create_app({"BUNDLE_DIR": args.bundle, "DATA_DIR": data_dir, "MIN_CLIENTS": args.updates + 1,
+                          "TICK_INTERVAL_S": 0, "REQUESTS_PER_ADDR_PER_MIN": 10 ** 6,
+                          "MAX_TICKETS_PER_ADDR": 10 ** 6, "SELECTION": "open", "IDENTITY": "",
+                          "PUBLISH_GATE": "off", "ADMIN_TOKEN": ADMIN_TOKEN, "AGGREGATION": "plain",
+                          "LOG_LEVEL": "WARNING"})
+        http = app.test_client()
+        clients = [FederatedClient(http) for _ in range(args.updates)]
+        bodies = [encode_update(deltas[i % len(deltas)], c.ticket(), c.client_id, 20, 3.0, 2.5, np.float16)
+                  for i, c in enumerate(clients)]
+        profile = cProfile.Profile()
+        began_cpu, began = time.process_time(), time.perf_counter()
+        profile.enable()
+        for client, body in zip(clients, bodies, strict=True):
+            client.post_update(body)
+        profile.disable()
+        cpu, wall = time.process_time() - began_cpu, time.perf_counter() - began
+        stats = pstats.Stats(profile)
+        print(f"{args.updates} uploads: {1000 * cpu / args.updates:.2f} ms CPU, "
+              f"{1000 * wall / args.updates:.2f} ms wall per update (profiler on)")
+        for label, where, name in STAGES:
+            print(f"  {label:40s} {stage_ms(stats, where, name, args.updates):7.2f} ms")
+        stats.sort_stats("tottime").print_stats(12)
+        close = cProfile.Profile()
+        began = time.perf_counter()
+        close.enable()
+        status, _ = http.post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+                              ).status_code, None
+        close.disable()
+        print(f"close at {args.updates} updates: {time.perf_counter() - began:.2f} s (status {status})")
+        pstats.Stats(close).sort_stats("cumulative").print_stats(18)
+
+
+if __name__ == "__main__":
+    main()
