@@ -16,6 +16,7 @@ from client.protocol import FederatedClient
 from formats.bundle import load_bundle
 from server import db, schema
 from server.app import create_app
+from server.rounds import Verdict
 from tests.server.conftest import write_tiny_bundle
 from tests.server.test_durability import PARAMETERS, deltas_for
 from tests.server.test_rounds import coordinator, disk_full, upload, weights
@@ -198,3 +199,28 @@ def test_several_workers_fold_exactly_k_per_step_under_concurrent_uploads(tmp_pa
             np.testing.assert_allclose(new[name], parent[name] + mean, rtol=1e-5, atol=1e-7)
     assert not list((data_dir / "spool").rglob("*.st")), "closed steps leave no bodies behind"
 
+
+
+@BOTH
+def test_a_refused_step_still_carries_its_latecomers(buffered, monkeypatch):
+    """The gate refuses a step of five buffered updates: its first three go with the refused round,
+    the two latecomers are the next buffer on the same version."""
+    # Prepare
+    app = create_app(buffered)
+    with monkeypatch.context() as patch:
+        patch.setattr(db, "record_version", disk_full)
+        for value in (0.1, 0.2, 0.3, 0.4, 0.5):
+            upload(app.test_client(), value)
+    v1 = weights(app, 1)
+    # Execute
+    coordinator(app).gate = lambda parent, candidate: Verdict(False, "worse than its parent")
+    coordinator(app).tick()
+    carried = (coordinator(app).version, coordinator(app).progress().updates)
+    coordinator(app).gate = None
+    upload(app.test_client(), 0.6)
+    # Assert
+    assert carried == (1, 2)
+    assert [r["status"] for r in FederatedClient(app.test_client()).status()["rounds"][:2]] == ["refused",
+                                                                                                 "closed"]
+    for name, array in weights(app, 2).items():
+        np.testing.assert_allclose(array, v1[name] + 0.5, rtol=1e-6, atol=1e-7)
