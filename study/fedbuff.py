@@ -175,8 +175,9 @@ def train(ctx: Context, fed: FederatedClient, client: int, seed: int) -> tuple[b
 
 def measure(ctx: Context, observer: FederatedClient, schedule: str, now: float, applied: int) -> dict:
     """One metrics row: the held-out loss of the current version at simulated time now."""
+    version = observer.fetch_model()["version"]  # global_weights() downloads the model fetched last
     metrics = held_out_metrics(ctx.bundle, observer.global_weights(), ctx.eval_urls)
-    return {"schedule": schedule, "version": observer.fetch_model()["version"], "time_s": round(now, 3),
+    return {"schedule": schedule, "version": version, "time_s": round(now, 3),
             "updates_applied": applied, "loss": metrics["loss"], "top1": metrics["top1"]}
 
 
@@ -269,12 +270,14 @@ def write(args: argparse.Namespace, rows: list[dict], staleness: list[int], tabl
     write_csv(args.out / "metrics.csv", rows)
     write_csv(args.out / "staleness.csv", [{"staleness": s} for s in staleness])
     last = {s: [r for r in rows if r["schedule"] == s][-1] for s in SCHEDULES}
-    target = last["sync"]["loss"]
+    sync = [r for r in rows if r["schedule"] == "sync"]
+    targets = [sync[round(q * (len(sync) - 1))] for q in (0.25, 0.5, 0.75, 1.0)]  # sync's loss along its run
     stale = np.asarray(staleness or [0])
     summary = {
         "updates": args.updates, "cohort": args.cohort, "buffer": args.buffer, "sigma": args.sigma,
         "final": {s: {k: last[s][k] for k in ("loss", "top1", "time_s", "version")} for s in SCHEDULES},
-        "time_to_sync_final_loss_s": {s: time_to(rows, s, target) for s in SCHEDULES},
+        "time_to_loss_s": [{"loss": t["loss"], "sync_updates": t["updates_applied"],
+                            **{s: time_to(rows, s, t["loss"]) for s in SCHEDULES}} for t in targets],
         "staleness": {"mean": float(stale.mean()), "p50": float(np.percentile(stale, 50)),
                       "p90": float(np.percentile(stale, 90)), "p99": float(np.percentile(stale, 99)),
                       "max": int(stale.max()), "share_above_20": float((stale > 20).mean())},

@@ -91,8 +91,12 @@ def test_a_tiny_comparison_writes_both_curves(bundle_dir, tmp_path):
     applied = {schedule: [int(r["updates_applied"]) for r in rows if r["schedule"] == schedule]
                for schedule in ("sync", "buffered")}
     assert applied == {"sync": [0, 4, 8], "buffered": [0, 2, 4, 6, 8]}
+    for schedule in ("sync", "buffered"):  # each row scores its own version, not the one before
+        losses = [float(r["loss"]) for r in rows if r["schedule"] == schedule]
+        assert losses[1] != losses[0]
     with open(tmp_path / "staleness.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 8
     assert (tmp_path / "fedbuff.png").stat().st_size > 0
     assert json.loads((tmp_path / "summary.json").read_text())["final"]["buffered"]["version"] == 5
     assert summary["final"]["sync"]["version"] == 3
+    assert [t["sync_updates"] for t in summary["time_to_loss_s"]] == [0, 4, 8, 8]
