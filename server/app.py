@@ -49,6 +49,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config["DATABASE_URL"] = (app.config["DATABASE_URL"]
                                   or f"sqlite:///{Path(app.config['DATA_DIR']).resolve() / 'fedurl.sqlite3'}")
     settings.check(app.config)
+    app.config["MAX_STALENESS"] = settings.max_staleness(app.config)  # admin status shows what applies
     logs.configure(app.config["LOG_LEVEL"])
 
     db.init_app(app)
@@ -84,6 +85,7 @@ def _start_coordinator(app: Flask) -> Coordinator:
                        deadline_s=cfg["ROUND_DEADLINE_S"], ticket_ttl_s=cfg["TICKET_TTL_S"],
                        max_staleness=cfg["MAX_STALENESS"], staleness_exponent=cfg["STALENESS_EXPONENT"],
                        max_update_norm=cfg["MAX_UPDATE_NORM"], max_weight_abs=cfg["MAX_WEIGHT_ABS"],
+                       buffered=cfg["SCHEDULE"] == "buffered",
                        cohort=None if cfg["SELECTION"] == "open" else CohortRules(
                            goal=cfg["MIN_CLIENTS"], over_selection=cfg["OVER_SELECTION"],
                            window_s=cfg["SELECTION_WINDOW_S"], per_network=cfg["MAX_MEMBERS_PER_NETWORK"],

@@ -20,6 +20,13 @@ MIN_ADMIN_TOKEN_BYTES = 32  # secrets.token_urlsafe(32) gives 43 bytes, 256 rand
 SECRET_KEYS = ("ADMIN_TOKEN", "ENROLL_HMAC_KEY")  # never shown, not even redacted
 SECRET_QUERY = re.compile(r"pass|secret|token|key", re.IGNORECASE)  # URL query parameters shown as ***
 REDACTED = "***"
+# MAX_STALENESS when unset. Synchronous rounds wait for their cohort, so a delta is at most a round
+# late. A FedBuff buffer of K steps while slow devices still train: with C devices training and
+# log-normal speeds (sigma 1), a delta is about C/K steps late on average and p99 is about 5 C/K
+# (study/fedbuff.py, docs/RESULTS.md: 9 at C = 2K, 24 at C = 5K). 20 refuses 0.4 % of the deltas
+# at C = 2K and 1.4 % at C = 5K, the slowest devices' only; each kept one weighs at least
+# (1 + 20) ** -0.5, a fifth. A deployment with more devices per buffer raises K or this.
+DEFAULT_STALENESS = {"sync": 1, "buffered": 20}
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,12 @@ SETTINGS: dict[str, Setting] = {
                                          "(no effect above MIN_CLIENTS)"),
     "ROUND_DEADLINE_S": Setting(600.0, float, "seconds after a round opens at which the floor applies"),
     "TICKET_TTL_S": Setting(900.0, float, "seconds a round ticket stays valid"),
-    "MAX_STALENESS": Setting(1, int, "accept deltas this many versions behind (0: current only)"),
+    "SCHEDULE": Setting("sync", str, "sync: rounds (a cohort, the goal count or the deadline); buffered: "
+                                     "FedBuff, any client trains when it can and every MIN_CLIENTS "
+                                     "accepted updates make one server step (needs SELECTION=open, "
+                                     "AGGREGATION=plain)"),
+    "MAX_STALENESS": Setting(None, int, "accept deltas this many versions behind (0: current only; "
+                                        "default: 1 with SCHEDULE=sync, 20 with buffered)", True),
     "STALENESS_EXPONENT": Setting(0.5, float, "stale delta weight is (1 + staleness) ** -exponent"),
     "AGGREGATOR": Setting("fedavg", str, "how a round's deltas are combined: fedavg (weighted mean), "
                                          "trimmed_mean or median (coordinate-wise, Yin et al. 2018)"),
@@ -222,6 +234,7 @@ def check(config) -> None:
     if config["AGGREGATION"] not in ("plain", "secure"):
         raise ValueError(f"AGGREGATION must be one of plain, secure, got {config['AGGREGATION']!r}")
     check_secure(config)
+    check_schedule(config)
     if config["WEIGHT_CAP_FACTOR"] < 1 or not 0 < config["CLIP_QUANTILE"] < 1:
         raise ValueError("WEIGHT_CAP_FACTOR must be at least 1 and CLIP_QUANTILE within (0, 1)")
 
@@ -261,6 +274,29 @@ def check_secure(config) -> None:
     if config["MIN_CLIENTS"] < config["SECURE_MIN_COHORT"]:
         raise ValueError(f"AGGREGATION=secure: MIN_CLIENTS ({config['MIN_CLIENTS']}) is below "
                          f"SECURE_MIN_COHORT ({config['SECURE_MIN_COHORT']})")
+
+
+def check_schedule(config) -> None:
+    """Refuse a buffered schedule with settings that only make sense for rounds."""
+    if config["SCHEDULE"] not in DEFAULT_STALENESS:
+        raise ValueError(f"SCHEDULE must be one of sync, buffered, got {config['SCHEDULE']!r}")
+    if config["MAX_STALENESS"] is not None and config["MAX_STALENESS"] < 0:
+        raise ValueError(f"MAX_STALENESS must be 0 or more, got {config['MAX_STALENESS']!r}")
+    if config["SCHEDULE"] != "buffered":
+        return
+    if config["AGGREGATION"] == "secure":
+        raise ValueError("SCHEDULE=buffered is not implemented with AGGREGATION=secure: a secure buffer "
+                         "would have to be a cohort that runs the masking phases together, which a buffer "
+                         "filled by whoever finishes first is not. Use AGGREGATION=plain, or SCHEDULE=sync")
+    if config["SELECTION"] != "open":
+        raise ValueError("SCHEDULE=buffered draws no cohort (any client trains when it can and the first "
+                         "MIN_CLIENTS updates to arrive make a step): set SELECTION=open")
+
+
+def max_staleness(config) -> int:
+    """MAX_STALENESS, or its default for the schedule when unset."""
+    value = config["MAX_STALENESS"]
+    return DEFAULT_STALENESS[config["SCHEDULE"]] if value is None else value
 
 
 def identity_proofs(config) -> list[str]:

@@ -362,8 +362,12 @@ def recent_rounds(conn: Connection, limit: int) -> list[dict]:
     return [row._asdict() for row in conn.execute(query)][::-1]
 
 
-def round_stats(conn: Connection, round_ids: list[int] | None = None) -> dict[int, dict]:
-    """Per round: participants, examples, example-weighted mean loss before/after, mean staleness."""
+def round_stats(conn: Connection, round_ids: list[int] | None = None,
+                keys: list[str] | None = None) -> dict[int, dict]:
+    """Per round: participants, examples, example-weighted mean loss before/after, mean staleness.
+
+    :param keys: count only these updates (ticket digests): a FedBuff step folds the first K.
+    """
     u = updates.c
     examples = sa.func.sum(u.num_examples)
     query = sa.select(u.round_id, sa.func.count(), examples,
@@ -372,6 +376,8 @@ def round_stats(conn: Connection, round_ids: list[int] | None = None) -> dict[in
                       sa.func.avg(u.staleness)).group_by(u.round_id)
     if round_ids is not None:
         query = query.where(u.round_id.in_(round_ids))
+    if keys is not None:
+        query = query.where(u.ticket_digest.in_(keys))
     return {rid: {"participants": n, "examples": int(ex), "loss_before": before, "loss_after": after,
                   "mean_staleness": float(stale)}
             for rid, n, ex, before, after, stale in conn.execute(query)}
@@ -439,6 +445,14 @@ def round_updates(conn: Connection, round_id: int) -> list[StoredUpdate]:
     query = (sa.select(updates.c.ticket_digest, updates.c.weight, updates.c.sha256)
              .where(updates.c.round_id == round_id).order_by(updates.c.id))
     return [StoredUpdate(key, weight, sha) for key, weight, sha in conn.execute(query)]
+
+
+def move_updates(conn: Connection, keys: list[str], round_id: int) -> None:
+    """Move accepted updates (by ticket digest) into another round: a FedBuff buffer's latecomers
+    wait in the next one.
+    """
+    if keys:
+        conn.execute(updates.update().where(updates.c.ticket_digest.in_(keys)).values(round_id=round_id))
 
 
 def quarantine_update(conn: Connection, round_id: int, key: str, reason: str, moved_to: str | None,

@@ -89,24 +89,27 @@ def check_same_graphs(data_dir: Path, manifest: dict, bundle_dir: str | None) ->
 
 
 def replay(engine: db.Engine, spool: Spool, aggregator: Aggregator, parameters: list[dict], max_norm: float,
-           now: float) -> tuple[db.Round, list[db.StoredUpdate]]:
+           now: float, limit: int | None = None) -> tuple[db.Round, list[db.StoredUpdate]]:
     """Feed the open round's stored deltas to a started aggregator; drop every other body.
 
     Each body is checked as on arrival (checksum, format, names, shapes, finite, norm); one that
     fails, or is missing, is quarantined and leaves the round instead of stopping the server.
-    :return: the open round and the updates that were replayed, in arrival order.
+    :param limit: feed only the first this many sound deltas (a FedBuff buffer); the later ones are
+        checked and kept all the same, for the next buffer.
+    :return: the open round and the sound updates, in arrival order (the fed ones first).
     """
     with db.transaction(engine) as conn:
         current = db.current_round(conn)
         stored = db.round_updates(conn, current.id)
-    kept = []
+    kept: list[db.StoredUpdate] = []
     for update in stored:  # one body in memory at a time
         try:
             delta = _reread(spool, current.id, update, parameters, max_norm)
         except Exception as exc:  # whatever is wrong with it, this body cannot be trusted
             _quarantine(engine, spool, current.id, update, _reason(exc), now)
             continue
-        aggregator.accumulate(delta, update.weight)
+        if limit is None or len(kept) < limit:
+            aggregator.accumulate(delta, update.weight)
         kept.append(update)
     removed = spool.sweep(current.id, {update.key for update in kept})
     if removed:

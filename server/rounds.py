@@ -30,6 +30,13 @@ the round is *abandoned* and a new one selects afresh on the same version. Befor
 ``gate`` scores the candidate; a refused candidate ends the round as *refused* and the parent
 stays current. With open selection (``RoundRules.cohort`` None) rounds start in ``reporting``.
 
+FedBuff ([X], ``SCHEDULE=buffered``, Nguyen et al. AISTATS 2022): no cohort and no deadline; any
+client takes a ticket for the current version and trains when it can, and every ``min_clients``
+(K) accepted updates make one server step, with the staleness weights above. The round is the
+buffer: it closes at exactly K. Uploads that committed while the K-th was closing the round (on
+other workers) are not folded into this step: they move, row and body, into the next round in the
+transaction that opens it (``_carry``), and are the first of the next buffer.
+
 Secure rounds ([T1], ``AGGREGATION=secure``): the drawn cohort runs ``server.secure``'s phases
 (advertise, share_keys, masked_input, unmask) instead of reporting, and the close takes the
 unmasked mean; the hooks into it are marked ``[T1]`` here, the logic is in server/secure.py.
@@ -90,6 +97,7 @@ class RoundRules:
     max_update_norm: float = math.inf  # checked again when a stored body is replayed
     max_weight_abs: float = math.inf  # the last check before publishing
     cohort: CohortRules | None = None  # None: open selection, any client may take a ticket
+    buffered: bool = False  # FedBuff: a step at exactly min_clients updates, no deadline
 
 
 @dataclass(frozen=True)
@@ -221,9 +229,10 @@ class Coordinator:
             carried = db.current_round(conn).carried
         aggregator = self.new_aggregator()
         aggregator.start({p["name"]: tuple(p["shape"]) for p in self.manifest["parameters"]}, carried)
+        limit = self.rules.min_clients if self.rules.buffered else None  # one FedBuff buffer
         self.round, accepted = recovery.replay(self.engine, self.spool, aggregator,
                                                self.manifest["parameters"], self.rules.max_update_norm,
-                                               self.clock())
+                                               self.clock(), limit)
         return aggregator, accepted
 
     def _resume(self) -> None:
@@ -473,6 +482,8 @@ class Coordinator:
         """
         if self.round.phase == PHASE_SELECTING:
             return None
+        if self.rules.buffered:  # FedBuff: a step every K updates, however long they take
+            return "buffer_full" if count >= self.rules.min_clients else None
         if count >= self.rules.min_clients:
             return "min_clients"
         if now >= self.round.deadline and count >= self.rules.floor:
@@ -494,7 +505,9 @@ class Coordinator:
             if self.round.phase != PHASE_SELECTING:
                 self.secure.advance(self, now)
             return
-        if count is None:
+        if count is None or self._due(now, count) is None:
+            # counted again after the caller's commit: two uploads committing at once on two workers
+            # may each have counted one short of the goal before the other's row was visible
             with db.transaction(self.engine) as conn:
                 count = db.count_updates(conn, self.round.id)
         if self._due(now, count) is None:
@@ -540,6 +553,8 @@ class Coordinator:
         sum) into the next version and open the next round; under the round lock.
         """
         mean_delta: dict | None
+        waiting = [update.key for update in accepted[self.rules.min_clients:]] if self.rules.buffered else []
+        accepted = accepted[:len(accepted) - len(waiting)]  # what gather fed the strategy
         if self.secure is not None:  # [T1] the unmasked mean of the secure cohort
             mean_delta = self.secure.mean_delta(self.manifest["parameters"])
             aggregator.aggregated_elsewhere()  # the privacy ledger counts it all the same
@@ -559,23 +574,28 @@ class Coordinator:
             if not verdict.ok:
                 logs.event("gate_refused", level=logging.WARNING, round=self.round.id, detail=verdict.detail,
                            **(verdict.scores or {}))
-                return self._restart_round("refused", "gate", verdict.detail, now, carried)
+                return self._restart_round("refused", "gate", verdict.detail, now, carried, waiting)
         with db.transaction(self.engine) as conn:
-            stats = self.aggregator.publishable(db.round_stats(conn, [self.round.id]).get(self.round.id, {}))
+            folded = [update.key for update in accepted] if waiting else None
+            stats = self.aggregator.publishable(
+                db.round_stats(conn, [self.round.id], folded).get(self.round.id, {}))
         extra = {"round": self.round.id, "reason": reason, "optimizer": optimizer.name,
                  "aggregator": self.aggregator.name, **stats, **self.aggregator.report(),
                  **(self.secure.report() if self.secure is not None else {})}
         return self._publish(self.manifest, weights, optimizer.state, extra, "aggregate", reason, now,
-                             carried)
+                             carried, waiting)
 
-    def _restart_round(self, status: str, reason: str, detail: str, now: float, carried: dict | None) -> dict:
+    def _restart_round(self, status: str, reason: str, detail: str, now: float, carried: dict | None,
+                       waiting: list[str] | None = None) -> dict:
         """End the open round without a new version (refused by the gate, or abandoned) and open a
-        new one on the same version; its updates stay recorded with the ended round.
+        new one on the same version; its updates stay recorded with the ended round, but for a
+        FedBuff buffer's latecomers (waiting), which move to the new one.
         """
         ended = self.round.id
         with db.transaction(self.engine) as conn:
             db.end_round(conn, ended, status, now, reason, None, detail)
             db.open_round(conn, self.version, now, now + self.rules.deadline_s, self._first_phase(), carried)
+            self._carry(conn, ended, waiting or [])
         self.spool.drop_round(ended)
         self._resume()
         logs.event(f"round_{status}", ended_round=ended, round=self.round.id, detail=detail)
@@ -605,9 +625,10 @@ class Coordinator:
                                  self.round.carried)
 
     def _publish(self, parent: dict, weights: dict, state: dict, extra: dict, kind: str, reason: str,
-                 now: float, carried: dict | None = None) -> dict:
+                 now: float, carried: dict | None = None, waiting: list[str] | None = None) -> dict:
         """Write the next version (graphs from parent), record it, end the open round (closed, or
-        aborted by a rollback), open the next round, and switch to it.
+        aborted by a rollback), open the next round with a FedBuff buffer's latecomers (waiting),
+        and switch to it.
         """
         problem = unsafe_weights(weights, self.rules.max_weight_abs)
         if problem:
@@ -623,12 +644,23 @@ class Coordinator:
                               [(entry["sha256"], WEIGHTS, self.store.relative(version, WEIGHTS))])
             db.end_round(conn, ended, status, now, reason, version)
             db.open_round(conn, version, now, now + self.rules.deadline_s, self._first_phase(), carried)
+            self._carry(conn, ended, waiting or [])
         self.parents[version] = manifest["parent_version"]
         self.spool.drop_round(ended)
         self._resume()
         logs.event("version_published", version=version, kind=kind, ended_round=ended, status=status,
                    reason=reason, parent=manifest["parent_version"])
         return {"version": version, "ended_round": ended, "round": self.round.id, "reason": reason}
+
+    def _carry(self, conn: db.Connection, ended: int, waiting: list[str]) -> None:
+        """Move a buffer's latecomers into the round conn just opened: their bodies are linked into
+        its spool directory before the rows move, so either commit outcome finds every body.
+        """
+        if waiting:
+            opened = db.current_round(conn).id
+            db.move_updates(conn, waiting, opened)
+            self.spool.carry(ended, opened, waiting)
+            logs.event("buffer_carried", ended_round=ended, round=opened, updates=len(waiting))
 
     def _clear_way(self, version: int) -> None:
         """Move aside what a failed earlier publish left at version's directory (never deleted)."""

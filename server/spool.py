@@ -79,6 +79,22 @@ class Spool:
         """The listed bodies of a round as ``server.strategies.Deltas``."""
         return RoundDeltas(self, round_id, list(keys))
 
+    def carry(self, from_round: int, to_round: int, keys: list[str]) -> None:
+        """Hard-link bodies into another round's directory, durably (the rename of a FedBuff
+        latecomer's row commits only after this): until the old directory is dropped, both
+        rounds' directories name the same file, so a crash on either side of the commit finds it.
+        """
+        if not keys:
+            return
+        target = self.root / str(to_round)
+        target.mkdir(exist_ok=True)
+        for key in keys:
+            destination = self.path(to_round, key)
+            destination.unlink(missing_ok=True)  # left by an earlier close that failed before its commit
+            os.link(self.path(from_round, key), destination)
+        durable.fsync_dir(target)
+        durable.fsync_dir(self.root)
+
     def drop_round(self, round_id: int) -> None:
         """Forget a finished round's bodies."""
         shutil.rmtree(self.root / str(round_id), ignore_errors=True)
