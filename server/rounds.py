@@ -505,9 +505,10 @@ class Coordinator:
             if self.round.phase != PHASE_SELECTING:
                 self.secure.advance(self, now)
             return
-        if count is None or self._due(now, count) is None:
+        if count is None or (self._due(now, count) is None and db.shares_workers(self.engine)):
             # counted again after the caller's commit: two uploads committing at once on two workers
-            # may each have counted one short of the goal before the other's row was visible
+            # may each have counted one short of the goal before the other's row was visible (one
+            # process counts inside its lock, in commit order)
             with db.transaction(self.engine) as conn:
                 count = db.count_updates(conn, self.round.id)
         if self._due(now, count) is None:

@@ -360,7 +360,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not (args.sigma >= 0 and args.step_s > 0 and args.alpha > 0 and args.client_lr > 0
             and 0 < args.test_fraction < 1):
         parser.error("need --sigma >= 0, --step-s > 0, --alpha > 0, --client-lr > 0, 0 < --test-fraction < 1")
-    args.clients_per_round, args.secure = args.cohort, False  # what server_settings reads
+    # what simulate's server_settings reads: no secure rounds, no DP noise
+    args.clients_per_round, args.secure, args.noise_multiplier = args.cohort, False, 0.0
     return args
 
 
