@@ -7,7 +7,8 @@
 2. bench_training.py: the same step in onnxruntime Python and torch eager;
 3. bench_update_size.py: bytes per update vs the float32 model;
 4. bench_server.py (server engineer): ingest rate, server CPU per update, peak RSS and close time
-   with SQLite x1 and PostgreSQL x1, x2, x4 workers, once at each --server-updates size;
+   with SQLite x1 and PostgreSQL x1, x2, x4 workers, once at each --server-updates size; then
+   bench_close.py: the close alone and peak memory at 1,000 and 10,000 stored updates;
 5. bench_secagg.py: secure aggregation (server CPU of a secure round beside a plain one at cohorts
    10, 100, 1,000, bytes per phase, a browser's key agreement + masking; the shipped pretrained/
    model's size, whatever --bundle is); bench_attacks.py: attackers at 10 % and 30 % (10 rounds
@@ -126,6 +127,8 @@ def main(argv=None) -> None:
                 run_script("bench_update_size.py", "--bundle", args.bundle)[0])
     if "server" not in args.skip:
         server_runs(args)
+        section("Round close by round size: time and peak memory", "bench/bench_close.py",
+                run_script("bench_close.py", "--bundle", args.bundle)[0])
     if "secagg" not in args.skip:
         section("Secure aggregation: server CPU secure vs plain, bytes per phase, browser masking",
                 "bench/bench_secagg.py", run_script("bench_secagg.py")[0])
