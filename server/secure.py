@@ -172,8 +172,9 @@ class SecureAggregation:
             return
         if current.phase not in PHASES:
             return
+        sent = {kind: self.round.senders(phase)[1] for kind, phase in PHASE_OF.items()}
         missing = [(kind, sender) for kind, sender in db.secure_message_senders(conn, current.id)
-                   if kind != "config" and sender not in self.round.senders(PHASE_OF[kind])[1]]
+                   if kind != "config" and sender not in sent[kind]]
         if missing or self.round.phase != current.phase:
             self._replay(self.round, db.secure_messages_of(conn, current.id, missing), current.phase)
 
