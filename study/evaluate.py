@@ -38,7 +38,7 @@ from tqdm import tqdm
 from formats import durable
 from formats.bundle import MANIFEST, Bundle, BundleError, load_bundle
 from formats.urls import corpus_spec, read_corpora, read_corpus
-from runtime.complete import Completer, shown
+from runtime.complete import Completer
 from runtime.ngram import CharNgramLM, PersonalCompleter
 from runtime.session import open_session, open_tokenizer
 from runtime.trainer import encode_rows
@@ -131,27 +131,34 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
 
 def threshold_sweep(completer: Completer, targets: list[str], taus, k: int = 3) -> list[dict]:
     """KSR@k, suggestions shown per keystroke and the share of them that are a prefix of the target,
-    per tau. Each prefix is searched once: a threshold keeps a prefix of the ranked list.
+    per tau. Each tau searches anew with that threshold, as the page would: the search drops live
+    beams below tau (runtime/complete.py step 3), so one tau-0 list filtered afterwards is not
+    always what a completer with that tau shows.
     """
-    cache: dict[str, tuple[list[tuple[str, float]], float]] = {}
     rows = []
-    for tau in taus:
-        counts = {"keys": 0, "shown": 0, "prefix": 0}
+    saved = completer.threshold
+    try:
+        for tau in taus:
+            completer.threshold = tau
+            cache: dict[str, list[str]] = {}
+            counts = {"keys": 0, "shown": 0, "prefix": 0}
 
-        def suggest(typed: str, target: str, tau: float = tau, counts: dict = counts) -> list[str]:
-            if typed not in cache:
-                cache[typed] = completer.ranked(typed, k)
-            texts = [text for text, _ in shown(*cache[typed], tau)]
-            counts["shown"] += len(texts)
-            counts["prefix"] += sum(target.startswith(t) and len(t) > len(typed) for t in texts)
-            return texts
+            def suggest(typed: str, target: str, cache: dict = cache, counts: dict = counts) -> list[str]:
+                if typed not in cache:
+                    cache[typed] = [text for text, _ in completer.complete_scored(typed, k)]
+                texts = cache[typed]
+                counts["shown"] += len(texts)
+                counts["prefix"] += sum(target.startswith(t) and len(t) > len(typed) for t in texts)
+                return texts
 
-        for target in tqdm(targets, desc=f"tau {tau}", unit="url", disable=None, file=sys.stderr):
-            counts["keys"] += keystrokes(target, functools.partial(suggest, target=target), k)
-        chars = max(sum(map(len, targets)), 1)
-        rows.append({"tau": tau, "ksr@3": 1.0 - counts["keys"] / chars,
-                     "shown_per_key": counts["shown"] / max(counts["keys"], 1),
-                     "prefix_share": counts["prefix"] / max(counts["shown"], 1)})
+            for target in tqdm(targets, desc=f"tau {tau}", unit="url", disable=None, file=sys.stderr):
+                counts["keys"] += keystrokes(target, functools.partial(suggest, target=target), k)
+            chars = max(sum(map(len, targets)), 1)
+            rows.append({"tau": tau, "ksr@3": 1.0 - counts["keys"] / chars,
+                         "shown_per_key": counts["shown"] / max(counts["keys"], 1),
+                         "prefix_share": counts["prefix"] / max(counts["shown"], 1)})
+    finally:
+        completer.threshold = saved
     return rows
 
 

@@ -1,12 +1,13 @@
 """KSR, the frequency-trie baseline and the threshold sweep on examples small enough to count by hand."""
 
+import functools
 import math
 import shutil
 
 import pytest
 
 from formats.bundle import load_bundle, min_probability
-from runtime.complete import Completer
+from runtime.complete import Completer, shown
 from study.evaluate import (
     FrequencyTrie,
     keystroke_savings,
@@ -16,6 +17,7 @@ from study.evaluate import (
     pick_threshold,
     threshold_sweep,
 )
+from tests.conftest import REPO
 
 
 def test_keystrokes_without_suggestions_is_one_per_character():
@@ -66,8 +68,11 @@ def test_next_token_metrics_are_probabilities(bundle_dir):
 class FixedRanks:
     """A completer stand-in: before typing, "ab.com" at p 0.5 and "xy.com" at 0.01; then nothing."""
 
-    def ranked(self, typed, k):
-        return ([("ab.com", math.log(0.5)), ("xy.com", math.log(0.01))][:k] if typed == "" else []), 0.0
+    threshold = 0.0
+
+    def complete_scored(self, typed, k):
+        ranked = [("ab.com", math.log(0.5)), ("xy.com", math.log(0.01))][:k] if typed == "" else []
+        return shown(ranked, 0.0, self.threshold)
 
 
 def test_threshold_sweep_by_hand():
@@ -78,6 +83,20 @@ def test_threshold_sweep_by_hand():
     assert [r["shown_per_key"] for r in rows] == pytest.approx([2.0, 1.0, 0.0])
     assert [r["prefix_share"] for r in rows] == pytest.approx([0.5, 1.0, 0.0])
     assert pick_threshold(rows, 0.02) == 0.1
+
+
+def test_threshold_sweep_measures_what_a_completer_with_that_tau_shows(bundle_dir):
+    """The sweep searches with each tau, so it counts the lists the page shows. Filtering one tau-0
+    list instead missed the search's below-tau beam rule (with the test bundle on these URLs, 0.160
+    where a completer with tau 0.05 saves 0.157 of the keys).
+    """
+    urls = (REPO / "pretrained" / "validation.txt").read_text().split()[:40]
+    completer = Completer(bundle_dir, threshold=0.0)
+    for tau in (0.05, 0.1):
+        row, = threshold_sweep(completer, urls, [tau])
+        with_tau = Completer(bundle_dir, threshold=tau)
+        assert row["ksr@3"] == keystroke_savings(urls, functools.partial(with_tau.complete, k=3), 3)
+    assert completer.threshold == 0.0, "the sweep leaves the completer's own threshold as it was"
 
 
 def test_pick_threshold_keeps_the_allowed_share_of_tau_0s_ksr():
