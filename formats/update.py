@@ -71,8 +71,35 @@ def encode_update(delta: Mapping[str, np.ndarray], meta: UpdateMeta, dtype=np.fl
     if dtype not in (tensor_codec.DTYPES[name] for name in DELTA_DTYPES):
         raise TypeError(f"deltas are sent as {' or '.join(DELTA_DTYPES)}, not {dtype}")
     if dtype == np.float16:
-        delta = {n: np.clip(np.asarray(a, np.float32), -F16_MAX, F16_MAX) for n, a in delta.items()}
-    return tensor_codec.encode({n: np.asarray(a, dtype=dtype) for n, a in delta.items()}, meta.to_strings())
+        cast = {n: to_float16(np.clip(np.asarray(a, np.float32), -F16_MAX, F16_MAX))
+                for n, a in delta.items()}
+    else:
+        cast = {n: np.asarray(a, dtype=dtype) for n, a in delta.items()}
+    return tensor_codec.encode(cast, meta.to_strings())
+
+
+F16_REBIAS = np.uint32((((15 - 127) << 23) + 0xFFF) % (1 << 32))  # exponent 127 -> 15, half an ulp - 1
+
+
+def to_float16(array: np.ndarray) -> np.ndarray:
+    """float32 -> float16 bit for bit as numpy's cast (ties to even), about 3x faster.
+
+    A 1e-4-scale delta is mostly float16 *subnormals*, where numpy's cast is slow (26 ms for the
+    shipped model's 690,688 weights, on the update path of every Python client). This is the
+    branch-free integer conversion of F. Giesen's float_to_half_fast3_rtne, each branch computed
+    for every element and picked with np.where; tests/formats checks it against numpy.
+    """
+    bits = np.asarray(array, dtype=np.float32).view(np.uint32)
+    magnitude = bits & np.uint32(0x7FFFFFFF)
+    # normal halves: rebias the exponent, round the 13 dropped mantissa bits to nearest even
+    normal = (magnitude + F16_REBIAS + ((magnitude >> 13) & np.uint32(1))) >> 13
+    # subnormal halves (|x| < 2^-14): adding 0.5 rounds |x| to a multiple of 2^-24 in hardware
+    with np.errstate(invalid="ignore"):  # a signalling NaN; its lane is replaced below
+        subnormal = (magnitude.view(np.float32) + np.float32(0.5)).view(np.uint32) - np.uint32(0x3F000000)
+    half = np.where(magnitude < np.uint32(113 << 23), subnormal, normal)
+    too_big = np.where(magnitude > np.uint32(0x7F800000), np.uint32(0x7E00), np.uint32(0x7C00))  # NaN, inf
+    half = np.where(magnitude >= np.uint32(143 << 23), too_big, half)
+    return (half | ((bits >> 16) & np.uint32(0x8000))).astype(np.uint16).view(np.float16)
 
 
 def decode_delta(body: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
