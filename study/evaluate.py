@@ -234,8 +234,10 @@ def main(argv=None) -> None:
         "of the training URLs.")
     parser.add_argument("--bundle", type=Path, required=True, help="bundle directory")
     parser.add_argument("--urls", type=Path, required=True, help="held-out URLs, one per line")
-    parser.add_argument("--train", type=Path,
-                        help="training URLs for the 8-gram and trie baselines (omit: no baselines)")
+    parser.add_argument("--train", type=corpus_spec, action="append", default=[], metavar="CORPUS[:N]",
+                        help="training URLs for the 8-gram and trie baselines, read as fedurl-export "
+                        "--corpus reads them (give the model's own corpora for a fair yardstick); "
+                        "repeatable; omit: no baselines")
     parser.add_argument("--ksr-limit", type=int, default=500, help="URLs to simulate typing on (slow part)")
     parser.add_argument("--personal-hosts", type=int, default=0,
                         help="also measure the personal n-gram on this many hosts of --urls "
@@ -252,8 +254,8 @@ def main(argv=None) -> None:
     parser.add_argument("--write", action="store_true",
                         help="with --calibrate: store the calibrated tau in the bundle's manifest")
     args = parser.parse_args(argv)
-    for path in (args.urls, args.train, *(path for path, _ in args.exclude)):
-        if path is not None and not path.is_file():
+    for path in (args.urls, *(path for path, _ in args.train + args.exclude)):
+        if not path.is_file():
             parser.error(f"{path} not found")
     if not all(0 <= tau <= 1 for tau in args.tau) or not 0 <= args.max_ksr_loss <= 1:
         parser.error("every --tau and --max-ksr-loss must be in [0, 1]")
@@ -269,7 +271,7 @@ def main(argv=None) -> None:
         calibrate(args, urls[:args.ksr_limit])
         return
     try:
-        report = evaluate(args.bundle, urls, read_corpus(args.train) if args.train else None, args.ksr_limit)
+        report = evaluate(args.bundle, urls, read_corpora(args.train) if args.train else None, args.ksr_limit)
         if args.personal_hosts:
             report["personal"] = personalization(Completer(args.bundle), urls, args.personal_hosts)
     except BundleError as exc:
