@@ -21,7 +21,7 @@ from server.identity import IdentityError, network_of
 from server.refusals import NotEnrolled, Refused
 from server.rounds import Coordinator
 from server.secure import SecureAggregation
-from server.validation import check_client_id, check_delta, decode_upload, json_body
+from server.validation import check_client_id, check_delta, decode_upload, json_body, upload_meta
 from server.versions import iso
 from server.web import send_encoded
 
@@ -238,7 +238,10 @@ def updates():
     if request.mimetype != "application/octet-stream":
         raise ApiError("bad_content_type", "send the update as application/octet-stream safetensors", 415)
     body = request.get_data(cache=False)
-    update = decode_upload(body, current_app.config["MAX_NUM_EXAMPLES"])
+    max_examples = current_app.config["MAX_NUM_EXAMPLES"]
+    # the ticket first (header only, one read): a made-up, used or expired one costs no decode or write
+    coordinator().vet_ticket(upload_meta(body, max_examples))
+    update = decode_upload(body, max_examples)
     tensors, meta = update.tensors, update.meta
     norm = check_delta(tensors, coordinator().parameters(), current_app.config["MAX_UPDATE_NORM"])[1]
     accepted = coordinator().submit(meta, norm, body)

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from formats import update as update_codec
-from formats.update import Update, UpdateFormatError, decode_delta, decode_update
+from formats.update import Update, UpdateFormatError, UpdateMeta, decode_delta, decode_meta, decode_update
 from server.errors import ApiError
 
 MAX_JSON_INT_DIGITS = 20  # any int64, sign included; Python's own limit (4300 digits) may be lifted
@@ -122,6 +122,19 @@ def decode_upload(body: bytes, max_examples: int) -> Update:
     """
     try:
         return decode_update(body, max_examples)
+    except UpdateFormatError as exc:
+        raise ApiError(exc.code, exc.message) from None
+
+
+def upload_meta(body, max_examples: int) -> UpdateMeta:
+    """The checked metadata of an update body (bytes or an mmap) from its header alone: what the
+    ticket lookup needs, before the body is decoded or stored.
+
+    :raise ApiError: malformed_payload, missing_metadata, bad_metadata, bad_client_id,
+        bad_num_examples, bad_loss.
+    """
+    try:
+        return decode_meta(body, max_examples)
     except UpdateFormatError as exc:
         raise ApiError(exc.code, exc.message) from None
 
