@@ -397,15 +397,17 @@ class Coordinator:
         assert ticket is not None
         self._check_ticket(ticket, meta, self.clock())
 
-    def submit(self, meta: UpdateMeta, norm: float, body: bytes) -> dict:
-        """Persist one validated update (body: its checked upload) and close the round if it is due.
+    def submit(self, meta: UpdateMeta, norm: float, body, source: Path | None = None) -> dict:
+        """Persist one validated update (body: its checked upload, bytes or an mmap of source, the
+        front's file of it) and close the round if it is due.
 
         :return: accepted, round, updates_in_round, and the version after this update.
         :raise Refused: UnknownBaseVersion, StaleVersion, Ticket*, VersionMismatch, DuplicateClient.
         """
         self._plain_only()
         sha256 = hashlib.sha256(body).hexdigest()  # the close checks the stored body against it
-        staged = self.spool.stage(body)  # written and fsynced before any lock: most of an upload's time
+        # written (or linked) and fsynced before any lock: most of an upload's time
+        staged = self.spool.stage(body) if source is None else self.spool.stage_file(source)
         try:
             with self.lock:
                 now = self.clock()
