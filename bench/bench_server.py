@@ -126,7 +126,7 @@ def start_server(code: Path, bundle: str, data_dir: str, db_url: str | None, upd
            "FEDURL_MAX_TICKETS_PER_ADDR": "1000000", "FEDURL_LOG_LEVEL": "INFO", "FEDURL_SELECTION": "open",
            "FEDURL_IDENTITY": "", "FEDURL_PUBLISH_GATE": "off", "FEDURL_ADMIN_TOKEN": ADMIN_TOKEN,
            "FEDURL_GZIP_CACHE_BYTES": "0", "FEDURL_AGGREGATION": "plain",
-           "FEDURL_FRONT_REQUESTS_PER_ADDR_PER_S": "1000000", "FEDURL_FRONT_BURST": "1000000"}
+           "FEDURL_FRONT_REQUESTS_PER_ADDR_PER_S": "100000", "FEDURL_FRONT_BURST": "100000"}
     where = ["--bundle", bundle, "--data-dir", data_dir, "--port", "0", *(["--db", db_url] if db_url else [])]
     command = [sys.executable, "-m", "server.cli", *where]
     if front_workers:
