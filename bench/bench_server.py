@@ -74,9 +74,9 @@ def cpu_seconds(pid: int, children: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def tree_cpu(root: int) -> float:
+def tree_cpu(root: int, only: str | None = None) -> float:
     """CPU of a process and every live descendant (fedurl-deploy: its workers, nginx and nginx's
-    workers), with the children each has reaped.
+    workers), with the children each has reaped; only: just the processes of that name (``comm``).
     """
     parents = {}
     for entry in Path("/proc").glob("[0-9]*"):
@@ -92,7 +92,8 @@ def tree_cpu(root: int) -> float:
     total = 0.0
     for pid in tree:
         try:
-            total += cpu_seconds(pid, children=True)
+            if only is None or Path(f"/proc/{pid}/comm").read_text().strip() == only:
+                total += cpu_seconds(pid, children=True)
         except (OSError, ValueError):
             continue
     return total
@@ -181,7 +182,11 @@ def run_setup(args, deltas: list[dict], code: Path, database: str, workers: int,
                     return tree_cpu(processes[0][0].pid) + database_cpu
                 return sum(cpu_seconds(pid) for pid in pids) + database_cpu
 
-            cpu_before = server_cpu()
+            def front_cpu() -> float:
+                """CPU seconds of nginx so far (0 without the front)."""
+                return tree_cpu(processes[0][0].pid, "nginx") if args.front else 0.0
+
+            cpu_before, front_before = server_cpu(), front_cpu()
             latencies = [0.0] * args.updates
 
             def send(i: int) -> None:
@@ -196,7 +201,7 @@ def run_setup(args, deltas: list[dict], code: Path, database: str, workers: int,
             with ThreadPoolExecutor(args.senders) as pool:
                 list(pool.map(send, range(args.updates)))
             seconds = time.perf_counter() - began
-            ingest_cpu = server_cpu() - cpu_before
+            ingest_cpu, nginx_cpu = server_cpu() - cpu_before, front_cpu() - front_before
             peaks = [memory_kib(pid)["VmHWM"] for pid in pids]
             began = time.perf_counter()
             admin = FederatedClient(urls[0], timeout=3600)  # the close holds the answer until it is done
@@ -213,6 +218,7 @@ def run_setup(args, deltas: list[dict], code: Path, database: str, workers: int,
     ms = np.array(latencies) * 1000
     return {"ingest rate": f"{args.updates / seconds:.1f} updates/s ({seconds:.1f} s)",
             "server CPU per update": f"{1000 * ingest_cpu / args.updates:.1f} ms",
+            "  of which nginx": f"{1000 * nginx_cpu / args.updates:.1f} ms",
             "upload latency p50 / p95": f"{np.percentile(ms, 50):.0f} / {np.percentile(ms, 95):.0f} ms",
             "RSS before, per worker": f"{max(m['VmRSS'] for m in idle) / 1024:.0f} MiB",
             "peak RSS (VmHWM), per worker / all": f"{max(peaks) / 1024:.0f} / {sum(peaks) / 1024:.0f} MiB",
