@@ -182,11 +182,12 @@ def run_setup(args, deltas: list[dict], code: Path, database: str, workers: int,
                     return tree_cpu(processes[0][0].pid) + database_cpu
                 return sum(cpu_seconds(pid) for pid in pids) + database_cpu
 
-            def front_cpu() -> float:
-                """CPU seconds of nginx so far (0 without the front)."""
-                return tree_cpu(processes[0][0].pid, "nginx") if args.front else 0.0
+            def parts_cpu() -> tuple[float, float]:
+                """CPU seconds of nginx (0 without the front) and of PostgreSQL so far."""
+                return (tree_cpu(processes[0][0].pid, "nginx") if args.front else 0.0,
+                        postgres_cpu(postmaster) if postmaster else 0.0)
 
-            cpu_before, front_before = server_cpu(), front_cpu()
+            cpu_before, parts_before = server_cpu(), parts_cpu()
             latencies = [0.0] * args.updates
 
             def send(i: int) -> None:
@@ -201,7 +202,9 @@ def run_setup(args, deltas: list[dict], code: Path, database: str, workers: int,
             with ThreadPoolExecutor(args.senders) as pool:
                 list(pool.map(send, range(args.updates)))
             seconds = time.perf_counter() - began
-            ingest_cpu, nginx_cpu = server_cpu() - cpu_before, front_cpu() - front_before
+            ingest_cpu = server_cpu() - cpu_before
+            nginx_cpu, database_cpu = (after - before for after, before in zip(parts_cpu(), parts_before,
+                                                                                strict=True))
             peaks = [memory_kib(pid)["VmHWM"] for pid in pids]
             began = time.perf_counter()
             admin = FederatedClient(urls[0], timeout=3600)  # the close holds the answer until it is done
@@ -218,7 +221,8 @@ def run_setup(args, deltas: list[dict], code: Path, database: str, workers: int,
     ms = np.array(latencies) * 1000
     return {"ingest rate": f"{args.updates / seconds:.1f} updates/s ({seconds:.1f} s)",
             "server CPU per update": f"{1000 * ingest_cpu / args.updates:.1f} ms",
-            "  of which nginx": f"{1000 * nginx_cpu / args.updates:.1f} ms",
+            "  of which nginx / PostgreSQL": f"{1000 * nginx_cpu / args.updates:.1f} / "
+                                             f"{1000 * database_cpu / args.updates:.1f} ms",
             "upload latency p50 / p95": f"{np.percentile(ms, 50):.0f} / {np.percentile(ms, 95):.0f} ms",
             "RSS before, per worker": f"{max(m['VmRSS'] for m in idle) / 1024:.0f} MiB",
             "peak RSS (VmHWM), per worker / all": f"{max(peaks) / 1024:.0f} / {sum(peaks) / 1024:.0f} MiB",
