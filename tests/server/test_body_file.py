@@ -3,6 +3,7 @@ a file a client names."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -114,3 +115,26 @@ def test_a_name_outside_the_fronts_folder_is_refused(front, tmp_path, monkeypatc
     # Assert
     assert (answer.status_code, json.loads(answer.data)["error"]) == (400, "bad_body_file")
     assert calls == [] and snapshot(app) == before
+
+
+def test_a_front_on_another_file_system_has_its_file_copied(front, monkeypatch):
+    """When the front's folder is on another file system than the spool (a link fails with EXDEV),
+    the body is copied instead, and stored the same."""
+    # Prepare
+    app, client, folder = front
+    fed = FederatedClient(client)
+    body = body_for(fed)
+    named = folder / "0000000011"
+    named.write_bytes(body)
+
+    def cross_device(*_args, **_kwargs):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr("server.spool.os.link", cross_device)
+    # Execute
+    answer = client.post("/api/updates", headers={**OCTET, BODY_FILE_HEADER: str(named)})
+    # Assert
+    assert answer.status_code == 202
+    stored = list((app.extensions["fedurl.coordinator"].spool.root / "1").iterdir())
+    assert [path.read_bytes() for path in stored] == [body]
+    assert os.stat(named).st_ino != stored[0].stat().st_ino
