@@ -1,7 +1,8 @@
 """Accepted update bodies on disk until their round closes: ``DATA_DIR/spool/<round>/<digest>.st``.
 
 The database holds each update's metadata; its delta bytes go here in two steps. ``stage`` writes
-and fsyncs the body under a fresh name in ``spool/incoming`` before the upload takes any lock or
+(or, behind fedurl-deploy's nginx, ``stage_file`` hard-links nginx's file of it) and fsyncs the
+body under a fresh name in ``spool/incoming`` before the upload takes any lock or
 opens its transaction (the 1 MB write and its fsync are most of an upload's time, and no longer
 hold up other uploads); ``place`` renames it to its final name and fsyncs the directory inside the
 update's transaction, *before* the commit, so a committed update always has its file. A staged
