@@ -4,9 +4,11 @@ Uploads go through Flask's test client (no sockets, no HTTP parsing: bench_serve
 those), in one thread, into a fresh SQLite data dir, then the round is closed by the admin API.
 Prints the ms per update of the functions that matter (cumulative, with their callees), then the
 close's wall time and its top functions. The setup is bench_server.py's (open selection, plain
-aggregation, bounded influence, float16 bodies).
+aggregation, bounded influence, float16 bodies). With ``--body-file`` each body is first written
+to a file in a body folder the app trusts (``FRONT_BODY_DIR``) and only its name is sent, as
+fedurl-deploy's nginx does (the file writes are not profiled: nginx does them).
 
-    .venv/bin/python bench/profile_ingest.py --bundle pretrained [--updates 300]
+    .venv/bin/python bench/profile_ingest.py --bundle pretrained [--updates 300] [--body-file]
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from common import bundle_parser  # first: puts the repo on sys.path
 
 from client.protocol import FederatedClient, encode_update
 from formats.bundle import load_bundle
+from server.api import BODY_FILE_HEADER
 from server.app import create_app
+from server.cli import front_body_dir
 
 ADMIN_TOKEN = "profile-admin-token-0123456789abcdef-32+"
 
@@ -30,9 +34,12 @@ STAGES = [
     ("whole request (Flask, no HTTP parsing)", "flask/app.py", "wsgi_app"),
     ("decode_upload (safetensors)", "validation.py", "decode_upload"),
     ("check_delta (f16->f32, finite, norm)", "validation.py", "check_delta"),
+    ("Coordinator.vet_ticket (before the body)", "rounds.py", "vet_ticket"),
     ("Coordinator.submit", "rounds.py", "submit"),
     ("  sha256 of the body", "~", "_hashlib.openssl_sha256"),
-    ("  spool write (write, 2 fsyncs)", "spool.py", "write"),
+    ("  spool stage (write, fsync)", "spool.py", "stage"),
+    ("  spool stage_file (link, fsync)", "spool.py", "stage_file"),
+    ("  spool place (rename, fsync dir)", "spool.py", "place"),
     ("    os.fsync", "~", "posix.fsync"),
     ("  _sync (read the round)", "rounds.py", "_sync"),
     ("  _claim_ticket", "rounds.py", "_claim_ticket"),
@@ -45,6 +52,8 @@ def parse_args(argv=None):
     """Command line; unknown options are errors."""
     parser = bundle_parser(__doc__)
     parser.add_argument("--updates", type=int, default=300, help="uploads profiled (default: %(default)s)")
+    parser.add_argument("--body-file", action="store_true",
+                        help="send each body as a file name in FRONT_BODY_DIR, as nginx does")
     return parser.parse_args(argv)
 
 
@@ -66,7 +75,10 @@ def main(argv=None) -> None:
     deltas = [{p["name"]: rng.normal(scale=1e-4, size=p["shape"]).astype(np.float32)
                for p in manifest["parameters"]} for _ in range(8)]
     with tempfile.TemporaryDirectory(prefix="fedurl-profile-") as data_dir:
+        body_dir = front_body_dir(data_dir)
+        body_dir.mkdir(parents=True)
         app = create_app({"BUNDLE_DIR": args.bundle, "DATA_DIR": data_dir, "MIN_CLIENTS": args.updates + 1,
+                          "FRONT_BODY_DIR": str(body_dir) if args.body_file else "",
                           "TICK_INTERVAL_S": 0, "REQUESTS_PER_ADDR_PER_MIN": 10 ** 6,
                           "MAX_TICKETS_PER_ADDR": 10 ** 6, "SELECTION": "open", "IDENTITY": "",
                           "PUBLISH_GATE": "off", "ADMIN_TOKEN": ADMIN_TOKEN, "AGGREGATION": "plain",
@@ -75,11 +87,20 @@ def main(argv=None) -> None:
         clients = [FederatedClient(http) for _ in range(args.updates)]
         bodies = [encode_update(deltas[i % len(deltas)], c.ticket(), c.client_id, 20, 3.0, 2.5, np.float16)
                   for i, c in enumerate(clients)]
+        names = []
+        for n, body in enumerate(bodies if args.body_file else []):
+            names.append(body_dir / f"{n:010d}")
+            names[-1].write_bytes(body)
         profile = cProfile.Profile()
         began_cpu, began = time.process_time(), time.perf_counter()
         profile.enable()
-        for client, body in zip(clients, bodies, strict=True):
-            client.post_update(body)
+        for n, (client, body) in enumerate(zip(clients, bodies, strict=True)):
+            if args.body_file:
+                answer = http.post("/api/updates", headers={"Content-Type": "application/octet-stream",
+                                                            BODY_FILE_HEADER: str(names[n])})
+                assert answer.status_code == 202, answer.data
+            else:
+                client.post_update(body)
         profile.disable()
         cpu, wall = time.process_time() - began_cpu, time.perf_counter() - began
         stats = pstats.Stats(profile)

@@ -37,11 +37,11 @@ from flask import Flask
 from werkzeug.utils import get_content_type
 
 from server import db, logs, web
+from server.api import BODY_FILE_HEADER
 from server.app import ISOLATION_HEADERS, create_app
-from server.cli import make_server
+from server.cli import FRONT_DIR, front_body_dir, make_server, trust_front_bodies
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.j2")
-FRONT_DIR = "front"  # under DATA_DIR: nginx.conf, nginx.pid, public/, tmp/
 STOP_WAIT_S = 10.0
 WORKER_START_S = 120.0  # a worker's start replays the open round's bodies: allow for a large round
 RESTART_DELAY_S = 1.0  # a worker that dies at once is not restarted in a tight loop
@@ -157,7 +157,8 @@ def render(config, prefix: Path, listen: tuple[str, int], upstreams: list[tuple[
     environment = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE.parent),
                                      undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
     return environment.get_template(TEMPLATE.name).render(
-        prefix=prefix, conf=prefix / "nginx.conf", user=user, public=prefix / "public",
+        prefix=prefix, conf=prefix / "nginx.conf", body_dir=front_body_dir(config["DATA_DIR"]),
+        body_file_header=BODY_FILE_HEADER, user=user, public=prefix / "public",
         listen=f"[{host}]:{port}" if ":" in host else f"{host}:{port}", upstreams=upstreams,
         types=content_types(files), isolation_headers=sorted(ISOLATION_HEADERS.items()),
         ort_max_age_s=web.ORT_MAX_AGE_S, max_body_bytes=max_body_bytes, errors=errors,
@@ -306,8 +307,9 @@ def _end_with_parent() -> None:
 def prepare(app: Flask, nginx: Nginx, prefix: Path, listen: tuple[str, int],
             upstreams: list[tuple[str, int]]) -> Published:
     """Publish the page's files, render nginx.conf and have nginx check it."""
-    for folder in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+    for folder in ("proxy", "fastcgi", "uwsgi", "scgi"):
         (prefix / "tmp" / folder).mkdir(parents=True, exist_ok=True)
+    front_body_dir(app.config["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
     files = public_files(app.config)
     published = publish(files, prefix / "public", app.config["GZIP_CACHE_BYTES"] > 0)
     conf = render(app.config, prefix, listen, upstreams, files, app.config["MAX_CONTENT_LENGTH"])
@@ -366,6 +368,7 @@ def main(argv=None) -> None:
     workers = Workers(worker_command(args, overrides), args.workers - 1)
     try:
         app = create_app({**overrides, "PROXY_HOPS": 1})
+        trust_front_bodies(app)
         if args.workers > 1 and not db.shares_workers(db.get_engine(app)):
             raise ValueError(f"--workers {args.workers} needs PostgreSQL (--db postgresql://...): on SQLite "
                              "one process serves")

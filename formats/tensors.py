@@ -80,20 +80,36 @@ def decode(payload: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     :raise WeightsFormatError: on any structural problem, with a message fit for a client.
     """
     payload = bytes(payload)
+    header_len, header, metadata = _read_header(payload)
+    data_len = len(payload) - 8 - header_len
+    entries = {name: _check_entry(name, info, data_len) for name, info in header.items()}
+    _check_packed([offsets for _, _, offsets in entries.values()], data_len)
+    return _read_data(payload, entries), metadata
+
+
+def read_metadata(payload) -> dict[str, str]:
+    """The ``__metadata__`` of safetensors bytes (or an mmap) from the header alone, the tensor data
+    unread: the server looks an upload's ticket up before it pays for the body.
+
+    :raise WeightsFormatError: when the framing or the header is malformed (the tensor entries are
+        checked by ``decode`` only).
+    """
+    return _read_header(payload)[2]
+
+
+def _read_header(payload) -> tuple[int, dict, dict[str, str]]:
+    """(header length, tensor entries, metadata) of a payload, framing and metadata checked."""
     if len(payload) < 8:
         raise WeightsFormatError("payload shorter than the 8-byte safetensors header length")
     (header_len,) = struct.unpack("<Q", payload[:8])
     if header_len > MAX_HEADER_BYTES or 8 + header_len > len(payload):
         raise WeightsFormatError(f"header length {header_len} does not fit the payload")
-    header = _parse_header(payload[8:8 + header_len])
+    header = _parse_header(bytes(payload[8:8 + header_len]))
     metadata = header.pop("__metadata__", None)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise WeightsFormatError("__metadata__ must map strings to strings")
-    data_len = len(payload) - 8 - header_len
-    entries = {name: _check_entry(name, info, data_len) for name, info in header.items()}
-    _check_packed([offsets for _, _, offsets in entries.values()], data_len)
-    return _read_data(payload, entries), metadata
+    return header_len, header, metadata
 
 
 def _parse_header(raw: bytes) -> dict:

@@ -102,6 +102,24 @@ def to_float16(array: np.ndarray) -> np.ndarray:
     return (half | ((bits >> 16) & np.uint32(0x8000))).astype(np.uint16).view(np.float16)
 
 
+def _malformed(exc: tensor_codec.WeightsFormatError) -> UpdateFormatError:
+    """A codec refusal as the protocol's malformed_payload."""
+    return UpdateFormatError("malformed_payload", f"body is not a valid safetensors payload: {exc}")
+
+
+def decode_meta(body, max_examples: int) -> UpdateMeta:
+    """The checked metadata of an update body (bytes or an mmap) from its header alone, the tensor
+    data unread (``decode_update`` still judges the whole body).
+
+    :raise UpdateFormatError: malformed_payload for a broken header, then as ``parse_metadata``.
+    """
+    try:
+        metadata = tensor_codec.read_metadata(body)
+    except tensor_codec.WeightsFormatError as exc:
+        raise _malformed(exc) from None
+    return parse_metadata(metadata, max_examples)
+
+
 def decode_delta(body: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """The tensors and raw metadata of an update body; only F32/F16 tensors are deltas.
 
@@ -110,8 +128,7 @@ def decode_delta(body: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     try:
         tensors, metadata = tensor_codec.decode(body)
     except tensor_codec.WeightsFormatError as exc:
-        raise UpdateFormatError("malformed_payload",
-                                f"body is not a valid safetensors payload: {exc}") from None
+        raise _malformed(exc) from None
     allowed = [tensor_codec.DTYPES[name] for name in DELTA_DTYPES]
     for name, array in tensors.items():
         if array.dtype not in allowed:

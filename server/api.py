@@ -8,8 +8,13 @@ times); the coordinator hands it plain values and raises ``server.refusals``, wh
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import re
+import stat
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request
@@ -21,7 +26,7 @@ from server.identity import IdentityError, network_of
 from server.refusals import NotEnrolled, Refused
 from server.rounds import Coordinator
 from server.secure import SecureAggregation
-from server.validation import check_client_id, check_delta, decode_upload, json_body
+from server.validation import check_client_id, check_delta, decode_upload, json_body, upload_meta
 from server.versions import iso
 from server.web import send_encoded
 
@@ -32,6 +37,8 @@ ONE_YEAR_S = 31_536_000
 # refusals here are counted by code in /api/status
 COUNTED = {"api.tickets", "api.updates", "api.enrollments", "api.checkins", "api.secure_send"}
 IDENTITY_STATUS = {"puzzle_busy": 429}  # every other IdentityError code is a 403
+BODY_FILE_HEADER = "X-Fedurl-Body-File"  # the trusted front's file of an upload body (FRONT_BODY_DIR)
+BODY_FILE_NAME = re.compile(r"[0-9]{1,20}")  # nginx names its temp files with digits only
 HISTORY = 200  # rounds and versions listed in a status document
 NO_UPDATES = {"participants": 0, "examples": 0, "loss_before": None, "loss_after": None,
               "mean_staleness": 0.0}
@@ -237,13 +244,67 @@ def updates():
     rate_limit("addr", request.remote_addr or "-")
     if request.mimetype != "application/octet-stream":
         raise ApiError("bad_content_type", "send the update as application/octet-stream safetensors", 415)
-    body = request.get_data(cache=False)
-    update = decode_upload(body, current_app.config["MAX_NUM_EXAMPLES"])
-    tensors, meta = update.tensors, update.meta
-    norm = check_delta(tensors, coordinator().parameters(), current_app.config["MAX_UPDATE_NORM"])[1]
-    accepted = coordinator().submit(meta, norm, body)
+    max_examples = current_app.config["MAX_NUM_EXAMPLES"]
+    with upload_body() as (body, source):
+        # the ticket first (header only, one read): a made-up, used or expired one costs no decode or write
+        coordinator().vet_ticket(upload_meta(body, max_examples))
+        update = decode_upload(body, max_examples)
+        tensors, meta = update.tensors, update.meta
+        norm = check_delta(tensors, coordinator().parameters(), current_app.config["MAX_UPDATE_NORM"])[1]
+        accepted = coordinator().submit(meta, norm, body, source)
     current_app.extensions["fedurl.tickets"].used(db.ticket_digest(meta.ticket))
     return accepted, 202
+
+
+@contextmanager
+def upload_body() -> Iterator[tuple[bytes | mmap.mmap, Path | None]]:
+    """An upload's body and the file it is in: the request's bytes and None, or, behind the
+    trusted front (``FRONT_BODY_DIR``), an mmap of the file its BODY_FILE_HEADER names and that
+    file (the app then never reads the body from its socket, and the spool links the file).
+
+    :raise ApiError: bad_body_file (400) for the header when no front is trusted, or a name that is
+        not a plain file directly in FRONT_BODY_DIR; payload_too_large past MAX_CONTENT_LENGTH.
+    """
+    named, folder = request.headers.get(BODY_FILE_HEADER), current_app.config["FRONT_BODY_DIR"]
+    if named is None or (folder and not named):  # "" from the front: nginx wrote no file (no body)
+        yield request.get_data(cache=False), None
+        return
+    if not folder:
+        raise ApiError("bad_body_file", f"this server takes no {BODY_FILE_HEADER}: send the update as "
+                                        "the request body")
+    path = body_file(named, Path(folder))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        raise ApiError("bad_body_file", f"{BODY_FILE_HEADER} names no readable file") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ApiError("bad_body_file", f"{BODY_FILE_HEADER} names no plain file")
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        if info.st_size > limit:  # nginx's client_max_body_size refuses it first; a second check
+            raise ApiError("payload_too_large", f"request body is larger than the server limit ({limit} "
+                                                "bytes)", 413)
+        if info.st_size == 0:
+            yield b"", path
+            return
+        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+            yield mapped, path
+    finally:
+        os.close(fd)
+
+
+def body_file(named: str, folder: Path) -> Path:
+    """The path a trusted front named, if it lies directly in folder: absolute, no ``..``, no
+    symbolic link on the way, a digits-only name as nginx writes them.
+
+    :raise ApiError: bad_body_file (400) otherwise.
+    """
+    path = Path(named)
+    if not (path.is_absolute() and ".." not in path.parts and BODY_FILE_NAME.fullmatch(path.name)
+            and path.parent == folder.resolve() and path.resolve() == path):
+        raise ApiError("bad_body_file", f"{BODY_FILE_HEADER} must name a file of the front's body folder")
+    return path
 
 
 # -- [T1] secure rounds (server/secure.py; docs/PROTOCOL.md "Secure rounds") -------------------------

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from waitress import wasyncore
@@ -35,6 +36,7 @@ from waitress.task import ErrorTask, ThreadedTaskDispatcher
 from server import logs, web
 from server.app import create_app
 
+FRONT_DIR = "front"  # under DATA_DIR: fedurl-deploy's nginx.conf, public/ and tmp/
 CLEANUP_INTERVAL_S = 1.0  # how often the timeouts are checked (waitress's default is 30 s)
 # bytes per socket read: waitress's 8 KiB took 128 trips through its event loop and parser for a
 # 1 MB update body; a read returns what has arrived, so a slow client costs no more memory
@@ -60,6 +62,18 @@ class Timeouts:
     def from_config(cls, config) -> Timeouts:
         """The app's settings."""
         return cls(config["IDLE_TIMEOUT_S"], config["HEADER_TIMEOUT_S"], config["BODY_TIMEOUT_S"])
+
+
+def front_body_dir(data_dir) -> Path:
+    """Where fedurl-deploy's nginx writes request bodies (``client_body_temp_path``)."""
+    return Path(data_dir).resolve() / FRONT_DIR / "tmp" / "body"
+
+
+def trust_front_bodies(app) -> None:
+    """Take upload bodies from the files fedurl-deploy's nginx names (``FRONT_BODY_DIR``): the app
+    runs behind it, reachable only on 127.0.0.1.
+    """
+    app.config["FRONT_BODY_DIR"] = str(front_body_dir(app.config["DATA_DIR"]))
 
 
 def json_error(status: int, code: str, message: str, reason: str) -> bytes:
@@ -226,8 +240,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=5000, help="0 picks a free port (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=8, help="request threads (default: %(default)s)")
     parser.add_argument("--front", action="store_true",
-                        help="a worker that fedurl-deploy starts behind nginx: trust one proxy hop, "
-                             "leave the page's files to nginx, log worker_listening")
+                        help="a worker that fedurl-deploy starts behind nginx: trust one proxy hop and "
+                             "its upload body files, leave the page's files to nginx, log "
+                             "worker_listening")
     return parser.parse_args(argv)
 
 
@@ -241,6 +256,8 @@ def main(argv=None) -> None:
         app = create_app({**overrides, "PROXY_HOPS": 1} if args.front else overrides)
     except (RuntimeError, ValueError) as exc:
         raise SystemExit(f"fedurl-serve: {exc}") from None
+    if args.front:
+        trust_front_bodies(app)
     server = make_server(app, args.host, args.port, args.threads)
     web.precompress(app, pages=not args.front)  # background: requests meanwhile get files as they are
     port = server.effective_port if hasattr(server, "effective_port") else args.port

@@ -156,6 +156,10 @@ SETTINGS: dict[str, Setting] = {
     "PROXY_HOPS": Setting(0, int, "trusted proxies in front of the app: the client address is the one "
                                   "they put in X-Forwarded-For (0: the connection's peer; never set it "
                                   "when clients can reach the app directly)"),
+    "FRONT_BODY_DIR": Setting("", str, "the folder where the trusted front (nginx) writes request bodies: "
+                                       "POST /api/updates then takes its body from the file the front "
+                                       "names in X-Fedurl-Body-File, which must lie directly in it "
+                                       "(fedurl-deploy sets it; empty: that header is refused, 400)"),
     "FRONT_CONNECTIONS_PER_ADDR": Setting(32, int, "fedurl-deploy: requests one client address may have "
                                                    "in progress at once in nginx; more are 429"),
     "FRONT_REQUESTS_PER_ADDR_PER_S": Setting(20.0, float, "fedurl-deploy: requests per second one client "

@@ -374,17 +374,40 @@ class Coordinator:
                                  expires)
             return {"ticket": ticket, "version": self.version, "round": self.round.id, "expires_at": expires}
 
-    def submit(self, meta: UpdateMeta, norm: float, body: bytes) -> dict:
-        """Persist one validated update (body: its checked upload) and close the round if it is due.
+    def _plain_only(self) -> None:
+        """:raise SecureOnly: [T1] an update in clear is exactly what secure mode never stores."""
+        if self.secure is not None:
+            raise SecureOnly("this server aggregates securely: a cohort member sends a masked input "
+                             "(docs/PROTOCOL.md, Secure rounds), never its update")
+
+    def vet_ticket(self, meta: UpdateMeta) -> None:
+        """Refuse an upload whose ticket cannot be claimed (unknown, used, another client's,
+        expired) before its body is decoded or staged: one indexed read, no lock, so a flood of
+        made-up tickets costs no disk writes. ``_claim_ticket`` still claims it in the update's
+        transaction (another upload may use it meanwhile).
+
+        :raise Refused: SecureOnly, TicketInvalid, TicketReused, TicketMismatch, TicketExpired.
+        """
+        self._plain_only()
+        key = db.ticket_digest(meta.ticket)
+        with db.transaction(self.engine) as conn:
+            ticket = db.find_ticket(conn, key)
+            if ticket is None or ticket.used_at is not None:
+                self._refuse_unusable(conn, key, meta, ticket)
+        assert ticket is not None
+        self._check_ticket(ticket, meta, self.clock())
+
+    def submit(self, meta: UpdateMeta, norm: float, body, source: Path | None = None) -> dict:
+        """Persist one validated update (body: its checked upload, bytes or an mmap of source, the
+        front's file of it) and close the round if it is due.
 
         :return: accepted, round, updates_in_round, and the version after this update.
         :raise Refused: UnknownBaseVersion, StaleVersion, Ticket*, VersionMismatch, DuplicateClient.
         """
-        if self.secure is not None:  # [T1] an update in clear is exactly what secure mode never stores
-            raise SecureOnly("this server aggregates securely: a cohort member sends a masked input "
-                             "(docs/PROTOCOL.md, Secure rounds), never its update")
+        self._plain_only()
         sha256 = hashlib.sha256(body).hexdigest()  # the close checks the stored body against it
-        staged = self.spool.stage(body)  # written and fsynced before any lock: most of an upload's time
+        # written (or linked) and fsynced before any lock: most of an upload's time
+        staged = self.spool.stage(body) if source is None else self.spool.stage_file(source)
         try:
             with self.lock:
                 now = self.clock()
@@ -440,26 +463,42 @@ class Coordinator:
         """
         key = db.ticket_digest(meta.ticket)
         ticket = db.use_ticket(conn, key, now)
-        if ticket is None:  # the rare paths: say why
-            used = db.find_ticket(conn, key)
-            if used is not None and used.client_id != meta.client_id:
-                raise TicketMismatch("this ticket was issued to another client_id")
-            if used is not None:
-                raise TicketReused("this ticket was already used (if your first upload got no answer, "
-                                   "it was counted)")
-            if db.ticket_was_used(conn, key):  # used, then pruned after it expired
-                raise TicketReused("this ticket was already used")
-            raise TicketInvalid("unknown ticket; get one from POST /api/tickets")
-        if ticket.client_id != meta.client_id:
-            raise TicketMismatch("this ticket was issued to another client_id")
-        if ticket.expires_at <= now:
-            raise TicketExpired(f"ticket expired at {iso(ticket.expires_at)}")
+        if ticket is None:  # the rare paths (used by another upload since vet_ticket): say why
+            self._refuse_unusable(conn, key, meta, db.find_ticket(conn, key))
+        assert ticket is not None
+        self._check_ticket(ticket, meta, now)
         if self.rules.cohort is not None and ticket.round_id != self.round.id:
             raise RoundClosed(f"the ticket is for round {ticket.round_id}, which has ended; check in again")
         if ticket.version != meta.base_version:
             raise VersionMismatch(f"ticket is for version {ticket.version}, base_version says "
                                   f"{meta.base_version}: take the ticket with the model you train on")
         return key
+
+    @staticmethod
+    def _refuse_unusable(conn: db.Connection, key: str, meta: UpdateMeta, found: db.Ticket | None) -> None:
+        """Say why the ticket with digest key (found: its row, None if unknown or pruned) cannot be used.
+
+        :raise TicketMismatch, TicketReused, TicketInvalid: always.
+        """
+        if found is not None and found.client_id != meta.client_id:
+            raise TicketMismatch("this ticket was issued to another client_id")
+        if found is not None:
+            raise TicketReused("this ticket was already used (if your first upload got no answer, "
+                               "it was counted)")
+        if db.ticket_was_used(conn, key):  # used, then pruned after it expired
+            raise TicketReused("this ticket was already used")
+        raise TicketInvalid("unknown ticket; get one from POST /api/tickets")
+
+    @staticmethod
+    def _check_ticket(ticket: db.Ticket, meta: UpdateMeta, now: float) -> None:
+        """Check an unused ticket against the upload: this client's and unexpired.
+
+        :raise TicketMismatch, TicketExpired:
+        """
+        if ticket.client_id != meta.client_id:
+            raise TicketMismatch("this ticket was issued to another client_id")
+        if ticket.expires_at <= now:
+            raise TicketExpired(f"ticket expired at {iso(ticket.expires_at)}")
 
     def prune_tickets(self) -> int:
         """Delete tickets expired for longer than a TTL (until then they still read expired)."""

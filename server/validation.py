@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 
 import numpy as np
 
 from formats import update as update_codec
-from formats.update import Update, UpdateFormatError, decode_delta, decode_update
+from formats.update import Update, UpdateFormatError, UpdateMeta, decode_delta, decode_meta, decode_update
 from server.errors import ApiError
 
 MAX_JSON_INT_DIGITS = 20  # any int64, sign included; Python's own limit (4300 digits) may be lifted
@@ -114,14 +115,28 @@ def as_float32(array: np.ndarray) -> np.ndarray:
     return np.take(FLOAT16_TO_32, array.view(np.uint16))
 
 
-def decode_upload(body: bytes, max_examples: int) -> Update:
-    """Decode an update body with the shared codec; its refusals become ApiErrors with the same code.
+def decode_upload(body: bytes | mmap.mmap, max_examples: int) -> Update:
+    """Decode an update body (bytes, or an mmap of the front's file: read once here) with the shared
+    codec; its refusals become ApiErrors with the same code.
 
     :raise ApiError: malformed_payload, bad_dtype, missing_metadata, bad_metadata, bad_client_id,
         bad_num_examples, bad_loss.
     """
     try:
-        return decode_update(body, max_examples)
+        return decode_update(bytes(body), max_examples)
+    except UpdateFormatError as exc:
+        raise ApiError(exc.code, exc.message) from None
+
+
+def upload_meta(body: bytes | mmap.mmap, max_examples: int) -> UpdateMeta:
+    """The checked metadata of an update body (bytes or an mmap) from its header alone: what the
+    ticket lookup needs, before the body is decoded or stored.
+
+    :raise ApiError: malformed_payload, missing_metadata, bad_metadata, bad_client_id,
+        bad_num_examples, bad_loss.
+    """
+    try:
+        return decode_meta(body, max_examples)
     except UpdateFormatError as exc:
         raise ApiError(exc.code, exc.message) from None
 

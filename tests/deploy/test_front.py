@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from client.protocol import FederatedClient
+from client.protocol import FederatedClient, encode_update
 from formats.bundle import load_bundle
 from tests.server.conftest import TINY_PARAMETERS, write_tiny_bundle
 
@@ -205,6 +205,50 @@ def test_the_app_counts_the_client_address_not_the_proxy_nor_a_forged_header(dep
 
     assert [ticket("127.0.0.3", n, f"198.51.100.{n}") for n in range(3)] == [201, 201, 429]
     assert ticket("127.0.0.4", 0, "127.0.0.3") == 201
+
+
+def test_an_upload_reaches_the_app_as_nginxs_file_and_a_clients_file_name_is_not_believed(deployment):
+    """POST /api/updates through nginx: the body goes to the app as nginx's temp file (no body on
+    the proxied request) and counts once; a client's own X-Fedurl-Body-File (or its underscore
+    twin), even naming a valid body another client planted in nginx's body folder, is replaced by
+    nginx's, so the update stored is the one sent; nginx removes its file after the request."""
+    # Prepare
+    def ticket(source: str, client_id: str) -> dict:
+        status, _, data = request(deployment.port, "POST", "/api/tickets",
+                                  {"Content-Type": "application/json"},
+                                  json.dumps({"client_id": client_id}).encode(), source)
+        assert status == 201, data
+        return json.loads(data)
+
+    def upload(body: bytes, source: str, headers: dict | None = None) -> tuple[int, dict]:
+        status, _, data = request(deployment.port, "POST", "/api/updates",
+                                  {"Content-Type": "application/octet-stream", **(headers or {})}, body,
+                                  source)
+        return status, json.loads(data)
+
+    rng = np.random.default_rng(7)
+    deltas = [{n: rng.normal(scale=0.01, size=s).astype(np.float32) for n, s in TINY_PARAMETERS.items()}
+              for _ in range(2)]
+    ids = ["honest-client-0001", "planted-client-0002"]
+    bodies = [encode_update(deltas[i], ticket(f"127.0.0.{5 + i}", ids[i]), ids[i], 10, 5.0, 4.0)
+              for i in range(2)]
+    body_dir = deployment.data_dir.resolve() / "front" / "tmp" / "body"
+    planted = body_dir / "0099999999"
+    planted.write_bytes(bodies[1])
+    accepted = FederatedClient(f"http://{CLIENT}:{deployment.port}").status()["accepted"]
+    # Execute
+    first = upload(bodies[0], "127.0.0.5", {"X-Fedurl-Body-File": str(planted),
+                                            "X_Fedurl_Body_File": str(planted)})
+    counted = FederatedClient(f"http://{CLIENT}:{deployment.port}").status()["accepted"]
+    stored = [path.read_bytes() for path in (deployment.data_dir / "spool").glob("[0-9]*/*.st")]
+    left = sorted(path.name for path in body_dir.iterdir())
+    second = upload(bodies[1], "127.0.0.6")
+    # Assert
+    assert first[0] == 202 and first[1]["accepted"] is True
+    assert counted == accepted + 1
+    assert bodies[0] in stored and bodies[1] not in stored
+    assert left == [planted.name]  # nginx removed its own file when the request ended
+    assert second[0] == 202, "the planted body's ticket was not used by the first upload"
 
 
 class SlowSockets:

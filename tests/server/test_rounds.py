@@ -232,11 +232,48 @@ def test_a_failed_close_keeps_the_round_and_its_updates(app, client, monkeypatch
     assert c.version == 2 and FederatedClient(client).status()["rounds"][0]["participants"] == 3
 
 
-def test_an_accepted_upload_costs_four_statements(app, client, database):
-    """Read the round, claim the ticket (one UPDATE ... RETURNING), insert, count; PostgreSQL adds
-    the shared round lock and, below the goal, a count after the commit (another worker's upload
-    may have committed meanwhile). It was six: a ticket SELECT before its UPDATE, and a duplicate
-    SELECT before the insert that the unique (round, client) key already refuses.
+@pytest.mark.parametrize("case", ["made_up", "used", "expired", "other_client"])
+def test_a_bad_ticket_is_refused_before_the_body_is_decoded_or_written(app, client, monkeypatch, case):
+    """An upload whose ticket cannot be used is refused from its header alone: its body is never
+    decoded nor staged (a flood of made-up tickets cost a 1 MB write and fsync each), and nothing
+    changes. Fails on the code that staged and decoded before the ticket lookup.
+    """
+    # Prepare
+    fed = FederatedClient(client)
+    ticket = fed.ticket()
+    if case == "made_up":
+        ticket = {**ticket, "ticket": "made-up-ticket-0123456789"}
+    elif case == "used":
+        fed.upload(small_delta(), ticket, 10, 5.0, 4.0)
+    elif case == "expired":
+        coordinator(app).clock = lambda: time.time() + app.config["TICKET_TTL_S"] + 1
+    else:
+        fed = FederatedClient(client, client_id="someone-else-0123")
+    calls: list[str] = []
+    spool = coordinator(app).spool
+    monkeypatch.setattr(spool, "stage", lambda *a: calls.append("stage"))
+    monkeypatch.setattr("server.api.decode_upload", lambda *a: calls.append("decode"))
+    before = snapshot(app)
+    # Execute
+    with pytest.raises(ProtocolError) as refused:
+        fed.upload(small_delta(), ticket, 10, 5.0, 4.0)
+    # Assert
+    codes = {"made_up": "ticket_invalid", "used": "ticket_reused", "expired": "ticket_expired",
+             "other_client": "ticket_mismatch"}
+    assert (refused.value.status, refused.value.code) == (409 if case == "used" else 403, codes[case])
+    assert calls == []
+    assert not list(spool.incoming.iterdir())
+    assert snapshot(app) == before
+
+
+def test_an_accepted_upload_costs_five_statements(app, client, database):
+    """Look the ticket up (before the body is decoded or staged, outside any lock), read the round,
+    claim the ticket (one UPDATE ... RETURNING), insert, count; PostgreSQL adds the shared round
+    lock and, below the goal, a count after the commit (another worker's upload may have committed
+    meanwhile). It was four: the first SELECT is new, the price of refusing a made-up ticket
+    before its 1 MB is written and fsynced (the claim stays: the ticket may be used meanwhile).
+    Before that it was six: a ticket SELECT before its UPDATE, and a duplicate SELECT before the
+    insert that the unique (round, client) key already refuses.
     """
     # Prepare
     fed = FederatedClient(client)
@@ -255,7 +292,8 @@ def test_an_accepted_upload_costs_four_statements(app, client, database):
         sa.event.remove(engine, "before_cursor_execute", record)
     # Assert
     expected = ["SELECT", "UPDATE", "INSERT", "SELECT"]
-    assert statements == (["SELECT", *expected, "SELECT"] if database == "postgresql" else expected)
+    assert statements == (["SELECT", "SELECT", *expected, "SELECT"] if database == "postgresql"
+                          else ["SELECT", *expected])
 
 
 def test_a_duplicate_upload_is_refused_by_the_unique_key_and_keeps_its_ticket(app, client):
