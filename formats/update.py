@@ -65,13 +65,15 @@ class Update:
 
 def encode_update(delta: Mapping[str, np.ndarray], meta: UpdateMeta, dtype=np.float32) -> bytes:
     """The update body: every delta cast to dtype (float32, or float16 clipped to +-65504 as the
-    browser does, so no value becomes an infinity the server refuses), then the metadata.
+    browser does, so no value becomes an infinity the server refuses; float16 arrays go as they
+    are), then the metadata.
     """
     dtype = np.dtype(dtype)
     if dtype not in (tensor_codec.DTYPES[name] for name in DELTA_DTYPES):
         raise TypeError(f"deltas are sent as {' or '.join(DELTA_DTYPES)}, not {dtype}")
     if dtype == np.float16:
-        cast = {n: to_float16(np.clip(np.asarray(a, np.float32), -F16_MAX, F16_MAX))
+        cast = {n: a if isinstance(a, np.ndarray) and a.dtype == np.float16  # already on the wire's grid
+                else to_float16(np.clip(np.asarray(a, np.float32), -F16_MAX, F16_MAX))
                 for n, a in delta.items()}
     else:
         cast = {n: np.asarray(a, dtype=dtype) for n, a in delta.items()}

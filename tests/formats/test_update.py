@@ -74,6 +74,12 @@ def test_to_float16_is_numpys_cast_bit_for_bit():
     assert (np.signbit(actual) == np.signbit(expected))[~finite].all()
 
 
+def test_f16_deltas_are_sent_as_they_are():
+    halves = {"x": np.array([1e-6, -65504, 0.1], np.float16)}
+    update = decode_update(encode_update(halves, META, np.float16), max_examples=1000)
+    np.testing.assert_array_equal(update.tensors["x"].view(np.uint16), halves["x"].view(np.uint16))
+
+
 def test_encode_refuses_integer_deltas():
     with pytest.raises(TypeError, match="F32 or F16"):
         encode_update(delta(), META, np.int32)
