@@ -8,18 +8,27 @@ batch of bench/bench_training.py (same URLs, weights, lr) through the page's wor
 onnxruntime in Python. Transfer counts every request of the page and its workers (headers and
 bodies) on a first visit, on a reload, and over one federated round (train, upload, new version).
 
+The matmul part times one MatMul (both operands inputs, as the training graph's weights are) of
+each shape the step multiplies, in the page and in onnxruntime Python: the kernels' own ratio.
+The profile part runs train_step.onnx in the page with onnxruntime-web's own profiler
+(`enableProfiling`) and prints each operator type's share of the kernel time (not a default part).
+
     .venv/bin/python bench/bench_browser.py --bundle bundles/default [--keystrokes 500] \
-        [--parts transfer latency train]
+        [--parts transfer latency train profile matmul]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import random
 import shutil
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 from bench_training import LR, fixed_batch
@@ -36,25 +45,81 @@ STEP_RUNS = 10
 # Steps not timed: the first builds kernels, and V8 runs wasm on its baseline compiler (Liftoff)
 # until the optimising tier (TurboFan) has compiled the hot functions in the background.
 WARMUP_RUNS = 10
-PARTS = ("transfer", "latency", "train")
+PARTS = ("transfer", "latency", "train", "profile", "matmul")
+# (M, K, N) of the training step's matrix products: the time loop's hidden projection and its
+# backward (B rows), the input projection and the head over all B*T positions.
+MATMUL_SHAPES = ((16, 256, 768), (16, 768, 256), (768, 256, 16), (256, 768, 16), (1024, 128, 768),
+                 (1024, 256, 1024))
 THREADS = (1, 2)  # onnxruntime threads compared, in the page's worker and in Python
-# One worker per thread count (worker.js ?threads=N), stepped in turn so both see the same load.
-TRAIN_STEPS = """async ([fields, runs, threads, warmup]) => {
+# One worker per thread count (worker.js ?threads=N), kept on globalThis between calls: started
+# and warmed up in turn, then each timed alone so that chromium's CPU time is that worker's.
+TRAIN_START = """async ([fields, threads, warmup]) => {
   const { WorkerClient } = await import("/static/protocol.js");
-  const workers = threads.map((n) =>
-    new WorkerClient(new Worker(`/static/worker.js?threads=${n}`, { type: "module" })));
   const model = await (await fetch("/api/model")).json();
   const batch = { tokens: Int32Array.from(fields.tokens), targets: Int32Array.from(fields.targets),
                   mask: Float32Array.from(fields.mask), lr: fields.lr };
-  const out = threads.map(() => ({ seconds: [], threads: 0, isolated: false }));
-  for (let i = 0; i < warmup + runs; i++) {
-    for (const [w, worker] of workers.entries()) {
-      const reply = await worker.request("trainStep", { ...batch, model });
-      if (i >= warmup) out[w].seconds.push(reply.seconds);
-      Object.assign(out[w], { threads: reply.threads, isolated: reply.isolated });
-    }
+  const workers = threads.map((n) =>
+    new WorkerClient(new Worker(`/static/worker.js?threads=${n}`, { type: "module" })));
+  globalThis.benchTrain = { workers, request: { ...batch, model } };
+  for (let i = 0; i < warmup; i++) {
+    for (const worker of workers) await worker.request("trainStep", globalThis.benchTrain.request);
   }
-  workers.forEach((worker) => worker.worker.terminate());
+}"""
+TRAIN_STEPS = """async ([w, runs]) => {
+  const { workers, request } = globalThis.benchTrain;
+  const out = { seconds: [], threads: 0, isolated: false };
+  for (let i = 0; i < runs; i++) {
+    const reply = await workers[w].request("trainStep", request);
+    Object.assign(out, { threads: reply.threads, isolated: reply.isolated });
+    out.seconds.push(reply.seconds);
+  }
+  return out;
+}"""
+TRAIN_STOP = "() => globalThis.benchTrain.workers.forEach((worker) => worker.worker.terminate())"
+
+
+# The page's main thread (no worker): onnxruntime-web prints the profile there, one event a line.
+PROFILE_STEPS = """async ([fields, steps, threads]) => {
+  const ort = await import("/ort/ort.wasm.min.mjs");
+  const { ORT_WASM_PATH } = await import("/static/constants.js");
+  const { fetchVerified } = await import("/static/model_store.js");
+  const { decode } = await import("/static/safetensors.js");
+  Object.assign(ort.env.wasm, { wasmPaths: ORT_WASM_PATH, numThreads: threads });
+  const model = await (await fetch("/api/model")).json();
+  const io = model.manifest.graphs.train_step, dims = [io.batch_size, io.seq_len];
+  const { tensors } = decode((await fetchVerified(model, "weights.safetensors")).bytes);
+  const feeds = Object.fromEntries(model.manifest.parameters.map(({ name, shape }) =>
+    [name, new ort.Tensor("float32", tensors.get(name).data, shape)]));
+  Object.assign(feeds, {
+    [io.data_inputs.tokens]: new ort.Tensor("int64", BigInt64Array.from(fields.tokens, BigInt), dims),
+    [io.data_inputs.targets]: new ort.Tensor("int64", BigInt64Array.from(fields.targets, BigInt), dims),
+    [io.data_inputs.mask]: new ort.Tensor("float32", Float32Array.from(fields.mask), dims),
+    [io.data_inputs.lr]: new ort.Tensor("float32", Float32Array.of(fields.lr), []) });
+  const session = await ort.InferenceSession.create((await fetchVerified(model, io.file)).bytes,
+    { executionProviders: ["wasm"], enableProfiling: true });
+  for (let i = 0; i < steps; i++) await session.run(feeds);
+  await session.endProfiling();
+  await session.release();
+}"""
+
+
+# One MatMul graph per shape, each timed over `runs` calls after `warmup`, 1 thread, in the page.
+MATMUL_RUNS = """async ([graphs, runs, warmup]) => {
+  const ort = await import("/ort/ort.wasm.min.mjs");
+  const { ORT_WASM_PATH } = await import("/static/constants.js");
+  Object.assign(ort.env.wasm, { wasmPaths: ORT_WASM_PATH, numThreads: 1 });
+  const out = [];
+  for (const { bytes, m, k, n } of graphs) {
+    const options = { executionProviders: ["wasm"] };
+    const session = await ort.InferenceSession.create(Uint8Array.from(bytes), options);
+    const feeds = { a: new ort.Tensor("float32", new Float32Array(m * k).fill(0.5), [m, k]),
+                    b: new ort.Tensor("float32", new Float32Array(k * n).fill(0.25), [k, n]) };
+    for (let i = 0; i < warmup; i++) await session.run(feeds);
+    const began = performance.now();
+    for (let i = 0; i < runs; i++) await session.run(feeds);
+    out.push((performance.now() - began) / runs);
+    await session.release();
+  }
   return out;
 }"""
 
@@ -66,8 +131,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="keys typed per latency run (default: %(default)s)")
     parser.add_argument("--key-delay-ms", type=float, default=80,
                         help="pause between keys (default: %(default)s)")
-    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
-                        help="what to measure (default: all of %(choices)s)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS[:3]),
+                        help="what to measure (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -176,6 +241,35 @@ def transfer_rows(browser, base_url: str, urls: list[str]) -> list[tuple[str, st
             ("transfer: one round (upload + new version + polls)", describe(*round_))]
 
 
+def chromium_cpu_seconds() -> float:
+    """User + system CPU seconds so far of every chromium process this bench started (from /proc).
+
+    Includes the page and the worker's message passing (the 2.7 MB of weights each way), which the
+    worker's own step timing leaves out.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents, cpu = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process ended meanwhile
+            continue
+        name, fields = text[text.index("(") + 1:text.rindex(")")], text[text.rindex(")") + 2:].split()
+        pid = int(stat.parent.name)
+        parents[pid] = int(fields[1])
+        if "chrom" in name:
+            cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            pid = parents.get(pid, 0)
+            if pid == os.getpid():
+                return True
+        return False
+
+    return sum(seconds for pid, seconds in cpu.items() if ours(pid))
+
+
 def training_rows(page, bundle_dir: str) -> list[tuple[str, str]]:
     """One train_step on the same batch in the page's worker and in onnxruntime Python, per thread
     count; the worker reports the threads onnxruntime-web really runs (1 without isolation)."""
@@ -184,24 +278,101 @@ def training_rows(page, bundle_dir: str) -> list[tuple[str, str]]:
     weights, batch = bundle.load_weights(), fixed_batch(trainers[1])
     fields = {"tokens": batch[0].ravel().tolist(), "targets": batch[1].ravel().tolist(),
               "mask": batch[2].ravel().tolist(), "lr": LR}
-    browser = page.evaluate(TRAIN_STEPS, [fields, STEP_RUNS, list(THREADS), WARMUP_RUNS])
-    python_ms = {n: time_runs(lambda n=n: trainers[n].step(weights, *batch, LR), STEP_RUNS, 1)
-                 for n in THREADS}
+    page.evaluate(TRAIN_START, [fields, list(THREADS), WARMUP_RUNS])
+    browser, browser_cpu, python_ms, python_cpu = [], {}, {}, {}
+    for w, n in enumerate(THREADS):
+        began = chromium_cpu_seconds()
+        browser.append(page.evaluate(TRAIN_STEPS, [w, STEP_RUNS]))
+        browser_cpu[n] = (chromium_cpu_seconds() - began) * 1000 / STEP_RUNS
+        began = time.process_time()
+        python_ms[n] = time_runs(lambda n=n: trainers[n].step(weights, *batch, LR), STEP_RUNS, 1)
+        python_cpu[n] = (time.process_time() - began) * 1000 / (STEP_RUNS + 1)  # time_runs warms up once
+    page.evaluate(TRAIN_STOP)
     counted, positions = int(batch[2].sum()), batch[2].size
 
-    def rate(ms: list[float]) -> str:
+    def rate(ms: list[float], cpu: float) -> str:
         step = median(ms)
-        return (f"{step:.0f} ms/step = {counted / step * 1000:,.0f} tokens/s "
-                f"({positions / step * 1000:,.0f} positions/s)")
+        # CPU time too: on a shared machine it moves less with other people's load than wall time
+        return (f"{step:.0f} ms/step (min {min(ms):.0f}; CPU {cpu:.0f} ms/step) = "
+                f"{counted / step * 1000:,.0f} tokens/s ({positions / step * 1000:,.0f} positions/s)")
 
     rows = [("train batch", f"{batch[0].shape[0]} x {batch[0].shape[1]}, {counted} counted tokens")]
     for n, result in zip(THREADS, browser, strict=True):
         browser_ms = [s * 1000 for s in result["seconds"]]
         ratio = median(browser_ms) / median(python_ms[n])
         rows += [(f"train step, browser (onnxruntime-web wasm, {n} thread{'s' * (n > 1)} asked)",
-                  f"{rate(browser_ms)}; runs {result['threads']}, crossOriginIsolated {result['isolated']}"),
+                  f"{rate(browser_ms, browser_cpu[n])}; runs {result['threads']}, "
+                  f"crossOriginIsolated {result['isolated']}"),
                  (f"train step, Python (onnxruntime, {n} thread{'s' * (n > 1)})",
-                  f"{rate(python_ms[n])}; browser / Python {ratio:.2f}x")]
+                  f"{rate(python_ms[n], python_cpu[n])}; browser / Python {ratio:.2f}x "
+                  f"(CPU {browser_cpu[n] / python_cpu[n]:.2f}x)")]
+    return rows
+
+
+def profile_rows(page, bundle_dir: str, threads: int = 1) -> list[tuple[str, str]]:
+    """Kernel time per operator type over STEP_RUNS steps after WARMUP_RUNS, from the profiler's events."""
+    trainer = LocalTrainer(load_bundle(bundle_dir), threads=threads)
+    tokens, targets, mask = fixed_batch(trainer)
+    fields = {"tokens": tokens.ravel().tolist(), "targets": targets.ravel().tolist(),
+              "mask": mask.ravel().tolist(), "lr": LR}
+    lines: list[str] = []
+    page.on("console", lambda message: lines.append(message.text))
+    page.evaluate(PROFILE_STEPS, [fields, WARMUP_RUNS + STEP_RUNS, threads])
+    events = [json.loads(line.rstrip(",")) for text in lines for line in text.splitlines()
+              if line.startswith('{"cat"')]
+    runs = sorted((e for e in events if e["name"] == "model_run"), key=lambda e: e["ts"])
+    timed_from = runs[WARMUP_RUNS]["ts"]
+    kernels = [e for e in events if e["cat"] == "Node" and e["name"].endswith("_kernel_time")
+               and e["ts"] >= timed_from]
+    per_op: dict[str, list[float]] = {}
+    for event in kernels:
+        per_op.setdefault(event["args"]["op_name"], []).append(event["dur"] / 1000)
+    total = sum(sum(times) for times in per_op.values())
+    run_ms = median([e["dur"] / 1000 for e in runs[WARMUP_RUNS:]])
+    rows = [(f"profile ({threads} thread{'s' * (threads > 1)}): one step",
+             f"{run_ms:.0f} ms run, {total / STEP_RUNS:.0f} ms in kernels, "
+             f"{len(kernels) // STEP_RUNS} kernel calls")]
+    for op, times in sorted(per_op.items(), key=lambda kv: -sum(kv[1]))[:10]:
+        rows.append((f"profile: {op}", f"{100 * sum(times) / total:.1f} % of kernel time, "
+                     f"{len(times) // STEP_RUNS} a step, {sum(times) / STEP_RUNS:.1f} ms a step"))
+    return rows
+
+
+def matmul_graph(m: int, k: int, n: int) -> bytes:
+    """A one-node ONNX graph: y = a @ b, a (m, k) and b (k, n) both inputs."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["a", "b"], ["y"])], "matmul",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [k, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    model.ir_version = 9  # what onnxruntime-web and Python both read
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def matmul_rows(page) -> list[tuple[str, str]]:
+    """One MatMul per MATMUL_SHAPES entry: ms a call in the page and in Python (1 thread each)."""
+    import onnxruntime as ort
+
+    calls = 200
+    graphs = [{"bytes": list(matmul_graph(*shape)), "m": shape[0], "k": shape[1], "n": shape[2]}
+              for shape in MATMUL_SHAPES]
+    browser = page.evaluate(MATMUL_RUNS, [graphs, calls, 50])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    rows = []
+    for (m, k, n), page_ms in zip(MATMUL_SHAPES, browser, strict=True):
+        session = ort.InferenceSession(matmul_graph(m, k, n), options, providers=["CPUExecutionProvider"])
+        feeds = {"a": np.full((m, k), 0.5, np.float32), "b": np.full((k, n), 0.25, np.float32)}
+        python_ms = median(time_runs(lambda s=session, f=feeds: s.run(None, f), 5, calls // 5, warmup=50))
+        gflops = 2 * m * k * n / 1e6
+        rows.append((f"matmul {m}x{k} @ {k}x{n}, 1 thread",
+                     f"browser {page_ms:.3f} ms ({gflops / page_ms:.1f} GFLOP/s), Python {python_ms:.3f} ms "
+                     f"({gflops / python_ms:.1f} GFLOP/s); browser / Python {page_ms / python_ms:.2f}x"))
     return rows
 
 
@@ -231,6 +402,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
         page = open_page(context.new_page(), "/?train_after_urls=0&poll_ms=60000&epochs=150")
         rows += latency_rows(page, urls, args) if "latency" in args.parts else []
         rows += training_rows(page, args.bundle) if "train" in args.parts else []
+        rows += profile_rows(page, args.bundle) if "profile" in args.parts else []
+        rows += matmul_rows(page) if "matmul" in args.parts else []
         browser.close()
     return rows
 

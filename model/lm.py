@@ -56,7 +56,14 @@ class GRUCell(nn.Module):
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Input x (B, n_in) and state h (B, H) -> the next state (B, H)."""
-        gi = self.input_proj(x)   # (B, 3H)
+        return self.recur(self.input_proj(x), h)
+
+    def recur(self, gi: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """The step given its input projection gi (B, 3H): what stays in a time loop.
+
+        ``forward`` of a whole sequence projects every time step's input in one product
+        beforehand (one (B*T) x E matrix, not T of B rows), so only ``hidden_proj`` recurs.
+        """
         gh = self.hidden_proj(h)  # (B, 3H)
         i_r, i_z, i_n = gi.chunk(3, dim=-1)
         h_r, h_z, h_n = gh.chunk(3, dim=-1)
@@ -109,8 +116,8 @@ class URLLanguageModel(nn.Module):
         for layer, cell in enumerate(self.cells):
             h, outputs = state[layer], []
             # unbind, not x[:, t]: its backward is a stack, not T zero-filled scatters
-            for x_t in x.unbind(1):
-                h = cell(x_t, h)
+            for gi_t in cell.input_proj(x).unbind(1):  # (B, T, 3H) in one product
+                h = cell.recur(gi_t, h)
                 outputs.append(h)
             x = torch.stack(outputs, dim=1)  # (B, T, H)
         return self.head(x)
