@@ -100,8 +100,11 @@ def draw_cohort(urls: list[str]) -> tuple[list, list, list]:
     return clients[:KILLED_CLIENTS], clients[KILLED_CLIENTS:], [c.ticket() for c in clients[:KILLED_CLIENTS]]
 
 
-def upload_until_killed(server: ServerProcess, clients: list, tickets: list, deltas: list) -> set[int]:
-    """All clients upload at once; SIGKILL the server after KILL_AFTER 202s. Returns who got 202."""
+def upload_until_killed(server: ServerProcess, clients: list, tickets: list, deltas: list,
+                        served: set[int] | None = None) -> set[int]:
+    """All clients upload at once; SIGKILL the server after KILL_AFTER 202s, at least one of them
+    for a client it serves (served: their indices; None: all). Returns who got 202.
+    """
     acked, lock, enough = set(), threading.Lock(), threading.Event()
 
     def send(i: int) -> None:
@@ -111,7 +114,7 @@ def upload_until_killed(server: ServerProcess, clients: list, tickets: list, del
             return  # the server died under this request
         with lock:
             acked.add(i)
-            if len(acked) >= KILL_AFTER:
+            if len(acked) >= KILL_AFTER and (served is None or acked & served):
                 enough.set()
 
     with ThreadPoolExecutor(len(clients)) as pool:

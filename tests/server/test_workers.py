@@ -127,9 +127,10 @@ def test_concurrent_uploads_to_several_workers_close_each_round_once_with_the_ex
 
 def test_sigkill_of_one_worker_under_load_loses_no_acknowledged_update(tmp_path, bundle, postgresql_url):
     """Three workers with the default cohort; uploads spread over all three; worker 0 is killed
-    after 8 acknowledgements. The other two go on serving: every client that got 202 (from any
-    worker) is counted once (a retry is duplicate_client), and the round closes with the exact
-    weighted mean of all 40. A restarted worker 0 sweeps what it left and serves the new version."""
+    after 8 acknowledgements, one of them its own. The other two go on serving: every client that
+    got 202 (from any worker) is counted once (a retry is duplicate_client), and the round closes
+    with the exact weighted mean of all 40. A restarted worker 0 sweeps what it left and serves
+    the new version."""
     # Prepare
     data_dir = tmp_path / "data"
     workers = start_workers(bundle, data_dir, postgresql_url)
@@ -138,7 +139,9 @@ def test_sigkill_of_one_worker_under_load_loses_no_acknowledged_update(tmp_path,
         clients, fill_clients, tickets = draw_cohort([worker.url for worker in workers])
         deltas = deltas_for(KILLED_CLIENTS, seed=1)
         # Execute: kill worker 0 mid-upload, retry everyone on worker 1, fill the round through worker 2
-        acknowledged = upload_until_killed(workers[0], clients, tickets, deltas)
+        # kill only once worker 0 acknowledged one: under load the other two may take the first 8
+        acknowledged = upload_until_killed(workers[0], clients, tickets, deltas,
+                                           served={i for i in range(KILLED_CLIENTS) if i % WORKERS == 0})
         counted = FederatedClient(workers[1].url).status()["round"]["updates"]
         retried = {i: _retry(workers[1].url, clients[i].client_id, deltas[i], 10 + i)
                    for i in range(KILLED_CLIENTS)}
