@@ -279,6 +279,12 @@ def test_a_restart_mid_round_resumes_from_the_stored_messages(settings):
     assert np.abs(error).max() < quantize.error_bound(config.scale)
 
 
+# 30 uniformity tests a run (3 per masked input) on fresh random masks: at 1e-4 each, one clean run
+# in about 330 failed (it happened in CI); at 1e-6 one in 33,000, while a client's input in clear
+# scores below 1e-10 (asserted below), so the detectors lose nothing that matters.
+ALARM_P = 1e-6
+
+
 def _residue_pvalue(words: np.ndarray, bits: int = 16) -> float:
     """Chi-square p-value of the top byte of b-bit words against uniform."""
     return float(stats.chisquare(np.bincount(words >> (bits - 8), minlength=256)).pvalue)
@@ -304,12 +310,14 @@ def test_nothing_stored_or_logged_is_one_clients_update_in_clear(settings, log_l
         words = np.frombuffer(row["body"][HEADER.size + 8:], dtype="<u2").astype(np.int64)
         embed = words[:rows_of[0] * rows_of[1]].reshape(rows_of)
         assert not (embed == 0).all(axis=1).any()  # no untouched row shows as zeros
-        assert _residue_pvalue(words) > 1e-4 and _residue_pvalue(words & 0xFF, 8) > 1e-4  # high, low bits
+        # high and low bits; ALARM_P per test: masks are fresh randomness every run
+        assert _residue_pvalue(words) > ALARM_P and _residue_pvalue(words & 0xFF, 8) > ALARM_P
         touched = np.asarray([(deltas[k]["embed.weight"] != 0).any(axis=1) for k in range(COHORT)])
         index = HEADER.unpack_from(row["body"])[3]
         member = next(k for k, m in enumerate(members) if m.index == index)
         # words of touched and untouched rows are alike: the typed pieces do not show
-        assert stats.ks_2samp(embed[touched[member]].ravel(), embed[~touched[member]].ravel()).pvalue > 1e-4
+        touched_words, other_words = embed[touched[member]].ravel(), embed[~touched[member]].ravel()
+        assert stats.ks_2samp(touched_words, other_words).pvalue > ALARM_P
     # the same detectors flag a client's quantized input without its masks
     config = members[0].machine.config
     clear = quantize.encode(flatten(deltas[0], MANIFEST_ORDER), 16, config.clip, config.scale,
