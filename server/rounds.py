@@ -55,6 +55,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NoReturn
 
 from formats.update import UpdateMeta
 from server import cohorts, db, logs, quarantine, recovery
@@ -394,7 +395,6 @@ class Coordinator:
             ticket = db.find_ticket(conn, key)
             if ticket is None or ticket.used_at is not None:
                 self._refuse_unusable(conn, key, meta, ticket)
-        assert ticket is not None
         self._check_ticket(ticket, meta, self.clock())
 
     def submit(self, meta: UpdateMeta, norm: float, body, source: Path | None = None) -> dict:
@@ -465,7 +465,6 @@ class Coordinator:
         ticket = db.use_ticket(conn, key, now)
         if ticket is None:  # the rare paths (used by another upload since vet_ticket): say why
             self._refuse_unusable(conn, key, meta, db.find_ticket(conn, key))
-        assert ticket is not None
         self._check_ticket(ticket, meta, now)
         if self.rules.cohort is not None and ticket.round_id != self.round.id:
             raise RoundClosed(f"the ticket is for round {ticket.round_id}, which has ended; check in again")
@@ -475,7 +474,8 @@ class Coordinator:
         return key
 
     @staticmethod
-    def _refuse_unusable(conn: db.Connection, key: str, meta: UpdateMeta, found: db.Ticket | None) -> None:
+    def _refuse_unusable(conn: db.Connection, key: str, meta: UpdateMeta,
+                         found: db.Ticket | None) -> NoReturn:
         """Say why the ticket with digest key (found: its row, None if unknown or pruned) cannot be used.
 
         :raise TicketMismatch, TicketReused, TicketInvalid: always.
