@@ -68,8 +68,11 @@ prod: install bundle nginx
 	$(VENV)/bin/fedurl-deploy --bundle $(BUNDLE) --data-dir $(DATA_DIR) --host $(HOST) --port $(FRONT_PORT) \
 	  --workers $(WORKERS) $(if $(DB),--db $(DB))
 
+# Two workers, a test file each at a time (module fixtures stay in one process): most tests wait on
+# browsers and servers, so the suite takes ~2/3 of the time it takes in one process.
+TEST_WORKERS ?= 2
 test: install chromium postgresql nginx
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Python: ruff (pycodestyle, pyflakes, isort, bugbear, pyupgrade, docstrings) and mypy on the
 # torch-free packages; browser: eslint and TypeScript's checkJs over the JSDoc.
