@@ -16,6 +16,7 @@ host of the model's training corpora), ``--write`` stores tau in the bundle's ma
 Baselines, both built from ``--train``: ``8-gram``, the classic character LM yardstick
 (``runtime/ngram.py``: order 8, stupid backoff 0.4, beam 6, suggestions ending at the same
 boundaries as the model's), and ``trie``, the autofill every browser has (known URLs only).
+``model + 8-gram`` measures a count-based component mixed in (``fuse``): not what the page shows.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import bisect
 import functools
 import heapq
 import json
+import math
 import random
 import sys
 from collections import Counter
@@ -39,13 +41,15 @@ from formats import durable
 from formats.bundle import MANIFEST, Bundle, BundleError, load_bundle
 from formats.urls import corpus_spec, read_corpora, read_corpus
 from runtime.complete import Completer
-from runtime.ngram import CharNgramLM, PersonalCompleter
+from runtime.ngram import CharNgramLM, PersonalCompleter, mix
 from runtime.session import open_session, open_tokenizer
 from runtime.trainer import encode_rows
 from study.split import host_of
 
 TAUS = (0.0, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1)
 MAX_KSR_LOSS = 0.05
+FUSION_K = 6  # suggestions each side offers the model + 8-gram row
+FUSION_WEIGHT = 0.5  # the model's share of it
 
 
 def keystrokes(target: str, suggest: Callable[[str], list[str]], k: int = 3) -> int:
@@ -83,6 +87,21 @@ class FrequencyTrie:
         high = bisect.bisect_left(self.urls, prefix + "\U0010ffff")
         best = heapq.nsmallest(k, range(low, high), key=lambda i: (-self.counts[i], self.urls[i]))
         return [self.urls[i] for i in best]
+
+
+def fuse(model: list[tuple[str, float]], ngram: list[tuple[str, float]], k: int,
+         weight: float = FUSION_WEIGHT) -> list[str]:
+    """The model's (text, log-prob) and the 8-gram's (text, score) suggestions as one list: each
+    side's scores scaled to sum to 1 over its own list (the two are on different scales), then
+    ``runtime.ngram.mix``. The best of a few rules on unseen domains (docs/RESULTS.md).
+    """
+    if model:
+        log_total = math.log(sum(math.exp(log_prob) for _, log_prob in model))
+        model = [(text, log_prob - log_total) for text, log_prob in model]
+    if ngram:
+        total = sum(score for _, score in ngram)
+        ngram = [(text, score / total) for text, score in ngram]
+    return mix(model, ngram, k, weight)
 
 
 def next_token_metrics(bundle: Bundle, weights: dict, urls: list[str], batch: int = 256) -> dict:
@@ -123,6 +142,9 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
         ngram = CharNgramLM(train_urls)
         report["8-gram"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: ngram.complete(p, 3), 3, True),
                             "order": ngram.order, "alpha": ngram.alpha, "beam": ngram.beam_width}
+        report["model + 8-gram"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: fuse(
+            completer.complete_scored(p, FUSION_K), ngram.complete_scored(p, FUSION_K), 3), 3, True),
+            "k": FUSION_K, "weight": FUSION_WEIGHT}
         trie = FrequencyTrie(train_urls)
         report["trie"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: trie.complete(p, 3), 3),
                           "known_urls": len(trie.urls)}
@@ -211,12 +233,12 @@ def personalization(completer: Completer, urls: list[str], hosts: int, history: 
 
 def format_table(report: dict) -> str:
     """The report as an aligned text table."""
-    lines = [f"{'':8} {'top-1':>7} {'top-3':>7} {'ppl':>8} {'KSR@3':>7}"]
+    lines = [f"{'':14} {'top-1':>7} {'top-3':>7} {'ppl':>8} {'KSR@3':>7}"]
     m = report["model"]
-    lines.append(f"{'model':8} {m['top1']:7.3f} {m['top3']:7.3f} {m['perplexity']:8.2f} {m['ksr@3']:7.3f}")
-    for name in ("8-gram", "trie"):
+    lines.append(f"{'model':14} {m['top1']:7.3f} {m['top3']:7.3f} {m['perplexity']:8.2f} {m['ksr@3']:7.3f}")
+    for name in ("8-gram", "trie", "model + 8-gram"):
         if name in report:
-            lines.append(f"{name:8} {'-':>7} {'-':>7} {'-':>8} {report[name]['ksr@3']:7.3f}")
+            lines.append(f"{name:14} {'-':>7} {'-':>7} {'-':>8} {report[name]['ksr@3']:7.3f}")
     lines.append(f"({report['urls']} URLs, {m['tokens']} pieces; KSR on the first {report['ksr_urls']})")
     if "personal" in report:
         p = report["personal"]

@@ -36,17 +36,18 @@ def test_export_reports_a_missing_or_tiny_corpus(tmp_path):
         export.main(["--corpus", str(tiny), "--out", str(tmp_path / "b")])
 
 
-def test_eval_prints_model_8gram_and_trie_rows(bundle_dir, tmp_path, capsys):
+def test_eval_prints_model_8gram_trie_and_fused_rows(bundle_dir, tmp_path, capsys):
     held_out = tmp_path / "test.txt"
     held_out.write_text("https://www.google.com/\ngithub.com/login\n")
     train = tmp_path / "train.txt"
     train.write_text("google.com\ngoogle.com\ngithub.com/login\n")
     evaluate.main(["--bundle", str(bundle_dir), "--urls", str(held_out), "--train", str(train)])
     table = capsys.readouterr().out
-    rows = {line.split()[0]: line.split()[-1] for line in table.splitlines()[1:4]}
-    assert set(rows) == {"model", "8-gram", "trie"} and "KSR@3" in table
+    rows = {line[:14].strip(): line.split()[-1] for line in table.splitlines()[1:5]}
+    assert set(rows) == {"model", "8-gram", "trie", "model + 8-gram"} and "KSR@3" in table
     # "github.com/login" is known to both baselines: typed "g", each offers it whole (2 keys of 16).
     assert float(rows["trie"]) > 0 and float(rows["8-gram"]) > 0
+    assert float(rows["model + 8-gram"]) >= float(rows["8-gram"])  # the 8-gram's lists are in the mix
 
 
 def test_eval_reports_a_bad_bundle(tmp_path, capsys):
