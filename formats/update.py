@@ -22,6 +22,7 @@ from formats import tensors as tensor_codec
 METADATA_FIELDS = ("ticket", "client_id", "base_version", "num_examples", "loss_before", "loss_after")
 DELTA_DTYPES = ("F32", "F16")
 CLIENT_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
+TICKET = re.compile(r"[A-Za-z0-9_-]{1,128}")  # the server issues 32 (secrets.token_urlsafe(24))
 MAX_VERSION = 2 ** 31 - 1
 MAX_LOSS = 1000.0  # cross-entropy over a 512-piece vocabulary starts near ln 512 = 6.2
 F16_MAX = 65504.0  # the largest finite half: F16 deltas are clipped to it, never rounded to inf
@@ -162,6 +163,9 @@ def parse_metadata(metadata: Mapping[str, str], max_examples: int) -> UpdateMeta
     if unknown:
         raise UpdateFormatError("bad_metadata", f"unknown __metadata__ keys {unknown[:5]}; "
                                                 f"allowed: {', '.join(METADATA_FIELDS)}")
+    if not TICKET.fullmatch(metadata["ticket"]):  # it is hashed and looked up before the body is read
+        raise UpdateFormatError("bad_metadata",
+                                "ticket must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'")
     return UpdateMeta(
         ticket=metadata["ticket"],
         client_id=check_client_id(metadata["client_id"]),

@@ -13,6 +13,7 @@ export const METADATA_FIELDS = Object.freeze(["ticket", "client_id", "base_versi
   "loss_after"]);
 const DELTA_DTYPES = ["F32", "F16"];
 const CLIENT_ID = /^[A-Za-z0-9_-]{8,64}$/;
+const TICKET = /^[A-Za-z0-9_-]{1,128}$/;
 const INTEGER = /^-?[0-9]{1,12}$/;
 const DECIMAL = /^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$/; // no "NaN", "1_0" or " 1"
 const MAX_VERSION = 2 ** 31 - 1;
@@ -85,6 +86,9 @@ function parseMetadata(metadata, maxExamples) {
   if (unknown.length) {
     throw new UpdateFormatError("bad_metadata", `unknown __metadata__ keys ${unknown.slice(0, 5)}; `
       + `allowed: ${METADATA_FIELDS.join(", ")}`);
+  }
+  if (!TICKET.test(metadata.ticket)) {
+    throw new UpdateFormatError("bad_metadata", "ticket must be 1-128 characters of A-Z, a-z, 0-9, '_' or '-'");
   }
   if (!CLIENT_ID.test(metadata.client_id)) {
     throw new UpdateFormatError("bad_client_id", "client_id must be 8-64 characters of A-Z, a-z, 0-9, '_' or '-'");

@@ -9,6 +9,7 @@ from formats.update import (
     UpdateFormatError,
     UpdateMeta,
     decode_delta,
+    decode_meta,
     decode_update,
     encode_update,
     to_float16,
@@ -94,6 +95,8 @@ def test_encode_refuses_integer_deltas():
     (body(base_version="v1"), "bad_metadata", "base_version"),
     (body(base_version="-1"), "bad_metadata", "base_version"),
     (body(base_version=str(2 ** 31)), "bad_metadata", "base_version"),
+    (body(ticket=""), "bad_metadata", "ticket must be 1-128"),
+    (body(ticket="t" * 129), "bad_metadata", "ticket must be 1-128"),
     (body(client_id="abc"), "bad_client_id", "8-64"),
     (body(client_id="../../etc/passwd"), "bad_client_id", "8-64"),
     (body(num_examples="0"), "bad_num_examples", "from 1 to 1000"),
@@ -113,6 +116,14 @@ def test_refusals_carry_the_protocol_code(payload, code, message):
     with pytest.raises(UpdateFormatError, match=message) as caught:
         decode_update(payload, max_examples=1000)
     assert caught.value.code == code
+
+
+def test_the_header_alone_refuses_a_ticket_it_could_not_hash():
+    """decode_meta reads the header with Python's json, which takes an escaped lone surrogate (the
+    full decoder's parser does not); hashing such a ticket for its lookup raised, a 500."""
+    with pytest.raises(UpdateFormatError, match="ticket must be 1-128") as caught:
+        decode_meta(body(ticket="\ud800"), max_examples=1000)
+    assert caught.value.code == "bad_metadata"
 
 
 @pytest.mark.parametrize("loss", ["0", "2", "2.5", "1e-07", "1e-7", "6.2383246250395", ".5", "5.", "1000",
