@@ -257,10 +257,11 @@ def updates():
 
 
 @contextmanager
-def upload_body() -> Iterator[tuple[bytes | mmap.mmap, Path | None]]:
+def upload_body() -> Iterator[tuple[bytes | mmap.mmap, int | None]]:
     """An upload's body and the file it is in: the request's bytes and None, or, behind the
-    trusted front (``FRONT_BODY_DIR``), an mmap of the file its BODY_FILE_HEADER names and that
-    file (the app then never reads the body from its socket, and the spool links the file).
+    trusted front (``FRONT_BODY_DIR``), an mmap of the file its BODY_FILE_HEADER names and an open
+    descriptor of that file (the app then never reads the body from its socket, and the spool
+    links that very file, whatever its name points to by then).
 
     :raise ApiError: bad_body_file (400) for the header when no front is trusted, or a name that is
         not a plain file directly in FRONT_BODY_DIR; payload_too_large past MAX_CONTENT_LENGTH.
@@ -286,10 +287,10 @@ def upload_body() -> Iterator[tuple[bytes | mmap.mmap, Path | None]]:
             raise ApiError("payload_too_large", f"request body is larger than the server limit ({limit} "
                                                 "bytes)", 413)
         if info.st_size == 0:
-            yield b"", path
+            yield b"", fd
             return
         with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
-            yield mapped, path
+            yield mapped, fd
     finally:
         os.close(fd)
 

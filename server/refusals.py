@@ -51,6 +51,12 @@ class TicketReused(Refused):
     code = "ticket_reused"
 
 
+class TicketSpent(Refused):
+    """The ticket went to an upload refused for its own content (rounds.SPENDS_TICKET)."""
+
+    code = "ticket_spent"
+
+
 class TicketExpired(Refused):
     """The ticket is past its expiry."""
 

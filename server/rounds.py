@@ -74,6 +74,7 @@ from server.refusals import (
     TicketInvalid,
     TicketMismatch,
     TicketReused,
+    TicketSpent,
     UnknownBaseVersion,
     UnsafeWeights,
     VersionDamaged,
@@ -84,6 +85,9 @@ from server.spool import Spool
 from server.strategies import Aggregator
 from server.versions import WEIGHTS, VersionStore, iso
 
+# Refusals of an upload for what it says itself (its base version, its round, its client): tried
+# again as it is, it would be refused again, so its ticket is spent (Coordinator._spend_ticket)
+SPENDS_TICKET = (UnknownBaseVersion, StaleVersion, VersionMismatch, RoundClosed, DuplicateClient)
 
 @dataclass(frozen=True)
 class RoundRules:
@@ -397,9 +401,9 @@ class Coordinator:
                 self._refuse_unusable(conn, key, meta, ticket)
         self._check_ticket(ticket, meta, self.clock())
 
-    def submit(self, meta: UpdateMeta, norm: float, body, source: Path | None = None) -> dict:
-        """Persist one validated update (body: its checked upload, bytes or an mmap of source, the
-        front's file of it) and close the round if it is due.
+    def submit(self, meta: UpdateMeta, norm: float, body, source: int | None = None) -> dict:
+        """Persist one validated update (body: its checked upload, bytes or an mmap of source, an
+        open descriptor of the front's file of it) and close the round if it is due.
 
         :return: accepted, round, updates_in_round, and the version after this update.
         :raise Refused: UnknownBaseVersion, StaleVersion, Ticket*, VersionMismatch, DuplicateClient.
@@ -407,7 +411,7 @@ class Coordinator:
         self._plain_only()
         sha256 = hashlib.sha256(body).hexdigest()  # the close checks the stored body against it
         # written (or linked) and fsynced before any lock: most of an upload's time
-        staged = self.spool.stage(body) if source is None else self.spool.stage_file(source)
+        staged = self.spool.stage(body) if source is None else self.spool.stage_file(source, body)
         try:
             with self.lock:
                 now = self.clock()
@@ -417,8 +421,19 @@ class Coordinator:
                 self._maybe_close(now, count)
                 return {"accepted": True, "round": round_id, "updates_in_round": count,
                         "version": self.version}
+        except SPENDS_TICKET:
+            self._spend_ticket(meta)
+            raise
         finally:
             staged.unlink(missing_ok=True)  # a refused upload's body; gone already once placed
+
+    def _spend_ticket(self, meta: UpdateMeta) -> None:
+        """Mark the ticket of an upload refused for its own content used: it could never be
+        accepted as it is, and each try costs a staged, fsynced body; once spent, ``vet_ticket``
+        refuses it before the body is touched. (A refusal rolls back the claim of ``_store``.)
+        """
+        with db.transaction(self.engine) as conn:
+            db.use_ticket(conn, db.ticket_digest(meta.ticket), self.clock())
 
     def _store(self, meta: UpdateMeta, norm: float, sha256: str, staged: Path, now: float
                ) -> tuple[int, int, int]:
@@ -478,10 +493,13 @@ class Coordinator:
                          found: db.Ticket | None) -> NoReturn:
         """Say why the ticket with digest key (found: its row, None if unknown or pruned) cannot be used.
 
-        :raise TicketMismatch, TicketReused, TicketInvalid: always.
+        :raise TicketMismatch, TicketReused, TicketSpent, TicketInvalid: always.
         """
         if found is not None and found.client_id != meta.client_id:
             raise TicketMismatch("this ticket was issued to another client_id")
+        if found is not None and not db.ticket_was_used(conn, key):
+            raise TicketSpent("this ticket was spent by an upload refused for its version, round or "
+                              "client: take a new one")
         if found is not None:
             raise TicketReused("this ticket was already used (if your first upload got no answer, "
                                "it was counted)")

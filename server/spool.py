@@ -16,7 +16,7 @@ again into the database file, about six times slower than one sequential write a
 
 from __future__ import annotations
 
-import errno
+import mmap
 import os
 import secrets
 import shutil
@@ -50,7 +50,7 @@ class Spool:
         """Where one update's body lives."""
         return self.root / str(round_id) / f"{key}{SUFFIX}"
 
-    def stage(self, body: bytes) -> Path:
+    def stage(self, body: bytes | mmap.mmap) -> Path:
         """Write body to a fresh file in the incoming directory and fsync it; return its path."""
         fd, name = tempfile.mkstemp(dir=self.incoming, suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
@@ -59,18 +59,21 @@ class Spool:
             os.fsync(handle.fileno())
         return Path(name)
 
-    def stage_file(self, source: Path) -> Path:
-        """Stage a body the front already wrote to source (its request body file, same file
-        system: a hard link, else a copy), fsynced (the front never fsyncs); return its path. The
-        front deletes its own name when the request ends; the link keeps the bytes.
+    def stage_file(self, fd: int, body: bytes | mmap.mmap) -> Path:
+        """Stage a body the front already wrote to a file, given the app's open descriptor of that
+        file and the bytes read from it: a hard link of that very file (same file system; never
+        whatever its name points to by now), else a copy of body; fsynced (the front never fsyncs).
+        The front deletes its own name when the request ends, or at once when the client went
+        away, which leaves the link nothing to name: the bytes are written then. Return its path.
         """
         staged = self.incoming / f"{secrets.token_hex(16)}.tmp"
-        try:
-            os.link(source, staged, follow_symlinks=False)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EPERM):  # another file system, or links refused
-                raise
-            shutil.copyfile(source, staged, follow_symlinks=False)
+        folder = os.open(self.incoming, os.O_RDONLY | os.O_DIRECTORY)
+        try:  # a dst_dir_fd makes CPython call linkat(AT_SYMLINK_FOLLOW): the file, not /proc's link
+            os.link(f"/proc/self/fd/{fd}", staged.name, dst_dir_fd=folder, follow_symlinks=True)
+        except OSError:  # ENOENT: the front deleted it; EXDEV: another file system; no /proc
+            return self.stage(body)
+        finally:
+            os.close(folder)
         fd = os.open(staged, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -84,6 +87,9 @@ class Spool:
         path.parent.mkdir(exist_ok=True)
         os.replace(staged, path)
         durable.fsync_dir(path.parent)
+        # the directory's own entry, new with the round's first body (maybe another worker's, not
+        # yet fsynced): nothing else changes in the root, so this costs nothing once it is durable
+        durable.fsync_dir(self.root)
 
     def read(self, round_id: int, key: str) -> bytes:
         """One stored body."""
@@ -127,9 +133,12 @@ class Spool:
         """
         removed, now = [], time.time()  # file times are the wall clock's, whatever the server's clock
         for entry in self.incoming.iterdir():
-            if entry.stat().st_mtime < now - STAGED_TTL_S:
-                entry.unlink()
-                removed.append(f"{INCOMING}/{entry.name}")
+            try:  # an upload in flight may remove its refused body meanwhile
+                if entry.stat().st_mtime < now - STAGED_TTL_S:
+                    entry.unlink()
+                    removed.append(f"{INCOMING}/{entry.name}")
+            except FileNotFoundError:
+                continue
         for directory in self.root.iterdir():
             if directory.name == INCOMING:
                 continue

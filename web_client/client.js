@@ -28,7 +28,7 @@ import { encodeUpdate } from "./update.js";
 /** Upload failures that go away by themselves (network, server busy or down, an old ticket). */
 function retriesHelp(error) {
   return error.code === "offline" || error.status === 429 || error.status >= 500
-    || ["ticket_expired", "ticket_invalid", "not_selected", "round_closed"].includes(error.code);
+    || ["ticket_expired", "ticket_invalid", "ticket_spent", "not_selected", "round_closed"].includes(error.code);
 }
 
 /** What a waiting check-in says of the cohort being drawn (PROTOCOL.md step 1). */
@@ -469,7 +469,9 @@ export class Client extends EventTarget {
         text: `Update discarded: ${error.message} Press “Train now” to train on the current model.` } });
       return;
     }
-    if (["ticket_expired", "ticket_invalid"].includes(error.code)) await this.history.putPending({ ...pending, ticket: null });
+    if (["ticket_expired", "ticket_invalid", "ticket_spent"].includes(error.code)) {
+      await this.history.putPending({ ...pending, ticket: null });
+    }
     this.retry.auto = retriesHelp(error);
     if (!this.retry.auto) {
       this.update({ answer: { ok: false,

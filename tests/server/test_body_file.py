@@ -138,3 +138,32 @@ def test_a_front_on_another_file_system_has_its_file_copied(front, monkeypatch):
     stored = list((app.extensions["fedurl.coordinator"].spool.root / "1").iterdir())
     assert [path.read_bytes() for path in stored] == [body]
     assert os.stat(named).st_ino != stored[0].stat().st_ino
+
+
+@pytest.mark.parametrize("moved", ["deleted", "replaced"])
+def test_the_file_the_app_opened_is_stored_whatever_its_name_means_by_then(front, monkeypatch, moved):
+    """Between the app opening the front's file and the spool storing it, nginx may delete the
+    name (``clean``, when the client goes away) or the name may come to mean another file: the
+    body the app checked is stored (before: a link by name, FileNotFoundError and a 500, or the
+    other file)."""
+    # Prepare
+    app, client, folder = front
+    coordinator = app.extensions["fedurl.coordinator"]
+    body = body_for(FederatedClient(client))
+    named = folder / "0000000042"
+    named.write_bytes(body)
+    vet = coordinator.vet_ticket
+
+    def vet_then_the_name_moves(meta):
+        vet(meta)
+        os.unlink(named)
+        if moved == "replaced":
+            named.write_bytes(b"\0" * len(body))
+
+    monkeypatch.setattr(coordinator, "vet_ticket", vet_then_the_name_moves)
+    # Execute
+    answer = client.post("/api/updates", headers={**OCTET, BODY_FILE_HEADER: str(named)})
+    # Assert
+    assert answer.status_code == 202, answer.get_json()
+    assert [path.read_bytes() for path in (coordinator.spool.root / "1").iterdir()] == [body]
+    assert not list(coordinator.spool.incoming.iterdir())

@@ -204,3 +204,39 @@ def test_a_damaged_old_version_is_a_json_404_and_a_409_rollback(config, admin_he
     assert (served.status_code, served.get_json()["error"]) == (404, "not_found")
     assert (rollback.status_code, rollback.get_json()["error"]) == (409, "version_damaged")
     assert coordinator(app).version == 3
+
+
+def test_a_staged_body_removed_during_the_closes_sweep_does_not_fail_the_closing_upload(app, client,
+                                                                                       monkeypatch):
+    """The close sweeps spool/incoming while uploads on other threads delete their refused bodies:
+    one gone between listing and stat is skipped (before: FileNotFoundError, the committed upload
+    that closed the round got a 500 and the round stayed open)."""
+    # Prepare: two of three updates in; a refused upload's staged body vanishes as it is looked at
+    feds = [FederatedClient(client) for _ in range(3)]
+    for fed in feds[:2]:
+        fed.upload(small_delta(), fed.ticket(), 10, 5.0, 4.0)
+    ghost = coordinator(app).spool.incoming / "refused-upload.tmp"
+    ghost.write_bytes(b"x")
+    real_stat = Path.stat
+
+    def stat(self, *args, **kwargs):
+        if self == ghost:
+            ghost.unlink(missing_ok=True)
+        return real_stat(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    # Execute
+    answer = feds[2].upload(small_delta(), feds[2].ticket(), 10, 5.0, 4.0)
+    # Assert
+    assert answer["accepted"] and feds[2].status()["version"] == 2
+
+
+def test_the_first_body_of_a_round_makes_its_new_directory_durable(app, client, monkeypatch):
+    """A round's spool directory is new with its first body: the spool root, where its entry lives,
+    is fsynced before the 202 as well as the directory itself."""
+    synced = []
+    monkeypatch.setattr("server.spool.durable.fsync_dir", synced.append)
+    fed = FederatedClient(client)
+    fed.upload(small_delta(), fed.ticket(), 10, 5.0, 4.0)
+    spool = coordinator(app).spool
+    assert spool.root / "1" in synced and spool.root in synced

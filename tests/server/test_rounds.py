@@ -266,6 +266,33 @@ def test_a_bad_ticket_is_refused_before_the_body_is_decoded_or_written(app, clie
     assert snapshot(app) == before
 
 
+@pytest.mark.parametrize("case", ["unknown_version", "duplicate_client"])
+def test_a_ticket_refused_for_what_its_upload_says_pays_for_one_body_only(app, client, monkeypatch, case):
+    """An upload refused after its body was staged, for its base version or its client, spends its
+    ticket: the same upload sent again is refused from its header, and twenty tries stage one body
+    (before: the refusal rolled the claim back, and one ticket paid for a fsynced body per try)."""
+    # Prepare
+    fed = FederatedClient(client)
+    if case == "duplicate_client":
+        fed.upload(small_delta(), fed.ticket(), 10, 5.0, 4.0)  # counted in the open round
+    ticket = fed.ticket()
+    if case != "duplicate_client":  # the body's base_version is the client's to say
+        ticket = {**ticket, "version": 999}
+    spool = coordinator(app).spool
+    stage, staged = spool.stage, []
+    monkeypatch.setattr(spool, "stage", lambda body: staged.append(1) or stage(body))
+    # Execute
+    codes = []
+    for _ in range(20):
+        with pytest.raises(ProtocolError) as refused:
+            fed.upload(small_delta(), ticket, 10, 5.0, 4.0)
+        codes.append(refused.value.code)
+    # Assert
+    assert codes == [case] + ["ticket_spent"] * 19
+    assert len(staged) == 1 and not list(spool.incoming.iterdir())
+    assert "refused for its version, round or client" in refused.value.message
+
+
 def test_an_accepted_upload_costs_five_statements(app, client, database):
     """Look the ticket up (before the body is decoded or staged, outside any lock), read the round,
     claim the ticket (one UPDATE ... RETURNING), insert, count; PostgreSQL adds the shared round
@@ -296,9 +323,9 @@ def test_an_accepted_upload_costs_five_statements(app, client, database):
                           else ["SELECT", *expected])
 
 
-def test_a_duplicate_upload_is_refused_by_the_unique_key_and_keeps_its_ticket(app, client):
-    """A second update of one client in a round: refused by the insert, and the ticket's mark is
-    rolled back with it.
+def test_a_duplicate_upload_is_refused_by_the_unique_key_and_spends_its_ticket(app, client):
+    """A second update of one client in a round: refused by the insert (its transaction, the
+    claim included, rolls back), then its ticket is spent, with no update counted for it.
     """
     # Prepare
     fed = FederatedClient(client)
@@ -310,4 +337,6 @@ def test_a_duplicate_upload_is_refused_by_the_unique_key_and_keeps_its_ticket(ap
     # Assert
     assert refused.value.code == "duplicate_client"
     with db.transaction(db.get_engine(app)) as conn:
-        assert db.find_ticket(conn, db.ticket_digest(second["ticket"])).used_at is None
+        assert db.find_ticket(conn, db.ticket_digest(second["ticket"])).used_at is not None
+        assert not db.ticket_was_used(conn, db.ticket_digest(second["ticket"]))
+    assert FederatedClient(client).status()["accepted"] == 1
