@@ -251,7 +251,7 @@ def updates():
         update = decode_upload(body, max_examples)
         tensors, meta = update.tensors, update.meta
         norm = check_delta(tensors, coordinator().parameters(), current_app.config["MAX_UPDATE_NORM"])[1]
-        accepted = coordinator().submit(meta, norm, body, source)
+        accepted = coordinator().submit(meta, norm, body, source, remote_network())
     current_app.extensions["fedurl.tickets"].used(db.ticket_digest(meta.ticket))
     return accepted, 202
 

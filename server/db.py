@@ -437,7 +437,8 @@ def insert_update(conn: Connection, **values: object) -> bool:
 def has_update(conn: Connection, round_id: int, client_id: str) -> bool:
     """Whether client_id has an accepted update in the round."""
     u = updates.c
-    return conn.execute(sa.select(u.id).where(u.round_id == round_id, u.client_id == client_id)).first() is not None
+    query = sa.select(u.id).where(u.round_id == round_id, u.client_id == client_id)
+    return conn.execute(query).first() is not None
 
 
 def seats_taken(conn: Connection, round_id: int, network: str) -> set[int]:
