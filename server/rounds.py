@@ -468,15 +468,13 @@ class Coordinator:
             staleness = self._staleness(meta.base_version)
             weight = meta.num_examples * staleness_weight(staleness, self.rules.staleness_exponent)
             key = self._claim_ticket(conn, meta, now)
-            if db.has_update(conn, round_id, meta.client_id):
-                self._refuse_duplicate(meta, round_id)
-            seat = self._seat(conn, round_id, network) if self.rules.buffered else None
+            seat = self._seat(conn, round_id, network, meta) if self.rules.buffered else None
             if not db.insert_update(conn, round_id=round_id, client_id=meta.client_id, ticket_digest=key,
                                     base_version=meta.base_version, staleness=staleness,
                                     num_examples=meta.num_examples, weight=weight,
                                     loss_before=meta.loss_before, loss_after=meta.loss_after, norm=norm,
                                     received_at=now, sha256=sha256, network=network, seat=seat):
-                raise _Collided(round_id, seat)
+                raise _Collided(round_id, seat)  # the unique (round, client) key, or the seat's
             count = db.count_updates(conn, round_id)
             self.spool.place(staged, round_id, key)  # before the commit: a committed row has its body
         return round_id, staleness, count
@@ -486,15 +484,17 @@ class Coordinator:
         """:raise DuplicateClient: always (the unique (round, client) key)."""
         raise DuplicateClient(f"client {meta.client_id} already sent an update in round {round_id}")
 
-    def _seat(self, conn: db.Connection, round_id: int, network: str) -> int:
+    def _seat(self, conn: db.Connection, round_id: int, network: str, meta: UpdateMeta) -> int:
         """The lowest free seat of network in the open FedBuff buffer: the unique (round, network,
         seat) key then makes two uploads racing for the same seat on two workers collide, so a
         buffer never holds more than per_network updates of one network.
 
-        :raise NetworkFull: all per_network seats are taken.
+        :raise DuplicateClient, NetworkFull: all per_network seats are taken (one by this client).
         """
         free = set(range(self.rules.per_network)) - db.seats_taken(conn, round_id, network)
         if not free:
+            if db.has_update(conn, round_id, meta.client_id):
+                self._refuse_duplicate(meta, round_id)
             raise self._network_full(network)
         return min(free)
 

@@ -311,6 +311,19 @@ def test_an_upload_that_loses_the_race_for_a_seat_takes_the_next_or_is_refused(b
     assert unused(engine, [late_ticket]) == [True]
 
 
+@pytest.mark.parametrize("cap", [1, 100])
+def test_a_second_update_of_a_client_in_a_buffer_is_a_duplicate_whether_or_not_seats_are_left(buffered, cap):
+    """The client's own earlier update is what refuses it, not its network's seats."""
+    # Prepare
+    app = create_app({**buffered, "MAX_MEMBERS_PER_NETWORK": cap})
+    fed = FederatedClient(app.test_client())
+    upload(app.test_client(), 0.1, fed=fed)
+    # Execute
+    second = tried(fed, fed.ticket())
+    # Assert
+    assert second == (409, "duplicate_client")
+
+
 def seats(engine, round_id: int) -> list[tuple[str, int]]:
     """(network, seat) of a round's update rows, sorted."""
     u = schema.updates.c
