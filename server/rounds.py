@@ -393,13 +393,16 @@ class Coordinator:
             raise SecureOnly("this server aggregates securely: a cohort member sends a masked input "
                              "(docs/PROTOCOL.md, Secure rounds), never its update")
 
-    def vet_ticket(self, meta: UpdateMeta) -> None:
+    def vet_ticket(self, meta: UpdateMeta, network: str = "") -> None:
         """Refuse an upload whose ticket cannot be claimed (unknown, used, another client's,
         expired) before its body is decoded or staged: one indexed read, no lock, so a flood of
         made-up tickets costs no disk writes. ``_claim_ticket`` still claims it in the update's
-        transaction (another upload may use it meanwhile).
+        transaction (another upload may use it meanwhile). In a FedBuff buffer, a network with no
+        free seat is refused here too (two more reads): a refused ticket stays unused, so without
+        this its body could be sent again and again, each time decoded, written and fsynced.
 
-        :raise Refused: SecureOnly, TicketInvalid, TicketReused, TicketMismatch, TicketExpired.
+        :raise Refused: SecureOnly, TicketInvalid, TicketReused, TicketMismatch, TicketExpired,
+            NetworkFull, DuplicateClient.
         """
         self._plain_only()
         key = db.ticket_digest(meta.ticket)
@@ -407,7 +410,9 @@ class Coordinator:
             ticket = db.find_ticket(conn, key)
             if ticket is None or ticket.used_at is not None:
                 self._refuse_unusable(conn, key, meta, ticket)
-        self._check_ticket(ticket, meta, self.clock())
+            self._check_ticket(ticket, meta, self.clock())
+            if self.rules.buffered:  # _store takes the seat; it may be gone by then
+                self._seat(conn, db.current_round(conn).id, network, meta)
 
     def submit(self, meta: UpdateMeta, norm: float, body, source: Path | None = None,
                network: str = "") -> dict:

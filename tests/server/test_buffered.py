@@ -295,9 +295,10 @@ def test_an_upload_that_loses_the_race_for_a_seat_takes_the_next_or_is_refused(b
     looks: list[int] = []
 
     def racing(conn, round_id: int, network: str) -> set[int]:
-        """Each upload's first look misses what the others committed."""
+        """The second's first look in _store, and the third's in vet_ticket and in _store, miss
+        what the others committed."""
         looks.append(round_id)
-        return set() if len(looks) in (1, 3) else taken(conn, round_id, network)
+        return set() if len(looks) in (2, 4, 5) else taken(conn, round_id, network)
 
     monkeypatch.setattr(db, "seats_taken", racing)
     racer, late = FederatedClient(client), FederatedClient(client)
@@ -306,9 +307,29 @@ def test_an_upload_that_loses_the_race_for_a_seat_takes_the_next_or_is_refused(b
     second = tried(racer, racer.ticket())
     third = tried(late, late_ticket)
     # Assert
-    assert second["updates_in_round"] == 2 and third == (429, "network_full") and len(looks) == 4
+    assert second["updates_in_round"] == 2 and third == (429, "network_full") and len(looks) == 6
     assert seats(engine, 1) == [("127.0.0.0/24", 0), ("127.0.0.0/24", 1)]
     assert unused(engine, [late_ticket]) == [True]
+
+
+def test_a_full_networks_upload_is_refused_before_its_body_is_decoded_or_written(buffered, monkeypatch):
+    """Its ticket stays unused, so the same body could come again and again: each time it is
+    refused from its header and one look at the seats, never decoded nor staged."""
+    # Prepare
+    app = create_app({**buffered, "MAX_MEMBERS_PER_NETWORK": 1})
+    client = app.test_client()
+    upload(client, 0.1)
+    fed = FederatedClient(client)
+    ticket = fed.ticket()
+    calls: list[str] = []
+    spool = coordinator(app).spool
+    monkeypatch.setattr(spool, "stage", lambda *a: calls.append("stage"))
+    monkeypatch.setattr("server.api.decode_upload", lambda *a: calls.append("decode"))
+    # Execute
+    refused = [tried(fed, ticket) for _ in range(3)]
+    # Assert
+    assert refused == [(429, "network_full")] * 3 and calls == []
+    assert not list(spool.incoming.iterdir())
 
 
 @pytest.mark.parametrize("cap", [1, 100])
