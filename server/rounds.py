@@ -35,7 +35,9 @@ client takes a ticket for the current version and trains when it can, and every 
 (K) accepted updates make one server step, with the staleness weights above. The round is the
 buffer: it closes at exactly K. Uploads that committed while the K-th was closing the round (on
 other workers) are not folded into this step: they move, row and body, into the next round in the
-transaction that opens it (``_carry``), and are the first of the next buffer.
+transaction that opens it (``_carry``), and are the first of the next buffer. With no cohort to
+cap them, a buffer takes at most ``per_network`` updates of one /24 or /56: each takes a seat of
+its network under a unique (round, network, seat) key (``_seat``), exact across workers.
 
 Secure rounds ([T1], ``AGGREGATION=secure``): the drawn cohort runs ``server.secure``'s phases
 (advertise, share_keys, masked_input, unmask) instead of reporting, and the close takes the
