@@ -247,11 +247,12 @@ def updates():
     max_examples = current_app.config["MAX_NUM_EXAMPLES"]
     with upload_body() as (body, source):
         # the ticket first (header only, one read): a made-up, used or expired one costs no decode or write
-        coordinator().vet_ticket(upload_meta(body, max_examples))
+        network = remote_network()
+        coordinator().vet_ticket(upload_meta(body, max_examples), network)
         update = decode_upload(body, max_examples)
         tensors, meta = update.tensors, update.meta
         norm = check_delta(tensors, coordinator().parameters(), current_app.config["MAX_UPDATE_NORM"])[1]
-        accepted = coordinator().submit(meta, norm, body, source)
+        accepted = coordinator().submit(meta, norm, body, source, network)
     current_app.extensions["fedurl.tickets"].used(db.ticket_digest(meta.ticket))
     return accepted, 202
 

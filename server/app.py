@@ -85,7 +85,7 @@ def _start_coordinator(app: Flask) -> Coordinator:
                        deadline_s=cfg["ROUND_DEADLINE_S"], ticket_ttl_s=cfg["TICKET_TTL_S"],
                        max_staleness=cfg["MAX_STALENESS"], staleness_exponent=cfg["STALENESS_EXPONENT"],
                        max_update_norm=cfg["MAX_UPDATE_NORM"], max_weight_abs=cfg["MAX_WEIGHT_ABS"],
-                       buffered=cfg["SCHEDULE"] == "buffered",
+                       buffered=cfg["SCHEDULE"] == "buffered", per_network=cfg["MAX_MEMBERS_PER_NETWORK"],
                        cohort=None if cfg["SELECTION"] == "open" else CohortRules(
                            goal=cfg["MIN_CLIENTS"], over_selection=cfg["OVER_SELECTION"],
                            window_s=cfg["SELECTION_WINDOW_S"], per_network=cfg["MAX_MEMBERS_PER_NETWORK"],

@@ -89,7 +89,8 @@ SETTINGS: dict[str, Setting] = {
     "SELECTION_WINDOW_S": Setting(30.0, float, "cohort: check-ins gather at least this long after a round "
                                                "opens before the cohort is drawn"),
     "MAX_MEMBERS_PER_NETWORK": Setting(1, int, "cohort: members per IPv4 /24 or IPv6 /56 at most, however "
-                                               "many client ids it checked in"),
+                                               "many client ids it checked in; buffered: a buffer's "
+                                               "updates per network at most"),
     "CHECKIN_POLL_S": Setting(5.0, float, "cohort: how often a waiting client is told to check in again"),
     "IDENTITY": Setting("pow", str, "proofs a client id must give to enroll, comma-separated: pow (a "
                                     "hashcash puzzle), token (an operator-signed enrollment token); "

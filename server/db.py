@@ -424,14 +424,28 @@ def prune_tickets(conn: Connection, expired_before: float) -> int:
 
 def insert_update(conn: Connection, **values: object) -> bool:
     """Insert an accepted update's row (columns as in ``server.schema.updates``); False if the
-    client already has one in the round (a concurrent upload on another worker won; the
-    transaction must then end).
+    client already has one in the round, or its network's seat is taken (a concurrent upload on
+    another worker won; the transaction must then end).
     """
     try:
         conn.execute(updates.insert().values(**values))
     except sa.exc.IntegrityError:
         return False
     return True
+
+
+def has_update(conn: Connection, round_id: int, client_id: str) -> bool:
+    """Whether client_id has an accepted update in the round."""
+    u = updates.c
+    query = sa.select(u.id).where(u.round_id == round_id, u.client_id == client_id)
+    return conn.execute(query).first() is not None
+
+
+def seats_taken(conn: Connection, round_id: int, network: str) -> set[int]:
+    """The seats a network's updates hold in a FedBuff buffer (the unique key's index answers it)."""
+    u = updates.c
+    query = sa.select(u.seat).where(u.round_id == round_id, u.network == network, u.seat.is_not(None))
+    return {seat for seat, in conn.execute(query)}
 
 
 def count_updates(conn: Connection, round_id: int) -> int:

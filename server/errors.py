@@ -29,6 +29,7 @@ STATUS: dict[type[refusals.Refused], int] = {
     refusals.PrivacyBudgetSpent: 403,
     refusals.SecureOnly: 409, refusals.NotSecure: 409, refusals.WrongSender: 403, refusals.WrongPhase: 409,
     refusals.BadSecureMessage: 400,
+    refusals.NetworkFull: 429,  # not the update's fault: the same upload succeeds once the buffer stepped
 }
 
 

@@ -75,6 +75,12 @@ class DuplicateClient(Refused):
     code = "duplicate_client"
 
 
+class NetworkFull(Refused):
+    """A FedBuff buffer already holds MAX_MEMBERS_PER_NETWORK updates from the upload's network."""
+
+    code = "network_full"
+
+
 class EmptyRound(Refused):
     """An admin close of a round that has no update."""
 

@@ -35,7 +35,9 @@ client takes a ticket for the current version and trains when it can, and every 
 (K) accepted updates make one server step, with the staleness weights above. The round is the
 buffer: it closes at exactly K. Uploads that committed while the K-th was closing the round (on
 other workers) are not folded into this step: they move, row and body, into the next round in the
-transaction that opens it (``_carry``), and are the first of the next buffer.
+transaction that opens it (``_carry``), and are the first of the next buffer. With no cohort to
+cap them, a buffer takes at most ``per_network`` updates of one /24 or /56: each takes a seat of
+its network under a unique (round, network, seat) key (``_seat``), exact across workers.
 
 Secure rounds ([T1], ``AGGREGATION=secure``): the drawn cohort runs ``server.secure``'s phases
 (advertise, share_keys, masked_input, unmask) instead of reporting, and the close takes the
@@ -64,6 +66,7 @@ from server.cohorts import PHASE_REPORTING, PHASE_SELECTING, CohortRules
 from server.refusals import (
     DuplicateClient,
     EmptyRound,
+    NetworkFull,
     NoSuchVersion,
     NotEarlier,
     NotSelected,
@@ -103,6 +106,17 @@ class RoundRules:
     max_weight_abs: float = math.inf  # the last check before publishing
     cohort: CohortRules | None = None  # None: open selection, any client may take a ticket
     buffered: bool = False  # FedBuff: a step at exactly min_clients updates, no deadline
+    per_network: int = 1  # FedBuff: a buffer's updates from one /24 or /56 at most (MAX_MEMBERS_PER_NETWORK)
+
+
+class _Collided(Exception):
+    """An update's insert hit a unique key that a concurrent upload's commit took first: the
+    (round, client) key, or the (round, network, seat) one when seat is not None.
+    """
+
+    def __init__(self, round_id: int, seat: int | None):
+        super().__init__(round_id, seat)
+        self.round_id, self.seat = round_id, seat
 
 
 @dataclass(frozen=True)
@@ -385,13 +399,16 @@ class Coordinator:
             raise SecureOnly("this server aggregates securely: a cohort member sends a masked input "
                              "(docs/PROTOCOL.md, Secure rounds), never its update")
 
-    def vet_ticket(self, meta: UpdateMeta) -> None:
+    def vet_ticket(self, meta: UpdateMeta, network: str = "") -> None:
         """Refuse an upload whose ticket cannot be claimed (unknown, used, another client's,
         expired) before its body is decoded or staged: one indexed read, no lock, so a flood of
         made-up tickets costs no disk writes. ``_claim_ticket`` still claims it in the update's
-        transaction (another upload may use it meanwhile).
+        transaction (another upload may use it meanwhile). In a FedBuff buffer, a network with no
+        free seat is refused here too (two more reads): a refused ticket stays unused, so without
+        this its body could be sent again and again, each time decoded, written and fsynced.
 
-        :raise Refused: SecureOnly, TicketInvalid, TicketReused, TicketMismatch, TicketExpired.
+        :raise Refused: SecureOnly, TicketInvalid, TicketReused, TicketMismatch, TicketExpired,
+            NetworkFull, DuplicateClient.
         """
         self._plain_only()
         key = db.ticket_digest(meta.ticket)
@@ -399,14 +416,19 @@ class Coordinator:
             ticket = db.find_ticket(conn, key)
             if ticket is None or ticket.used_at is not None:
                 self._refuse_unusable(conn, key, meta, ticket)
-        self._check_ticket(ticket, meta, self.clock())
+            self._check_ticket(ticket, meta, self.clock())
+            if self.rules.buffered:  # _store takes the seat; it may be gone by then
+                self._seat(conn, db.current_round(conn).id, network, meta)
 
-    def submit(self, meta: UpdateMeta, norm: float, body, source: int | None = None) -> dict:
+    def submit(self, meta: UpdateMeta, norm: float, body, source: int | None = None,
+               network: str = "") -> dict:
         """Persist one validated update (body: its checked upload, bytes or an mmap of source, an
-        open descriptor of the front's file of it) and close the round if it is due.
+        open descriptor of the front's file of it; network: the /24 or /56 it came from) and close
+        the round if it is due.
 
         :return: accepted, round, updates_in_round, and the version after this update.
-        :raise Refused: UnknownBaseVersion, StaleVersion, Ticket*, VersionMismatch, DuplicateClient.
+        :raise Refused: UnknownBaseVersion, StaleVersion, Ticket*, VersionMismatch, DuplicateClient,
+            NetworkFull.
         """
         self._plain_only()
         sha256 = hashlib.sha256(body).hexdigest()  # the close checks the stored body against it
@@ -415,7 +437,7 @@ class Coordinator:
         try:
             with self.lock:
                 now = self.clock()
-                round_id, staleness, count = self._store(meta, norm, sha256, staged, now)
+                round_id, staleness, count = self._store(meta, norm, sha256, staged, now, network)
                 logs.event("update_accepted", round=round_id, client=meta.client_id, staleness=staleness,
                            examples=meta.num_examples, norm=round(norm, 6), updates_in_round=count)
                 self._maybe_close(now, count)
@@ -435,11 +457,31 @@ class Coordinator:
         with db.transaction(self.engine) as conn:
             db.use_ticket(conn, db.ticket_digest(meta.ticket), self.clock())
 
-    def _store(self, meta: UpdateMeta, norm: float, sha256: str, staged: Path, now: float
+    def _store(self, meta: UpdateMeta, norm: float, sha256: str, staged: Path, now: float, network: str
                ) -> tuple[int, int, int]:
-        """Record one update in the open round and place its staged body, in one transaction.
+        """Record one update in the open round and place its staged body, in one transaction (a
+        refusal rolls it back: the ticket stays unused, the body unplaced).
+
+        A FedBuff upload that loses a race for a seat to a concurrent commit tries again: the
+        winner's row is then visible, so it takes another free seat, or is refused NetworkFull
+        once all are taken (each lost race is one more seat taken: per_network tries at most).
 
         :return: the round, the update's staleness, and the round's update count with it.
+        """
+        for _ in range(self.rules.per_network if self.rules.buffered else 1):
+            try:
+                return self._store_once(meta, norm, sha256, staged, now, network)
+            except _Collided as collided:
+                with db.transaction(self.engine) as conn:  # the loser is rolled back: read what won
+                    if collided.seat is None or db.has_update(conn, collided.round_id, meta.client_id):
+                        self._refuse_duplicate(meta, collided.round_id)
+        raise self._network_full(network)
+
+    def _store_once(self, meta: UpdateMeta, norm: float, sha256: str, staged: Path, now: float, network: str
+                    ) -> tuple[int, int, int]:
+        """One try of ``_store``.
+
+        :raise _Collided: a concurrent commit took the client's or the seat's unique key first.
         """
         with db.transaction(self.engine) as conn:
             db.share_round(conn)  # until the commit: no worker closes this round meanwhile
@@ -449,15 +491,42 @@ class Coordinator:
             staleness = self._staleness(meta.base_version)
             weight = meta.num_examples * staleness_weight(staleness, self.rules.staleness_exponent)
             key = self._claim_ticket(conn, meta, now)
+            seat = self._seat(conn, round_id, network, meta) if self.rules.buffered else None
             if not db.insert_update(conn, round_id=round_id, client_id=meta.client_id, ticket_digest=key,
                                     base_version=meta.base_version, staleness=staleness,
                                     num_examples=meta.num_examples, weight=weight,
                                     loss_before=meta.loss_before, loss_after=meta.loss_after, norm=norm,
-                                    received_at=now, sha256=sha256):  # the unique (round, client) key
-                raise DuplicateClient(f"client {meta.client_id} already sent an update in round {round_id}")
+                                    received_at=now, sha256=sha256, network=network, seat=seat):
+                raise _Collided(round_id, seat)  # the unique (round, client) key, or the seat's
             count = db.count_updates(conn, round_id)
             self.spool.place(staged, round_id, key)  # before the commit: a committed row has its body
         return round_id, staleness, count
+
+    @staticmethod
+    def _refuse_duplicate(meta: UpdateMeta, round_id: int) -> NoReturn:
+        """:raise DuplicateClient: always (the unique (round, client) key)."""
+        raise DuplicateClient(f"client {meta.client_id} already sent an update in round {round_id}")
+
+    def _seat(self, conn: db.Connection, round_id: int, network: str, meta: UpdateMeta) -> int:
+        """The lowest free seat of network in the open FedBuff buffer: the unique (round, network,
+        seat) key then makes two uploads racing for the same seat on two workers collide, so a
+        buffer never holds more than per_network updates of one network.
+
+        :raise DuplicateClient, NetworkFull: all per_network seats are taken (one by this client).
+        """
+        free = set(range(self.rules.per_network)) - db.seats_taken(conn, round_id, network)
+        if not free:
+            if db.has_update(conn, round_id, meta.client_id):
+                self._refuse_duplicate(meta, round_id)
+            raise self._network_full(network)
+        return min(free)
+
+    def _network_full(self, network: str) -> NetworkFull:
+        """The refusal of an upload whose network holds all its seats in the open buffer."""
+        return NetworkFull(f"the open buffer already holds {self.rules.per_network} update(s) from your "
+                           f"network ({network}), the most it takes from one; nothing was stored and the "
+                           "ticket is still unused: keep the update and send it again once this buffer has "
+                           "stepped (a new version in GET /api/model)")
 
     def _staleness(self, base_version: int) -> int:
         """How many versions the current one is past base_version along its ancestry."""

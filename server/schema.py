@@ -66,7 +66,12 @@ updates = sa.Table(
     sa.Column("norm", sa.Float, nullable=False),
     sa.Column("received_at", sa.Float, nullable=False),
     sa.Column("sha256", sa.String(64), nullable=True),  # of the spool body; NULL in rows from before
-    sa.UniqueConstraint("round_id", "client_id", name="one_update_per_client_and_round"))
+    # the /24 or /56 the upload came from ('' in rows from before); in a FedBuff buffer, which of
+    # its MAX_MEMBERS_PER_NETWORK seats it took (NULL outside buffers: NULLs never collide)
+    sa.Column("network", sa.String(64), nullable=False, server_default=""),
+    sa.Column("seat", sa.Integer, nullable=True),
+    sa.UniqueConstraint("round_id", "client_id", name="one_update_per_client_and_round"),
+    sa.UniqueConstraint("round_id", "network", "seat", name="one_update_per_seat_and_round"))
 
 enrollments = sa.Table(  # client ids that paid for their identity (proof of work, operator token)
     "enrollments", metadata,

@@ -87,7 +87,9 @@ export class Client extends EventTarget {
       contributions: 0, answer: null, connection: null, progress: null, training: false, trainReady: false,
       pending: false, downloadedBytes: 0, stopped: null, aggregation: null };
     this.uploading = false;
-    this.retry = { auto: false, attempts: 0, timer: 0 }; // automatic upload retries with backoff
+    /** Automatic upload retries with backoff; afterVersion: none until the model is past it.
+     * @type {{ auto: boolean, attempts: number, timer: number, afterVersion?: number }} */
+    this.retry = { auto: false, attempts: 0, timer: 0 };
   }
 
   /** Open local storage and restore counters (no network yet). */
@@ -132,6 +134,7 @@ export class Client extends EventTarget {
         await this.loadModel(fetched.model);
         await this.history.setMeta("model", fetched.model);
         await pruneCache(fetched.model);
+        this.retryUpload(); // a new version: a FedBuff step freed this network's seat (network_full)
       }
       this.etag = fetched.etag;
       const { training, aggregation } = fetched.model;
@@ -427,7 +430,8 @@ export class Client extends EventTarget {
 
   /** Send a kept update now if its last failure was one that retrying fixes (and none runs). */
   retryUpload() {
-    if (this.retry.auto && this.state.pending && !this.state.training && !this.uploading) this.upload();
+    const held = this.retry.afterVersion !== undefined && this.model?.version === this.retry.afterVersion;
+    if (this.retry.auto && !held && this.state.pending && !this.state.training && !this.uploading) this.upload();
   }
 
   /** A ticket for an update trained offline: only possible while its base version is current,
@@ -467,6 +471,13 @@ export class Client extends EventTarget {
       await this.history.clearPending();
       this.update({ pending: false, answer: { ok: false,
         text: `Update discarded: ${error.message} Press “Train now” to train on the current model.` } });
+      return;
+    }
+    if (error.code === "network_full") { // its ticket stays good; resending before the step is refused again
+      this.retry = { auto: true, attempts: 0, timer: 0, afterVersion: this.model?.version };
+      this.update({ answer: { ok: false, text: "Update not sent yet: the server's current batch already has "
+        + "as many updates from your network (others behind the same router) as it takes from one. It is kept "
+        + "on this device and sent again by itself once the global model has a new version." } });
       return;
     }
     if (["ticket_expired", "ticket_invalid", "ticket_spent"].includes(error.code)) {

@@ -21,19 +21,32 @@ def url_of(database, tmp_path, request) -> str:
 
 
 FIRST_RELEASE_TABLES = {"versions", "files", "rounds", "tickets", "updates", "rejections"}  # revision 0001
-ADDED_SINCE = {"updates": ["sha256"], "rounds": ["phase", "selected_at", "carried", "detail"]}  # 0002, 0003
+ADDED_SINCE = {"updates": ["sha256", "network", "seat"],  # 0002, 0005
+               "rounds": ["phase", "selected_at", "carried", "detail"]}  # 0003
+ADDED_AFTER_0002 = ["network", "seat"]  # updates, 0005
+
+
+def tables_before_migrations(names: set[str], added: dict[str, list[str]]) -> sa.MetaData:
+    """schema.py's tables of those names without the columns added since (and the unique keys over
+    them), as ``create_all`` made them before migrations."""
+    old = sa.MetaData()
+    for table in schema.metadata.sorted_tables:
+        if table.name in names:
+            table.to_metadata(old)
+    for name, columns in added.items():
+        table = old.tables[name]
+        for constraint in [c for c in table.constraints if isinstance(c, sa.UniqueConstraint)
+                           and set(c.columns.keys()) & set(columns)]:
+            table.constraints.remove(constraint)
+        for column in columns:
+            table._columns.remove(table.c[column])
+    return old
 
 
 def first_release_database(url: str) -> None:
     """A database as the first release's ``create_all`` left it: no alembic_version, no sha256, no
     quarantine table; one accepted update."""
-    old = sa.MetaData()
-    for table in schema.metadata.sorted_tables:
-        if table.name in FIRST_RELEASE_TABLES:
-            table.to_metadata(old)
-    for name, columns in ADDED_SINCE.items():  # the tables as they were
-        for column in columns:
-            old.tables[name]._columns.remove(old.tables[name].c[column])
+    old = tables_before_migrations(FIRST_RELEASE_TABLES, ADDED_SINCE)
     updates = old.tables["updates"]
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     old.create_all(engine)
@@ -78,6 +91,7 @@ def test_a_first_release_database_is_upgraded(database, tmp_path, request):
     with db.transaction(engine) as conn:
         assert db.round_updates(conn, 1) == [db.StoredUpdate("k", 5.0, None)]
         assert db.quarantined_count(conn) == 0
+        assert (db.seats_taken(conn, 1, ""), db.has_update(conn, 1, "client-01")) == (set(), True)
     engine.dispose()
 
 
@@ -85,12 +99,8 @@ def test_a_database_of_the_previous_release_is_adopted(database, tmp_path, reque
     """A pre-Alembic database that already had sha256 and quarantine (create_all of the 0002
     schema) is stamped at 0002, not migrated again, then upgraded to head."""
     url = url_of(database, tmp_path, request)
-    previous = sa.MetaData()  # create_all of the schema as revision 0002 left it
-    for table in schema.metadata.sorted_tables:
-        if table.name in FIRST_RELEASE_TABLES | {"quarantine"}:
-            table.to_metadata(previous)
-    for column in ADDED_SINCE["rounds"]:
-        previous.tables["rounds"]._columns.remove(previous.tables["rounds"].c[column])
+    previous = tables_before_migrations(FIRST_RELEASE_TABLES | {"quarantine"},  # as revision 0002 left them
+                                        {"updates": ADDED_AFTER_0002, "rounds": ADDED_SINCE["rounds"]})
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     previous.create_all(engine)
     with engine.connect() as conn:

@@ -16,6 +16,8 @@ from formats import tensors as tensor_codec
 from formats.urls import normalize_url
 from runtime.complete import Completer
 from runtime.ngram import PersonalCompleter
+from server.app import create_app
+from tests.server.test_cohorts import At
 
 TRAINING_MS = 120_000  # a few train_step runs, three browsers on two cores
 PERSONAL_HISTORIES = [  # one per browser: what each user typed and visited
@@ -250,6 +252,40 @@ def test_refused_update_shows_the_servers_message_and_is_kept(page, live_app):
     page.get_by_role("button", name="Retry upload").click()
     expect(page.locator("#server-answer")).to_contain_text("accepted")
     expect(page.locator("#contributions")).to_have_text("1")
+
+
+def test_an_update_refused_network_full_waits_for_the_next_version(page, app_slot, server_config, tmp_path):
+    """FedBuff, one seat per network: a neighbour behind the same address (127.0.0.1) holds the
+    buffer's seat, so the page's upload is 429 network_full. The page keeps the update and its
+    unused ticket, sends nothing while the version stays, and once two clients on other networks
+    make the step it sends it again by itself: accepted, one version stale."""
+    # Prepare
+    app = create_app({**server_config, "DATA_DIR": str(tmp_path / "buffered"), "SCHEDULE": "buffered",
+                      "MAX_MEMBERS_PER_NETWORK": 1})
+    app_slot.app = app
+    web = app.test_client()
+    feds = [FederatedClient(web), *(FederatedClient(At(web, f"198.51.{i}.7")) for i in range(2))]
+    for fed in feds:
+        fed.enroll()
+    zeros = {name: np.zeros(tensor.shape, np.float32) for name, tensor in feds[0].global_weights().items()}
+    feds[0].upload(zeros, feds[0].ticket(), num_examples=1, loss_before=1.0, loss_after=1.0)
+    open_page(page)
+    visit(page, PERSONAL_HISTORIES[0][0])
+    uploads: list[str] = []
+    page.on("request", lambda r: urlparse(r.url).path == "/api/updates" and uploads.append(r.url))
+    # Execute: refused, then a few polls of an unchanged version
+    train_and_wait(page, "Update not sent yet")
+    page.wait_for_timeout(3000)
+    waited = (len(uploads), page.locator("#contributions").inner_text())
+    for fed in feds[1:]:
+        fed.upload(zeros, fed.ticket(), num_examples=1, loss_before=1.0, loss_after=1.0)
+    # Assert
+    assert waited == (1, "0")
+    expect(page.locator("#server-answer")).to_contain_text("accepted", timeout=30_000)
+    expect(page.locator("#contributions")).to_have_text("1")
+    assert len(uploads) == 2
+    rounds = FederatedClient(web).status()["rounds"]
+    assert [r["participants"] for r in rounds[:2]] == [3, 1] and rounds[1]["mean_staleness"] == 1.0
 
 
 def test_tampered_model_file_is_refused(page, context):
