@@ -154,8 +154,8 @@ def test_the_file_the_app_opened_is_stored_whatever_its_name_means_by_then(front
     named.write_bytes(body)
     vet = coordinator.vet_ticket
 
-    def vet_then_the_name_moves(meta):
-        vet(meta)
+    def vet_then_the_name_moves(*args):
+        vet(*args)
         os.unlink(named)
         if moved == "replaced":
             named.write_bytes(b"\0" * len(body))
