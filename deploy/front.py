@@ -309,7 +309,10 @@ def prepare(app: Flask, nginx: Nginx, prefix: Path, listen: tuple[str, int],
     """Publish the page's files, render nginx.conf and have nginx check it."""
     for folder in ("proxy", "fastcgi", "uwsgi", "scgi"):
         (prefix / "tmp" / folder).mkdir(parents=True, exist_ok=True)
-    front_body_dir(app.config["DATA_DIR"]).mkdir(parents=True, exist_ok=True)
+    bodies = front_body_dir(app.config["DATA_DIR"])
+    bodies.mkdir(parents=True, exist_ok=True)
+    for left in bodies.iterdir():  # uploads in flight when the last nginx stopped: no request owns them
+        left.unlink()
     files = public_files(app.config)
     published = publish(files, prefix / "public", app.config["GZIP_CACHE_BYTES"] > 0)
     conf = render(app.config, prefix, listen, upstreams, files, app.config["MAX_CONTENT_LENGTH"])

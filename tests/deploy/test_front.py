@@ -25,6 +25,7 @@ import pytest
 
 from client.protocol import FederatedClient, encode_update
 from formats.bundle import load_bundle
+from server.cli import front_body_dir
 from tests.server.conftest import TINY_PARAMETERS, write_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -341,11 +342,16 @@ def test_200_slow_sockets_leave_the_model_answering(deployment):
 
 
 def test_ctrl_c_stops_the_app_and_nginx(tmp_path):
-    """The documented start, stopped as a person would: Ctrl-C ends both processes."""
+    """The documented start, stopped as a person would: Ctrl-C ends both processes. Started, it
+    removes the bodies an nginx stopped mid-upload left in its body folder (nothing else would)."""
+    left = front_body_dir(tmp_path / "data") / "0000000001"
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"half an upload")
     deployment = Deployment(write_tiny_bundle(tmp_path / "bundle"), tmp_path / "data",
                             {"FEDURL_GZIP_CACHE_BYTES": "0"})
     nginx = deployment.nginx_pid()
     assert request(deployment.port, "GET", "/api/model")[0] == 200
+    assert not left.exists()
     assert deployment.stop(signal.SIGINT) == 0
     for _ in range(100):  # nginx's graceful stop is quick when idle: 10 s at most
         try:
