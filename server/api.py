@@ -276,13 +276,13 @@ def upload_body() -> Iterator[tuple[bytes | mmap.mmap, int | None]]:
                                         "the request body")
     path = body_file(named, Path(folder))
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)  # a FIFO would block
     except OSError:
         raise ApiError("bad_body_file", f"{BODY_FILE_HEADER} names no readable file") from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ApiError("bad_body_file", f"{BODY_FILE_HEADER} names no plain file")
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:  # a hard link to another file
+            raise ApiError("bad_body_file", f"{BODY_FILE_HEADER} names no plain file of its own")
         limit = current_app.config["MAX_CONTENT_LENGTH"]
         if info.st_size > limit:  # nginx's client_max_body_size refuses it first; a second check
             raise ApiError("payload_too_large", f"request body is larger than the server limit ({limit} "

@@ -67,7 +67,8 @@ def test_the_fronts_file_is_linked_into_the_spool_and_counted_once(front):
     again = client.post("/api/updates", headers={**OCTET, BODY_FILE_HEADER: str(named)})
     # Assert
     assert answer.status_code == 202 and answer.get_json()["updates_in_round"] == 1
-    assert (again.status_code, again.get_json()["error"]) == (409, "ticket_reused")
+    # the same name again (nginx deletes it once answered): the file is the stored body's now
+    assert (again.status_code, again.get_json()["error"]) == (400, "bad_body_file")
     spool = app.extensions["fedurl.coordinator"].spool
     stored = list((spool.root / "1").iterdir())
     assert [path.read_bytes() for path in stored] == [body]
@@ -85,11 +86,12 @@ def test_a_front_body_without_the_header_is_read_from_the_request(front):
 
 
 @pytest.mark.parametrize("case", ["outside", "dotdot", "symlink", "not_digits", "folder", "missing",
-                                  "relative"])
+                                  "relative", "hard_link", "fifo"])
 def test_a_name_outside_the_fronts_folder_is_refused(front, tmp_path, monkeypatch, case):
     """Even with a trusted front, only a plain file directly in FRONT_BODY_DIR with nginx's digits
-    name is read: a path elsewhere, through ``..`` or a symbolic link, a directory or a missing file
-    is 400 bad_body_file, before any decode or write."""
+    name is read: a path elsewhere, through ``..`` or a symbolic link, a directory or a missing file,
+    a hard link to a file that has another name (nginx's files have one), a FIFO (before: opening it
+    blocked the worker's thread) is 400 bad_body_file, before any decode or write."""
     # Prepare
     app, client, folder = front
     fed = FederatedClient(client)
@@ -99,13 +101,18 @@ def test_a_name_outside_the_fronts_folder_is_refused(front, tmp_path, monkeypatc
     named = {"outside": outside, "dotdot": folder / "sub" / ".." / "0000000009",
              "symlink": folder / "0000000003", "not_digits": folder / "body.st",
              "folder": folder / "0000000004", "missing": folder / "0000000005",
-             "relative": Path("0000000009")}[case]
+             "relative": Path("0000000009"), "hard_link": folder / "0000000006",
+             "fifo": folder / "0000000008"}[case]
     if case == "symlink":
         named.symlink_to(outside)
     elif case == "not_digits":
         named.write_bytes(outside.read_bytes())
     elif case == "folder":
         named.mkdir()
+    elif case == "hard_link":
+        os.link(outside, named)
+    elif case == "fifo":
+        os.mkfifo(named)
     (folder / "0000000009").write_bytes(outside.read_bytes())  # what "dotdot" would reach
     calls: list[str] = []
     monkeypatch.setattr("server.api.decode_upload", lambda *a: calls.append("decode"))
