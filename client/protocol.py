@@ -155,9 +155,14 @@ class FederatedClient:
         """POST /api/checkins: {round, version, phase, state, retry_after_s, deadline}."""
         return self._post_json("/api/checkins", {"client_id": self.client_id}, ok=(200,))
 
-    def ticket(self) -> dict:
-        """POST /api/tickets: {ticket, version, round, expires_at}."""
-        body = json.dumps({"client_id": self.client_id}).encode()
+    def ticket(self, base_version: int | None = None) -> dict:
+        """POST /api/tickets: {ticket, version, round, expires_at}; for the current version, or for
+        base_version, the one an update that waited was trained on (within the server's staleness).
+        """
+        request: dict[str, str | int] = {"client_id": self.client_id}
+        if base_version is not None:
+            request["base_version"] = base_version
+        body = json.dumps(request).encode()
         _, _, data = self._call("POST", "/api/tickets", body, {"Content-Type": "application/json"}, ok=(201,))
         return json.loads(data)
 

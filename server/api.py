@@ -19,6 +19,7 @@ from pathlib import Path
 
 from flask import Blueprint, current_app, jsonify, request
 
+from formats.update import MAX_VERSION
 from server import db, logs
 from server.dp import LEDGER, version_epsilon
 from server.errors import ApiError
@@ -209,14 +210,20 @@ def checkins():
 
 @bp.post("/tickets")
 def tickets():
-    """Issue a single-use round ticket for the current version (cohorts: to members only)."""
-    _, client_id = client_request()
+    """Issue a single-use round ticket for the current version, or for an update's older base
+    version within MAX_STALENESS (cohorts: to members only).
+    """
+    body, client_id = client_request()
+    base_version = body.get("base_version")
+    if base_version is not None and (type(base_version) is not int or not 0 <= base_version <= MAX_VERSION):
+        raise ApiError("bad_metadata", "base_version must be an integer version number (or left out: the "
+                                       "current version)")
     rate_limit("client", client_id)
     require_enrolled(client_id)
     outstanding, addr = current_app.extensions["fedurl.tickets"], request.remote_addr or "-"
     slot = reserve_ticket_slot(outstanding, addr)
     try:
-        ticket = coordinator().issue_ticket(client_id)
+        ticket = coordinator().issue_ticket(client_id, base_version)
     except BaseException:
         outstanding.release(addr, slot)
         raise

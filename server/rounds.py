@@ -376,8 +376,14 @@ class Coordinator:
 
     # -- tickets and updates -----------------------------------------------------------------------
 
-    def issue_ticket(self, client_id: str) -> dict:
-        """A single-use ticket for the current version and round: ticket, version, round, expires_at."""
+    def issue_ticket(self, client_id: str, base_version: int | None = None) -> dict:
+        """A single-use ticket for the current round and the current version, or for base_version,
+        an older one an update was trained on, as long as that update would still be accepted (an
+        update that waited offline, or behind a full network, past its first ticket's expiry):
+        ticket, version, round, expires_at.
+
+        :raise UnknownBaseVersion, StaleVersion: base_version is no version, or too old.
+        """
         ticket = secrets.token_urlsafe(24)
         with self.lock:
             now = self.clock()
@@ -389,9 +395,14 @@ class Coordinator:
                                                           db.is_member(conn, self.round.id, client_id)):
                     raise NotSelected(f"client {client_id} is not in the cohort of round {self.round.id}; "
                                       "check in (POST /api/checkins) and wait to be selected")
-                db.insert_ticket(conn, db.ticket_digest(ticket), client_id, self.version, self.round.id, now,
+                version = self.version if base_version is None else base_version
+                if version != self.version and self.secure is not None:
+                    raise StaleVersion("a secure round takes masked inputs trained on its own version "
+                                       f"{self.version} only")
+                self._staleness(version)
+                db.insert_ticket(conn, db.ticket_digest(ticket), client_id, version, self.round.id, now,
                                  expires)
-            return {"ticket": ticket, "version": self.version, "round": self.round.id, "expires_at": expires}
+            return {"ticket": ticket, "version": version, "round": self.round.id, "expires_at": expires}
 
     def _plain_only(self) -> None:
         """:raise SecureOnly: [T1] an update in clear is exactly what secure mode never stores."""

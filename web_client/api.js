@@ -45,10 +45,16 @@ export async function fetchModel(etag) {
   return { model: await response.json(), etag: response.headers.get("ETag") };
 }
 
-/** A ticket for uploading one update in the current round. */
-export async function requestTicket(clientId) {
+/**
+ * A ticket for uploading one update in the current round: for the current version, or for
+ * `baseVersion`, the one a kept update was trained on (refused once it is too old).
+ * @param {string} clientId
+ * @param {number} [baseVersion]
+ */
+export async function requestTicket(clientId, baseVersion) {
+  const request = baseVersion === undefined ? { client_id: clientId } : { client_id: clientId, base_version: baseVersion };
   const response = await send("/api/tickets", {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ client_id: clientId }),
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(request),
   });
   return response.json();
 }

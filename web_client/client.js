@@ -434,16 +434,17 @@ export class Client extends EventTarget {
     if (this.retry.auto && !held && this.state.pending && !this.state.training && !this.uploading) this.upload();
   }
 
-  /** A ticket for an update trained offline: only possible while its base version is current,
-   * and once this browser is drawn into a cohort (else not_selected, retried with backoff). */
+  /** A ticket for a kept update (trained offline, or its ticket expired while it waited): for its
+   * own base version, which the server refuses once that is too old (stale_version: discarded), and
+   * once this browser is drawn into a cohort (else not_selected, retried with backoff). */
   async freshTicket(pending) {
     await this.ensureEnrolled();
     const answer = await checkIn(this.clientId);
     if (answer.state !== "open" && answer.state !== "selected") {
       throw new ServerError("not_selected", `This browser is not in round ${answer.round}'s cohort yet.`);
     }
-    const ticket = await requestTicket(this.clientId);
-    if (ticket.version !== pending.baseVersion) {
+    const ticket = await requestTicket(this.clientId, pending.baseVersion);
+    if (ticket.version !== pending.baseVersion) { // a server that issues tickets for the current version only
       throw new ServerError("version_moved", `The global model moved on to version ${ticket.version} `
         + `while this update, trained on version ${pending.baseVersion}, waited.`);
     }

@@ -340,3 +340,32 @@ def test_a_duplicate_upload_is_refused_by_the_unique_key_and_spends_its_ticket(a
         assert db.find_ticket(conn, db.ticket_digest(second["ticket"])).used_at is not None
         assert not db.ticket_was_used(conn, db.ticket_digest(second["ticket"]))
     assert FederatedClient(client).status()["accepted"] == 1
+
+
+def test_a_ticket_for_an_older_base_version_is_issued_while_its_update_would_be_accepted(client):
+    """An update that waited (trained offline, or its ticket expired) gets a ticket for the version
+    it was trained on while MAX_STALENESS (1) still accepts it, and is counted one version stale;
+    two versions back, no ticket (before: a ticket was always for the current version, so the page
+    discarded every update that outlived its ticket)."""
+    # Prepare: one client trains on version 1 and waits; three others publish version 2
+    waiting = FederatedClient(client)
+    for _ in range(3):
+        upload(client, 0.1)
+    # Execute
+    ticket = waiting.ticket(base_version=1)
+    accepted = waiting.upload(small_delta(0.1), ticket, 10, 5.0, 4.0)
+    for _ in range(2):
+        upload(client, 0.1)
+    late = FederatedClient(client)
+    refusals = {}
+    for base_version in (1, 999, "1"):
+        with pytest.raises(ProtocolError) as refused:
+            late.ticket(base_version=base_version)
+        refusals[base_version] = (refused.value.status, refused.value.code)
+    # Assert
+    assert ticket["version"] == 1 and accepted["accepted"] and accepted["version"] == 2
+    with db.transaction(db.get_engine(client.application)) as conn:
+        staleness = conn.execute(sa.text("SELECT staleness FROM updates WHERE client_id = :c"),
+                                 {"c": waiting.client_id}).scalar_one()
+    assert staleness == 1
+    assert refusals == {1: (409, "stale_version"), 999: (400, "unknown_version"), "1": (400, "bad_metadata")}

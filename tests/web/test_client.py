@@ -216,27 +216,35 @@ def test_upload_is_f16_and_aggregates_within_f16_precision(page, context, live_a
     assert sum(np.count_nonzero(d) for d in local.values()) > 0, "training should move the weights"
 
 
-def test_offline_update_is_discarded_once_the_model_moved_on(page, context, live_app):
-    """An update trained offline on version 1 cannot get a version-1 ticket after the server
-    published version 2: the page says so and drops it instead of retrying forever."""
+@pytest.mark.parametrize("versions_on", [1, 2])
+def test_offline_update_is_sent_while_its_version_is_recent_enough_else_discarded(page, context, live_app,
+                                                                                   versions_on):
+    """An update trained offline on version 1 asks for a version-1 ticket once the server is back:
+    one version on (MAX_STALENESS 1), it is accepted (before: discarded, since tickets were for the
+    current version only); two on, the server refuses it stale and the page drops it instead of
+    retrying forever."""
     # Prepare: train while the server is unreachable
     open_page(page)
     visit(page, PERSONAL_HISTORIES[2][0])
     expect(page.get_by_role("button", name="Train now")).to_be_enabled()
     context.route("**/api/**", lambda route: route.abort("connectionrefused"))
     train_and_wait(page, "kept on this device")
-    # Execute: meanwhile another client's update closes round 1; then the page retries
-    other = FederatedClient(live_app.test_client())
-    other.enroll()
-    zeros = {name: np.zeros(tensor.shape, np.float32) for name, tensor in other.global_weights().items()}
-    other.upload(zeros, other.ticket(), num_examples=1, loss_before=1.0, loss_after=1.0)
-    live_app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    # Execute: meanwhile other clients' updates close rounds; then the page retries
+    for _ in range(versions_on):
+        other = FederatedClient(live_app.test_client())
+        other.enroll()
+        zeros = {name: np.zeros(tensor.shape, np.float32) for name, tensor in other.global_weights().items()}
+        other.upload(zeros, other.ticket(), num_examples=1, loss_before=1.0, loss_after=1.0)
+        live_app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     context.unroute("**/api/**")  # the page retries by itself
     # Assert
-    expect(page.locator("#server-answer")).to_contain_text(
-        "Update discarded: The global model moved on to version 2")
-    expect(page.get_by_role("button", name="Retry upload")).to_be_hidden()
-    expect(page.locator("#contributions")).to_have_text("0")
+    if versions_on == 1:
+        expect(page.locator("#server-answer")).to_contain_text("accepted")
+        expect(page.locator("#contributions")).to_have_text("1")
+    else:
+        expect(page.locator("#server-answer")).to_contain_text("Update discarded: base_version 1 is too old")
+        expect(page.get_by_role("button", name="Retry upload")).to_be_hidden()
+        expect(page.locator("#contributions")).to_have_text("0")
 
 
 def test_refused_update_shows_the_servers_message_and_is_kept(page, live_app):
