@@ -17,6 +17,7 @@ app's (docs/PROTOCOL.md).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import threading
@@ -34,6 +35,7 @@ from waitress.server import MultiSocketServer, TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from server import logs, web
+from server.api import BODY_FILE_HEADER
 from server.app import create_app
 
 FRONT_DIR = "front"  # under DATA_DIR: fedurl-deploy's nginx.conf, public/ and tmp/
@@ -243,7 +245,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="a worker that fedurl-deploy starts behind nginx: trust one proxy hop and "
                              "its upload body files, leave the page's files to nginx, log "
                              "worker_listening")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.front and not is_loopback(args.host):
+        parser.error(f"--front trusts X-Forwarded-For and {BODY_FILE_HEADER} from whoever connects: "
+                     f"listen on a loopback address (127.0.0.1, ::1), behind nginx, not on {args.host}")
+    return args
+
+
+def is_loopback(host: str) -> bool:
+    """Whether host is a loopback address (or localhost): only this machine can connect."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
 
 
 def main(argv=None) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from server import cli
 
 
@@ -21,3 +23,14 @@ def test_start_message_names_the_page_and_the_dashboard(monkeypatch, capsys, bun
     out = capsys.readouterr().out
     assert out == "Open http://127.0.0.1:5123  (dashboard: http://127.0.0.1:5123/dashboard)\n"
 
+
+
+def test_a_front_worker_listens_on_loopback_only(capsys, bundle_dir, tmp_path):
+    """--front believes the client address and body file nginx names; reachable from other machines,
+    anyone could name them (before: --front --host 0.0.0.0 was accepted silently)."""
+    for host in ("0.0.0.0", "192.0.2.7", "::", "example.org"):
+        with pytest.raises(SystemExit) as stopped:
+            cli.parse_args(["--front", "--host", host])
+        assert stopped.value.code == 2 and "loopback" in capsys.readouterr().err
+    for host in ("127.0.0.1", "::1", "localhost"):
+        assert cli.parse_args(["--front", "--host", host]).host == host
