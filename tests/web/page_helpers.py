@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 from playwright.sync_api import expect
+
+from client.protocol import FederatedClient
 
 # Debian's chromium, quiet: no background traffic that would muddle request recording or timing.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -66,3 +69,13 @@ def pages_ready_to_train(browser, base_url: str, histories: list[list[str]]) -> 
             visit(page, url)
         expect(page.get_by_role("button", name="Train now")).to_be_enabled()
     return contexts, pages
+
+
+def publish(app, rounds: int) -> None:
+    """rounds versions, each from one client's zero delta closed by the admin."""
+    for _ in range(rounds):
+        client = FederatedClient(app.test_client())
+        client.enroll()
+        zeros = {name: np.zeros(t.shape, np.float32) for name, t in client.global_weights().items()}
+        client.upload(zeros, client.ticket(), num_examples=4, loss_before=3.1, loss_after=2.7)
+        app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})

@@ -8,7 +8,7 @@ from urllib.parse import quote, quote_plus, urlparse
 
 import numpy as np
 import pytest
-from page_helpers import ADMIN_TOKEN, PAGE, open_page, shown_suggestions, suggestions_for, visit
+from page_helpers import ADMIN_TOKEN, PAGE, open_page, publish, shown_suggestions, suggestions_for, visit
 from playwright.sync_api import expect
 
 from client.protocol import FederatedClient
@@ -230,12 +230,7 @@ def test_offline_update_is_sent_while_its_version_is_recent_enough_else_discarde
     context.route("**/api/**", lambda route: route.abort("connectionrefused"))
     train_and_wait(page, "kept on this device")
     # Execute: meanwhile other clients' updates close rounds; then the page retries
-    for _ in range(versions_on):
-        other = FederatedClient(live_app.test_client())
-        other.enroll()
-        zeros = {name: np.zeros(tensor.shape, np.float32) for name, tensor in other.global_weights().items()}
-        other.upload(zeros, other.ticket(), num_examples=1, loss_before=1.0, loss_after=1.0)
-        live_app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    publish(live_app, versions_on)
     context.unroute("**/api/**")  # the page retries by itself
     # Assert
     if versions_on == 1:

@@ -3,12 +3,10 @@ axe-core on them."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-from page_helpers import ADMIN_TOKEN, axe_violations
+from page_helpers import axe_violations, publish
 from playwright.sync_api import expect
 
-from client.protocol import FederatedClient
 from privacy import dp
 
 
@@ -16,16 +14,6 @@ from privacy import dp
 def server_config(server_config):
     """DP on; a tiny clip so one page's noisy round still passes the publish gate."""
     return {**server_config, "DP_NOISE_MULTIPLIER": 1.0, "DP_CLIP": 1e-4, "DP_EPSILON_BUDGET": 100.0}
-
-
-def publish(app, rounds: int) -> None:
-    """rounds versions, each from one client's zero delta closed by the admin."""
-    for _ in range(rounds):
-        client = FederatedClient(app.test_client())
-        client.enroll()
-        zeros = {name: np.zeros(t.shape, np.float32) for name, t in client.global_weights().items()}
-        client.upload(zeros, client.ticket(), num_examples=4, loss_before=3.1, loss_after=2.7)
-        app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
 
 
 def test_the_dashboard_plots_epsilon_per_version_and_shows_the_settings(sized_page, live_app, axe_path):
