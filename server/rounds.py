@@ -92,6 +92,7 @@ from server.versions import WEIGHTS, VersionStore, iso
 # again as it is, it would be refused again, so its ticket is spent (Coordinator._spend_ticket)
 SPENDS_TICKET = (UnknownBaseVersion, StaleVersion, VersionMismatch, RoundClosed, DuplicateClient)
 
+
 @dataclass(frozen=True)
 class RoundRules:
     """When rounds close and which updates count."""

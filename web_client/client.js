@@ -444,10 +444,6 @@ export class Client extends EventTarget {
       throw new ServerError("not_selected", `This browser is not in round ${answer.round}'s cohort yet.`);
     }
     const ticket = await requestTicket(this.clientId, pending.baseVersion);
-    if (ticket.version !== pending.baseVersion) { // a server that issues tickets for the current version only
-      throw new ServerError("version_moved", `The global model moved on to version ${ticket.version} `
-        + `while this update, trained on version ${pending.baseVersion}, waited.`);
-    }
     await this.history.putPending({ ...pending, ticket });
     return ticket;
   }
@@ -467,7 +463,7 @@ export class Client extends EventTarget {
       await this.delivered("The server already has this update (its first answer was lost on the way).");
       return;
     }
-    if (["version_moved", "stale_version", "version_mismatch"].includes(error.code)) {
+    if (["stale_version", "unknown_version", "version_mismatch"].includes(error.code)) {
       this.retry = { auto: false, attempts: 0, timer: 0 };
       await this.history.clearPending();
       this.update({ pending: false, answer: { ok: false,
