@@ -1,14 +1,16 @@
 """Where one worker's CPU goes per upload and at the close: cProfile of the app in one process.
 
 Uploads go through Flask's test client (no sockets, no HTTP parsing: bench_server.py measures
-those), in one thread, into a fresh SQLite data dir, then the round is closed by the admin API.
+those), in one thread, into a fresh data dir and database (SQLite, or with ``--db postgresql`` a
+throwaway PostgreSQL cluster, fsync on), then the round is closed by the admin API.
 Prints the ms per update of the functions that matter (cumulative, with their callees), then the
 close's wall time and its top functions. The setup is bench_server.py's (open selection, plain
 aggregation, bounded influence, float16 bodies). With ``--body-file`` each body is first written
 to a file in a body folder the app trusts (``FRONT_BODY_DIR``) and only its name is sent, as
 fedurl-deploy's nginx does (the file writes are not profiled: nginx does them).
 
-    .venv/bin/python bench/profile_ingest.py --bundle pretrained [--updates 300] [--body-file]
+    .venv/bin/python bench/profile_ingest.py --bundle pretrained [--updates 300] [--body-file] \
+        [--db postgresql]
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import cProfile
 import pstats
 import tempfile
 import time
+from collections import Counter
 
 import numpy as np
+import sqlalchemy as sa
 from common import bundle_parser  # first: puts the repo on sys.path
 
 from client.protocol import FederatedClient, encode_update
@@ -26,6 +30,7 @@ from formats.bundle import load_bundle
 from server.api import BODY_FILE_HEADER
 from server.app import create_app
 from server.cli import front_body_dir
+from tests.postgres import Cluster, find_bindir
 
 ADMIN_TOKEN = "profile-admin-token-0123456789abcdef-32+"
 
@@ -54,6 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--updates", type=int, default=300, help="uploads profiled (default: %(default)s)")
     parser.add_argument("--body-file", action="store_true",
                         help="send each body as a file name in FRONT_BODY_DIR, as nginx does")
+    parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
+                        help="the database (default: %(default)s)")
     return parser.parse_args(argv)
 
 
@@ -74,10 +81,27 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     deltas = [{p["name"]: rng.normal(scale=1e-4, size=p["shape"]).astype(np.float32)
                for p in manifest["parameters"]} for _ in range(8)]
+    cluster = None
+    if args.db == "postgresql":
+        bindir = find_bindir()
+        if bindir is None:
+            raise SystemExit("PostgreSQL binaries not found (make postgresql)")
+        cluster = Cluster(bindir, durable=True).start()
+    try:
+        profile_uploads(args, deltas, cluster.database()[1] if cluster else None)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def profile_uploads(args, deltas: list[dict], db_url: str | None) -> None:
+    """Profile args.updates uploads into a fresh data dir (db_url: PostgreSQL; None: SQLite in it)."""
     with tempfile.TemporaryDirectory(prefix="fedurl-profile-") as data_dir:
         body_dir = front_body_dir(data_dir)
         body_dir.mkdir(parents=True)
-        app = create_app({"BUNDLE_DIR": args.bundle, "DATA_DIR": data_dir, "MIN_CLIENTS": args.updates + 1,
+        database = {"DATABASE_URL": db_url} if db_url else {}
+        app = create_app({**database, "BUNDLE_DIR": args.bundle, "DATA_DIR": data_dir,
+                          "MIN_CLIENTS": args.updates + 1,
                           "FRONT_BODY_DIR": str(body_dir) if args.body_file else "",
                           "TICK_INTERVAL_S": 0, "REQUESTS_PER_ADDR_PER_MIN": 10 ** 6,
                           "MAX_TICKETS_PER_ADDR": 10 ** 6, "SELECTION": "open", "IDENTITY": "",
@@ -91,6 +115,9 @@ def main(argv=None) -> None:
         for n, body in enumerate(bodies if args.body_file else []):
             names.append(body_dir / f"{n:010d}")
             names[-1].write_bytes(body)
+        statements = []
+        sa.event.listen(app.extensions["fedurl.engine"], "before_cursor_execute",
+                        lambda _conn, _cursor, statement, *_: statements.append(statement))
         profile = cProfile.Profile()
         began_cpu, began = time.process_time(), time.perf_counter()
         profile.enable()
@@ -105,7 +132,10 @@ def main(argv=None) -> None:
         cpu, wall = time.process_time() - began_cpu, time.perf_counter() - began
         stats = pstats.Stats(profile)
         print(f"{args.updates} uploads: {1000 * cpu / args.updates:.2f} ms CPU, "
-              f"{1000 * wall / args.updates:.2f} ms wall per update (profiler on)")
+              f"{1000 * wall / args.updates:.2f} ms wall per update (profiler on), "
+              f"{len(statements) / args.updates:.1f} SQL statements per update:")
+        for statement, count in Counter(" ".join(s.split())[:90] for s in statements).most_common():
+            print(f"  {count / args.updates:5.2f} x {statement}")
         for label, where, name in STAGES:
             print(f"  {label:40s} {stage_ms(stats, where, name, args.updates):7.2f} ms")
         stats.sort_stats("tottime").print_stats(12)
