@@ -106,8 +106,9 @@ def create_engine(url: str) -> sa.Engine:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        engine = sa.create_engine(parsed, pool_pre_ping=True)
+    else:  # no pre-ping (a round trip before every transaction): a dropped connection fails its
+        # request once with DatabaseUnavailable (503, retried) and the pool replaces every older one
+        engine = sa.create_engine(parsed)
     init_schema(engine)
     return engine
 
@@ -117,11 +118,46 @@ def init_schema(engine: sa.Engine) -> None:
     migrations.upgrade(engine)
 
 
+class DatabaseUnavailable(Exception):
+    """The database connection broke mid-request (a restart, a network cut): a retry connects
+    anew; an upload whose commit was under way may have been stored (its retry: ticket_reused).
+    """
+
+    code = "database_unavailable"
+
+
 @contextmanager
 def transaction(engine: sa.Engine) -> Iterator[Connection]:
-    """A connection inside one transaction: committed on success, rolled back on any error."""
-    with engine.begin() as connection:
+    """A connection inside one transaction: committed on success, rolled back on any error.
+
+    :raise DatabaseUnavailable: the connection broke (the database restarted, a network cut).
+    """
+    with _unavailable_if_dropped(), engine.begin() as connection:
         yield connection
+
+
+@contextmanager
+def reading(engine: sa.Engine) -> Iterator[Connection]:
+    """A connection for reads that need no transaction of their own (each statement sees what was
+    committed when it ran): on PostgreSQL no BEGIN and COMMIT round trips.
+
+    :raise DatabaseUnavailable: as ``transaction``.
+    """
+    with _unavailable_if_dropped(), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        yield conn
+
+
+@contextmanager
+def _unavailable_if_dropped() -> Iterator[None]:
+    """Turn a broken connection (SQLAlchemy has invalidated the pool's older ones) into a refusal
+    the client retries; any other database error stays an error.
+    """
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise DatabaseUnavailable("the database connection was lost; try again") from exc
+        raise
 
 
 # -- the round lock: several workers on one PostgreSQL ------------------------------------------------

@@ -3,7 +3,7 @@
 Views raise ``ApiError``; the coordinator raises domain refusals (``server.refusals``), which
 ``STATUS`` maps to their HTTP status here, so no domain code knows HTTP. werkzeug's own HTTP
 errors (404, 405, 413) under /api/ are turned into the same shape so a client never has to parse
-HTML.
+HTML. A broken database connection (``db.DatabaseUnavailable``) is a 503 the client retries.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from server import refusals
+from server import db, refusals
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 500: "internal_error"}
 
@@ -71,8 +71,14 @@ def _handle_http_error(error: HTTPException):
     return error_response(HTTP_CODES.get(status, "bad_request"), message, status)
 
 
+def _handle_database_unavailable(error: db.DatabaseUnavailable):
+    """A server-side fault the next try fixes: 503 with a short Retry-After."""
+    return error_response(error.code, str(error), 503, {"Retry-After": "1"})
+
+
 def init_app(app: Flask) -> None:
     """Register the JSON error handlers."""
     app.register_error_handler(ApiError, _handle_api_error)
     app.register_error_handler(refusals.Refused, _handle_refusal)
     app.register_error_handler(HTTPException, _handle_http_error)
+    app.register_error_handler(db.DatabaseUnavailable, _handle_database_unavailable)

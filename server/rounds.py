@@ -424,7 +424,7 @@ class Coordinator:
         """
         self._plain_only()
         key = db.ticket_digest(meta.ticket)
-        with db.transaction(self.engine) as conn:
+        with db.reading(self.engine) as conn:
             ticket = db.find_ticket(conn, key)
             if ticket is None or ticket.used_at is not None:
                 self._refuse_unusable(conn, key, meta, ticket)
@@ -450,6 +450,8 @@ class Coordinator:
             with self.lock:
                 now = self.clock()
                 round_id, staleness, count = self._store(meta, norm, sha256, staged, now, network)
+                if count is None:  # several workers: count what all of them committed by now
+                    count = self._count(round_id)
                 logs.event("update_accepted", round=round_id, client=meta.client_id, staleness=staleness,
                            examples=meta.num_examples, norm=round(norm, 6), updates_in_round=count)
                 self._maybe_close(now, count)
@@ -469,8 +471,13 @@ class Coordinator:
         with db.transaction(self.engine) as conn:
             db.use_ticket(conn, db.ticket_digest(meta.ticket), self.clock())
 
+    def _count(self, round_id: int) -> int:
+        """The updates of round_id that every worker has committed."""
+        with db.reading(self.engine) as conn:
+            return db.count_updates(conn, round_id)
+
     def _store(self, meta: UpdateMeta, norm: float, sha256: str, staged: Path, now: float, network: str
-               ) -> tuple[int, int, int]:
+               ) -> tuple[int, int, int | None]:
         """Record one update in the open round and place its staged body, in one transaction (a
         refusal rolls it back: the ticket stays unused, the body unplaced).
 
@@ -478,7 +485,9 @@ class Coordinator:
         winner's row is then visible, so it takes another free seat, or is refused NetworkFull
         once all are taken (each lost race is one more seat taken: per_network tries at most).
 
-        :return: the round, the update's staleness, and the round's update count with it.
+        :return: the round, the update's staleness, and the round's update count with it (None
+            where several workers share the database: a count inside the transaction misses the
+            others' uncommitted rows, so the caller counts after the commit).
         """
         for _ in range(self.rules.per_network if self.rules.buffered else 1):
             try:
@@ -490,7 +499,7 @@ class Coordinator:
         raise self._network_full(network)
 
     def _store_once(self, meta: UpdateMeta, norm: float, sha256: str, staged: Path, now: float, network: str
-                    ) -> tuple[int, int, int]:
+                    ) -> tuple[int, int, int | None]:
         """One try of ``_store``.
 
         :raise _Collided: a concurrent commit took the client's or the seat's unique key first.
@@ -510,7 +519,9 @@ class Coordinator:
                                     loss_before=meta.loss_before, loss_after=meta.loss_after, norm=norm,
                                     received_at=now, sha256=sha256, network=network, seat=seat):
                 raise _Collided(round_id, seat)  # the unique (round, client) key, or the seat's
-            count = db.count_updates(conn, round_id)
+            # one process counts inside its lock, so the counts are a sequence: exactly one upload
+            # sees min_clients
+            count = None if db.shares_workers(self.engine) else db.count_updates(conn, round_id)
             self.spool.place(staged, round_id, key)  # before the commit: a committed row has its body
         return round_id, staleness, count
 
@@ -633,7 +644,9 @@ class Coordinator:
     def _maybe_close(self, now: float, count: int | None = None) -> None:
         """Close when min_clients arrived, or past the deadline with at least the floor.
 
-        count is the round's updates as the caller saw them (None: counted here). When due, the
+        count is the round's updates as the caller saw them after its commit (None: counted here;
+        on several workers a count inside the transaction could miss a concurrent upload's row, so
+        two uploads committing at once would each count one short of the goal). When due, the
         round lock is taken and the stored deltas decide again: another worker may have closed the
         round meanwhile, and a damaged body does not count. A failed close (disk full...) is
         logged and leaves the round open with every update it had; the next update or tick tries
@@ -643,12 +656,8 @@ class Coordinator:
             if self.round.phase != PHASE_SELECTING:
                 self.secure.advance(self, now)
             return
-        if count is None or (self._due(now, count) is None and db.shares_workers(self.engine)):
-            # counted again after the caller's commit: two uploads committing at once on two workers
-            # may each have counted one short of the goal before the other's row was visible (one
-            # process counts inside its lock, in commit order)
-            with db.transaction(self.engine) as conn:
-                count = db.count_updates(conn, self.round.id)
+        if count is None:
+            count = self._count(self.round.id)
         if self._due(now, count) is None:
             return
         with self._exclusive():

@@ -101,6 +101,13 @@ class Cluster:
         with self._admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
+    def drop_connections(self, name: str) -> int:
+        """End every connection to a database, as a server restart would; how many there were."""
+        assert self._admin is not None
+        with self._admin.connect() as conn:
+            return conn.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                        "WHERE datname = :name"), {"name": name}).scalar_one()
+
     def postmaster_pid(self) -> int:
         """The server's main process (its backends are its children)."""
         return int((self.data / "postmaster.pid").read_text().split()[0])

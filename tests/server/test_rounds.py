@@ -293,14 +293,15 @@ def test_a_ticket_refused_for_what_its_upload_says_pays_for_one_body_only(app, c
     assert "refused for its version, round or client" in refused.value.message
 
 
-def test_an_accepted_upload_costs_five_statements(app, client, database):
+def test_an_accepted_upload_runs_five_statements_six_on_postgresql(app, client, database):
     """Look the ticket up (before the body is decoded or staged, outside any lock), read the round,
-    claim the ticket (one UPDATE ... RETURNING), insert, count; PostgreSQL adds the shared round
-    lock and, below the goal, a count after the commit (another worker's upload may have committed
-    meanwhile). It was four: the first SELECT is new, the price of refusing a made-up ticket
-    before its 1 MB is written and fsynced (the claim stays: the ticket may be used meanwhile).
-    Before that it was six: a ticket SELECT before its UPDATE, and a duplicate SELECT before the
-    insert that the unique (round, client) key already refuses.
+    claim the ticket (one UPDATE ... RETURNING), insert, count. PostgreSQL adds the shared round
+    lock and counts after the commit instead of inside the transaction (another worker's upload may
+    have committed meanwhile); it counted in both places before (seven). It was four: the first
+    SELECT is new, the price of refusing a made-up ticket before its 1 MB is written and fsynced
+    (the claim stays: the ticket may be used meanwhile). Before that it was six: a ticket SELECT
+    before its UPDATE, and a duplicate SELECT before the insert that the unique (round, client)
+    key already refuses.
     """
     # Prepare
     fed = FederatedClient(client)
@@ -318,9 +319,32 @@ def test_an_accepted_upload_costs_five_statements(app, client, database):
     finally:
         sa.event.remove(engine, "before_cursor_execute", record)
     # Assert
-    expected = ["SELECT", "UPDATE", "INSERT", "SELECT"]
-    assert statements == (["SELECT", "SELECT", *expected, "SELECT"] if database == "postgresql"
-                          else ["SELECT", *expected])
+    claim = ["SELECT", "UPDATE", "INSERT"]
+    assert statements == (["SELECT", "SELECT", *claim, "SELECT"] if database == "postgresql"
+                          else ["SELECT", *claim, "SELECT"])
+
+
+def test_a_dropped_database_connection_fails_one_request_with_503_and_the_next_reconnects(
+        app, client, database, request):
+    """Without a ping before every transaction (a round trip each, three per upload), a connection
+    the database dropped is found by the request that uses it: that request is answered 503
+    database_unavailable (retried by every client) instead of a 500, and the pool then replaces
+    every connection older than the failure, so the next request succeeds.
+    """
+    if database != "postgresql":
+        pytest.skip("SQLite has no connection to lose")
+    # Prepare: a pooled connection, then the server drops every backend of the app's database
+    fed = FederatedClient(client)
+    fed.ticket()
+    dropped = request.getfixturevalue("postgresql_cluster").drop_connections(db.get_engine(app).url.database)
+    # Execute
+    first = client.post("/api/tickets", json={"client_id": fed.client_id})
+    second = client.post("/api/tickets", json={"client_id": fed.client_id})
+    # Assert
+    assert dropped >= 1
+    assert (first.status_code, first.get_json()["error"]) == (503, "database_unavailable")
+    assert first.headers["Retry-After"] == "1"
+    assert second.status_code == 201 and second.get_json()["ticket"]
 
 
 def test_a_duplicate_upload_is_refused_by_the_unique_key_and_spends_its_ticket(app, client):
