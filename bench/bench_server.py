@@ -199,10 +199,10 @@ def run_setup(args, deltas: list[dict], code: Path, database: str, workers: int,
                 clients[i].post_update(body)
                 latencies[i] = time.perf_counter() - began
 
-            began = time.perf_counter()
+            began, sender_began = time.perf_counter(), time.process_time()
             with ThreadPoolExecutor(args.senders) as pool:
                 list(pool.map(send, range(args.updates)))
-            seconds = time.perf_counter() - began
+            seconds, sender_cpu = time.perf_counter() - began, time.process_time() - sender_began
             ingest_cpu = server_cpu() - cpu_before
             nginx_cpu, database_cpu = (after - before for after, before in zip(parts_cpu(), parts_before,
                                                                                 strict=True))
@@ -224,6 +224,7 @@ def run_setup(args, deltas: list[dict], code: Path, database: str, workers: int,
             "server CPU per update": f"{1000 * ingest_cpu / args.updates:.1f} ms",
             "  of which nginx / PostgreSQL": f"{1000 * nginx_cpu / args.updates:.1f} / "
                                              f"{1000 * database_cpu / args.updates:.1f} ms",
+            "senders' CPU per update (same cores)": f"{1000 * sender_cpu / args.updates:.1f} ms",
             "upload latency p50 / p95": f"{np.percentile(ms, 50):.0f} / {np.percentile(ms, 95):.0f} ms",
             "RSS before, per worker": f"{max(m['VmRSS'] for m in idle) / 1024:.0f} MiB",
             "peak RSS (VmHWM), per worker / all": f"{max(peaks) / 1024:.0f} / {sum(peaks) / 1024:.0f} MiB",

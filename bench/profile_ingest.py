@@ -59,6 +59,8 @@ def parse_args(argv=None):
     parser.add_argument("--updates", type=int, default=300, help="uploads profiled (default: %(default)s)")
     parser.add_argument("--body-file", action="store_true",
                         help="send each body as a file name in FRONT_BODY_DIR, as nginx does")
+    parser.add_argument("--top", type=int, default=12,
+                        help="functions listed by their own time (default: %(default)s)")
     parser.add_argument("--db", choices=("sqlite", "postgresql"), default="sqlite",
                         help="the database (default: %(default)s)")
     return parser.parse_args(argv)
@@ -138,7 +140,7 @@ def profile_uploads(args, deltas: list[dict], db_url: str | None) -> None:
             print(f"  {count / args.updates:5.2f} x {statement}")
         for label, where, name in STAGES:
             print(f"  {label:40s} {stage_ms(stats, where, name, args.updates):7.2f} ms")
-        stats.sort_stats("tottime").print_stats(12)
+        stats.sort_stats("tottime").print_stats(args.top)
         close = cProfile.Profile()
         began = time.perf_counter()
         close.enable()
