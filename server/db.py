@@ -94,6 +94,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+POOL_RECYCLE_S = 600  # PostgreSQL: a pooled connection's age at which it is replaced (a new login)
+
+
 def create_engine(url: str) -> sa.Engine:
     """An engine for url, its schema migrated to the newest revision (``server.migrations``).
 
@@ -107,8 +110,9 @@ def create_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     else:  # no pre-ping (a round trip before every transaction): a dropped connection fails its
-        # request once with DatabaseUnavailable (503, retried) and the pool replaces every older one
-        engine = sa.create_engine(parsed)
+        # request once with DatabaseUnavailable (503, retried) and the pool replaces every older one;
+        # connections are renewed after POOL_RECYCLE_S, before a firewall's idle timeout drops them
+        engine = sa.create_engine(parsed, pool_recycle=POOL_RECYCLE_S)
     init_schema(engine)
     return engine
 
@@ -149,8 +153,8 @@ def reading(engine: sa.Engine) -> Iterator[Connection]:
 
 @contextmanager
 def _unavailable_if_dropped() -> Iterator[None]:
-    """Turn a broken connection (SQLAlchemy has invalidated the pool's older ones) into a refusal
-    the client retries; any other database error stays an error.
+    """Turn a broken connection (SQLAlchemy has invalidated the pool's older ones) into
+    DatabaseUnavailable, a 503 the client retries; any other database error stays an error.
     """
     try:
         yield
