@@ -206,7 +206,7 @@ def check_encoding(tensors: Mapping[str, np.ndarray]) -> None:
     if len(kinds) > 1:
         raise UpdateFormatError("bad_dtype", f"tensors of {' and '.join(kinds)} in one body: "
                                              "all deltas of an update share one encoding")
-    for name in tensors.keys() - values.keys():
+    for name in (name for name in tensors if name not in values):  # file order, as the JS codec
         base = name[:-len(SCALE_SUFFIX)]
         if base not in tensors:
             raise UpdateFormatError("unknown_parameter",
