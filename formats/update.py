@@ -83,10 +83,7 @@ def encode_update(delta: Mapping[str, np.ndarray], meta: UpdateMeta, dtype=np.fl
     """
     if isinstance(dtype, str) and dtype == Q8:
         rng = np.random.default_rng() if rng is None else rng
-        tensors: dict[str, np.ndarray] = {}
-        for name, array in delta.items():
-            tensors[name], tensors[name + SCALE_SUFFIX] = quantise(array, rng)
-        return tensor_codec.encode(tensors, meta.to_strings())
+        return tensor_codec.encode(quantise_delta(delta, rng), meta.to_strings())
     dtype = np.dtype(dtype)
     if dtype not in (tensor_codec.DTYPES[name] for name in DELTA_DTYPES[:2]):
         raise TypeError(f"deltas are sent as {', '.join(DELTA_DTYPES)}, not {dtype}")
@@ -97,6 +94,14 @@ def encode_update(delta: Mapping[str, np.ndarray], meta: UpdateMeta, dtype=np.fl
     else:
         cast = {n: np.asarray(a, dtype=dtype) for n, a in delta.items()}
     return tensor_codec.encode(cast, meta.to_strings())
+
+
+def quantise_delta(delta: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The Q8 tensors of a delta, in order: each parameter's int8 values, then its scales."""
+    tensors: dict[str, np.ndarray] = {}
+    for name, array in delta.items():
+        tensors[name], tensors[name + SCALE_SUFFIX] = quantise(array, rng)
+    return tensors
 
 
 def quantise(values: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
