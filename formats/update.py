@@ -195,6 +195,11 @@ def decode_delta(body: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return tensors, metadata
 
 
+def parameter_names(tensors: Mapping[str, np.ndarray]) -> list[str]:
+    """The deltas' names among a body's tensors (Q8's scales left out), in file order."""
+    return [name for name in tensors if not name.endswith(SCALE_SUFFIX)]
+
+
 def check_encoding(tensors: Mapping[str, np.ndarray]) -> None:
     """Refuse tensors that are not one delta encoding: other dtypes, a mix of encodings, and a
     Q8 tensor without its scales or with scales of the wrong dtype, shape or sign.
@@ -202,7 +207,7 @@ def check_encoding(tensors: Mapping[str, np.ndarray]) -> None:
     :raise UpdateFormatError: bad_dtype, missing_scale, bad_scale, unknown_parameter (the scales
         of a tensor the body lacks), non_finite (a NaN or infinite scale).
     """
-    values = {name: array for name, array in tensors.items() if not name.endswith(SCALE_SUFFIX)}
+    values = {name: tensors[name] for name in parameter_names(tensors)}
     for name, array in values.items():
         if array.dtype not in VALUE_DTYPES:
             raise UpdateFormatError("bad_dtype", f"tensor {name!r} is {array.dtype.name}; deltas must be "

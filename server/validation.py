@@ -15,16 +15,7 @@ import mmap
 import numpy as np
 
 from formats import update as update_codec
-from formats.update import (
-    SCALE_SUFFIX,
-    Update,
-    UpdateFormatError,
-    UpdateMeta,
-    decode_delta,
-    decode_meta,
-    decode_update,
-    dequantise,
-)
+from formats.update import Update, UpdateFormatError, UpdateMeta, decode_delta, decode_meta, decode_update
 from server.errors import ApiError
 
 MAX_JSON_INT_DIGITS = 20  # any int64, sign included; Python's own limit (4300 digits) may be lifted
@@ -72,7 +63,7 @@ def check_delta(tensors: dict[str, np.ndarray], parameters: list[dict], max_norm
     :raise ApiError: missing_parameter, unknown_parameter, shape_mismatch, non_finite, norm_too_large.
     """
     shapes = {p["name"]: tuple(p["shape"]) for p in parameters}
-    names = {name for name in tensors if not name.endswith(SCALE_SUFFIX)}  # the codec paired the scales
+    names = set(update_codec.parameter_names(tensors))  # the codec checked their scales
     missing, unknown = sorted(set(shapes) - names), sorted(names - set(shapes))
     if missing:
         raise ApiError("missing_parameter", f"delta lacks parameters {missing[:5]}")
@@ -134,13 +125,13 @@ def float32_delta(tensors: dict[str, np.ndarray], name: str) -> np.ndarray:
     """
     array = tensors[name]
     if array.dtype == np.int8:
-        return dequantise(array, tensors[name + SCALE_SUFFIX])
+        return update_codec.dequantise(array, tensors[name + update_codec.SCALE_SUFFIX])
     return as_float32(array)
 
 
 def float32_deltas(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every parameter of a decoded body as float32 (``float32_delta``), in file order."""
-    return {name: float32_delta(tensors, name) for name in tensors if not name.endswith(SCALE_SUFFIX)}
+    return {name: float32_delta(tensors, name) for name in update_codec.parameter_names(tensors)}
 
 
 def decode_upload(body: bytes | mmap.mmap, max_examples: int) -> Update:
