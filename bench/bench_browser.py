@@ -14,7 +14,9 @@ The profile part runs train_step.onnx in the page with onnxruntime-web's own pro
 (`enableProfiling`) and prints each operator type's share of the kernel time (not a default part).
 
     .venv/bin/python bench/bench_browser.py --bundle bundles/default [--keystrokes 500] \
-        [--parts transfer latency train profile matmul]
+        [--parts transfer latency train profile matmul encode]
+
+The encode part times the page's encodeUpdate of one full-size delta as F32, F16 and Q8.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ STEP_RUNS = 10
 # Steps not timed: the first builds kernels, and V8 runs wasm on its baseline compiler (Liftoff)
 # until the optimising tier (TurboFan) has compiled the hot functions in the background.
 WARMUP_RUNS = 10
-PARTS = ("transfer", "latency", "train", "profile", "matmul")
+PARTS = ("transfer", "latency", "train", "profile", "matmul", "encode")
 # (M, K, N) of the training step's matrix products: the time loop's hidden projection and its
 # backward (B rows), the input projection and the head over all B*T positions.
 MATMUL_SHAPES = ((16, 256, 768), (16, 768, 256), (768, 256, 16), (256, 768, 16), (1024, 128, 768),
@@ -119,6 +121,31 @@ MATMUL_RUNS = """async ([graphs, runs, warmup]) => {
     for (let i = 0; i < runs; i++) await session.run(feeds);
     out.push((performance.now() - began) / runs);
     await session.release();
+  }
+  return out;
+}"""
+
+
+# encodeUpdate of one random delta of the model's shapes per encoding, timed over `runs` calls after
+# `warmup`, on the page's main thread (where client.js uploads): ms per call, each run alone.
+ENCODE_RUNS = """async ([shapes, encodings, runs, warmup]) => {
+  const { encodeUpdate } = await import("/static/update.js");
+  const delta = shapes.map(([name, shape], i) => {
+    const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+    for (let j = 0; j < data.length; j++) data[j] = 1e-4 * Math.sin(1 + 7 * i + j);  // a 1e-4-scale delta
+    return { name, shape, data };
+  });
+  const meta = { ticket: "t".repeat(32), clientId: "c".repeat(22), baseVersion: 1, numExamples: 20,
+                 lossBefore: 3, lossAfter: 2.5 };
+  const out = {};
+  for (const encoding of encodings) {
+    for (let i = 0; i < warmup; i++) encodeUpdate(delta, meta, encoding);
+    out[encoding] = [];
+    for (let i = 0; i < runs; i++) {
+      const began = performance.now();
+      const bytes = encodeUpdate(delta, meta, encoding).length;
+      out[encoding].push([performance.now() - began, bytes]);
+    }
   }
   return out;
 }"""
@@ -376,6 +403,15 @@ def matmul_rows(page) -> list[tuple[str, str]]:
     return rows
 
 
+def encode_rows(page, bundle_dir: str) -> list[tuple[str, str]]:
+    """The page's encodeUpdate of a full-size delta: ms per body for F32, F16 and Q8."""
+    shapes = [[p["name"], p["shape"]] for p in load_bundle(bundle_dir).manifest["parameters"]]
+    timings = page.evaluate(ENCODE_RUNS, [shapes, ["F32", "F16", "Q8"], STEP_RUNS, WARMUP_RUNS])
+    return [(f"encodeUpdate, {encoding} ({runs[0][1]:,} B)",
+             f"median {median([ms for ms, _ in runs]):.1f} ms (min {min(ms for ms, _ in runs):.1f}, "
+             f"max {max(ms for ms, _ in runs):.1f}; {len(runs)} runs)") for encoding, runs in timings.items()]
+
+
 def latency_rows(page, urls, args) -> list[tuple[str, str]]:
     """Keystroke latency idle, then while the training worker trains."""
     idle, _ = latencies(page, urls, args.keystrokes, args.key_delay_ms)
@@ -404,6 +440,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
         rows += training_rows(page, args.bundle) if "train" in args.parts else []
         rows += profile_rows(page, args.bundle) if "profile" in args.parts else []
         rows += matmul_rows(page) if "matmul" in args.parts else []
+        rows += encode_rows(page, args.bundle) if "encode" in args.parts else []
         browser.close()
     return rows
 

@@ -35,8 +35,9 @@ import numpy as np
 from common import REPO, bundle_parser  # first: puts the repo on sys.path
 
 from client.protocol import FederatedClient, encode_update
+from formats import tensors as tensor_codec
 from formats.bundle import load_bundle
-from formats.update import to_float16
+from formats.update import SCALE_SUFFIX, UpdateMeta, quantise_delta, to_float16
 
 ADMIN_TOKEN = "bench-admin-token-0123456789abcdef-32+"
 
@@ -52,8 +53,8 @@ def parse_args(argv=None):
                         help="distinct random deltas cycled (default: %(default)s)")
     parser.add_argument("--setups", default="sqlite:1,postgresql:1,postgresql:2,postgresql:4",
                         help="database:workers, comma-separated (default: %(default)s)")
-    parser.add_argument("--float32", action="store_true",
-                        help="send float32 deltas (default: float16, as browsers send them)")
+    parser.add_argument("--body", choices=("f32", "f16", "q8"), default="q8",
+                        help="delta encoding of the uploads (default: %(default)s, as browsers send them)")
     parser.add_argument("--front", action="store_true",
                         help="start each setup with fedurl-deploy and send through its nginx")
     parser.add_argument("--code", default=f"this={REPO}",
@@ -155,9 +156,16 @@ def start_server(code: Path, bundle: str, data_dir: str, db_url: str | None, upd
     return process, found[0], pids
 
 
+def encoded(delta: dict[str, np.ndarray], ticket: dict, client_id: str) -> bytes:
+    """An update body of an already cast (F32, F16) or quantised (Q8 tensors and scales) delta."""
+    if any(name.endswith(SCALE_SUFFIX) for name in delta):  # as encode_update(..., Q8) frames it
+        meta = UpdateMeta(ticket["ticket"], client_id, int(ticket["version"]), 20, 3.0, 2.5)
+        return tensor_codec.encode(delta, meta.to_strings())
+    return encode_update(delta, ticket, client_id, 20, 3.0, 2.5, next(iter(delta.values())).dtype)
+
+
 def run_setup(args, deltas: list[dict], code: Path, database: str, workers: int, cluster) -> dict[str, str]:
     """One setup: start, ingest, close, stop; its column of the table."""
-    dtype = np.float32 if args.float32 else np.float16
     load_before = load_average()
     with tempfile.TemporaryDirectory(prefix="fedurl-bench-") as data_dir:
         db_url = cluster.database()[1] if database == "postgresql" else None
@@ -193,8 +201,7 @@ def run_setup(args, deltas: list[dict], code: Path, database: str, workers: int,
 
             def send(i: int) -> None:
                 """Upload update i and time it."""
-                delta = deltas[i % args.distinct]
-                body = encode_update(delta, tickets[i], clients[i].client_id, 20, 3.0, 2.5, dtype)
+                body = encoded(deltas[i % args.distinct], tickets[i], clients[i].client_id)
                 began = time.perf_counter()
                 clients[i].post_update(body)
                 latencies[i] = time.perf_counter() - began
@@ -240,8 +247,12 @@ def run(args) -> tuple[list[str], list[tuple[str, list[str]]]]:
     rng = np.random.default_rng(0)
     deltas = [{p["name"]: rng.normal(scale=1e-4, size=p["shape"]).astype(np.float32)
                for p in manifest["parameters"]} for _ in range(args.distinct)]
-    if not args.float32:  # cast once here: the senders share the server's two cores, so only the
-        deltas = [{n: to_float16(a) for n, a in d.items()} for d in deltas]  # codec's framing is timed
+    # cast or quantise once here: the senders share the server's two cores, so only the codec's
+    # framing is timed
+    if args.body == "f16":
+        deltas = [{n: to_float16(a) for n, a in d.items()} for d in deltas]
+    if args.body == "q8":
+        deltas = [quantise_delta(d, rng) for d in deltas]
     setups = [(db, int(n)) for db, n in (item.split(":") for item in args.setups.split(","))]
     cluster = None
     if any(db == "postgresql" for db, _ in setups):
@@ -261,7 +272,7 @@ def run(args) -> tuple[list[str], list[tuple[str, list[str]]]]:
     front = " (front)" if args.front else ""
     names = [f"{label + ': ' if len(codes) > 1 else ''}{db} x{n}{front}" for label, _, db, n in runs]
     setups = [(db, n) for _, _, db, n in runs]
-    body = "float32" if args.float32 else "float16"
+    body = args.body
     rows = [("model parameters", [f"{elements:,}"] * len(setups)),
             ("updates, senders, body", [f"{args.updates}, {args.senders}, {body}"] * len(setups))]
     return names, rows + [(key, [column[key] for column in columns]) for key in columns[0]]

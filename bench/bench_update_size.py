@@ -16,6 +16,7 @@ from common import bundle_parser, print_table  # first: puts the repo on sys.pat
 
 from client.protocol import encode_update
 from formats.bundle import load_bundle
+from formats.update import Q8
 from formats.urls import DEFAULT_CORPUS, load_urls
 from runtime.trainer import LocalTrainer
 
@@ -31,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """Encode one real delta as F32 and F16; return (metric, value) rows."""
+    """Encode one real delta as F32, F16 and Q8; return (metric, value) rows."""
     bundle = load_bundle(args.bundle)
     trainer = LocalTrainer(bundle)
     start = bundle.load_weights()
@@ -43,10 +44,10 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
             ("float32 model (4 bytes x parameters)", f"{model_bytes:,} B"),
             ("weights.safetensors (download)",
              f"{bundle.manifest['files']['weights.safetensors']['bytes']:,} B")]
-    for dtype in (np.float32, np.float16):
+    for label, dtype in (("float32", np.float32), ("float16", np.float16), ("Q8 (int8, scale per 64)", Q8)):
         body = encode_update(delta, TICKET, CLIENT_ID, result.num_examples, result.loss_before,
                              result.loss_after, dtype)
-        rows.append((f"update body, {np.dtype(dtype).name} deltas",
+        rows.append((f"update body, {label} deltas",
                      f"{len(body):,} B = {len(body) / model_bytes:.4f} x float32 model"))
     return rows
 

@@ -73,12 +73,15 @@ def random_client_id() -> str:
 
 
 def encode_update(delta: dict[str, np.ndarray], ticket: dict, client_id: str, num_examples: int,
-                  loss_before: float, loss_after: float, dtype=np.float32) -> bytes:
-    """The update body for a ticket (formats.update's codec, fed from a ticket's JSON)."""
+                  loss_before: float, loss_after: float, dtype=np.float32,
+                  rng: np.random.Generator | None = None) -> bytes:
+    """The update body for a ticket (formats.update's codec, fed from a ticket's JSON); dtype
+    np.float32, np.float16 or formats.update.Q8 (rng: its rounding's randomness, default the OS's).
+    """
     meta = update_codec.UpdateMeta(ticket=ticket["ticket"], client_id=client_id,
                                    base_version=int(ticket["version"]), num_examples=int(num_examples),
                                    loss_before=float(loss_before), loss_after=float(loss_after))
-    return update_codec.encode_update(delta, meta, dtype)
+    return update_codec.encode_update(delta, meta, dtype, rng)
 
 
 class FederatedClient:

@@ -10,7 +10,7 @@ a browser must not be able to run code.
 Decoding untrusted bytes, in order:
 1. our framing checks (header length within ``MAX_HEADER_BYTES`` and the payload);
 2. the header parsed by ``json`` with limits (integers of at most 20 digits, nesting caught,
-   duplicate keys refused), then every entry checked with exact Python integers: only our four
+   duplicate keys refused), then every entry checked with exact Python integers: only our five
    dtypes, at most ``MAX_DIMS`` dimensions of at most ``MAX_DIM``, bytes = elements x item size,
    tensors tiling the data section; each failure has its own message, fit for a client;
 3. ``safetensors.deserialize`` (Rust, written for untrusted files) parses the same bytes again
@@ -38,7 +38,7 @@ import numpy as np
 import safetensors
 
 DTYPES: dict[str, np.dtype] = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "I64": np.dtype("<i8"),
-                               "I32": np.dtype("<i4")}
+                               "I32": np.dtype("<i4"), "I8": np.dtype("i1")}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
 MAX_HEADER_BYTES = 1 << 20  # a header past 1 MiB is malformed for any model of ours
 MAX_INT_DIGITS = 20  # every integer in a header is an offset or a dimension: < 2**64

@@ -29,7 +29,7 @@ import numpy as np
 
 from formats import durable
 from formats import tensors as tensor_codec
-from server.validation import as_float32
+from server.validation import float32_delta, float32_deltas
 
 SUFFIX = ".st"
 INCOMING = "incoming"  # staged bodies, not yet any round's
@@ -101,7 +101,8 @@ class Spool:
         One body is decoded at a time and only the one tensor is kept, so reading a whole round
         back costs updates x one parameter of memory.
         """
-        return np.stack([as_float32(tensor_codec.decode(self.read(round_id, key))[0][name]) for key in keys])
+        return np.stack([float32_delta(tensor_codec.decode(self.read(round_id, key))[0], name)
+                         for key in keys])
 
     def deltas(self, round_id: int, keys: list[str]) -> RoundDeltas:
         """The listed bodies of a round as ``server.strategies.Deltas``."""
@@ -166,5 +167,4 @@ class RoundDeltas:
     def each(self) -> Iterator[dict[str, np.ndarray]]:
         """Every listed delta as float32, one body read and decoded at a time."""
         for key in self.keys:
-            tensors = tensor_codec.decode(self.spool.read(self.round_id, key))[0]
-            yield {name: as_float32(array) for name, array in tensors.items()}
+            yield float32_deltas(tensor_codec.decode(self.spool.read(self.round_id, key))[0])

@@ -58,10 +58,13 @@ def check_delta(tensors: dict[str, np.ndarray], parameters: list[dict], max_norm
                 ) -> tuple[dict[str, np.ndarray], float]:
     """Match tensors to the manifest's parameters; return float32 deltas and their global L2 norm.
 
+    tensors are a body's as ``formats.update.decode_delta`` checked them (Q8 scales paired).
+
     :raise ApiError: missing_parameter, unknown_parameter, shape_mismatch, non_finite, norm_too_large.
     """
     shapes = {p["name"]: tuple(p["shape"]) for p in parameters}
-    missing, unknown = sorted(set(shapes) - set(tensors)), sorted(set(tensors) - set(shapes))
+    names = set(update_codec.parameter_names(tensors))  # the codec checked their scales
+    missing, unknown = sorted(set(shapes) - names), sorted(names - set(shapes))
     if missing:
         raise ApiError("missing_parameter", f"delta lacks parameters {missing[:5]}")
     if unknown:
@@ -71,7 +74,7 @@ def check_delta(tensors: dict[str, np.ndarray], parameters: list[dict], max_norm
         if tensors[name].shape != shape:
             raise ApiError("shape_mismatch", f"parameter {name!r} has shape {list(tensors[name].shape)}, "
                                              f"the model's is {list(shape)}")
-        array = as_float32(tensors[name])
+        array = float32_delta(tensors, name)
         flat = array.ravel()
         # float32 dot: a square overflowing to inf needs a norm far past any bound, and is refused
         with np.errstate(over="ignore", invalid="ignore"):
@@ -115,12 +118,28 @@ def as_float32(array: np.ndarray) -> np.ndarray:
     return np.take(FLOAT16_TO_32, array.view(np.uint16))
 
 
+def float32_delta(tensors: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """Parameter ``name`` of a decoded body's tensors as float32, whatever its encoding: F32 as a
+    view, F16 through ``as_float32``'s table, Q8 as int8 x its block scale (``dequantise``).
+    Everything that reads a body back (the upload's checks, the close, recovery) goes through here.
+    """
+    array = tensors[name]
+    if array.dtype == np.int8:
+        return update_codec.dequantise(array, tensors[name + update_codec.SCALE_SUFFIX])
+    return as_float32(array)
+
+
+def float32_deltas(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every parameter of a decoded body as float32 (``float32_delta``), in file order."""
+    return {name: float32_delta(tensors, name) for name in update_codec.parameter_names(tensors)}
+
+
 def decode_upload(body: bytes | mmap.mmap, max_examples: int) -> Update:
     """Decode an update body (bytes, or an mmap of the front's file: read once here) with the shared
     codec; its refusals become ApiErrors with the same code.
 
-    :raise ApiError: malformed_payload, bad_dtype, missing_metadata, bad_metadata, bad_client_id,
-        bad_num_examples, bad_loss.
+    :raise ApiError: malformed_payload, bad_dtype, missing_scale, bad_scale, unknown_parameter,
+        non_finite, missing_metadata, bad_metadata, bad_client_id, bad_num_examples, bad_loss.
     """
     try:
         return decode_update(bytes(body), max_examples)

@@ -56,6 +56,7 @@ from tqdm import tqdm
 
 from client.protocol import FederatedClient, SecureParticipant, encode_update, flatten
 from formats.bundle import load_bundle
+from formats.update import Q8
 from formats.urls import REPO, load_urls
 from runtime.complete import Completer
 from runtime.trainer import LocalTrainer, batches
@@ -69,6 +70,7 @@ from study.split import Split, split_corpus
 
 DEFAULT_BUNDLE = REPO / "bundles" / "default"
 KSR_K = 3
+UPLOAD_DTYPES = {"float32": np.float32, "float16": np.float16, "q8": Q8}  # --upload-dtype: the codec's dtype
 
 
 def local_seed(seed: int, round_index: int, client: int) -> int:
@@ -149,8 +151,8 @@ def client_round(fed: FederatedClient, trainer: LocalTrainer, history: list[str]
         result = trainer.train(start, history, epochs=args.local_epochs, lr=args.client_lr, seed=seed)
         delta = {name: result.weights[name] - start[name] for name in start}
         claimed = result.num_examples
-    body = encode_update(delta, ticket, fed.client_id, claimed, result.loss_before,
-                         result.loss_after, np.dtype(args.upload_dtype))
+    body = encode_update(delta, ticket, fed.client_id, claimed, result.loss_before, result.loss_after,
+                         UPLOAD_DTYPES[args.upload_dtype], np.random.default_rng([seed, 1]))
     answer = fed.post_update(body)
     stats.add(result, args.local_epochs, len(body))
     return answer
@@ -379,8 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the centralized reference")
     add("--trie", action=argparse.BooleanOptionalAction, default=True,
         help="score the frequency-trie baseline")
-    add("--upload-dtype", choices=("float32", "float16"), default="float32",
-        help="dtype of uploaded deltas; browsers with Float16Array send float16 (default: %(default)s)")
+    add("--upload-dtype", choices=tuple(UPLOAD_DTYPES), default="q8",
+        help="encoding of uploaded deltas; the page sends q8, int8 with a float32 scale per 64 values "
+             "(default: %(default)s)")
     add("--threads", type=int, default=1, help="onnxruntime threads (default: %(default)s)")
     add("--attackers", type=float, default=0.0,
         help="share of the users that attack when sampled (study/attacks.py; default: %(default)s)")

@@ -63,9 +63,9 @@ function randomClientId() {
   return btoa(String.fromCharCode(...bytes)).replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
 }
 
-/** The dtype deltas are uploaded as: F16 if UPLOAD_DTYPE asks for it and this browser can write it. */
+/** The encoding deltas are uploaded in: UPLOAD_DTYPE, but F32 for F16 where this browser cannot write it. */
 function wireDtype() {
-  return UPLOAD_DTYPE === "F16" && canWriteF16() ? "F16" : "F32";
+  return UPLOAD_DTYPE === "F16" && !canWriteF16() ? "F32" : UPLOAD_DTYPE;
 }
 
 export class Client extends EventTarget {

@@ -8,7 +8,7 @@
  */
 
 /** dtype name -> typed-array class (F16 stays raw 16-bit words: Float16Array is not everywhere). */
-export const DTYPES = { F32: Float32Array, F16: Uint16Array, I64: BigInt64Array, I32: Int32Array };
+export const DTYPES = { F32: Float32Array, F16: Uint16Array, I64: BigInt64Array, I32: Int32Array, I8: Int8Array };
 const MAX_HEADER_BYTES = 1 << 20; // same bounds as formats/tensors.py
 const MAX_DIMS = 32;
 const F16_MAX = 65504; // the largest finite IEEE 754 half
@@ -44,7 +44,7 @@ function asciiJson(value) {
     (ch) => "\\u" + ch.charCodeAt(0).toString(16).padStart(4, "0"));
 }
 
-/** @typedef {Float32Array|Uint16Array|BigInt64Array|Int32Array} TypedArray one of DTYPES' arrays */
+/** @typedef {Float32Array|Uint16Array|BigInt64Array|Int32Array|Int8Array} TypedArray one of DTYPES' arrays */
 
 /**
  * Serialise tensors to safetensors bytes.

@@ -25,6 +25,7 @@ import pytest
 
 from client.protocol import FederatedClient
 from formats import tensors as tensor_codec
+from formats.update import quantise
 from server.app import create_app
 from server.cli import serving
 from server.rounds import SPENDS_TICKET
@@ -90,6 +91,19 @@ def with_value(value) -> dict:
     delta = small_delta()
     delta["embed.weight"][0, 0] = value
     return delta
+
+
+def q8_delta(changes: dict | None = None, drop: str = "") -> dict:
+    """The valid small delta as Q8 tensors (int8 values and their '#scale'), entries changed or dropped."""
+    tensors = {}
+    for name, array in small_delta().items():
+        tensors[name], tensors[name + "#scale"] = quantise(array, np.random.default_rng(0))
+    return {name: array for name, array in {**tensors, **(changes or {})}.items() if name != drop}
+
+
+def scale(value: float, blocks: int = 1) -> dict:
+    """head.bias's Q8 scales all set to value."""
+    return {"head.bias#scale": np.full(blocks, value, np.float32)}
 
 
 class RawResponse:
@@ -197,9 +211,9 @@ CASES = [
              "dtype": "F32", "shape": [5], "data_offsets": [0, 20]}}), b"\0" * TINY_BYTES))),
     Case("metadata_not_strings", 400, "malformed_payload", "__metadata__",
          lambda c: c.post(raw(tiny_header({**c.metadata(), "num_examples": 10}), b"\0" * TINY_BYTES))),
-    Case("int32_delta", 400, "bad_dtype", "F32 or F16",
+    Case("int32_delta", 400, "bad_dtype", "F32, F16, Q8",
          lambda c: c.post(c.body({n: np.zeros(s, np.int32) for n, s in TINY_PARAMETERS.items()}))),
-    Case("int64_delta", 400, "bad_dtype", "F32 or F16",
+    Case("int64_delta", 400, "bad_dtype", "F32, F16, Q8",
          lambda c: c.post(c.body({n: np.zeros(s, np.int64) for n, s in TINY_PARAMETERS.items()}))),
     Case("no_ticket_field", 400, "missing_metadata", "ticket", lambda c: c.post(c.body(ticket=None))),
     Case("no_loss_fields", 400, "missing_metadata", "loss_before, loss_after",
@@ -239,6 +253,32 @@ CASES = [
          lambda c: c.post(c.body(with_value(11.0)))),
     Case("squares_overflow", 400, "norm_too_large", "L2 norm inf",
          lambda c: c.post(c.body(with_value(1e30)))),  # finite, but its square is not: no non_finite
+    # Q8 bodies (int8 values, one float32 scale per 64 of them): the scales are checked like deltas
+    Case("q8_missing_scale", 400, "missing_scale", "'head.bias#scale'",
+         lambda c: c.post(c.body(q8_delta(drop="head.bias#scale")))),
+    Case("q8_scale_wrong_shape", 400, "bad_scale", "shape [1]",
+         lambda c: c.post(c.body(q8_delta(scale(1.0, 2))))),
+    Case("q8_scale_float16", 400, "bad_scale", "must be F32",
+         lambda c: c.post(c.body(q8_delta({"head.bias#scale": np.ones(1, np.float16)})))),
+    Case("q8_nan_scale", 400, "non_finite", "'head.bias#scale'",
+         lambda c: c.post(c.body(q8_delta(scale(np.nan))))),
+    Case("q8_inf_scale", 400, "non_finite", "NaN or infinite",
+         lambda c: c.post(c.body(q8_delta(scale(np.inf))))),
+    Case("q8_negative_scale", 400, "bad_scale", "negative",
+         lambda c: c.post(c.body(q8_delta(scale(-0.01))))),
+    Case("q8_huge_scale", 400, "norm_too_large", "exceeds the limit 10",
+         lambda c: c.post(c.body(q8_delta(scale(1e6))))),
+    Case("q8_scale_overflows_float32", 400, "non_finite", "'head.bias'",  # 127 x 3e38 is inf in float32
+         lambda c: c.post(c.body(q8_delta(scale(3e38))))),
+    Case("q8_scale_of_unknown_parameter", 400, "unknown_parameter", "'lm.extra'",
+         lambda c: c.post(c.body(q8_delta({"lm.extra#scale": np.ones(1, np.float32)})))),
+    Case("q8_scale_of_f32_delta", 400, "bad_scale", "not I8",
+         lambda c: c.post(c.body({**small_delta(), "head.bias#scale": np.ones(1, np.float32)}))),
+    Case("q8_mixed_with_f32", 400, "bad_dtype", "F32 and I8 in one body",
+         lambda c: c.post(c.body(q8_delta({"embed.weight": np.zeros((4, 3), np.float32)},
+                                          drop="embed.weight#scale")))),
+    Case("q8_wrong_shape", 400, "shape_mismatch", "[4, 3]",
+         lambda c: c.post(c.body(q8_delta({"embed.weight": np.zeros((3, 4), np.int8)})))),
     Case("unknown_version", 400, "unknown_version", "base_version 99",
          lambda c: c.post(c.body(base_version="99"))),
     Case("stale_version", 409, "stale_version", "too old",
@@ -351,10 +391,11 @@ def test_case_count():
     assert len({c.code for c in CASES}) >= 20
 
 
-def test_valid_body_from_the_same_helpers_is_accepted(config):
-    """Positive control: the unmodified request these cases start from is accepted."""
+@pytest.mark.parametrize("encoding", ["F32", "Q8"])
+def test_valid_body_from_the_same_helpers_is_accepted(config, encoding):
+    """Positive control: the unmodified requests these cases start from are accepted."""
     ctx = Ctx(create_app(config))
-    response = ctx.post(ctx.body())
+    response = ctx.post(ctx.body(q8_delta() if encoding == "Q8" else None))
     assert response.status_code == 202, response.get_json()
     assert response.get_json()["updates_in_round"] == 1
 

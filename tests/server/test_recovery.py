@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from client.protocol import FederatedClient
+from client.protocol import FederatedClient, encode_update
+from formats.update import Q8, decode_update, dequantise
 from server.app import create_app
-from tests.server.conftest import fetch, small_delta
+from tests.server.conftest import TINY_PARAMETERS, fetch, small_delta
 
 pytestmark = pytest.mark.databases("sqlite", "postgresql")
 
@@ -140,6 +141,34 @@ def test_a_body_without_checksum_is_validated_again(config):
         conn.execute(schema.updates.update().values(sha256=None))
     overwrite_tensors(spool_bodies(config)[1], float("nan"))
     assert coordinator(create_app(config)).progress().updates == 1
+
+
+def test_q8_bodies_are_replayed_as_they_decode(config):
+    """Two Q8 bodies stored before a restart are decoded and checked again at start-up and count
+    in the round's mean exactly as they decode (oracle: decoded here)."""
+    # Prepare
+    app, rng, decoded = create_app(config), np.random.default_rng(7), []
+    v1 = coordinator(app).weights
+
+    def upload_q8(app) -> None:
+        fed = FederatedClient(app.test_client())
+        delta = {n: rng.normal(scale=0.05, size=s).astype(np.float32) for n, s in TINY_PARAMETERS.items()}
+        body = encode_update(delta, fed.ticket(), fed.client_id, 10, 5.0, 4.0, Q8, rng)
+        fed.post_update(body)
+        tensors = decode_update(body, 1000).tensors
+        decoded.append({n: dequantise(tensors[n], tensors[n + "#scale"]) for n in TINY_PARAMETERS})
+
+    upload_q8(app)
+    upload_q8(app)
+    # Execute
+    restarted = create_app(config)
+    resumed = coordinator(restarted).progress().updates
+    upload_q8(restarted)
+    # Assert
+    assert resumed == 2 and coordinator(restarted).version == 2
+    for name, array in coordinator(restarted).store.weights(2).items():
+        mean = np.mean([d[name] for d in decoded], axis=0, dtype=np.float32)
+        np.testing.assert_allclose(array, v1[name] + mean, rtol=1e-6, atol=1e-7)
 
 
 def test_weights_out_of_range_are_never_published(config):

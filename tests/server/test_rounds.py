@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-from client.protocol import FederatedClient, ProtocolError
+from client.protocol import FederatedClient, ProtocolError, encode_update
 from formats import durable
 from formats.bundle import MANIFEST
+from formats.update import Q8, decode_update, dequantise
 from server import db
 from server.app import create_app
 from tests.server.conftest import small_delta, snapshot, write_tiny_bundle
@@ -186,6 +187,31 @@ def test_f16_deltas_are_accepted(client, app):
     upload(client, 0.25)
     for name, array in weights(app, 2).items():
         np.testing.assert_allclose(array, v1[name] + 0.25, rtol=1e-6)
+
+
+def test_q8_deltas_are_averaged_as_they_decode(config, tmp_path):
+    """Q8 uploads (int8, a float32 scale per 64 values) are accepted and the close averages
+    exactly what they decode to: oracle, each body decoded here and the float32 mean taken. A
+    200-value parameter has three full blocks and a short one, so a scale applied to the wrong
+    block (or the short block's) would show.
+    """
+    # Prepare
+    shapes = {"embed.weight": (40, 5), "head.bias": (5,)}
+    app = create_app({**config, "BUNDLE_DIR": str(write_tiny_bundle(tmp_path / "q8", shapes))})
+    v1, rng = weights(app, 1), np.random.default_rng(3)
+    bodies = []
+    for _ in range(3):  # MIN_CLIENTS
+        fed = FederatedClient(app.test_client())
+        delta = {name: rng.normal(scale=0.02, size=s).astype(np.float32) for name, s in shapes.items()}
+        body = encode_update(delta, fed.ticket(), fed.client_id, 10, 5.0, 4.0, Q8, rng)
+        # Execute
+        fed.post_update(body)
+        bodies.append(decode_update(body, 1000).tensors)
+    # Assert
+    for name in shapes:
+        mean = np.mean([dequantise(t[name], t[name + "#scale"]) for t in bodies], axis=0, dtype=np.float32)
+        np.testing.assert_allclose(weights(app, 2)[name], v1[name] + mean, rtol=1e-6, atol=1e-7)
+    assert coordinator(app).version == 2
 
 
 def disk_full(*args):

@@ -79,3 +79,15 @@ def publish(app, rounds: int) -> None:
         zeros = {name: np.zeros(t.shape, np.float32) for name, t in client.global_weights().items()}
         client.upload(zeros, client.ticket(), num_examples=4, loss_before=3.1, loss_after=2.7)
         app.test_client().post("/api/admin/close", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+
+
+def assert_q8_rounding(values: np.ndarray, scale: np.ndarray, delta: np.ndarray) -> None:
+    """values and scale are a Q8 encoding of the float32 delta (formats/update.py's quantise):
+    each block's scale is max|x| / 127 bit for bit, each value x / scale rounded down or up."""
+    assert values.dtype == np.int8 and values.shape == delta.shape and scale.dtype == np.float32
+    block = 64
+    flat = np.pad(delta.ravel(), (0, -delta.size % block)).astype(np.float64).reshape(-1, block)
+    np.testing.assert_array_equal(scale, (np.abs(flat).max(axis=1) / 127).astype(np.float32))
+    exact = (flat / np.where(scale > 0, scale, 1).astype(np.float64)[:, None]).ravel()[:delta.size]
+    got = values.ravel().astype(np.float64)
+    assert ((got == np.floor(exact)) | (got == np.ceil(exact))).all()

@@ -8,11 +8,21 @@ from urllib.parse import quote, quote_plus, urlparse
 
 import numpy as np
 import pytest
-from page_helpers import ADMIN_TOKEN, PAGE, open_page, publish, shown_suggestions, suggestions_for, visit
+from page_helpers import (
+    ADMIN_TOKEN,
+    PAGE,
+    assert_q8_rounding,
+    open_page,
+    publish,
+    shown_suggestions,
+    suggestions_for,
+    visit,
+)
 from playwright.sync_api import expect
 
 from client.protocol import FederatedClient
 from formats import tensors as tensor_codec
+from formats.update import dequantise
 from formats.urls import normalize_url
 from runtime.complete import Completer
 from runtime.ngram import PersonalCompleter
@@ -27,9 +37,8 @@ PERSONAL_HISTORIES = [  # one per browser: what each user typed and visited
 ]
 PROBES = ["qx", "qxa", "qxb", "qxg", "qxalpha.org/", "qxbeta.net/d", "qxgamma.com/s"]
 HISTORY_SUGGESTIONS = 2  # web_client/constants.js
-# Where a float32 value lands after F16 rounding (half an ulp: 2^-11 relative, 2^-25 among
-# subnormals) and one float32 addition to a weight of magnitude w (2^-24 w, doubled for slack).
-F16_RELATIVE, F16_ABSOLUTE, F32_RELATIVE = 2.0 ** -11, 2.0 ** -25, 2.0 ** -23
+# One float32 addition to a weight of magnitude w: 2^-24 w, doubled for slack.
+F32_RELATIVE = 2.0 ** -23
 # The update kept in IndexedDB (float32, before any upload conversion), as base64 safetensors.
 PENDING_UPDATE = """async () => {
   const { History } = await import("/static/history.js");
@@ -75,7 +84,7 @@ def expected_suggestions(history: list[str], probe: str, model: list[str]) -> li
 
 
 def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live_app, bundle_dir):
-    """Three browsers with their own histories train and upload F16 deltas; the server aggregates;
+    """Three browsers with their own histories train and upload Q8 deltas; the server aggregates;
     every page swaps in version 2 without a reload, fetching only the new weights, and then shows
     its own visited URLs followed by what the Python completer suggests with the new weights."""
     # Prepare
@@ -115,8 +124,9 @@ def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live
         assert sorted(seen) == downloads_expected(v1_files, info["files"])
     parameters = sum(int(np.prod(p["shape"])) for p in info["manifest"]["parameters"])
     assert len(uploads) == 3
-    assert all(len(body) < 2 * parameters + 4096 for body in uploads), "F16: 2 bytes a value"
-    assert all(t.dtype == np.float16 for body in uploads for t in tensor_codec.decode(body)[0].values())
+    assert all(len(body) < parameters * (1 + 4 / 64) + 4096 for body in uploads), "Q8: 1.06 bytes a value"
+    assert all(t.dtype == (np.float32 if n.endswith("#scale") else np.int8)
+               for body in uploads for n, t in tensor_codec.decode(body)[0].items())
     for context in contexts:
         context.close()
 
@@ -183,10 +193,10 @@ def test_server_down_keeps_history_and_update_for_a_retry(page, context):
 
 
 @pytest.mark.parametrize("float16", [True, False], ids=["Float16Array", "no-Float16Array"])
-def test_upload_is_f16_and_aggregates_within_f16_precision(page, context, live_app, float16):
-    """The delta goes up as F16 (half the bytes) where the browser has Float16Array, else as F32;
-    once the server aggregates it, the global weights moved by the local float32 delta to within
-    F16 rounding."""
+def test_upload_is_q8_and_aggregates_to_what_it_decodes(page, context, live_app, float16):
+    """The delta goes up as Q8 (a quarter of F32) in every browser, Float16Array or not: each value
+    the local float32 delta over its block's scale, rounded down or up; once the server aggregates
+    it, the global weights moved by exactly the decoded delta, to within float32 addition."""
     # Prepare: train offline, so the float32 delta waits in IndexedDB where the test can read it
     if not float16:
         page.add_init_script("delete globalThis.Float16Array")
@@ -207,12 +217,12 @@ def test_upload_is_f16_and_aggregates_within_f16_precision(page, context, live_a
     # Assert
     sent, _ = tensor_codec.decode(bodies[0])
     v2 = server_model(live_app)[1]
-    dtype = np.float16 if float16 else np.float32
+    assert list(sent) == [n + suffix for n in local for suffix in ("", "#scale")]
     for name, delta in local.items():
-        assert sent[name].dtype == dtype and np.array_equal(sent[name], delta.astype(dtype)), name
+        assert_q8_rounding(sent[name], sent[name + "#scale"], delta)
+        decoded = dequantise(sent[name], sent[name + "#scale"]).astype(np.float64)
         moved = v2[name].astype(np.float64) - v1[name]
-        bound = F16_RELATIVE * np.abs(delta) + F16_ABSOLUTE + F32_RELATIVE * np.abs(v1[name])
-        assert (np.abs(moved - delta) <= bound).all(), name
+        assert (np.abs(moved - decoded) <= F32_RELATIVE * (np.abs(v1[name]) + np.abs(decoded))).all(), name
     assert sum(np.count_nonzero(d) for d in local.values()) > 0, "training should move the weights"
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
+from page_helpers import assert_q8_rounding
 
 from formats import tensors as tensor_codec
-from formats.update import UpdateFormatError, UpdateMeta, decode_update, encode_update
+from formats.update import BLOCK, Q8, UpdateFormatError, UpdateMeta, decode_update, dequantise, encode_update
 
 MAX_EXAMPLES = 1000
 META = UpdateMeta(ticket="tk_9f8e", client_id="Client-0001_x", base_version=7, num_examples=42,
@@ -68,6 +71,63 @@ def test_js_reads_python_updates(module_page, dtype):
         assert values == (array.view(np.uint16) if dtype == np.float16 else array).ravel().tolist()
 
 
+def test_python_reads_js_q8_updates(module_page):
+    """JS's Q8 bodies decode in Python: the scales are max|x| / 127 bit for bit as Python's, each
+    value is x / scale rounded down or up, zeros are zeros."""
+    # Prepare: one parameter of two blocks and a short one, beside the awkward small ones
+    values = {**delta(), "w": np.random.default_rng(4).normal(size=(3, 50)).astype(np.float32)}
+    values["w"][1] = 0.0
+    spec = [[name, list(a.shape), a.ravel().tolist()] for name, a in values.items()]
+    # Execute
+    body = bytes(module_page.evaluate(ENCODE, [spec, JS_META, "Q8"]))
+    # Assert
+    update = decode_update(body, MAX_EXAMPLES)
+    assert update.meta == META
+    assert list(update.tensors) == [n + suffix for n in values for suffix in ("", "#scale")]
+    for name, value in values.items():
+        rounded, scale = update.tensors[name], update.tensors[name + "#scale"]
+        assert_q8_rounding(rounded, scale, value)
+        assert (dequantise(rounded, scale)[value == 0] == 0).all()
+
+
+def test_js_q8_rounding_is_unbiased(module_page):
+    """The mean of K JS encodings tends to the delta, within the Hoeffding bound of
+    tests/formats/test_update.py's test_q8_rounding_is_unbiased (crypto.getRandomValues' draws)."""
+    # Prepare
+    values = np.random.default_rng(5).uniform(-1, 1, size=4 * BLOCK).astype(np.float32)
+    draws = 2000
+    tolerance = math.sqrt(math.log(2 * values.size / 1e-9) / (2 * draws))
+    # Execute
+    mean, scale = module_page.evaluate("""async ([values, draws]) => {
+      const { quantise } = await import("/static/update.js");
+      const data = Float32Array.from(values), total = new Float64Array(data.length);
+      let scale;
+      for (let k = 0; k < draws; k++) {
+        const q = quantise(data);
+        scale = q.scale;
+        q.values.forEach((v, i) => { total[i] += v * scale[Math.floor(i / 64)]; });
+      }
+      return [Array.from(total, (t) => t / draws), Array.from(scale)];
+    }""", [values.tolist(), draws])
+    # Assert
+    step = np.float64(min(scale))
+    assert np.abs(np.array(mean) - values).max() <= tolerance * step
+
+
+def test_js_reads_python_q8_updates(module_page):
+    # Prepare
+    body = encode_update(delta(), META, Q8, np.random.default_rng(6))
+    tensors = decode_update(body, MAX_EXAMPLES).tensors
+    # Execute
+    got = module_page.evaluate(DECODE, [list(body), MAX_EXAMPLES])
+    # Assert
+    assert got["meta"] == JS_META
+    assert [(n, d, s) for n, d, s, _ in got["tensors"]] == [
+        (n, tensor_codec.DTYPE_NAMES[a.dtype], list(a.shape)) for n, a in tensors.items()]
+    for name, _, _, values in got["tensors"]:
+        assert values == tensors[name].ravel().tolist()
+
+
 def _body(tensors=None, **overrides) -> bytes:
     metadata = {k: v for k, v in {**META.to_strings(), **overrides}.items() if v is not None}
     return tensor_codec.encode(delta() if tensors is None else tensors, metadata)
@@ -92,6 +152,18 @@ REFUSED = {
     "loss with underscore": _body(loss_after="1_0"),
     "loss with a space": _body(loss_after=" 1"),
     "loss past 1000": _body(loss_after="1000.5"),
+    "Q8 without scale": _body({"x": np.zeros(3, np.int8)}),
+    "Q8 scale of wrong shape": _body({"x": np.zeros(65, np.int8), "x#scale": np.ones(1, np.float32)}),
+    "Q8 scale not F32": _body({"x": np.zeros(3, np.int8), "x#scale": np.ones(1, np.float16)}),
+    "Q8 NaN scale": _body({"x": np.zeros(3, np.int8), "x#scale": np.array([np.nan], np.float32)}),
+    "Q8 infinite scale": _body({"x": np.zeros(3, np.int8), "x#scale": np.array([-np.inf], np.float32)}),
+    "Q8 negative scale": _body({"x": np.zeros(3, np.int8), "x#scale": np.array([-1.0], np.float32)}),
+    "scale without its tensor": _body({"x": np.zeros(3, np.int8), "x#scale": np.ones(1, np.float32),
+                                       "y#scale": np.ones(1, np.float32)}),
+    "scale of an F32 tensor": _body({"x": np.zeros(3, np.float32), "x#scale": np.ones(1, np.float32)}),
+    "Q8 mixed with F32": _body({"x": np.zeros(3, np.int8), "x#scale": np.ones(1, np.float32),
+                                "y": np.zeros(2, np.float32)}),
+    "F16 mixed with F32": _body({"x": np.zeros(3, np.float16), "y": np.zeros(2, np.float32)}),
 }
 
 
