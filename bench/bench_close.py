@@ -1,4 +1,4 @@
-"""Round close time and peak memory by round size: N stored float16 updates, then one admin close.
+"""Round close time and peak memory by round size: N stored Q8 updates, then one admin close.
 
 Each size gets a fresh SQLite data dir in a fresh process (so its peak RSS is its own); updates
 enter through ``Coordinator.submit`` (what the upload handler calls after decoding and checking:
@@ -25,7 +25,7 @@ from bench_server import memory_kib  # imports common first, which puts the repo
 from common import REPO, bundle_parser
 
 from formats.bundle import load_bundle
-from formats.update import UpdateMeta, encode_update
+from formats.update import Q8, UpdateMeta, encode_update
 from server.app import create_app
 
 ADMIN_TOKEN = "bench-close-token-0123456789abcdef-32+"
@@ -56,7 +56,7 @@ def measure(bundle: str, updates: int) -> dict:
             client_id = f"bench-client-{i:08d}"
             ticket = coordinator.issue_ticket(client_id)
             meta = UpdateMeta(ticket["ticket"], client_id, ticket["version"], 20, 3.0, 2.5)
-            body = encode_update(deltas[i % len(deltas)], meta, np.float16)
+            body = encode_update(deltas[i % len(deltas)], meta, Q8, rng)
             coordinator.submit(meta, 0.08, body)
         fill_s = time.perf_counter() - began
         before = memory_kib(os.getpid())["VmRSS"]

@@ -8,7 +8,8 @@ Both modes run the same cohort the same way: n clients check in and are all draw
 10 % of them drop, and the round closes at its deadline with the survivors. Secure: the 10 % drop
 after sharing keys, the costly case (the server rebuilds their mask keys from shares and removes
 the pairwise masks they shared with survivors). Plain: the 10 % never upload; the others send
-float16 deltas as browsers do. PUBLISH_GATE is off in both: it scores the same candidate either way.
+float16 deltas (what browsers sent when its figures were recorded; they now send Q8, about
+half the bytes). PUBLISH_GATE is off in both: it scores the same candidate either way.
 The model is --bundle's parameter shapes (pretrained/: 690,688 weights) up to cohort --full-up-to,
 and --reduced-params weights above it (say so in the table; cohort 1,000 at full size stores 1.4 GB
 of masked inputs in the benchmark's SQLite).

@@ -5,7 +5,7 @@ those), in one thread, into a fresh data dir and database (SQLite, or with ``--d
 throwaway PostgreSQL cluster, fsync on), then the round is closed by the admin API.
 Prints the ms per update of the functions that matter (cumulative, with their callees), then the
 close's wall time and its top functions. The setup is bench_server.py's (open selection, plain
-aggregation, bounded influence, float16 bodies). With ``--body-file`` each body is first written
+aggregation, bounded influence, Q8 bodies as the page sends). With ``--body-file`` each body is first written
 to a file in a body folder the app trusts (``FRONT_BODY_DIR``) and only its name is sent, as
 fedurl-deploy's nginx does (the file writes are not profiled: nginx does them).
 
@@ -27,6 +27,7 @@ from common import bundle_parser  # first: puts the repo on sys.path
 
 from client.protocol import FederatedClient, encode_update
 from formats.bundle import load_bundle
+from formats.update import Q8
 from server.api import BODY_FILE_HEADER
 from server.app import create_app
 from server.cli import front_body_dir
@@ -38,7 +39,7 @@ ADMIN_TOKEN = "profile-admin-token-0123456789abcdef-32+"
 STAGES = [
     ("whole request (Flask, no HTTP parsing)", "flask/app.py", "wsgi_app"),
     ("decode_upload (safetensors)", "validation.py", "decode_upload"),
-    ("check_delta (f16->f32, finite, norm)", "validation.py", "check_delta"),
+    ("check_delta (to float32, finite, norm)", "validation.py", "check_delta"),
     ("Coordinator.vet_ticket (before the body)", "rounds.py", "vet_ticket"),
     ("Coordinator.submit", "rounds.py", "submit"),
     ("  sha256 of the body", "~", "_hashlib.openssl_sha256"),
@@ -90,14 +91,16 @@ def main(argv=None) -> None:
             raise SystemExit("PostgreSQL binaries not found (make postgresql)")
         cluster = Cluster(bindir, durable=True).start()
     try:
-        profile_uploads(args, deltas, cluster.database()[1] if cluster else None)
+        profile_uploads(args, deltas, cluster.database()[1] if cluster else None, rng)
     finally:
         if cluster is not None:
             cluster.stop()
 
 
-def profile_uploads(args, deltas: list[dict], db_url: str | None) -> None:
-    """Profile args.updates uploads into a fresh data dir (db_url: PostgreSQL; None: SQLite in it)."""
+def profile_uploads(args, deltas: list[dict], db_url: str | None, rng: np.random.Generator) -> None:
+    """Profile args.updates uploads into a fresh data dir (db_url: PostgreSQL; None: SQLite in it);
+    rng: the Q8 rounding's randomness.
+    """
     with tempfile.TemporaryDirectory(prefix="fedurl-profile-") as data_dir:
         body_dir = front_body_dir(data_dir)
         body_dir.mkdir(parents=True)
@@ -111,7 +114,7 @@ def profile_uploads(args, deltas: list[dict], db_url: str | None) -> None:
                           "LOG_LEVEL": "WARNING"})
         http = app.test_client()
         clients = [FederatedClient(http) for _ in range(args.updates)]
-        bodies = [encode_update(deltas[i % len(deltas)], c.ticket(), c.client_id, 20, 3.0, 2.5, np.float16)
+        bodies = [encode_update(deltas[i % len(deltas)], c.ticket(), c.client_id, 20, 3.0, 2.5, Q8, rng)
                   for i, c in enumerate(clients)]
         names = []
         for n, body in enumerate(bodies if args.body_file else []):
