@@ -44,6 +44,7 @@ web_client/completer.js implements exactly this algorithm; keep the two in step.
 from __future__ import annotations
 
 import math
+import re
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -57,6 +58,8 @@ BOUNDARY_BYTES = b"/?"
 # Top-level domains that are never a second-level label before another one ("x.com.com" is junk,
 # "x.com.br" is not): the original generic TLDs plus info and biz.
 GENERIC_TLDS = frozenset({"com", "net", "org", "edu", "gov", "mil", "int", "info", "biz"})
+HTML_EXTENSION = re.compile(r"\.html?", re.IGNORECASE | re.ASCII)  # rule 4: .html or else .htm
+EXTENSION_MAY_PRECEDE = "#;"  # a fragment or a path parameter (;jsessionid=...) may follow it
 BEAM_WIDTH = 8
 MAX_STEPS = 16
 CONTEXT_CACHE_SIZE = 512
@@ -107,6 +110,10 @@ def junk(canonical: str, text: str, finished: bool = True) -> bool:
     3. No TLD in the path: a path segment that starts with "." or ends in "." and a generic TLD
        (``github.com/.net``, ``en.wikipedia.org/a.org``, ``/wikipedia.org``); text after "?" is
        not looked at (``share?u=x.com`` is fine).
+    4. ``.html`` (else ``.htm``) ends its path segment: a generated character after it other than
+       "#" or ";" is junk (``sys.html.html``, ``sys.htmli``, ``a.htm5``; ``a.htm`` -> ``a.html`` is
+       fine). A page that once visited ``json.html.html`` because the model's ``.html`` was
+       completed inline taught the federation to suggest it.
     Rule 1 and rule 3's first half hold for every extension of text too, so a live beam is
     dropped as soon as they do (``finished=False`` checks only those); the rest judge finished text.
     The rules look only at ASCII characters, so a byte string (one char per byte, as the model's
@@ -131,6 +138,9 @@ def junk(canonical: str, text: str, finished: bool = True) -> bool:
         if segment.startswith(".") and position >= start:
             return True
         if finished and _ends_in_generic_tld(segment) and position + segment.rfind(".") >= start:
+            return True
+        if finished and any(m.end() < len(segment) and segment[m.end()] not in EXTENSION_MAY_PRECEDE
+                            and position + m.end() >= start for m in HTML_EXTENSION.finditer(segment)):
             return True
         position += len(segment) + 1
     return False

@@ -15,6 +15,8 @@ import { splitTyped } from "./normalize.js";
 const BOUNDARY_BYTES = "/?";
 /** Top-level domains that are never a second-level label before another (runtime/complete.py). */
 const GENERIC_TLDS = new Set(["com", "net", "org", "edu", "gov", "mil", "int", "info", "biz"]);
+const HTML_EXTENSION = /\.html?/gi; // rule 4: .html or else .htm (ASCII letters only, as in Python)
+const EXTENSION_MAY_PRECEDE = "#;"; // a fragment or a path parameter (;jsessionid=...) may follow it
 const utf8 = new TextDecoder("utf-8", { fatal: true });
 const utf8Encoder = new TextEncoder();
 
@@ -50,6 +52,10 @@ export function junk(canonical, text, finished = true) {
   for (const segment of full.slice(hostEnd, query < 0 ? full.length : query).split("/").slice(1)) {
     if (segment.startsWith(".") && position >= start) return true;
     if (finished && endsInGenericTld(segment) && position + segment.lastIndexOf(".") >= start) return true;
+    for (const m of finished ? segment.matchAll(HTML_EXTENSION) : []) {
+      const after = m.index + m[0].length;
+      if (after < segment.length && !EXTENSION_MAY_PRECEDE.includes(segment[after]) && position + after >= start) return true;
+    }
     position += segment.length + 1;
   }
   return false;

@@ -132,8 +132,10 @@ def test_search_depends_on_the_state_description_only(completer, bundle_dir):
     ("goo", "gle.com.com"), ("goo", "gle.com.google.com"), ("a.b.", "info.biz"), ("a.c", "om.ac.uk"),  # 2
     ("github.com/", ".net"), ("en.wikipedia.org/", "a.org"), ("en.wikipedia.org/", "wikipedia.org"),
     ("a.com/x", "/.git"), ("a.com/b", "log.com"),  # rule 3
+    ("docs.python.org/3/library/sys.html", ".html"), ("a.com/x.htm", "li"), ("a.com/", "x.html5"),
+    ("a.com/x.HTML", "x"), ("a.com/x.html", "l"),  # rule 4
 ])
-def test_junk_refuses_repeated_and_misplaced_tlds(canonical, text):
+def test_junk_refuses_repeated_and_misplaced_tlds_and_text_after_html(canonical, text):
     assert junk(canonical, text)
 
 
@@ -143,6 +145,8 @@ def test_junk_refuses_repeated_and_misplaced_tlds(canonical, text):
     ("in", "fo.cern.ch"), ("x.com.", "google.com"), ("abc.net", "/news"),
     ("a.com/", "index.html"), ("a.com/", "s.php"), ("a.com/x.", "com"), ("a.com/.", "well-known"),  # paths
     ("a.com/share", "?u=b.com"), ("a.com/", "coollayout.net.au"), ("", "a.com"),
+    ("a.com/x.htm", "l"), ("a.com/", "x.html#top"), ("a.com/", "x.html;jsessionid=1"), ("a.com/x.html", "/a"),
+    ("a.com/x.html", "?q=1"), ("a.com/x.html.html", ""), ("a.com/x.html", ""),  # rule 4: fine
 ])
 def test_junk_allows_real_hosts_and_paths_and_what_was_typed(canonical, text):
     assert not junk(canonical, text)

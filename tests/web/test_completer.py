@@ -123,11 +123,11 @@ JUNK = """async (pairs) => {
 
 def test_js_junk_rule_equals_python(module_page, canonical_urls):
     """runtime.complete.junk and completer.js junk agree on every cut of 400 real URLs with made-up
-    tails (repeated TLDs, TLDs after "/") and on non-ASCII text."""
+    tails (repeated TLDs, TLDs after "/", text after .html) and on non-ASCII text."""
     # Prepare
     rng = random.Random(11)
     tails = ["", ".com", ".br", "a.com", ".com.com", ".com.br", "/.net", "/a.org", "/x.html", "?u=b.com",
-             "é.org"]
+             "é.org", ".html", "l", ".htm5", "/x.HTM#a", "/y.html;s=1"]
     pairs = [("github.com", ".com"), ("日本.com", ".jp"), ("a.com/日", "本.org")]
     for url in rng.sample(canonical_urls, 400):
         cut = rng.randint(0, len(url))
