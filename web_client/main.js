@@ -34,10 +34,20 @@ function fill(text, from) {
   input.setSelectionRange(from, text.length);
 }
 
+/**
+ * Whether suggestion item may be completed inline after typed: a visited URL always, the model's
+ * guess only while the host is typed (as browsers autofill hosts). Past the host a guess is what
+ * the user wants about one time in ten (docs/RESULTS.md, prefix share), and Enter after a whole
+ * typed URL would visit the guess instead (a visit to sys.html.html, which training then taught).
+ */
+function completesInline(item, typed) {
+  return item?.source === "history" || !/[/?]/.test(typed.replace(/^[a-z][a-z0-9+.-]*:\/\//i, ""));
+}
+
 /** The typed text plus the top suggestion's rest, when inline completion applies. */
 function inlineCompletion() {
-  const top = combo.items[0]?.text;
-  return combo.inline && top?.startsWith(combo.typed) ? top : combo.typed;
+  const top = combo.items[0];
+  return combo.inline && top?.text.startsWith(combo.typed) && completesInline(top, combo.typed) ? top.text : combo.typed;
 }
 
 /** Highlight option `index` and show it in the input; -1 goes back to the typed text. */
@@ -144,7 +154,9 @@ function onInput(event, client) {
     return;
   }
   // Typing along the shown completion keeps it shown until the new suggestions arrive.
-  if (combo.inline && combo.items[0]?.text.startsWith(input.value)) fill(combo.items[0].text, input.value.length);
+  if (combo.inline && combo.items[0]?.text.startsWith(input.value) && completesInline(combo.items[0], input.value)) {
+    fill(combo.items[0].text, input.value.length);
+  }
   client.complete(combo.typed);
 }
 

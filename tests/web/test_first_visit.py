@@ -91,6 +91,29 @@ def test_top_suggestion_is_completed_inline_and_enter_goes_to_it(page):
     expect(page.locator("#visit-note")).to_have_text(f"Visited {shown}: recorded on this device only.")
 
 
+def test_past_the_host_only_a_visited_url_is_completed_inline_so_enter_visits_what_was_typed(page):
+    """A model guess is completed inline only while the host is typed: after "github.com/p" the
+    model still lists its guesses, but the bar shows what was typed, and Enter after a whole typed
+    URL visits exactly it (the demo turned docs.python.org/.../sys.html into sys.html.html). A
+    visited URL is still completed inline past its host."""
+    open_page(page)
+    bar = page.get_by_role("combobox")
+    guesses = type_and_wait(page, "github.com/p")
+    expect(guesses.first).to_have_attribute("data-source", "model")
+    expect(bar).to_have_value("github.com/p")
+    url = "github.com/pallets/flask"
+    page.keyboard.type(url[len("github.com/p"):])
+    page.wait_for_function("t => document.getElementById('suggestions').dataset.for === t", arg=url)
+    expect(bar).to_have_value(url)
+    page.keyboard.press("Enter")
+    expect(page.locator("#history .history-url")).to_have_text([url])
+    bar.fill("")
+    top = type_and_wait(page, "github.com/pal").first
+    expect(top).to_have_attribute("data-source", "history")
+    expect(bar).to_have_value(url)
+    assert page.evaluate("[url.selectionStart, url.selectionEnd]") == [len("github.com/pal"), len(url)]
+
+
 def test_only_web_addresses_are_recorded_once_per_address_with_counts(page):
     """"redd" is not a visit; three spellings of one address are one row with 3 visits, shown
     in canonical form; Delete removes all of its visits."""
