@@ -193,7 +193,8 @@ def round_lock(engine: sa.Engine) -> Iterator[None]:
     if not shares_workers(engine):
         yield
         return
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    # its own connection, which may be the one a restart dropped: DatabaseUnavailable, as elsewhere
+    with _unavailable_if_dropped(), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": ROUND_LOCK})
         try:
             yield

@@ -373,6 +373,25 @@ def test_a_dropped_database_connection_fails_one_request_with_503_and_the_next_r
     assert second.status_code == 201 and second.get_json()["ticket"]
 
 
+def test_a_dropped_connection_under_the_round_lock_is_a_503_too(app, client, database, request,
+                                                                admin_headers):
+    """The round lock takes a pooled connection of its own (``db.round_lock``): an admin close, the
+    first request after the database dropped every connection, was answered 500 internal_error
+    (the raw OperationalError) instead of 503 database_unavailable; the retry closes the round.
+    """
+    if database != "postgresql":
+        pytest.skip("SQLite has no connection to lose")
+    # Prepare: one update, then the database drops the app's connections
+    upload(client, 0.1)
+    request.getfixturevalue("postgresql_cluster").drop_connections(db.get_engine(app).url.database)
+    # Execute
+    first = client.post("/api/admin/close", headers=admin_headers)
+    second = client.post("/api/admin/close", headers=admin_headers)
+    # Assert
+    assert (first.status_code, first.get_json()["error"]) == (503, "database_unavailable")
+    assert second.status_code == 200 and second.get_json()["version"] == 2
+
+
 def test_a_duplicate_upload_is_refused_by_the_unique_key_and_spends_its_ticket(app, client):
     """A second update of one client in a round: refused by the insert (its transaction, the
     claim included, rolls back), then its ticket is spent, with no update counted for it.
