@@ -134,9 +134,10 @@ class DatabaseUnavailable(Exception):
 def transaction(engine: sa.Engine) -> Iterator[Connection]:
     """A connection inside one transaction: committed on success, rolled back on any error.
 
-    :raise DatabaseUnavailable: the connection broke (the database restarted, a network cut).
+    :raise DatabaseUnavailable: the connection broke (the database restarted, a network cut), or
+        none could be opened.
     """
-    with _unavailable_if_dropped(), engine.begin() as connection:
+    with _unavailable_if_dropped(), _connect(engine) as connection, connection.begin():
         yield connection
 
 
@@ -147,8 +148,19 @@ def reading(engine: sa.Engine) -> Iterator[Connection]:
 
     :raise DatabaseUnavailable: as ``transaction``.
     """
-    with _unavailable_if_dropped(), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with _unavailable_if_dropped(), _connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
         yield conn
+
+
+def _connect(engine: sa.Engine) -> Connection:
+    """A connection from the pool; a failure to open one (the database is down or starting up,
+    "the database system is starting up", a refused socket) is DatabaseUnavailable, as a dropped
+    one is: without it, every request while PostgreSQL restarts was a 500.
+    """
+    try:
+        return engine.connect()
+    except sa.exc.OperationalError as exc:
+        raise DatabaseUnavailable("the database cannot be reached; try again") from exc
 
 
 @contextmanager
@@ -194,7 +206,7 @@ def round_lock(engine: sa.Engine) -> Iterator[None]:
         yield
         return
     # its own connection, which may be the one a restart dropped: DatabaseUnavailable, as elsewhere
-    with _unavailable_if_dropped(), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with _unavailable_if_dropped(), _connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": ROUND_LOCK})
         try:
             yield
