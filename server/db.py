@@ -101,6 +101,8 @@ def create_engine(url: str) -> sa.Engine:
     """An engine for url, its schema migrated to the newest revision (``server.migrations``).
 
     ``postgresql://`` means psycopg 3 (the driver fedurl installs), not SQLAlchemy's default psycopg2.
+
+    :raise DatabaseUnavailable: no connection could be opened (the message names the database and why).
     """
     parsed = sa.make_url(url)
     if parsed.drivername == "postgresql":
@@ -113,6 +115,11 @@ def create_engine(url: str) -> sa.Engine:
         # request once with DatabaseUnavailable (503, retried) and the pool replaces every older one;
         # connections are renewed after POOL_RECYCLE_S, before a firewall's idle timeout drops them
         engine = sa.create_engine(parsed, pool_recycle=POOL_RECYCLE_S)
+    try:  # before the migrations, whose OperationalError would not say that it is the connection
+        _connect(engine).close()
+    except DatabaseUnavailable as exc:
+        cause = getattr(exc.__cause__, "orig", exc.__cause__)
+        raise DatabaseUnavailable(f"cannot reach the database {database_name(engine)}: {cause}") from cause
     init_schema(engine)
     return engine
 
