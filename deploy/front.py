@@ -382,7 +382,7 @@ def main(argv=None) -> None:
         nginx = Nginx(args.nginx, prefix)
         upstreams = [upstream, *workers.start()]
         published = prepare(app, nginx, prefix, listen, upstreams)
-    except (RuntimeError, ValueError, OSError) as exc:
+    except (RuntimeError, ValueError, OSError, db.DatabaseUnavailable) as exc:
         workers.stop()
         raise SystemExit(f"fedurl-deploy: {exc}") from None
     web.precompress(app)  # the model files /api/files serves, in the background

@@ -67,7 +67,11 @@ def count_refusals(response):
     """Count (in memory: a refusal writes nothing) and log refused ticket and update requests."""
     if request.endpoint in COUNTED and response.status_code >= 400 and response.is_json:
         code = response.get_json()["error"]
-        current_app.extensions["fedurl.refusals"].add(coordinator().current()[1], code)
+        try:
+            round_id = coordinator().current()[1]
+        except db.DatabaseUnavailable:  # the round as last read: the answer must stay what it is (a 503)
+            round_id = coordinator().round.id
+        current_app.extensions["fedurl.refusals"].add(round_id, code)
         logs.event("request_refused", path=request.path, status=response.status_code, code=code,
                    addr=request.remote_addr)
     return response

@@ -34,7 +34,7 @@ from waitress.channel import HTTPChannel
 from waitress.server import MultiSocketServer, TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
-from server import logs, web
+from server import db, logs, web
 from server.api import BODY_FILE_HEADER
 from server.app import create_app
 
@@ -268,7 +268,7 @@ def main(argv=None) -> None:
                  if value is not None}
     try:
         app = create_app({**overrides, "PROXY_HOPS": 1} if args.front else overrides)
-    except (RuntimeError, ValueError) as exc:
+    except (RuntimeError, ValueError, db.DatabaseUnavailable) as exc:
         raise SystemExit(f"fedurl-serve: {exc}") from None
     if args.front:
         trust_front_bodies(app)

@@ -101,6 +101,8 @@ def create_engine(url: str) -> sa.Engine:
     """An engine for url, its schema migrated to the newest revision (``server.migrations``).
 
     ``postgresql://`` means psycopg 3 (the driver fedurl installs), not SQLAlchemy's default psycopg2.
+
+    :raise DatabaseUnavailable: no connection could be opened (the message names the database and why).
     """
     parsed = sa.make_url(url)
     if parsed.drivername == "postgresql":
@@ -113,6 +115,11 @@ def create_engine(url: str) -> sa.Engine:
         # request once with DatabaseUnavailable (503, retried) and the pool replaces every older one;
         # connections are renewed after POOL_RECYCLE_S, before a firewall's idle timeout drops them
         engine = sa.create_engine(parsed, pool_recycle=POOL_RECYCLE_S)
+    try:  # before the migrations, whose OperationalError would not say that it is the connection
+        _connect(engine).close()
+    except DatabaseUnavailable as exc:
+        cause = getattr(exc.__cause__, "orig", exc.__cause__)
+        raise DatabaseUnavailable(f"cannot reach the database {database_name(engine)}: {cause}") from cause
     init_schema(engine)
     return engine
 
@@ -134,9 +141,10 @@ class DatabaseUnavailable(Exception):
 def transaction(engine: sa.Engine) -> Iterator[Connection]:
     """A connection inside one transaction: committed on success, rolled back on any error.
 
-    :raise DatabaseUnavailable: the connection broke (the database restarted, a network cut).
+    :raise DatabaseUnavailable: the connection broke (the database restarted, a network cut), or
+        none could be opened.
     """
-    with _unavailable_if_dropped(), engine.begin() as connection:
+    with _unavailable_if_dropped(), _connect(engine) as connection, connection.begin():
         yield connection
 
 
@@ -147,8 +155,19 @@ def reading(engine: sa.Engine) -> Iterator[Connection]:
 
     :raise DatabaseUnavailable: as ``transaction``.
     """
-    with _unavailable_if_dropped(), engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with _unavailable_if_dropped(), _connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
         yield conn
+
+
+def _connect(engine: sa.Engine) -> Connection:
+    """A connection from the pool; a failure to open one (the database is down or starting up,
+    "the database system is starting up", a refused socket) is DatabaseUnavailable, as a dropped
+    one is: without it, every request while PostgreSQL restarts was a 500.
+    """
+    try:
+        return engine.connect()
+    except sa.exc.OperationalError as exc:
+        raise DatabaseUnavailable("the database cannot be reached; try again") from exc
 
 
 @contextmanager
@@ -193,7 +212,8 @@ def round_lock(engine: sa.Engine) -> Iterator[None]:
     if not shares_workers(engine):
         yield
         return
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+    # its own connection, which may be the one a restart dropped: DatabaseUnavailable, as elsewhere
+    with _unavailable_if_dropped(), _connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": ROUND_LOCK})
         try:
             yield

@@ -108,6 +108,12 @@ class Cluster:
             return conn.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                         "WHERE datname = :name"), {"name": name}).scalar_one()
 
+    def allow_connections(self, name: str, allowed: bool) -> None:
+        """Let a database take new connections or refuse them, as one starting up does."""
+        assert self._admin is not None
+        with self._admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(allowed).lower()}'))
+
     def postmaster_pid(self) -> int:
         """The server's main process (its backends are its children)."""
         return int((self.data / "postmaster.pid").read_text().split()[0])

@@ -373,6 +373,52 @@ def test_a_dropped_database_connection_fails_one_request_with_503_and_the_next_r
     assert second.status_code == 201 and second.get_json()["ticket"]
 
 
+def test_a_dropped_connection_under_the_round_lock_is_a_503_too(app, client, database, request,
+                                                                admin_headers):
+    """The round lock takes a pooled connection of its own (``db.round_lock``): an admin close, the
+    first request after the database dropped every connection, was answered 500 internal_error
+    (the raw OperationalError) instead of 503 database_unavailable; the retry closes the round.
+    """
+    if database != "postgresql":
+        pytest.skip("SQLite has no connection to lose")
+    # Prepare: one update, then the database drops the app's connections
+    upload(client, 0.1)
+    request.getfixturevalue("postgresql_cluster").drop_connections(db.get_engine(app).url.database)
+    # Execute
+    first = client.post("/api/admin/close", headers=admin_headers)
+    second = client.post("/api/admin/close", headers=admin_headers)
+    # Assert
+    assert (first.status_code, first.get_json()["error"]) == (503, "database_unavailable")
+    assert second.status_code == 200 and second.get_json()["version"] == 2
+
+
+def test_a_database_refusing_connections_is_a_503(app, client, database, request):
+    """While PostgreSQL restarts it refuses new connections ("the database system is starting
+    up"): after the request that found its connection dropped, the next ones failed to connect and
+    were answered 500 internal_error ("the update was not stored") instead of 503
+    database_unavailable, which every client retries after Retry-After; and the refusal counter
+    (an after_request hook that reads the open round) turned even a 503 into a 500.
+    """
+    if database != "postgresql":
+        pytest.skip("SQLite has no connection to lose")
+    # Prepare: the database takes no new connections, then drops the app's
+    cluster, name = request.getfixturevalue("postgresql_cluster"), db.get_engine(app).url.database
+    fed = FederatedClient(client)
+    fed.ticket()
+    cluster.allow_connections(name, False)
+    cluster.drop_connections(name)
+    # Execute
+    try:
+        answers = [client.post("/api/tickets", json={"client_id": fed.client_id}) for _ in range(2)]
+    finally:
+        cluster.allow_connections(name, True)
+    back = client.post("/api/tickets", json={"client_id": fed.client_id})
+    # Assert
+    assert [(a.status_code, a.get_json()["error"], a.headers.get("Retry-After")) for a in answers] == [
+        (503, "database_unavailable", "1")] * 2
+    assert back.status_code == 201
+
+
 def test_a_duplicate_upload_is_refused_by_the_unique_key_and_spends_its_ticket(app, client):
     """A second update of one client in a round: refused by the insert (its transaction, the
     claim included, rolls back), then its ticket is spent, with no update counted for it.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import sqlalchemy as sa
 
 from server import cli
 
@@ -34,3 +35,22 @@ def test_a_front_worker_listens_on_loopback_only(capsys, bundle_dir, tmp_path):
         assert stopped.value.code == 2 and "loopback" in capsys.readouterr().err
     for host in ("127.0.0.1", "::1", "localhost"):
         assert cli.parse_args(["--front", "--host", host]).host == host
+
+
+def test_a_database_it_cannot_reach_stops_the_start_with_a_reason(request, bundle_dir, tmp_path):
+    """PostgreSQL down or refusing connections at start-up: one line naming the database and why,
+    not the traceback of an OperationalError from the migrations."""
+    # Prepare: a database that takes no connections
+    cluster, url = request.getfixturevalue("postgresql_cluster"), request.getfixturevalue("postgresql_url")
+    name = sa.make_url(url).database
+    cluster.allow_connections(name, False)
+    # Execute
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli.main(["--bundle", str(bundle_dir), "--data-dir", str(tmp_path), "--db", url])
+    finally:
+        cluster.allow_connections(name, True)
+    # Assert
+    message = str(stopped.value.code)
+    assert message.startswith(f"fedurl-serve: cannot reach the database postgresql+psycopg://fedurl@/{name}")
+    assert "not currently accepting connections" in message

@@ -164,6 +164,9 @@ REFUSED = {
     "Q8 mixed with F32": _body({"x": np.zeros(3, np.int8), "x#scale": np.ones(1, np.float32),
                                 "y": np.zeros(2, np.float32)}),
     "F16 mixed with F32": _body({"x": np.zeros(3, np.float16), "y": np.zeros(2, np.float32)}),
+    "a scale of a scale": _body({"x": np.zeros(3, np.int8), "x#scale": np.ones(1, np.float32),
+                                 "x#scale#scale": np.ones(1, np.float32)}),
+    "Q8 scale of no dimension": _body({"x": np.zeros(3, np.int8), "x#scale": np.array(1.0, np.float32)}),
 }
 
 
