@@ -454,7 +454,11 @@ class Coordinator:
                     count = self._count(round_id)
                 logs.event("update_accepted", round=round_id, client=meta.client_id, staleness=staleness,
                            examples=meta.num_examples, norm=round(norm, 6), updates_in_round=count)
-                self._maybe_close(now, count)
+                try:
+                    self._maybe_close(now, count)
+                except Exception:  # stored and counted: the answer is 202 whatever the close met; the
+                    # next tick or upload closes the round (a 5xx would say "not stored")
+                    logs.event("close_failed", level=logging.ERROR, exc_info=True, round=round_id)
                 return {"accepted": True, "round": round_id, "updates_in_round": count,
                         "version": self.version}
         except SPENDS_TICKET:

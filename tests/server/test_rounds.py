@@ -258,6 +258,27 @@ def test_a_failed_close_keeps_the_round_and_its_updates(app, client, monkeypatch
     assert c.version == 2 and FederatedClient(client).status()["rounds"][0]["participants"] == 3
 
 
+def test_an_upload_whose_close_cannot_even_start_is_still_accepted(app, client, monkeypatch):
+    """The close an upload triggers runs after its commit: when reading the round back fails there
+    (the round lock's connection dropped, a spool read error), the upload is stored and counted
+    all the same, so it is answered 202, not a 5xx that says "not stored"; the next tick closes.
+    Before, only a failure inside the publish was caught, and the third upload got a 500."""
+    # Prepare: the close's read-back of the round fails once (its sweep of the spool)
+    c = coordinator(app)
+    upload(client, 0.1)
+    upload(client, 0.2)
+    monkeypatch.setattr(c.spool, "sweep", disk_full)
+    # Execute
+    third = upload(client, 0.3)
+    stuck = (c.version, c.progress().updates)
+    monkeypatch.undo()
+    c.tick()
+    # Assert
+    assert third == {"accepted": True, "round": 1, "updates_in_round": 3, "version": 1}
+    assert stuck == (1, 3)
+    assert c.version == 2 and FederatedClient(client).status()["rounds"][0]["participants"] == 3
+
+
 @pytest.mark.parametrize("case", ["made_up", "used", "expired", "other_client"])
 def test_a_bad_ticket_is_refused_before_the_body_is_decoded_or_written(app, client, monkeypatch, case):
     """An upload whose ticket cannot be used is refused from its header alone: its body is never
