@@ -29,10 +29,11 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
-from common import REPO, bundle_parser  # first: puts the repo on sys.path
+from common import REPO, bundle_parser, postgres_cluster  # first: puts the repo on sys.path
 
 from client.protocol import FederatedClient, encode_update
 from formats import tensors as tensor_codec
@@ -241,8 +242,6 @@ def run_setup(args, deltas: list[dict], code: Path, database: str, workers: int,
 
 def run(args) -> tuple[list[str], list[tuple[str, list[str]]]]:
     """Run every setup; return the column names and (metric, values) rows."""
-    from tests.postgres import Cluster, find_bindir
-
     manifest = load_bundle(args.bundle, verify=False).manifest
     rng = np.random.default_rng(0)
     deltas = [{p["name"]: rng.normal(scale=1e-4, size=p["shape"]).astype(np.float32)
@@ -254,20 +253,11 @@ def run(args) -> tuple[list[str], list[tuple[str, list[str]]]]:
     if args.body == "q8":
         deltas = [quantise_delta(d, rng) for d in deltas]
     setups = [(db, int(n)) for db, n in (item.split(":") for item in args.setups.split(","))]
-    cluster = None
-    if any(db == "postgresql" for db, _ in setups):
-        bindir = find_bindir()
-        if bindir is None:
-            raise SystemExit("PostgreSQL binaries not found (make postgresql)")
-        cluster = Cluster(bindir, durable=True).start()
     codes = [(label, Path(folder).resolve()) for label, folder in
              (item.split("=", 1) for item in args.code.split(","))]
     runs = [(label, code, db, n) for db, n in setups for label, code in codes]
-    try:
+    with postgres_cluster() if any(db == "postgresql" for db, _ in setups) else nullcontext() as cluster:
         columns = [run_setup(args, deltas, code, db, n, cluster) for _, code, db, n in runs]
-    finally:
-        if cluster is not None:
-            cluster.stop()
     elements = sum(int(np.prod(p["shape"])) for p in manifest["parameters"])
     front = " (front)" if args.front else ""
     names = [f"{label + ': ' if len(codes) > 1 else ''}{db} x{n}{front}" for label, _, db, n in runs]

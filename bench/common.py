@@ -10,6 +10,8 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -23,6 +25,23 @@ def bundle_parser(doc: str) -> argparse.ArgumentParser:
     parser.add_argument("--bundle", default=str(REPO / "bundles" / "default"),
                         help="model bundle (default: %(default)s)")
     return parser
+
+
+@contextmanager
+def postgres_cluster() -> Iterator:
+    """A throwaway PostgreSQL cluster from the machine's binaries (tests/postgres.py), with fsync on
+    as in production; stopped and deleted afterwards.
+    """
+    from tests.postgres import Cluster, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit("PostgreSQL binaries not found (make postgresql)")
+    cluster = Cluster(bindir, durable=True).start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def time_runs(fn, runs: int, calls: int, warmup: int = 1) -> list[float]:

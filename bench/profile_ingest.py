@@ -20,10 +20,11 @@ import pstats
 import tempfile
 import time
 from collections import Counter
+from contextlib import nullcontext
 
 import numpy as np
 import sqlalchemy as sa
-from common import bundle_parser  # first: puts the repo on sys.path
+from common import bundle_parser, postgres_cluster  # first: puts the repo on sys.path
 
 from client.protocol import FederatedClient, encode_update
 from formats.bundle import load_bundle
@@ -31,7 +32,6 @@ from formats.update import Q8
 from server.api import BODY_FILE_HEADER
 from server.app import create_app
 from server.cli import front_body_dir
-from tests.postgres import Cluster, find_bindir
 
 ADMIN_TOKEN = "profile-admin-token-0123456789abcdef-32+"
 
@@ -84,17 +84,8 @@ def main(argv=None) -> None:
     rng = np.random.default_rng(0)
     deltas = [{p["name"]: rng.normal(scale=1e-4, size=p["shape"]).astype(np.float32)
                for p in manifest["parameters"]} for _ in range(8)]
-    cluster = None
-    if args.db == "postgresql":
-        bindir = find_bindir()
-        if bindir is None:
-            raise SystemExit("PostgreSQL binaries not found (make postgresql)")
-        cluster = Cluster(bindir, durable=True).start()
-    try:
+    with postgres_cluster() if args.db == "postgresql" else nullcontext() as cluster:
         profile_uploads(args, deltas, cluster.database()[1] if cluster else None, rng)
-    finally:
-        if cluster is not None:
-            cluster.stop()
 
 
 def profile_uploads(args, deltas: list[dict], db_url: str | None, rng: np.random.Generator) -> None:

@@ -212,8 +212,7 @@ def round_lock(engine: sa.Engine) -> Iterator[None]:
     if not shares_workers(engine):
         yield
         return
-    # its own connection, which may be the one a restart dropped: DatabaseUnavailable, as elsewhere
-    with _unavailable_if_dropped(), _connect(engine).execution_options(isolation_level="AUTOCOMMIT") as conn:
+    with reading(engine) as conn:  # its own connection: a dropped one is DatabaseUnavailable too
         conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": ROUND_LOCK})
         try:
             yield
