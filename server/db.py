@@ -494,9 +494,8 @@ def prune_tickets(conn: Connection, expired_before: float) -> int:
 
 
 _INSERT_UPDATE = updates.insert()
-_TALLY_UPDATE = (rounds.update().where(rounds.c.id == sa.bindparam("round_id"))
-                 .values(update_count=rounds.c.update_count + 1).returning(rounds.c.update_count))
-_COUNT_UPDATES = sa.select(rounds.c.update_count).where(rounds.c.id == sa.bindparam("round_id"))
+_COUNT_UPDATES = (sa.select(sa.func.count()).select_from(updates)
+                  .where(updates.c.round_id == sa.bindparam("round_id")))
 
 
 def insert_update(conn: Connection, **values: object) -> bool:
@@ -525,29 +524,9 @@ def seats_taken(conn: Connection, round_id: int, network: str) -> set[int]:
     return {seat for seat, in conn.execute(query)}
 
 
-def tally_update(conn: Connection, round_id: int) -> int:
-    """Count one more update in the round, inserted in conn's transaction; return the new count.
-
-    A counter on the round's row, not ``count(*)``: counting the rows cost each upload time in
-    proportion to the round so far (1.5 ms of PostgreSQL's at 4,000). The row's lock, held to the
-    commit, puts concurrent uploads of every worker in one order, so exactly one of them sees any
-    count: callers run it last before committing, to hold the lock briefly.
-    """
-    return conn.execute(_TALLY_UPDATE, {"round_id": round_id}).scalar_one()
-
-
 def count_updates(conn: Connection, round_id: int) -> int:
-    """How many updates the round has accepted (every worker's committed ones)."""
-    return conn.execute(_COUNT_UPDATES, {"round_id": round_id}).scalar_one_or_none() or 0
-
-
-def _recount(conn: Connection, round_ids: set[int]) -> None:
-    """Set the rounds' update counts from their rows, after rows moved or left (rare: a close or
-    a damaged body), so that the counter never drifts from what ``round_updates`` lists.
-    """
-    rows = (sa.select(sa.func.count()).select_from(updates)
-            .where(updates.c.round_id == rounds.c.id).scalar_subquery())
-    conn.execute(rounds.update().where(rounds.c.id.in_(round_ids)).values(update_count=rows))
+    """How many updates the round has accepted (every worker's)."""
+    return conn.execute(_COUNT_UPDATES, {"round_id": round_id}).scalar_one()
 
 
 def round_updates(conn: Connection, round_id: int) -> list[StoredUpdate]:
@@ -562,10 +541,7 @@ def move_updates(conn: Connection, keys: list[str], round_id: int) -> None:
     wait in the next one.
     """
     if keys:
-        moved = sa.select(updates.c.round_id).where(updates.c.ticket_digest.in_(keys)).distinct()
-        sources = {source for source, in conn.execute(moved)}
         conn.execute(updates.update().where(updates.c.ticket_digest.in_(keys)).values(round_id=round_id))
-        _recount(conn, sources | {round_id})
 
 
 def quarantine_update(conn: Connection, round_id: int, key: str, reason: str, moved_to: str | None,
@@ -576,7 +552,6 @@ def quarantine_update(conn: Connection, round_id: int, key: str, reason: str, mo
                                             moved_to=moved_to, at=now,
                                             record=json.dumps(row._asdict()) if row else None))
     conn.execute(updates.delete().where(updates.c.ticket_digest == key))
-    _recount(conn, {round_id})
 
 
 def quarantine_version(conn: Connection, version: int, reason: str, moved_to: str, now: float) -> None:

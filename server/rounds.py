@@ -450,6 +450,8 @@ class Coordinator:
             with self.lock:
                 now = self.clock()
                 round_id, staleness, count = self._store(meta, norm, sha256, staged, now, network)
+                if count is None:  # several workers: count what all of them committed by now
+                    count = self._count(round_id)
                 logs.event("update_accepted", round=round_id, client=meta.client_id, staleness=staleness,
                            examples=meta.num_examples, norm=round(norm, 6), updates_in_round=count)
                 try:
@@ -479,7 +481,7 @@ class Coordinator:
             return db.count_updates(conn, round_id)
 
     def _store(self, meta: UpdateMeta, norm: float, sha256: str, staged: Path, now: float, network: str
-               ) -> tuple[int, int, int]:
+               ) -> tuple[int, int, int | None]:
         """Record one update in the open round and place its staged body, in one transaction (a
         refusal rolls it back: the ticket stays unused, the body unplaced).
 
@@ -487,8 +489,9 @@ class Coordinator:
         winner's row is then visible, so it takes another free seat, or is refused NetworkFull
         once all are taken (each lost race is one more seat taken: per_network tries at most).
 
-        :return: the round, the update's staleness, and the round's update count with it (every
-            worker's: ``db.tally_update``).
+        :return: the round, the update's staleness, and the round's update count with it (None
+            where several workers share the database: a count inside the transaction misses the
+            others' uncommitted rows, so the caller counts after the commit).
         """
         for _ in range(self.rules.per_network if self.rules.buffered else 1):
             try:
@@ -500,7 +503,7 @@ class Coordinator:
         raise self._network_full(network)
 
     def _store_once(self, meta: UpdateMeta, norm: float, sha256: str, staged: Path, now: float, network: str
-                    ) -> tuple[int, int, int]:
+                    ) -> tuple[int, int, int | None]:
         """One try of ``_store``.
 
         :raise _Collided: a concurrent commit took the client's or the seat's unique key first.
@@ -520,10 +523,10 @@ class Coordinator:
                                     loss_before=meta.loss_before, loss_after=meta.loss_after, norm=norm,
                                     received_at=now, sha256=sha256, network=network, seat=seat):
                 raise _Collided(round_id, seat)  # the unique (round, client) key, or the seat's
+            # one process counts inside its lock, so the counts are a sequence: exactly one upload
+            # sees min_clients
+            count = None if db.shares_workers(self.engine) else db.count_updates(conn, round_id)
             self.spool.place(staged, round_id, key)  # before the commit: a committed row has its body
-            # last: the round row's lock, held to the commit, orders every worker's uploads, so
-            # the counts are a sequence and exactly one upload sees min_clients
-            count = db.tally_update(conn, round_id)
         return round_id, staleness, count
 
     @staticmethod
@@ -645,8 +648,9 @@ class Coordinator:
     def _maybe_close(self, now: float, count: int | None = None) -> None:
         """Close when min_clients arrived, or past the deadline with at least the floor.
 
-        count is the round's updates with the caller's, as its commit made them (None: read
-        here). When due, the
+        count is the round's updates as the caller saw them after its commit (None: counted here;
+        on several workers a count inside the transaction could miss a concurrent upload's row, so
+        two uploads committing at once would each count one short of the goal). When due, the
         round lock is taken and the stored deltas decide again: another worker may have closed the
         round meanwhile, and a damaged body does not count. A failed close (disk full...) is
         logged and leaves the round open with every update it had; the next update or tick tries

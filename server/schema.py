@@ -39,9 +39,7 @@ rounds = sa.Table(
     sa.Column("phase", sa.String(16), nullable=True),
     sa.Column("selected_at", sa.Float, nullable=True),
     sa.Column("carried", sa.Text, nullable=True),  # the strategy's state from the previous round (JSON)
-    sa.Column("detail", sa.Text, nullable=True),  # why a round was refused or abandoned, for people
-    # its updates' rows, kept by each insert (db.tally_update): counting them per upload grew with the round
-    sa.Column("update_count", sa.Integer, nullable=False, server_default="0"))
+    sa.Column("detail", sa.Text, nullable=True))  # why a round was refused or abandoned, for people
 
 tickets = sa.Table(
     "tickets", metadata,

@@ -22,7 +22,7 @@ def url_of(database, tmp_path, request) -> str:
 
 FIRST_RELEASE_TABLES = {"versions", "files", "rounds", "tickets", "updates", "rejections"}  # revision 0001
 ADDED_SINCE = {"updates": ["sha256", "network", "seat"],  # 0002, 0005
-               "rounds": ["phase", "selected_at", "carried", "detail", "update_count"]}  # 0003, 0006
+               "rounds": ["phase", "selected_at", "carried", "detail"]}  # 0003
 ADDED_AFTER_0002 = ["network", "seat"]  # updates, 0005
 
 
@@ -45,14 +45,12 @@ def tables_before_migrations(names: set[str], added: dict[str, list[str]]) -> sa
 
 def first_release_database(url: str) -> None:
     """A database as the first release's ``create_all`` left it: no alembic_version, no sha256, no
-    quarantine table, no update counts; one open round with one accepted update."""
+    quarantine table; one accepted update."""
     old = tables_before_migrations(FIRST_RELEASE_TABLES, ADDED_SINCE)
     updates = old.tables["updates"]
     engine = sa.create_engine(url, poolclass=sa.NullPool)
     old.create_all(engine)
     with engine.begin() as conn:
-        conn.execute(old.tables["rounds"].insert().values(id=1, base_version=1, status="open", opened_at=0.0,
-                                                          deadline=1.0))
         conn.execute(updates.insert().values(id=1, round_id=1, client_id="client-01", ticket_digest="k",
                                              base_version=1, staleness=0, num_examples=5, weight=5.0,
                                              loss_before=1.0, loss_after=0.5, norm=0.1, received_at=0.0))
@@ -92,7 +90,6 @@ def test_a_first_release_database_is_upgraded(database, tmp_path, request):
         assert migrations.differences(conn) == []
     with db.transaction(engine) as conn:
         assert db.round_updates(conn, 1) == [db.StoredUpdate("k", 5.0, None)]
-        assert db.count_updates(conn, 1) == 1  # 0006 counted the rows it found
         assert db.quarantined_count(conn) == 0
         assert (db.seats_taken(conn, 1, ""), db.has_update(conn, 1, "client-01")) == (set(), True)
     engine.dispose()
