@@ -59,10 +59,11 @@ def stop_all(workers: list[ServerProcess]) -> None:
 
 
 def rows(db_url: str, table: sa.Table) -> list:
-    """Every row of a table, read straight from the database the workers share."""
+    """Every row of a table in key order (an updated row may move on disk, and a table scan
+    follows the disk), read straight from the database the workers share."""
     engine = sa.create_engine(db_url, poolclass=sa.NullPool)
     with engine.connect() as conn:
-        return list(conn.execute(sa.select(table)))
+        return list(conn.execute(sa.select(table).order_by(*table.primary_key.columns)))
 
 
 @pytest.fixture
