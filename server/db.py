@@ -137,6 +137,12 @@ class DatabaseUnavailable(Exception):
     code = "database_unavailable"
 
 
+class RoundLockLost(DatabaseUnavailable):
+    """The round lock was lost while this worker changed the round (its connection dropped, or
+    another worker ended the round meanwhile): nothing of that change was committed.
+    """
+
+
 @contextmanager
 def transaction(engine: sa.Engine) -> Iterator[Connection]:
     """A connection inside one transaction: committed on success, rolled back on any error.
@@ -204,20 +210,62 @@ def share_round(conn: Connection) -> None:
         conn.execute(_SHARE_ROUND, {"key": ROUND_LOCK})
 
 
+_LOCK_ROUND = sa.text("SELECT pg_advisory_lock(:key)")
+_UNLOCK_ROUND = sa.text("SELECT pg_advisory_unlock(:key)")
+
+
 @contextmanager
-def round_lock(engine: sa.Engine) -> Iterator[None]:
+def round_lock(engine: sa.Engine) -> Iterator[Connection | None]:
     """Hold the round lock exclusively: wait until no worker has an upload in flight, and keep new
-    ones waiting until the block ends (PostgreSQL releases it if this process dies). A no-op on SQLite.
+    ones waiting until the block ends (PostgreSQL releases it if this process dies, or if its
+    connection drops). Yields the lock's own connection, for ``fenced`` transactions; None on
+    SQLite, where it is a no-op.
     """
     if not shares_workers(engine):
-        yield
+        yield None
         return
-    with reading(engine) as conn:  # its own connection: a dropped one is DatabaseUnavailable too
-        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": ROUND_LOCK})
+    with _unavailable_if_dropped(), _connect(engine) as conn:
+        conn.execute(_LOCK_ROUND, {"key": ROUND_LOCK})
+        conn.commit()  # a session lock: it outlives this transaction, and the fenced ones to come
         try:
-            yield
+            yield conn
         finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": ROUND_LOCK})
+            _unlock(conn)
+
+
+def _unlock(conn: Connection) -> None:
+    """Release the round lock, unless its connection dropped: then the lock went with it, and a
+    close committed before the drop must not be reported as failed.
+    """
+    if conn.invalidated:
+        return
+    try:
+        conn.execute(_UNLOCK_ROUND, {"key": ROUND_LOCK})
+        conn.commit()
+    except sa.exc.DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+
+
+@contextmanager
+def fenced(lock: Connection) -> Iterator[Connection]:
+    """One transaction on the round lock's own connection (``round_lock``): a session lock is only
+    lost with its session, and a transaction on a lost session cannot commit, so a commit here
+    proves the lock was held from the moment it was taken until the commit.
+
+    :raise RoundLockLost: the lock's connection dropped, before or during the transaction
+        (SQLAlchemy would silently reconnect a dropped one, without the lock: it is refused).
+    """
+    if lock.invalidated:
+        raise RoundLockLost("the round lock's connection was lost; nothing was committed, try again")
+    try:
+        with lock.begin():
+            yield lock
+    except sa.exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise RoundLockLost("the round lock's connection was lost; nothing was committed, "
+                                "try again") from exc
+        raise
 
 
 def get_engine(app: Flask | None = None) -> sa.Engine:
@@ -245,6 +293,12 @@ def init_app(app: Flask) -> None:
 def version_parents(conn: Connection) -> dict[int, int | None]:
     """Every recorded version and its parent (None for the imported one)."""
     return {v: p for v, p in conn.execute(sa.select(versions.c.version, versions.c.parent))}
+
+
+def version_recorded(conn: Connection, version: int) -> bool:
+    """Whether a version is recorded (its directory is then a published one, never debris)."""
+    query = sa.select(versions.c.version).where(versions.c.version == version)
+    return conn.execute(query).first() is not None
 
 
 def record_version(conn: Connection, version: int, parent: int | None, kind: str, round_id: int | None,
@@ -304,11 +358,16 @@ def current_round(conn: Connection) -> Round:
 
 def end_round(conn: Connection, round_id: int, status: str, now: float, reason: str,
               result_version: int | None, detail: str | None = None) -> None:
-    """Mark a round closed (aggregated), aborted (rollback), refused (publish gate) or abandoned
-    (too few reports by the deadline), naming the version it led to, if any, and why.
+    """Mark the open round closed (aggregated), aborted (rollback), refused (publish gate) or
+    abandoned (too few reports by the deadline), naming the version it led to, if any, and why.
+
+    :raise RoundLockLost: the round is not open (any more): another worker ended it, which only a
+        lost round lock allows; the caller's transaction must not commit.
     """
-    conn.execute(rounds.update().where(rounds.c.id == round_id).values(
+    ended = conn.execute(rounds.update().where(rounds.c.id == round_id, rounds.c.status == "open").values(
         status=status, closed_at=now, close_reason=reason, result_version=result_version, detail=detail))
+    if ended.rowcount != 1:
+        raise RoundLockLost(f"round {round_id} was ended by another worker; nothing was committed")
 
 
 def start_reporting(conn: Connection, round_id: int, members: list[str], now: float, deadline: float,
