@@ -95,6 +95,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 POOL_RECYCLE_S = 600  # PostgreSQL: a pooled connection's age at which it is replaced (a new login)
+POOL_TIMEOUT_S = 30.0  # how long a request waits for a free pooled connection before its 503
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -109,12 +110,13 @@ def create_engine(url: str) -> sa.Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False},
+                                  pool_timeout=POOL_TIMEOUT_S)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     else:  # no pre-ping (a round trip before every transaction): a dropped connection fails its
         # request once with DatabaseUnavailable (503, retried) and the pool replaces every older one;
         # connections are renewed after POOL_RECYCLE_S, before a firewall's idle timeout drops them
-        engine = sa.create_engine(parsed, pool_recycle=POOL_RECYCLE_S)
+        engine = sa.create_engine(parsed, pool_recycle=POOL_RECYCLE_S, pool_timeout=POOL_TIMEOUT_S)
     try:  # before the migrations, whose OperationalError would not say that it is the connection
         _connect(engine).close()
     except DatabaseUnavailable as exc:
@@ -168,12 +170,15 @@ def reading(engine: sa.Engine) -> Iterator[Connection]:
 def _connect(engine: sa.Engine) -> Connection:
     """A connection from the pool; a failure to open one (the database is down or starting up,
     "the database system is starting up", a refused socket) is DatabaseUnavailable, as a dropped
-    one is: without it, every request while PostgreSQL restarts was a 500.
+    one is: without it, every request while PostgreSQL restarts was a 500. So is a pool whose
+    connections all stayed busy for POOL_TIMEOUT_S (it was a 500 too).
     """
     try:
         return engine.connect()
     except sa.exc.OperationalError as exc:
         raise DatabaseUnavailable("the database cannot be reached; try again") from exc
+    except sa.exc.TimeoutError as exc:
+        raise DatabaseUnavailable("every database connection is busy; try again") from exc
 
 
 @contextmanager
