@@ -11,7 +11,7 @@ aggregation strategy (``server.recovery.replay``, as at start-up) and publishes.
 the next version directory atomically (``server.versions``), then records it, closes the round
 and opens the next in one transaction. A crash between the two leaves an unknown directory that
 start-up clears away and a still-open round that closes again with the same updates. That
-transaction runs on the round lock's own connection (``_writing``, ``db.fenced``): were the
+transaction runs on the round lock's own connection (``writing``, ``db.fenced``): were the
 connection cut mid-close, PostgreSQL would release the lock to another worker, and the cut
 connection can commit nothing, so only a worker that held the lock throughout publishes. Each
 request first catches up with what other workers did (``_sync``). Within a process, one lock
@@ -213,11 +213,12 @@ class Coordinator:
                 finally:
                     self.exclusive, self.fence = self.exclusive - 1, None
 
-    def _writing(self) -> AbstractContextManager[db.Connection]:
-        """The transaction of a change to the round (a cohort draw, a publish, a restart): on the
-        round lock's own connection while this worker holds it (``db.fenced``: a commit there proves
-        that the lock was never lost, so a worker whose lock connection dropped mid-close commits
-        nothing), else a pooled one (SQLite, one process).
+    def writing(self) -> AbstractContextManager[db.Connection]:
+        """The transaction of a change to the round (a cohort draw, a publish, a restart; [T1] a
+        secure round's phase moves and messages): on the round lock's own connection while this
+        worker holds it (``db.fenced``: a commit there proves that the lock was never lost, so a
+        worker whose lock connection dropped mid-close commits nothing), else a pooled one
+        (SQLite, one process).
         """
         return db.transaction(self.engine) if self.fence is None else db.fenced(self.fence)
 
@@ -374,7 +375,7 @@ class Coordinator:
         """Draw the cohort among the round's check-ins and start reporting."""
         rules = self.rules.cohort
         assert rules is not None
-        with self._writing() as conn:
+        with self.writing() as conn:
             networks = db.checkins_by_network(conn, self.round.id)
             members = cohorts.sample(db.round_checkins(conn, self.round.id), rules.target, rules.per_network,
                                      self.rng)
@@ -756,7 +757,7 @@ class Coordinator:
         FedBuff buffer's latecomers (waiting), which move to the new one.
         """
         ended = self.round.id
-        with self._writing() as conn:
+        with self.writing() as conn:
             db.end_round(conn, ended, status, now, reason, None, detail)
             db.open_round(conn, self.version, now, now + self.rules.deadline_s, self._first_phase(), carried)
             self._carry(conn, ended, waiting or [])
@@ -802,7 +803,7 @@ class Coordinator:
         version, ended = manifest["model_version"], self.round.id
         status = "closed" if kind == "aggregate" else "aborted"
         entry = manifest["files"][WEIGHTS]
-        with self._writing() as conn:
+        with self.writing() as conn:
             db.end_round(conn, ended, status, now, reason, version)  # first: fails if no longer open
             db.record_version(conn, version, manifest["parent_version"], kind,
                               ended if kind == "aggregate" else None, now,
@@ -835,7 +836,7 @@ class Coordinator:
 
         :raise RoundLockLost: version is recorded (or the lock's connection dropped).
         """
-        with self._writing() as conn:
+        with self.writing() as conn:
             if db.version_recorded(conn, version):
                 raise db.RoundLockLost(f"version {version} was published by another worker meanwhile; "
                                        "nothing was committed")

@@ -16,12 +16,22 @@ import threading
 import pytest
 import sqlalchemy as sa
 
-from client.protocol import FederatedClient
+from client.protocol import FederatedClient, ProtocolError
 from server import db, schema
 from server.app import create_app
 from server.rounds import Verdict
 from server.versions import WEIGHTS
 from tests.server.conftest import small_delta
+from tests.server.test_secure_rounds import (  # noqa: F401  (bundle, settings: fixtures)
+    COHORT,
+    bundle,
+    form_cohort,
+    join,
+    settings,
+    sparse_deltas,
+    started,
+    stored_rows,
+)
 
 pytestmark = pytest.mark.databases("postgresql")
 
@@ -58,6 +68,11 @@ def cut_lock_after_write(app, cluster, monkeypatch, then=lambda: None) -> list[i
 
     monkeypatch.setattr(store, "write", write_then_cut)
     return cut
+
+
+def advertised(app) -> list[int]:
+    """The senders of the stored advertisements of a secure round."""
+    return [row["sender"] for row in stored_rows(app) if row["phase"] == "advertise"]
 
 
 def published_intact(app, version: int) -> bool:
@@ -279,3 +294,36 @@ def test_a_close_whose_lock_connection_drops_after_its_commit_answers_its_versio
     assert len(cut) == 1
     assert answer.status_code == 200 and answer.get_json()["version"] == 2
     assert [v.version for v in table(app, "versions")] == [1, 2]
+
+
+def test_a_secure_message_is_stored_only_while_its_worker_holds_the_round_lock(
+        request, postgresql_url, dispose_engines, postgresql_cluster, monkeypatch):
+    """[T1] A secure round's messages and phase moves are changes of the round too: one stored
+    after the lock was lost could reach a phase another worker already closed (a masked input
+    counted after its sender was taken for dropped, whose key shares are then asked for). The
+    lock's connection is cut as a member's advertisement is stored: it is answered 503 and nothing
+    is stored (before the fix it was stored, on a pooled connection); its retry is stored once.
+    """
+    # Prepare: a secure round's cohort on PostgreSQL; the lock is cut at the first message's store
+    app, _clock = started({**request.getfixturevalue("settings"), "DATABASE_URL": postgresql_url})
+    members = join(form_cohort(app), sparse_deltas(0, COHORT))
+    store, cut, sent = db.add_secure_message, [], []
+
+    def cut_then_store(conn, round_id, phase, sender, body, now) -> None:
+        if not cut:
+            cut.extend(postgresql_cluster.end_lock_holders(db.get_engine(app).url.database))
+            sent.append(body)
+        store(conn, round_id, phase, sender, body, now)
+
+    monkeypatch.setattr(db, "add_secure_message", cut_then_store)
+    # Execute
+    with pytest.raises(ProtocolError) as refused:
+        members[0].step("advertise")
+    stored_after_cut = advertised(app)
+    retried = members[0].fed.secure_send(members[0].ticket, "advertise", sent[0])  # the same message again
+    # Assert
+    assert len(cut) == 1
+    assert (refused.value.status, refused.value.code) == (503, "database_unavailable")
+    assert stored_after_cut == []
+    assert retried["accepted"]
+    assert advertised(app) == [members[0].index]
