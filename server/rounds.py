@@ -218,7 +218,8 @@ class Coordinator:
         secure round's phase moves and messages): on the round lock's own connection while this
         worker holds it (``db.fenced``: a commit there proves that the lock was never lost, so a
         worker whose lock connection dropped mid-close commits nothing), else a pooled one
-        (SQLite, one process).
+        (SQLite, one process). Only under ``self.lock``, as every change of the round: the lock's
+        connection belongs to the thread that holds it.
         """
         return db.transaction(self.engine) if self.fence is None else db.fenced(self.fence)
 
