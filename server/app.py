@@ -182,11 +182,30 @@ def _start_ticker(app: Flask, interval: float) -> None:
     """Run ``housekeeping`` every interval seconds, even when no request arrives."""
     def run():
         """Tick forever (a daemon thread: it ends with the process)."""
+        down = False
         while True:
             threading.Event().wait(interval)
-            try:
-                housekeeping(app)
-            except Exception:  # e.g. the database is unreachable: log, and try again next tick
-                logs.event("tick_failed", level=logging.ERROR, exc_info=True)
+            down = tick(app, down)
 
     threading.Thread(target=run, name="fedurl-deadlines", daemon=True).start()
+
+
+def tick(app: Flask, down: bool) -> bool:
+    """One ``housekeeping`` run of the ticker; whether the database is unavailable after it.
+
+    An unavailable database is logged once when it starts (``tick_failed``, one line) and once when
+    a tick succeeds again (``tick_recovered``): a traceback every tick for as long as the database
+    is down only buried the logs. Any other failure logs its traceback every time.
+    """
+    try:
+        housekeeping(app)
+    except db.DatabaseUnavailable as exc:
+        if not down:
+            logs.event("tick_failed", level=logging.ERROR, error=str(exc))
+        return True
+    except Exception:  # a bug or a full disk: log, and try again next tick
+        logs.event("tick_failed", level=logging.ERROR, exc_info=True)
+        return down
+    if down:
+        logs.event("tick_recovered", level=logging.WARNING)
+    return False

@@ -95,6 +95,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 POOL_RECYCLE_S = 600  # PostgreSQL: a pooled connection's age at which it is replaced (a new login)
+POOL_TIMEOUT_S = 30.0  # how long a request waits for a free pooled connection before its 503
 
 
 def create_engine(url: str) -> sa.Engine:
@@ -109,12 +110,13 @@ def create_engine(url: str) -> sa.Engine:
         parsed = parsed.set(drivername="postgresql+psycopg")
     if parsed.drivername.startswith("sqlite") and parsed.database not in (None, "", ":memory:"):
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False},
+                                  pool_timeout=POOL_TIMEOUT_S)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     else:  # no pre-ping (a round trip before every transaction): a dropped connection fails its
         # request once with DatabaseUnavailable (503, retried) and the pool replaces every older one;
         # connections are renewed after POOL_RECYCLE_S, before a firewall's idle timeout drops them
-        engine = sa.create_engine(parsed, pool_recycle=POOL_RECYCLE_S)
+        engine = sa.create_engine(parsed, pool_recycle=POOL_RECYCLE_S, pool_timeout=POOL_TIMEOUT_S)
     try:  # before the migrations, whose OperationalError would not say that it is the connection
         _connect(engine).close()
     except DatabaseUnavailable as exc:
@@ -135,6 +137,12 @@ class DatabaseUnavailable(Exception):
     """
 
     code = "database_unavailable"
+
+
+class RoundLockLost(DatabaseUnavailable):
+    """The round lock was lost while this worker changed the round (its connection dropped, or
+    another worker ended the round meanwhile): nothing of that change was committed.
+    """
 
 
 @contextmanager
@@ -162,12 +170,15 @@ def reading(engine: sa.Engine) -> Iterator[Connection]:
 def _connect(engine: sa.Engine) -> Connection:
     """A connection from the pool; a failure to open one (the database is down or starting up,
     "the database system is starting up", a refused socket) is DatabaseUnavailable, as a dropped
-    one is: without it, every request while PostgreSQL restarts was a 500.
+    one is: without it, every request while PostgreSQL restarts was a 500. So is a pool whose
+    connections all stayed busy for POOL_TIMEOUT_S (it was a 500 too).
     """
     try:
         return engine.connect()
     except sa.exc.OperationalError as exc:
         raise DatabaseUnavailable("the database cannot be reached; try again") from exc
+    except sa.exc.TimeoutError as exc:
+        raise DatabaseUnavailable("every database connection is busy; try again") from exc
 
 
 @contextmanager
@@ -204,20 +215,62 @@ def share_round(conn: Connection) -> None:
         conn.execute(_SHARE_ROUND, {"key": ROUND_LOCK})
 
 
+_LOCK_ROUND = sa.text("SELECT pg_advisory_lock(:key)")
+_UNLOCK_ROUND = sa.text("SELECT pg_advisory_unlock(:key)")
+
+
 @contextmanager
-def round_lock(engine: sa.Engine) -> Iterator[None]:
+def round_lock(engine: sa.Engine) -> Iterator[Connection | None]:
     """Hold the round lock exclusively: wait until no worker has an upload in flight, and keep new
-    ones waiting until the block ends (PostgreSQL releases it if this process dies). A no-op on SQLite.
+    ones waiting until the block ends (PostgreSQL releases it if this process dies, or if its
+    connection drops). Yields the lock's own connection, for ``fenced`` transactions; None on
+    SQLite, where it is a no-op.
     """
     if not shares_workers(engine):
-        yield
+        yield None
         return
-    with reading(engine) as conn:  # its own connection: a dropped one is DatabaseUnavailable too
-        conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": ROUND_LOCK})
+    with _unavailable_if_dropped(), _connect(engine) as conn:
+        conn.execute(_LOCK_ROUND, {"key": ROUND_LOCK})
+        conn.commit()  # a session lock: it outlives this transaction, and the fenced ones to come
         try:
-            yield
+            yield conn
         finally:
-            conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": ROUND_LOCK})
+            _unlock(conn)
+
+
+def _unlock(conn: Connection) -> None:
+    """Release the round lock, unless its connection dropped: then the lock went with it, and a
+    close committed before the drop must not be reported as failed.
+    """
+    if conn.invalidated:
+        return
+    try:
+        conn.execute(_UNLOCK_ROUND, {"key": ROUND_LOCK})
+        conn.commit()
+    except sa.exc.DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+
+
+@contextmanager
+def fenced(lock: Connection) -> Iterator[Connection]:
+    """One transaction on the round lock's own connection (``round_lock``): a session lock is only
+    lost with its session, and a transaction on a lost session cannot commit, so a commit here
+    proves the lock was held from the moment it was taken until the commit.
+
+    :raise RoundLockLost: the lock's connection dropped, before or during the transaction
+        (SQLAlchemy would silently reconnect a dropped one, without the lock: it is refused).
+    """
+    if lock.invalidated:
+        raise RoundLockLost("the round lock's connection was lost; nothing was committed, try again")
+    try:
+        with lock.begin():
+            yield lock
+    except sa.exc.DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise RoundLockLost("the round lock's connection was lost; nothing was committed, "
+                                "try again") from exc
+        raise
 
 
 def get_engine(app: Flask | None = None) -> sa.Engine:
@@ -245,6 +298,12 @@ def init_app(app: Flask) -> None:
 def version_parents(conn: Connection) -> dict[int, int | None]:
     """Every recorded version and its parent (None for the imported one)."""
     return {v: p for v, p in conn.execute(sa.select(versions.c.version, versions.c.parent))}
+
+
+def version_recorded(conn: Connection, version: int) -> bool:
+    """Whether a version is recorded (its directory is then a published one, never debris)."""
+    query = sa.select(versions.c.version).where(versions.c.version == version)
+    return conn.execute(query).first() is not None
 
 
 def record_version(conn: Connection, version: int, parent: int | None, kind: str, round_id: int | None,
@@ -304,11 +363,16 @@ def current_round(conn: Connection) -> Round:
 
 def end_round(conn: Connection, round_id: int, status: str, now: float, reason: str,
               result_version: int | None, detail: str | None = None) -> None:
-    """Mark a round closed (aggregated), aborted (rollback), refused (publish gate) or abandoned
-    (too few reports by the deadline), naming the version it led to, if any, and why.
+    """Mark the open round closed (aggregated), aborted (rollback), refused (publish gate) or
+    abandoned (too few reports by the deadline), naming the version it led to, if any, and why.
+
+    :raise RoundLockLost: the round is not open (any more): another worker ended it, which only a
+        lost round lock allows; the caller's transaction must not commit.
     """
-    conn.execute(rounds.update().where(rounds.c.id == round_id).values(
+    ended = conn.execute(rounds.update().where(rounds.c.id == round_id, rounds.c.status == "open").values(
         status=status, closed_at=now, close_reason=reason, result_version=result_version, detail=detail))
+    if ended.rowcount != 1:
+        raise RoundLockLost(f"round {round_id} was ended by another worker; nothing was committed")
 
 
 def start_reporting(conn: Connection, round_id: int, members: list[str], now: float, deadline: float,

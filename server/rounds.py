@@ -10,7 +10,10 @@ anywhere; it reads the round's rows, feeds every stored delta, checked again, to
 aggregation strategy (``server.recovery.replay``, as at start-up) and publishes. Closing writes
 the next version directory atomically (``server.versions``), then records it, closes the round
 and opens the next in one transaction. A crash between the two leaves an unknown directory that
-start-up clears away and a still-open round that closes again with the same updates. Each
+start-up clears away and a still-open round that closes again with the same updates. That
+transaction runs on the round lock's own connection (``writing``, ``db.fenced``): were the
+connection cut mid-close, PostgreSQL would release the lock to another worker, and the cut
+connection can commit nothing, so only a worker that held the lock throughout publishes. Each
 request first catches up with what other workers did (``_sync``). Within a process, one lock
 serializes the threads; SQLite has one process (``db.shares_workers``).
 
@@ -164,6 +167,7 @@ class Coordinator:
         self.spool = Spool(store.data_dir)
         self.lock = threading.RLock()
         self.exclusive = 0  # depth of _exclusive blocks this process is in (under self.lock)
+        self.fence: db.Connection | None = None  # the round lock's own connection while held (PostgreSQL)
         self.parents: dict[int, int | None] = {}
         self.round: db.Round  # the open round as this worker last read it; set by start
         self.secure = secure
@@ -199,15 +203,25 @@ class Coordinator:
             if self.exclusive:
                 yield
                 return
-            with db.round_lock(self.engine):
-                self.exclusive += 1
+            with db.round_lock(self.engine) as fence:
+                self.exclusive, self.fence = self.exclusive + 1, fence
                 try:
                     if sync:
                         with db.transaction(self.engine) as conn:
                             self._sync(conn)
                     yield
                 finally:
-                    self.exclusive -= 1
+                    self.exclusive, self.fence = self.exclusive - 1, None
+
+    def writing(self) -> AbstractContextManager[db.Connection]:
+        """The transaction of a change to the round (a cohort draw, a publish, a restart; [T1] a
+        secure round's phase moves and messages): on the round lock's own connection while this
+        worker holds it (``db.fenced``: a commit there proves that the lock was never lost, so a
+        worker whose lock connection dropped mid-close commits nothing), else a pooled one
+        (SQLite, one process). Only under ``self.lock``, as every change of the round: the lock's
+        connection belongs to the thread that holds it.
+        """
+        return db.transaction(self.engine) if self.fence is None else db.fenced(self.fence)
 
     def exclusive_round(self) -> AbstractContextManager[None]:
         """[T1] ``_exclusive`` for server.secure: a secure round's messages change it one at a time."""
@@ -362,7 +376,7 @@ class Coordinator:
         """Draw the cohort among the round's check-ins and start reporting."""
         rules = self.rules.cohort
         assert rules is not None
-        with db.transaction(self.engine) as conn:
+        with self.writing() as conn:
             networks = db.checkins_by_network(conn, self.round.id)
             members = cohorts.sample(db.round_checkins(conn, self.round.id), rules.target, rules.per_network,
                                      self.rng)
@@ -744,7 +758,7 @@ class Coordinator:
         FedBuff buffer's latecomers (waiting), which move to the new one.
         """
         ended = self.round.id
-        with db.transaction(self.engine) as conn:
+        with self.writing() as conn:
             db.end_round(conn, ended, status, now, reason, None, detail)
             db.open_round(conn, self.version, now, now + self.rules.deadline_s, self._first_phase(), carried)
             self._carry(conn, ended, waiting or [])
@@ -790,11 +804,11 @@ class Coordinator:
         version, ended = manifest["model_version"], self.round.id
         status = "closed" if kind == "aggregate" else "aborted"
         entry = manifest["files"][WEIGHTS]
-        with db.transaction(self.engine) as conn:
+        with self.writing() as conn:
+            db.end_round(conn, ended, status, now, reason, version)  # first: fails if no longer open
             db.record_version(conn, version, manifest["parent_version"], kind,
                               ended if kind == "aggregate" else None, now,
                               [(entry["sha256"], WEIGHTS, self.store.relative(version, WEIGHTS))])
-            db.end_round(conn, ended, status, now, reason, version)
             db.open_round(conn, version, now, now + self.rules.deadline_s, self._first_phase(), carried)
             self._carry(conn, ended, waiting or [])
         self.parents[version] = manifest["parent_version"]
@@ -815,10 +829,20 @@ class Coordinator:
             logs.event("buffer_carried", ended_round=ended, round=opened, updates=len(waiting))
 
     def _clear_way(self, version: int) -> None:
-        """Move aside what a failed earlier publish left at version's directory (never deleted)."""
-        self.store.remove_temps()
-        if self.store.path(version).exists():
-            moved = quarantine.move_aside(self.store.data_dir, self.store.path(version), "versions")
-            with db.transaction(self.engine) as conn:
+        """Move aside what a failed earlier publish left at version's directory (never deleted).
+
+        First, on the round lock's connection, check that no worker recorded that version: one that
+        lost the lock unnoticed (its connection dropped while it aggregated) then fails here
+        instead of moving aside the directory another worker published meanwhile.
+
+        :raise RoundLockLost: version is recorded (or the lock's connection dropped).
+        """
+        with self.writing() as conn:
+            if db.version_recorded(conn, version):
+                raise db.RoundLockLost(f"version {version} was published by another worker meanwhile; "
+                                       "nothing was committed")
+            self.store.remove_temps()
+            if self.store.path(version).exists():
+                moved = quarantine.move_aside(self.store.data_dir, self.store.path(version), "versions")
                 db.quarantine_version(conn, version, "left by a failed publish", moved, self.clock())
-            logs.event("version_quarantined", level=logging.WARNING, version=version, moved_to=moved)
+                logs.event("version_quarantined", level=logging.WARNING, version=version, moved_to=moved)

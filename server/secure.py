@@ -223,7 +223,7 @@ class SecureAggregation:
             following = PHASES[PHASES.index(current.phase) + 1]
             deadline = now + self.rules.phase_s
             try:
-                with db.transaction(coordinator.engine) as conn:
+                with coordinator.writing() as conn:
                     db.set_phase(conn, current.id, following, deadline)
             except Exception:
                 self._reload(coordinator)  # memory moved on, the database did not: take the database's
@@ -299,7 +299,7 @@ class SecureAggregation:
             if len(data) < HEADER.size or HEADER.unpack_from(data)[3] != index:
                 raise WrongSender(f"this ticket's member has index {index}; it may send only as itself")
             try:
-                with db.transaction(coordinator.engine) as conn:
+                with coordinator.writing() as conn:
                     self.round.receive(current.phase, data)
                     db.add_secure_message(conn, current.id, kind, index, data, now)
             except ProtocolError as exc:

@@ -17,6 +17,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -107,6 +108,24 @@ class Cluster:
         with self._admin.connect() as conn:
             return conn.execute(sa.text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
                                         "WHERE datname = :name"), {"name": name}).scalar_one()
+
+    def end_lock_holders(self, name: str) -> list[int]:
+        """End the connections to a database that hold an advisory lock exclusively (a worker's
+        round lock), as a network cut would, and wait until they are gone (so is the lock): their pids.
+        """
+        assert self._admin is not None
+        with self._admin.connect() as conn:
+            holders = sa.text("SELECT l.pid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                              "WHERE d.datname = :name AND l.locktype = 'advisory' "
+                              "AND l.mode = 'ExclusiveLock' AND l.granted")
+            pids = list(conn.execute(holders, {"name": name}).scalars())
+            alive = sa.text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)")
+            conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM unnest(CAST(:pids AS int[])) AS pid"),
+                         {"pids": pids})
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while conn.execute(alive, {"pids": pids}).scalar_one() and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return pids
 
     def allow_connections(self, name: str, allowed: bool) -> None:
         """Let a database take new connections or refuse them, as one starting up does."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import io
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from client.protocol import FederatedClient
 from formats import durable
 from formats import tensors as tensor_codec
 from formats.bundle import MANIFEST, file_entries
-from server import db
+from server import db, logs
 from server.app import create_app
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef-32+"  # at least 32 bytes, as start-up requires
@@ -106,6 +108,18 @@ def dispose_engines(monkeypatch):
     yield
     for engine in engines:
         engine.dispose()
+
+
+@pytest.fixture
+def log_lines():
+    """Every server log line written during the test, as text (LOG_LEVEL still filters them)."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logs.JsonLines())
+    logger = logging.getLogger(logs.LOGGER)
+    logger.addHandler(handler)
+    yield lambda: stream.getvalue().splitlines()
+    logger.removeHandler(handler)
 
 
 @pytest.fixture

@@ -8,9 +8,7 @@ Before [T1] none of /api/secure existed and every update was stored in clear.
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -20,7 +18,7 @@ from scipy import stats
 from client.protocol import FederatedClient, ProtocolError, SecureParticipant, flatten
 from privacy import dp, quantize
 from privacy.messages import HEADER
-from server import db, logs
+from server import db
 from server.app import create_app
 from server.schema import secure_messages
 from tests.server.conftest import ADMIN_TOKEN, write_tiny_bundle
@@ -46,18 +44,6 @@ def settings(bundle, tmp_path) -> dict:
             "LOG_LEVEL": "WARNING", "ADMIN_TOKEN": ADMIN_TOKEN, "IDENTITY": "", "SELECTION": "cohort",
             "SELECTION_WINDOW_S": 0, "MAX_MEMBERS_PER_NETWORK": 1000, "OVER_SELECTION": 0.0,
             "MIN_CLIENTS": COHORT, "AGGREGATION": "secure", "SECURE_CLIP": 1.0, "SECURE_PHASE_S": PHASE_S}
-
-
-@pytest.fixture
-def log_lines():
-    """Every server log line written during the test, as text."""
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(logs.JsonLines())
-    logger = logging.getLogger(logs.LOGGER)
-    logger.addHandler(handler)
-    yield lambda: stream.getvalue().splitlines()
-    logger.removeHandler(handler)
 
 
 def started(settings: dict):
