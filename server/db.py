@@ -113,6 +113,8 @@ def create_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False},
                                   pool_timeout=POOL_TIMEOUT_S)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+    elif parsed.drivername.startswith("sqlite"):  # in memory: a connection per thread, none to wait for
+        engine = sa.create_engine(parsed)  # (its pool refuses pool_timeout: a TypeError at start-up)
     else:  # no pre-ping (a round trip before every transaction): a dropped connection fails its
         # request once with DatabaseUnavailable (503, retried) and the pool replaces every older one;
         # connections are renewed after POOL_RECYCLE_S, before a firewall's idle timeout drops them
