@@ -23,6 +23,7 @@ Per-update defences (``INFLUENCE=bounded``) cannot see a masked input; clipping 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -283,7 +284,8 @@ class SecureAggregation:
 
     def submit(self, coordinator: Coordinator, ticket: str, kind: str, data: bytes) -> dict:
         """Accept one member's message of the current phase: checked, stored, then fed to the state
-        machine, all in one transaction; the phase closes at once if it was the last expected.
+        machine, all in one transaction; the phase closes at once if it was the last expected (a
+        close that fails is logged and left to the next request or tick: the message stays accepted).
 
         :raise WrongPhase, WrongSender, BadSecureMessage, and the ticket refusals.
         """
@@ -309,7 +311,12 @@ class SecureAggregation:
                 raise
             logs.event("secure_message", round=current.id, phase=current.phase, sender=index,
                        bytes=len(data))
-            self._advance(coordinator, now)
+            try:
+                self._advance(coordinator, now)
+            except Exception:  # stored: the answer is 202 whatever closing the phase met (a 5xx says
+                # "not stored", and the retry of a stored message is refused as sent twice); the
+                # next request or tick closes the phase
+                logs.event("secure_advance_failed", level=logging.ERROR, exc_info=True, round=current.id)
             return {"accepted": True, "round": current.id, "phase": coordinator.round.phase}
 
     # -- helpers -----------------------------------------------------------------------------------

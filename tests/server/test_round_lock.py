@@ -327,3 +327,35 @@ def test_a_secure_message_is_stored_only_while_its_worker_holds_the_round_lock(
     assert stored_after_cut == []
     assert retried["accepted"]
     assert advertised(app) == [members[0].index]
+
+
+def test_a_stored_secure_message_is_accepted_whatever_closing_its_phase_meets(
+        request, postgresql_url, dispose_engines, postgresql_cluster, monkeypatch, log_lines):
+    """[T1] The last expected advertisement is stored, then closes the phase, and the lock's
+    connection is cut as the phase moves: the message is committed, so the answer is 202 (it was
+    503, and its retry a 400 bad_secure_message, "sent twice", so the member took itself for
+    dropped), the failure is logged, and the next request closes the phase.
+    """
+    # Prepare: a secure round on PostgreSQL; every member but the last advertised
+    app, _clock = started({**request.getfixturevalue("settings"), "DATABASE_URL": postgresql_url})
+    members = join(form_cohort(app), sparse_deltas(0, COHORT))
+    for member in members[:-1]:
+        member.step("advertise")
+    set_phase, cut = db.set_phase, []
+
+    def cut_then_set(conn, round_id, phase, deadline) -> None:
+        if not cut:
+            cut.extend(postgresql_cluster.end_lock_holders(db.get_engine(app).url.database))
+        set_phase(conn, round_id, phase, deadline)
+
+    monkeypatch.setattr(db, "set_phase", cut_then_set)
+    # Execute
+    answer = members[-1].step("advertise")
+    phase_after = members[0].state()["phase"]
+    # Assert
+    assert len(cut) == 1
+    assert answer["accepted"] and answer["phase"] == "advertise"
+    assert sorted(advertised(app)) == list(range(COHORT))
+    assert phase_after == "share_keys"
+    assert [json.loads(line)["event"] for line in log_lines() if '"secure_advance_failed"' in line] == [
+        "secure_advance_failed"]
