@@ -376,15 +376,20 @@ class Coordinator:
         """Draw the cohort among the round's check-ins and start reporting."""
         rules = self.rules.cohort
         assert rules is not None
-        with self.writing() as conn:
-            networks = db.checkins_by_network(conn, self.round.id)
-            members = cohorts.sample(db.round_checkins(conn, self.round.id), rules.target, rules.per_network,
-                                     self.rng)
-            phase, deadline = PHASE_REPORTING, now + self.rules.deadline_s
-            if self.secure is not None:  # [T1] the cohort runs the secure phases instead of reporting
-                size = sum(math.prod(p["shape"]) for p in self.manifest["parameters"])
-                phase, deadline = self.secure.start(conn, self.round.id, members, size, now)
-            db.start_reporting(conn, self.round.id, members, now, deadline, phase)
+        try:
+            with self.writing() as conn:
+                networks = db.checkins_by_network(conn, self.round.id)
+                members = cohorts.sample(db.round_checkins(conn, self.round.id), rules.target,
+                                         rules.per_network, self.rng)
+                phase, deadline = PHASE_REPORTING, now + self.rules.deadline_s
+                if self.secure is not None:  # [T1] the cohort runs the secure phases instead of reporting
+                    size = sum(math.prod(p["shape"]) for p in self.manifest["parameters"])
+                    phase, deadline = self.secure.start(conn, self.round.id, members, size, now)
+                db.start_reporting(conn, self.round.id, members, now, deadline, phase)
+        except Exception:
+            if self.secure is not None:  # [T1] the draw was not stored: neither is the round start() built
+                self.secure.forget()
+            raise
         self.round = replace(self.round, phase=phase, selected_at=now, deadline=deadline)
         logs.event("cohort_selected", round=self.round.id, members=len(members),
                    checkins=sum(networks.values()), networks=len(networks))

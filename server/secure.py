@@ -146,6 +146,13 @@ class SecureAggregation:
         self.round, self.aggregate = SecureRound(members, config), None
         return PHASES[0], now + self.rules.phase_s
 
+    def forget(self) -> None:
+        """Drop the round in memory (its draw did not commit): were it kept, another worker's draw
+        of the same round would not replace it, and this worker would serve its CONFIG (another
+        random graph seed) to members of that draw; the next turn reads the round from the database.
+        """
+        self.round, self.aggregate = None, None
+
     def resume(self, conn: db.Connection, current: db.Round) -> None:
         """Rebuild the open round's state machine from its stored messages (start-up, a new round),
         and drop those of ended rounds: masked inputs (a megabyte per member) serve nothing after.

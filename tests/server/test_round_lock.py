@@ -359,3 +359,37 @@ def test_a_stored_secure_message_is_accepted_whatever_closing_its_phase_meets(
     assert phase_after == "share_keys"
     assert [json.loads(line)["event"] for line in log_lines() if '"secure_advance_failed"' in line] == [
         "secure_advance_failed"]
+
+
+def test_a_worker_whose_cohort_draw_failed_serves_the_round_another_worker_drew(
+        request, postgresql_url, dispose_engines, postgresql_cluster, monkeypatch):
+    """[T1] Worker A draws a secure cohort and its lock's connection is cut before the draw commits:
+    the check-in that triggered it is a 503 and nothing is stored. Worker B then draws the round.
+    A must serve B's round: before the fix A kept the round its failed draw had built in memory
+    (another random graph seed, maybe other members) and handed its CONFIG to the members who
+    asked A, so their masks could never cancel with those of B's members.
+    """
+    # Prepare: two workers; nine of ten clients check in through A
+    secure = {**request.getfixturevalue("settings"), "DATABASE_URL": postgresql_url}
+    (first, _), (second, _) = started(secure), started(secure)
+    feds = [FederatedClient(first.test_client()) for _ in range(COHORT)]
+    for fed in feds[:-1]:
+        fed.check_in()
+    start_reporting, cut = db.start_reporting, []
+
+    def cut_then_start(*args, **kwargs) -> None:
+        if not cut:
+            cut.extend(postgresql_cluster.end_lock_holders(db.get_engine(first).url.database))
+        start_reporting(*args, **kwargs)
+
+    monkeypatch.setattr(db, "start_reporting", cut_then_start)
+    # Execute: the tenth check-in makes A draw, and fails; B draws; the members join through A
+    with pytest.raises(ProtocolError) as refused:
+        feds[-1].check_in()
+    coordinator(second).tick()
+    members = join(feds, sparse_deltas(0, COHORT))
+    # Assert: every member got the CONFIG B stored
+    assert len(cut) == 1 and (refused.value.status, refused.value.code) == (503, "database_unavailable")
+    stored = [row["body"] for row in stored_rows(second) if row["phase"] == "config"]
+    assert len(stored) == 1
+    assert {member.machine.config.encode() for member in members} == {bytes(stored[0])}
