@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -88,17 +90,25 @@ def check_same_graphs(data_dir: Path, manifest: dict, bundle_dir: str | None) ->
                                f"{bundle_dir}; use another data dir for a new model")
 
 
-def replay(engine: db.Engine, spool: Spool, aggregator: Aggregator, parameters: list[dict], max_norm: float,
+Writing = Callable[[], AbstractContextManager[db.Connection]]  # a transaction: ``Coordinator.writing``
+
+
+def replay(writing: Writing, spool: Spool, aggregator: Aggregator, parameters: list[dict], max_norm: float,
            now: float, limit: int | None = None) -> tuple[db.Round, list[db.StoredUpdate]]:
     """Feed the open round's stored deltas to a started aggregator; drop every other body.
 
     Each body is checked as on arrival (checksum, format, names, shapes, finite, norm); one that
     fails, or is missing, is quarantined and leaves the round instead of stopping the server.
+    The reads, the quarantines and the check before the sweep run in writing's transactions, on
+    the round lock's connection: a worker whose lock was lost while it read the bodies back (no
+    upload is held off any more, another worker may close the round and drop its bodies) then
+    fails (``db.RoundLockLost``) instead of taking a closed round's updates for missing or
+    deleting bodies it does not know of, such as those of the next round.
     :param limit: feed only the first this many sound deltas (a FedBuff buffer); the later ones are
         checked and kept all the same, for the next buffer.
     :return: the open round and the sound updates, in arrival order (the fed ones first).
     """
-    with db.transaction(engine) as conn:
+    with writing() as conn:
         current = db.current_round(conn)
         stored = db.round_updates(conn, current.id)
     kept: list[db.StoredUpdate] = []
@@ -106,12 +116,15 @@ def replay(engine: db.Engine, spool: Spool, aggregator: Aggregator, parameters: 
         try:
             delta = _reread(spool, current.id, update, parameters, max_norm)
         except Exception as exc:  # whatever is wrong with it, this body cannot be trusted
-            _quarantine(engine, spool, current.id, update, _reason(exc), now)
+            _quarantine(writing, spool, current.id, update, _reason(exc), now)
             continue
         if limit is None or len(kept) < limit:
             aggregator.accumulate(delta, update.weight)
         kept.append(update)
-    removed = spool.sweep(current.id, {update.key for update in kept})
+    with writing() as conn:  # the lock is still held: no upload is placing a body meanwhile
+        if db.current_round(conn).id != current.id:
+            raise db.RoundLockLost(f"round {current.id} was ended by another worker; nothing was swept")
+        removed = spool.sweep(current.id, {update.key for update in kept})
     if removed:
         logs.event("swept_spool", entries=removed[:20], count=len(removed))
     return current, kept
@@ -137,12 +150,12 @@ def _reason(exc: Exception) -> str:
     return f"{code}: {exc}" if isinstance(code, str) else f"{type(exc).__name__}: {exc}"
 
 
-def _quarantine(engine: db.Engine, spool: Spool, round_id: int, update: db.StoredUpdate, reason: str,
+def _quarantine(writing: Writing, spool: Spool, round_id: int, update: db.StoredUpdate, reason: str,
                 now: float) -> None:
     """Move a body aside (if there is one) and its row out of the round, then log at ERROR."""
     path = spool.path(round_id, update.key)
     moved = quarantine.move_aside(spool.data_dir, path, f"spool/{round_id}") if path.exists() else None
-    with db.transaction(engine) as conn:
+    with writing() as conn:
         db.quarantine_update(conn, round_id, update.key, reason, moved, now)
     logs.event("update_quarantined", level=logging.ERROR, round=round_id, update=update.key[:16],
                reason=reason, moved_to=moved)

@@ -264,7 +264,7 @@ class Coordinator:
         aggregator = self.new_aggregator()
         aggregator.start({p["name"]: tuple(p["shape"]) for p in self.manifest["parameters"]}, carried)
         limit = self.rules.min_clients if self.rules.buffered else None  # one FedBuff buffer
-        self.round, accepted = recovery.replay(self.engine, self.spool, aggregator,
+        self.round, accepted = recovery.replay(self.writing, self.spool, aggregator,
                                                self.manifest["parameters"], self.rules.max_update_norm,
                                                self.clock(), limit)
         return aggregator, accepted

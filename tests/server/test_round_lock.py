@@ -393,3 +393,43 @@ def test_a_worker_whose_cohort_draw_failed_serves_the_round_another_worker_drew(
     stored = [row["body"] for row in stored_rows(second) if row["phase"] == "config"]
     assert len(stored) == 1
     assert {member.machine.config.encode() for member in members} == {bytes(stored[0])}
+
+
+@pytest.mark.parametrize("cut_at_read", [1, 2])
+def test_a_worker_that_lost_its_lock_while_reading_the_round_back_touches_no_body_or_row(
+        config, postgresql_cluster, monkeypatch, admin_headers, cut_at_read):
+    """A's lock is cut while its close reads the round's bodies back (after the first or the last
+    of two); meanwhile, no longer held off, B takes a third update, which closes round 1 (version
+    2), and a fourth, the first of round 2. Before the fix A went on as if it held the lock: it
+    quarantined the body it had not read yet, which B's close had dropped, as missing (a row taken
+    out of a round B had closed with it), and its sweep of the spool deleted round 2's directory (the
+    fourth update, answered 202, lost its body). Now A's first write on the lock's connection, a
+    quarantine or the sweep's check, fails: A's close is a 503 and round 2 keeps its update.
+    """
+    # Prepare: two updates through A; A's n-th body read cuts its lock and lets B take two
+    first, second = create_app(config), create_app(config)
+    upload(first, 0.1)
+    upload(first, 0.3)
+    spool, cut, reads, through_b = coordinator(first).spool, [], [], []
+    read = spool.read
+
+    def read_then_cut(round_id: int, key: str) -> bytes:
+        reads.append(key)
+        body = read(round_id, key) if len(reads) == cut_at_read else None
+        if len(reads) == cut_at_read:
+            cut.extend(postgresql_cluster.end_lock_holders(db.get_engine(first).url.database))
+            through_b.extend(upload(second, value) for value in (0.5, 0.7))
+        return read(round_id, key) if body is None else body
+
+    monkeypatch.setattr(spool, "read", read_then_cut)
+    # Execute: A closes; then B closes round 2
+    answer = first.test_client().post("/api/admin/close", headers=admin_headers)
+    closed = second.test_client().post("/api/admin/close", headers=admin_headers)
+    # Assert: A's close failed and touched nothing; round 1 closed with its three updates, round 2
+    # published its one
+    assert len(cut) == 1 and [u["round"] for u in through_b] == [1, 2]
+    assert (answer.status_code, answer.get_json()["error"]) == (503, "database_unavailable")
+    assert table(second, "quarantine") == []
+    assert sorted(u.round_id for u in table(second, "updates")) == [1, 1, 1, 2]
+    assert closed.status_code == 200, closed.get_json()
+    assert coordinator(second).store.manifest(3)["aggregation"]["participants"] == 1
