@@ -28,20 +28,25 @@ from server.versions import VersionStore
 GRAPH_FILES = ("infer.onnx", "train_step.onnx", "tokenizer.json")
 
 
+Writing = Callable[[], AbstractContextManager[db.Connection]]  # a transaction: ``Coordinator.writing``
+
+
 class BodyDamaged(ValueError):
     """A stored update body that is not what was accepted."""
 
 
-def known_versions(engine: db.Engine, store: VersionStore, now: float) -> dict[int, int | None]:
+def known_versions(writing: Writing, store: VersionStore, now: float) -> dict[int, int | None]:
     """The recorded versions and their parents, once the version directories agree with them.
 
     The one directory a crash can leave (version newest + 1, renamed into place before its row
     committed) is moved to quarantine. Any other unknown version means the database is not this
-    data dir's (deleted, replaced, DATABASE_URL changed): start-up stops rather than lose it.
+    data dir's (deleted, replaced, DATABASE_URL changed): start-up stops rather than lose it. The
+    versions are read on the round lock's connection (writing): a worker whose lock was lost as
+    it started fails there instead of taking the directory another worker is publishing for debris.
     :raise RuntimeError: with what to do, if the database does not know versions on disk.
     """
-    with db.transaction(engine) as conn:
-        parents = db.version_parents(conn)
+    with writing() as conn:
+        parents, database = db.version_parents(conn), db.database_name(conn.engine)
     removed = store.remove_temps()
     if removed:
         logs.event("swept_debris", entries=removed)
@@ -52,11 +57,11 @@ def known_versions(engine: db.Engine, store: VersionStore, now: float) -> dict[i
     if newest is None or unknown != [newest + 1]:
         recorded = f"versions {min(parents)}..{newest}" if parents else "no version"
         raise RuntimeError(
-            f"{store.root} holds versions {unknown} that the database {db.database_name(engine)} does not "
+            f"{store.root} holds versions {unknown} that the database {database} does not "
             f"know (it records {recorded}). Refusing to start rather than lose them: point DATABASE_URL at "
             f"this data dir's database, or move {store.root} away to start a new federation.")
     moved = quarantine.move_aside(store.data_dir, store.path(unknown[0]), "versions")
-    with db.transaction(engine) as conn:
+    with writing() as conn:
         db.quarantine_version(conn, unknown[0], "written but never recorded (a crash mid-publish)", moved,
                               now)
     logs.event("version_quarantined", level=logging.WARNING, version=unknown[0], moved_to=moved)
@@ -88,9 +93,6 @@ def check_same_graphs(data_dir: Path, manifest: dict, bundle_dir: str | None) ->
         if wanted[name]["sha256"] != manifest["files"][name]["sha256"]:
             raise RuntimeError(f"{data_dir} holds a model with a different {name} than "
                                f"{bundle_dir}; use another data dir for a new model")
-
-
-Writing = Callable[[], AbstractContextManager[db.Connection]]  # a transaction: ``Coordinator.writing``
 
 
 def replay(writing: Writing, spool: Spool, aggregator: Aggregator, parameters: list[dict], max_norm: float,

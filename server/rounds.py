@@ -182,7 +182,7 @@ class Coordinator:
             round can close.
         """
         with self._exclusive(sync=False):  # another worker may be starting or publishing
-            self.parents = recovery.known_versions(self.engine, self.store, self.clock())
+            self.parents = recovery.known_versions(self.writing, self.store, self.clock())
             if not self.parents:
                 self.parents = recovery.import_first_version(self.engine, self.store, bundle_dir,
                                                              self.clock(), self.rules.deadline_s,

@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from client.protocol import FederatedClient, ProtocolError
-from server import db, schema
+from server import db, recovery, schema
 from server.app import create_app
 from server.rounds import Verdict
 from server.versions import WEIGHTS
@@ -433,3 +433,45 @@ def test_a_worker_that_lost_its_lock_while_reading_the_round_back_touches_no_bod
     assert sorted(u.round_id for u in table(second, "updates")) == [1, 1, 1, 2]
     assert closed.status_code == 200, closed.get_json()
     assert coordinator(second).store.manifest(3)["aggregation"]["participants"] == 1
+
+
+def test_a_starting_worker_that_lost_its_lock_leaves_the_version_being_published_alone(
+        config, postgresql_cluster, monkeypatch):
+    """A starts and takes the round lock, which is cut at once; B takes it and closes the round.
+    B has written version 2's directory and not yet recorded it when A's start-up looks for a
+    directory a crash left: before the fix A read the versions on a pooled connection, took
+    B's directory for debris and moved it aside, and B then recorded a version 2 without files.
+    Now A reads them on the lock's connection, and its start fails instead.
+    """
+    # Prepare: B with two updates; A's start-up check of the versions runs while B publishes
+    second = create_app(config)
+    upload(second, 0.1)
+    upload(second, 0.3)
+    known_versions, outcome = recovery.known_versions, {}
+    write = coordinator(second).store.write
+
+    def write_then_a_looks(*args, **kwargs):
+        manifest = write(*args, **kwargs)
+        try:
+            outcome["a"] = known_versions(*outcome["args"])
+        except Exception as exc:  # asserted below
+            outcome["a"] = exc
+        return manifest
+
+    def cut_then_b_closes(*args):
+        outcome["args"], outcome["cut"] = args, postgresql_cluster.end_lock_holders(
+            db.get_engine(second).url.database)
+        monkeypatch.setattr(coordinator(second).store, "write", write_then_a_looks)
+        outcome["b"] = coordinator(second).close_now()
+        if isinstance(outcome["a"], Exception):
+            raise outcome["a"]
+        return outcome["a"]
+
+    monkeypatch.setattr(recovery, "known_versions", cut_then_b_closes)
+    # Execute
+    with pytest.raises(db.RoundLockLost):
+        create_app(config)
+    # Assert: B published version 2 with its files; nothing was quarantined
+    assert len(outcome["cut"]) == 1 and outcome["b"]["version"] == 2
+    assert published_intact(second, 2), "the published version 2 lost its files"
+    assert table(second, "quarantine") == []
