@@ -242,16 +242,17 @@ def round_lock(engine: sa.Engine) -> Iterator[Connection | None]:
 
 def _unlock(conn: Connection) -> None:
     """Release the round lock, unless its connection dropped: then the lock went with it, and a
-    close committed before the drop must not be reported as failed.
+    close committed before the drop must not be reported as failed. An unlock that fails otherwise
+    (cancelled, timed out) closes the connection, which releases the lock: back in the pool it
+    would hold it for good, and every upload of every worker would wait on it.
     """
     if conn.invalidated:
         return
     try:
         conn.execute(_UNLOCK_ROUND, {"key": ROUND_LOCK})
         conn.commit()
-    except sa.exc.DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
+    except sa.exc.DBAPIError:
+        conn.invalidate()
 
 
 @contextmanager

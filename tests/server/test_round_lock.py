@@ -475,3 +475,23 @@ def test_a_starting_worker_that_lost_its_lock_leaves_the_version_being_published
     assert len(outcome["cut"]) == 1 and outcome["b"]["version"] == 2
     assert published_intact(second, 2), "the published version 2 lost its files"
     assert table(second, "quarantine") == []
+
+
+def test_a_round_lock_whose_unlock_fails_goes_with_its_connection(config):
+    """The unlock fails without the connection dropping (a statement_timeout, an operator's
+    pg_cancel_backend): before the fix the error went up (a 500 after a committed close) and the
+    connection went back to the pool still holding the session lock, so every upload of every
+    worker waited on an idle connection. Now the connection is closed, which releases the lock.
+    """
+    # Prepare: an unlock that fails before it unlocks (as a cancelled one may), on a live connection
+    engine = db.create_engine(config["DATABASE_URL"])
+    failing = sa.text("SELECT pg_advisory_unlock(:key) FROM no_such_table")
+    held = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+    # Execute
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(db, "_UNLOCK_ROUND", failing)
+        with db.round_lock(engine):
+            pass
+    # Assert
+    with db.reading(engine) as conn:
+        assert conn.execute(held).scalar_one() == 0
