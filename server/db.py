@@ -342,11 +342,14 @@ def recent_versions(conn: Connection, limit: int) -> list[dict]:
 # -- rounds ----------------------------------------------------------------------------------------
 
 def open_round(conn: Connection, base_version: int, now: float, deadline: float, phase: str = "reporting",
-               carried: dict | None = None) -> None:
-    """Insert a new open round on base_version, in its first phase, with the strategy's carried state."""
-    conn.execute(rounds.insert().values(base_version=base_version, status="open", opened_at=now,
-                                        deadline=deadline, phase=phase,
-                                        carried=json.dumps(carried) if carried else None))
+               carried: dict | None = None) -> int:
+    """Insert a new open round on base_version, in its first phase, with the strategy's carried
+    state; its id.
+    """
+    inserted = conn.execute(rounds.insert().values(base_version=base_version, status="open", opened_at=now,
+                                                   deadline=deadline, phase=phase,
+                                                   carried=json.dumps(carried) if carried else None))
+    return inserted.inserted_primary_key[0]  # type: ignore[index]  # an insert always has one
 
 
 # The statements of every upload and ticket request (this and the other _UPPER_CASE ones) are

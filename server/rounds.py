@@ -765,13 +765,25 @@ class Coordinator:
         ended = self.round.id
         with self.writing() as conn:
             db.end_round(conn, ended, status, now, reason, None, detail)
-            db.open_round(conn, self.version, now, now + self.rules.deadline_s, self._first_phase(), carried)
+            opened = db.open_round(conn, self.version, now, now + self.rules.deadline_s, self._first_phase(),
+                                   carried)
             self._carry(conn, ended, waiting or [])
         self.spool.drop_round(ended)
-        self._resume()
-        logs.event(f"round_{status}", ended_round=ended, round=self.round.id, detail=detail)
-        return {"version": self.version, "ended_round": ended, "round": self.round.id, "reason": status,
+        self._take_up()
+        logs.event(f"round_{status}", ended_round=ended, round=opened, detail=detail)
+        return {"version": self.version, "ended_round": ended, "round": opened, "reason": status,
                 "detail": detail}
+
+    def _take_up(self) -> None:
+        """``_resume`` after a commit that ended the round: that is done, so a database that fails
+        now (a PostgreSQL restart that cut the lock's connection too) is logged, not answered 503,
+        which says "not done" (an admin's retry would close the next round, or roll back again);
+        the next request reads the new round.
+        """
+        try:
+            self._resume()
+        except db.DatabaseUnavailable as exc:
+            logs.event("resume_failed", level=logging.WARNING, error=str(exc))
 
     def rollback(self, version: int) -> dict:
         """Publish a copy of an earlier version (weights and optimizer state) as the next version.
@@ -814,14 +826,15 @@ class Coordinator:
             db.record_version(conn, version, manifest["parent_version"], kind,
                               ended if kind == "aggregate" else None, now,
                               [(entry["sha256"], WEIGHTS, self.store.relative(version, WEIGHTS))])
-            db.open_round(conn, version, now, now + self.rules.deadline_s, self._first_phase(), carried)
+            opened = db.open_round(conn, version, now, now + self.rules.deadline_s, self._first_phase(),
+                                   carried)
             self._carry(conn, ended, waiting or [])
         self.parents[version] = manifest["parent_version"]
         self.spool.drop_round(ended)
-        self._resume()
+        self._take_up()
         logs.event("version_published", version=version, kind=kind, ended_round=ended, status=status,
                    reason=reason, parent=manifest["parent_version"])
-        return {"version": version, "ended_round": ended, "round": self.round.id, "reason": reason}
+        return {"version": version, "ended_round": ended, "round": opened, "reason": reason}
 
     def _carry(self, conn: db.Connection, ended: int, waiting: list[str]) -> None:
         """Move a buffer's latecomers into the round conn just opened: their bodies are linked into

@@ -495,3 +495,33 @@ def test_a_round_lock_whose_unlock_fails_goes_with_its_connection(config):
     # Assert
     with db.reading(engine) as conn:
         assert conn.execute(held).scalar_one() == 0
+
+
+def test_a_close_committed_just_before_postgresql_restarts_answers_its_version(
+        config, postgresql_cluster, monkeypatch, admin_headers):
+    """Every connection drops (a PostgreSQL restart) right after the publish committed, before the
+    worker reads the new round: the close is done, so the admin close answers 200 with the version
+    and round it opened (it was a 503, and the retry an operator makes on a 503 closed the next
+    round), and the next request reads the new round.
+    """
+    # Prepare: two updates; every connection drops when the close drops the ended round's bodies
+    app = create_app(config)
+    upload(app, 0.1)
+    upload(app, 0.3)
+    spool, dropped = coordinator(app).spool, []
+    drop_round = spool.drop_round
+
+    def restart_then_drop(round_id: int) -> None:
+        dropped.append(postgresql_cluster.drop_connections(db.get_engine(app).url.database))
+        drop_round(round_id)
+
+    monkeypatch.setattr(spool, "drop_round", restart_then_drop)
+    # Execute
+    answer = app.test_client().post("/api/admin/close", headers=admin_headers)
+    monkeypatch.undo()
+    served = FederatedClient(app.test_client()).fetch_model()
+    # Assert
+    assert dropped and dropped[0] >= 1
+    assert answer.status_code == 200, answer.get_json()
+    assert (answer.get_json()["version"], answer.get_json()["round"]) == (2, 2)
+    assert (served["version"], served["round"]) == (2, 2)
