@@ -143,7 +143,8 @@ class DatabaseUnavailable(Exception):
 
 class RoundLockLost(DatabaseUnavailable):
     """The round lock was lost while this worker changed the round (its connection dropped, or
-    another worker ended the round meanwhile): nothing of that change was committed.
+    another worker ended the round meanwhile): nothing of that change was committed, unless the
+    connection dropped during the commit itself (then it may have been, as after any 503).
     """
 
 

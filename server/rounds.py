@@ -214,14 +214,22 @@ class Coordinator:
                     self.exclusive, self.fence = self.exclusive - 1, None
 
     def writing(self) -> AbstractContextManager[db.Connection]:
-        """The transaction of a change to the round (a cohort draw, a publish, a restart; [T1] a
-        secure round's phase moves and messages): on the round lock's own connection while this
-        worker holds it (``db.fenced``: a commit there proves that the lock was never lost, so a
-        worker whose lock connection dropped mid-close commits nothing), else a pooled one
-        (SQLite, one process). Only under ``self.lock``, as every change of the round: the lock's
-        connection belongs to the thread that holds it.
+        """The transaction of a change to the round (a cohort draw, a publish, a restart, the
+        read-back's quarantines and sweep, start-up's debris; [T1] a secure round's phase moves and
+        messages): on the round lock's own connection while this worker holds it (``db.fenced``: a
+        commit there proves that the lock was never lost, so a worker whose lock connection dropped
+        mid-close commits nothing), else a pooled one (SQLite, one process). Only under
+        ``self._exclusive``, as every change of the round: the lock's connection belongs to the
+        thread that holds it.
+
+        :raise RuntimeError: called outside ``_exclusive`` where several workers share the
+            database (a bug: it would commit without the lock).
         """
-        return db.transaction(self.engine) if self.fence is None else db.fenced(self.fence)
+        if self.fence is not None:
+            return db.fenced(self.fence)
+        if db.shares_workers(self.engine):
+            raise RuntimeError("a change of the round outside the round lock (Coordinator._exclusive)")
+        return db.transaction(self.engine)
 
     def exclusive_round(self) -> AbstractContextManager[None]:
         """[T1] ``_exclusive`` for server.secure: a secure round's messages change it one at a time."""

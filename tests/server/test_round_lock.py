@@ -525,3 +525,19 @@ def test_a_close_committed_just_before_postgresql_restarts_answers_its_version(
     assert answer.status_code == 200, answer.get_json()
     assert (answer.get_json()["version"], answer.get_json()["round"]) == (2, 2)
     assert (served["version"], served["round"]) == (2, 2)
+
+
+def test_a_change_of_the_round_outside_the_round_lock_is_refused(app):
+    """``Coordinator.writing`` outside ``_exclusive`` on PostgreSQL is a bug (a change of the round
+    committed without the lock): it raises instead of silently taking a pooled connection, as it
+    did; under the lock it is the lock's own connection.
+    """
+    # Prepare
+    coordinator_ = coordinator(app)
+    # Execute
+    with pytest.raises(RuntimeError):
+        coordinator_.writing()
+    with coordinator_._exclusive(), coordinator_.writing() as conn:
+        fenced = conn is coordinator_.fence
+    # Assert
+    assert fenced
