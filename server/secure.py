@@ -147,9 +147,10 @@ class SecureAggregation:
         return PHASES[0], now + self.rules.phase_s
 
     def forget(self) -> None:
-        """Drop the round in memory (its draw did not commit): were it kept, another worker's draw
-        of the same round would not replace it, and this worker would serve its CONFIG (another
-        random graph seed) to members of that draw; the next turn reads the round from the database.
+        """Drop the round in memory where it may be ahead of the database; the next turn reads it
+        from the database. E.g. a draw that did not commit: were it kept, another worker's draw of
+        the same round would not replace it, and this worker would serve its CONFIG (another random
+        graph seed) to members of that draw.
         """
         self.round, self.aggregate = None, None
 
@@ -362,7 +363,14 @@ class SecureAggregation:
         return self.round.index[found.client_id]
 
     def _reload(self, coordinator: Coordinator) -> None:
-        """Rebuild from the database after a failure that may have left memory ahead of it."""
-        with db.transaction(coordinator.engine) as conn:
-            coordinator.round = db.current_round(conn)
-            self.resume(conn, coordinator.round)
+        """Rebuild from the database after a failure that may have left memory ahead of it; if the
+        database fails again (it restarts), drop the round in memory, which the next turn rebuilds:
+        kept, it would hold a message never stored and refuse that message's retry as sent twice.
+        """
+        try:
+            with db.transaction(coordinator.engine) as conn:
+                coordinator.round = db.current_round(conn)
+                self.resume(conn, coordinator.round)
+        except Exception:
+            self.forget()
+            raise
