@@ -113,6 +113,8 @@ def create_engine(url: str) -> sa.Engine:
         engine = sa.create_engine(parsed, connect_args={"timeout": 30, "check_same_thread": False},
                                   pool_timeout=POOL_TIMEOUT_S)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
+    elif parsed.drivername.startswith("sqlite"):  # in memory: a connection per thread, none to wait for
+        engine = sa.create_engine(parsed)  # (its pool refuses pool_timeout: a TypeError at start-up)
     else:  # no pre-ping (a round trip before every transaction): a dropped connection fails its
         # request once with DatabaseUnavailable (503, retried) and the pool replaces every older one;
         # connections are renewed after POOL_RECYCLE_S, before a firewall's idle timeout drops them
@@ -141,7 +143,8 @@ class DatabaseUnavailable(Exception):
 
 class RoundLockLost(DatabaseUnavailable):
     """The round lock was lost while this worker changed the round (its connection dropped, or
-    another worker ended the round meanwhile): nothing of that change was committed.
+    another worker ended the round meanwhile): nothing of that change was committed, unless the
+    connection dropped during the commit itself (then it may have been, as after any 503).
     """
 
 
@@ -240,16 +243,17 @@ def round_lock(engine: sa.Engine) -> Iterator[Connection | None]:
 
 def _unlock(conn: Connection) -> None:
     """Release the round lock, unless its connection dropped: then the lock went with it, and a
-    close committed before the drop must not be reported as failed.
+    close committed before the drop must not be reported as failed. An unlock that fails otherwise
+    (cancelled, timed out) closes the connection, which releases the lock: back in the pool it
+    would hold it for good, and every upload of every worker would wait on it.
     """
     if conn.invalidated:
         return
     try:
         conn.execute(_UNLOCK_ROUND, {"key": ROUND_LOCK})
         conn.commit()
-    except sa.exc.DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
+    except sa.exc.DBAPIError:
+        conn.invalidate()
 
 
 @contextmanager
@@ -339,11 +343,14 @@ def recent_versions(conn: Connection, limit: int) -> list[dict]:
 # -- rounds ----------------------------------------------------------------------------------------
 
 def open_round(conn: Connection, base_version: int, now: float, deadline: float, phase: str = "reporting",
-               carried: dict | None = None) -> None:
-    """Insert a new open round on base_version, in its first phase, with the strategy's carried state."""
-    conn.execute(rounds.insert().values(base_version=base_version, status="open", opened_at=now,
-                                        deadline=deadline, phase=phase,
-                                        carried=json.dumps(carried) if carried else None))
+               carried: dict | None = None) -> int:
+    """Insert a new open round on base_version, in its first phase, with the strategy's carried
+    state; its id.
+    """
+    inserted = conn.execute(rounds.insert().values(base_version=base_version, status="open", opened_at=now,
+                                                   deadline=deadline, phase=phase,
+                                                   carried=json.dumps(carried) if carried else None))
+    return inserted.inserted_primary_key[0]  # type: ignore[index]  # an insert always has one
 
 
 # The statements of every upload and ticket request (this and the other _UPPER_CASE ones) are

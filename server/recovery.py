@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +28,25 @@ from server.versions import VersionStore
 GRAPH_FILES = ("infer.onnx", "train_step.onnx", "tokenizer.json")
 
 
+Writing = Callable[[], AbstractContextManager[db.Connection]]  # a transaction: ``Coordinator.writing``
+
+
 class BodyDamaged(ValueError):
     """A stored update body that is not what was accepted."""
 
 
-def known_versions(engine: db.Engine, store: VersionStore, now: float) -> dict[int, int | None]:
+def known_versions(writing: Writing, store: VersionStore, now: float) -> dict[int, int | None]:
     """The recorded versions and their parents, once the version directories agree with them.
 
     The one directory a crash can leave (version newest + 1, renamed into place before its row
     committed) is moved to quarantine. Any other unknown version means the database is not this
-    data dir's (deleted, replaced, DATABASE_URL changed): start-up stops rather than lose it.
+    data dir's (deleted, replaced, DATABASE_URL changed): start-up stops rather than lose it. The
+    versions are read on the round lock's connection (writing): a worker whose lock was lost as
+    it started fails there instead of taking the directory another worker is publishing for debris.
     :raise RuntimeError: with what to do, if the database does not know versions on disk.
     """
-    with db.transaction(engine) as conn:
-        parents = db.version_parents(conn)
+    with writing() as conn:
+        parents, database = db.version_parents(conn), db.database_name(conn.engine)
     removed = store.remove_temps()
     if removed:
         logs.event("swept_debris", entries=removed)
@@ -50,11 +57,11 @@ def known_versions(engine: db.Engine, store: VersionStore, now: float) -> dict[i
     if newest is None or unknown != [newest + 1]:
         recorded = f"versions {min(parents)}..{newest}" if parents else "no version"
         raise RuntimeError(
-            f"{store.root} holds versions {unknown} that the database {db.database_name(engine)} does not "
+            f"{store.root} holds versions {unknown} that the database {database} does not "
             f"know (it records {recorded}). Refusing to start rather than lose them: point DATABASE_URL at "
             f"this data dir's database, or move {store.root} away to start a new federation.")
     moved = quarantine.move_aside(store.data_dir, store.path(unknown[0]), "versions")
-    with db.transaction(engine) as conn:
+    with writing() as conn:
         db.quarantine_version(conn, unknown[0], "written but never recorded (a crash mid-publish)", moved,
                               now)
     logs.event("version_quarantined", level=logging.WARNING, version=unknown[0], moved_to=moved)
@@ -88,17 +95,22 @@ def check_same_graphs(data_dir: Path, manifest: dict, bundle_dir: str | None) ->
                                f"{bundle_dir}; use another data dir for a new model")
 
 
-def replay(engine: db.Engine, spool: Spool, aggregator: Aggregator, parameters: list[dict], max_norm: float,
+def replay(writing: Writing, spool: Spool, aggregator: Aggregator, parameters: list[dict], max_norm: float,
            now: float, limit: int | None = None) -> tuple[db.Round, list[db.StoredUpdate]]:
     """Feed the open round's stored deltas to a started aggregator; drop every other body.
 
     Each body is checked as on arrival (checksum, format, names, shapes, finite, norm); one that
     fails, or is missing, is quarantined and leaves the round instead of stopping the server.
+    The reads, the quarantines and the check before the sweep run in writing's transactions, on
+    the round lock's connection: a worker whose lock was lost while it read the bodies back (no
+    upload is held off any more, another worker may close the round and drop its bodies) then
+    fails (``db.RoundLockLost``) instead of taking a closed round's updates for missing or
+    deleting bodies it does not know of, such as those of the next round.
     :param limit: feed only the first this many sound deltas (a FedBuff buffer); the later ones are
         checked and kept all the same, for the next buffer.
     :return: the open round and the sound updates, in arrival order (the fed ones first).
     """
-    with db.transaction(engine) as conn:
+    with writing() as conn:
         current = db.current_round(conn)
         stored = db.round_updates(conn, current.id)
     kept: list[db.StoredUpdate] = []
@@ -106,12 +118,15 @@ def replay(engine: db.Engine, spool: Spool, aggregator: Aggregator, parameters: 
         try:
             delta = _reread(spool, current.id, update, parameters, max_norm)
         except Exception as exc:  # whatever is wrong with it, this body cannot be trusted
-            _quarantine(engine, spool, current.id, update, _reason(exc), now)
+            _quarantine(writing, spool, current.id, update, _reason(exc), now)
             continue
         if limit is None or len(kept) < limit:
             aggregator.accumulate(delta, update.weight)
         kept.append(update)
-    removed = spool.sweep(current.id, {update.key for update in kept})
+    with writing() as conn:  # the lock is still held: no upload is placing a body meanwhile
+        if db.current_round(conn).id != current.id:
+            raise db.RoundLockLost(f"round {current.id} was ended by another worker; nothing was swept")
+        removed = spool.sweep(current.id, {update.key for update in kept})
     if removed:
         logs.event("swept_spool", entries=removed[:20], count=len(removed))
     return current, kept
@@ -137,12 +152,12 @@ def _reason(exc: Exception) -> str:
     return f"{code}: {exc}" if isinstance(code, str) else f"{type(exc).__name__}: {exc}"
 
 
-def _quarantine(engine: db.Engine, spool: Spool, round_id: int, update: db.StoredUpdate, reason: str,
+def _quarantine(writing: Writing, spool: Spool, round_id: int, update: db.StoredUpdate, reason: str,
                 now: float) -> None:
     """Move a body aside (if there is one) and its row out of the round, then log at ERROR."""
     path = spool.path(round_id, update.key)
     moved = quarantine.move_aside(spool.data_dir, path, f"spool/{round_id}") if path.exists() else None
-    with db.transaction(engine) as conn:
+    with writing() as conn:
         db.quarantine_update(conn, round_id, update.key, reason, moved, now)
     logs.event("update_quarantined", level=logging.ERROR, round=round_id, update=update.key[:16],
                reason=reason, moved_to=moved)

@@ -182,7 +182,7 @@ class Coordinator:
             round can close.
         """
         with self._exclusive(sync=False):  # another worker may be starting or publishing
-            self.parents = recovery.known_versions(self.engine, self.store, self.clock())
+            self.parents = recovery.known_versions(self.writing, self.store, self.clock())
             if not self.parents:
                 self.parents = recovery.import_first_version(self.engine, self.store, bundle_dir,
                                                              self.clock(), self.rules.deadline_s,
@@ -214,14 +214,22 @@ class Coordinator:
                     self.exclusive, self.fence = self.exclusive - 1, None
 
     def writing(self) -> AbstractContextManager[db.Connection]:
-        """The transaction of a change to the round (a cohort draw, a publish, a restart; [T1] a
-        secure round's phase moves and messages): on the round lock's own connection while this
-        worker holds it (``db.fenced``: a commit there proves that the lock was never lost, so a
-        worker whose lock connection dropped mid-close commits nothing), else a pooled one
-        (SQLite, one process). Only under ``self.lock``, as every change of the round: the lock's
-        connection belongs to the thread that holds it.
+        """The transaction of a change to the round (a cohort draw, a publish, a restart, the
+        read-back's quarantines and sweep, start-up's debris; [T1] a secure round's phase moves and
+        messages): on the round lock's own connection while this worker holds it (``db.fenced``: a
+        commit there proves that the lock was never lost, so a worker whose lock connection dropped
+        mid-close commits nothing), else a pooled one (SQLite, one process). Only under
+        ``self._exclusive``, as every change of the round: the lock's connection belongs to the
+        thread that holds it.
+
+        :raise RuntimeError: called outside ``_exclusive`` where several workers share the
+            database (a bug: it would commit without the lock).
         """
-        return db.transaction(self.engine) if self.fence is None else db.fenced(self.fence)
+        if self.fence is not None:
+            return db.fenced(self.fence)
+        if db.shares_workers(self.engine):
+            raise RuntimeError("a change of the round outside the round lock (Coordinator._exclusive)")
+        return db.transaction(self.engine)
 
     def exclusive_round(self) -> AbstractContextManager[None]:
         """[T1] ``_exclusive`` for server.secure: a secure round's messages change it one at a time."""
@@ -264,7 +272,7 @@ class Coordinator:
         aggregator = self.new_aggregator()
         aggregator.start({p["name"]: tuple(p["shape"]) for p in self.manifest["parameters"]}, carried)
         limit = self.rules.min_clients if self.rules.buffered else None  # one FedBuff buffer
-        self.round, accepted = recovery.replay(self.engine, self.spool, aggregator,
+        self.round, accepted = recovery.replay(self.writing, self.spool, aggregator,
                                                self.manifest["parameters"], self.rules.max_update_norm,
                                                self.clock(), limit)
         return aggregator, accepted
@@ -376,15 +384,20 @@ class Coordinator:
         """Draw the cohort among the round's check-ins and start reporting."""
         rules = self.rules.cohort
         assert rules is not None
-        with self.writing() as conn:
-            networks = db.checkins_by_network(conn, self.round.id)
-            members = cohorts.sample(db.round_checkins(conn, self.round.id), rules.target, rules.per_network,
-                                     self.rng)
-            phase, deadline = PHASE_REPORTING, now + self.rules.deadline_s
-            if self.secure is not None:  # [T1] the cohort runs the secure phases instead of reporting
-                size = sum(math.prod(p["shape"]) for p in self.manifest["parameters"])
-                phase, deadline = self.secure.start(conn, self.round.id, members, size, now)
-            db.start_reporting(conn, self.round.id, members, now, deadline, phase)
+        try:
+            with self.writing() as conn:
+                networks = db.checkins_by_network(conn, self.round.id)
+                members = cohorts.sample(db.round_checkins(conn, self.round.id), rules.target,
+                                         rules.per_network, self.rng)
+                phase, deadline = PHASE_REPORTING, now + self.rules.deadline_s
+                if self.secure is not None:  # [T1] the cohort runs the secure phases instead of reporting
+                    size = sum(math.prod(p["shape"]) for p in self.manifest["parameters"])
+                    phase, deadline = self.secure.start(conn, self.round.id, members, size, now)
+                db.start_reporting(conn, self.round.id, members, now, deadline, phase)
+        except Exception:
+            if self.secure is not None:  # [T1] the draw was not stored: neither is the round start() built
+                self.secure.forget()
+            raise
         self.round = replace(self.round, phase=phase, selected_at=now, deadline=deadline)
         logs.event("cohort_selected", round=self.round.id, members=len(members),
                    checkins=sum(networks.values()), networks=len(networks))
@@ -760,13 +773,25 @@ class Coordinator:
         ended = self.round.id
         with self.writing() as conn:
             db.end_round(conn, ended, status, now, reason, None, detail)
-            db.open_round(conn, self.version, now, now + self.rules.deadline_s, self._first_phase(), carried)
+            opened = db.open_round(conn, self.version, now, now + self.rules.deadline_s, self._first_phase(),
+                                   carried)
             self._carry(conn, ended, waiting or [])
         self.spool.drop_round(ended)
-        self._resume()
-        logs.event(f"round_{status}", ended_round=ended, round=self.round.id, detail=detail)
-        return {"version": self.version, "ended_round": ended, "round": self.round.id, "reason": status,
+        self._take_up()
+        logs.event(f"round_{status}", ended_round=ended, round=opened, detail=detail)
+        return {"version": self.version, "ended_round": ended, "round": opened, "reason": status,
                 "detail": detail}
+
+    def _take_up(self) -> None:
+        """``_resume`` after a commit that ended the round: that is done, so a database that fails
+        now (a PostgreSQL restart that cut the lock's connection too) is logged, not answered 503,
+        which says "not done" (an admin's retry would close the next round, or roll back again);
+        the next request reads the new round.
+        """
+        try:
+            self._resume()
+        except db.DatabaseUnavailable as exc:
+            logs.event("resume_failed", level=logging.WARNING, error=str(exc))
 
     def rollback(self, version: int) -> dict:
         """Publish a copy of an earlier version (weights and optimizer state) as the next version.
@@ -809,14 +834,15 @@ class Coordinator:
             db.record_version(conn, version, manifest["parent_version"], kind,
                               ended if kind == "aggregate" else None, now,
                               [(entry["sha256"], WEIGHTS, self.store.relative(version, WEIGHTS))])
-            db.open_round(conn, version, now, now + self.rules.deadline_s, self._first_phase(), carried)
+            opened = db.open_round(conn, version, now, now + self.rules.deadline_s, self._first_phase(),
+                                   carried)
             self._carry(conn, ended, waiting or [])
         self.parents[version] = manifest["parent_version"]
         self.spool.drop_round(ended)
-        self._resume()
+        self._take_up()
         logs.event("version_published", version=version, kind=kind, ended_round=ended, status=status,
                    reason=reason, parent=manifest["parent_version"])
-        return {"version": version, "ended_round": ended, "round": self.round.id, "reason": reason}
+        return {"version": version, "ended_round": ended, "round": opened, "reason": reason}
 
     def _carry(self, conn: db.Connection, ended: int, waiting: list[str]) -> None:
         """Move a buffer's latecomers into the round conn just opened: their bodies are linked into

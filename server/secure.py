@@ -23,6 +23,7 @@ Per-update defences (``INFLUENCE=bounded``) cannot see a masked input; clipping 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -144,6 +145,14 @@ class SecureAggregation:
         db.add_secure_message(conn, round_id, "config", SERVER_SENDER, config.encode(), now)
         self.round, self.aggregate = SecureRound(members, config), None
         return PHASES[0], now + self.rules.phase_s
+
+    def forget(self) -> None:
+        """Drop the round in memory where it may be ahead of the database; the next turn reads it
+        from the database. E.g. a draw that did not commit: were it kept, another worker's draw of
+        the same round would not replace it, and this worker would serve its CONFIG (another random
+        graph seed) to members of that draw.
+        """
+        self.round, self.aggregate = None, None
 
     def resume(self, conn: db.Connection, current: db.Round) -> None:
         """Rebuild the open round's state machine from its stored messages (start-up, a new round),
@@ -283,7 +292,8 @@ class SecureAggregation:
 
     def submit(self, coordinator: Coordinator, ticket: str, kind: str, data: bytes) -> dict:
         """Accept one member's message of the current phase: checked, stored, then fed to the state
-        machine, all in one transaction; the phase closes at once if it was the last expected.
+        machine, all in one transaction; the phase closes at once if it was the last expected (a
+        close that fails is logged and left to the next request or tick: the message stays accepted).
 
         :raise WrongPhase, WrongSender, BadSecureMessage, and the ticket refusals.
         """
@@ -309,7 +319,12 @@ class SecureAggregation:
                 raise
             logs.event("secure_message", round=current.id, phase=current.phase, sender=index,
                        bytes=len(data))
-            self._advance(coordinator, now)
+            try:
+                self._advance(coordinator, now)
+            except Exception:  # stored: the answer is 202 whatever closing the phase met (a 5xx says
+                # "not stored", and the retry of a stored message is refused as sent twice); the
+                # next request or tick closes the phase
+                logs.event("secure_advance_failed", level=logging.ERROR, exc_info=True, round=current.id)
             return {"accepted": True, "round": current.id, "phase": coordinator.round.phase}
 
     # -- helpers -----------------------------------------------------------------------------------
@@ -348,7 +363,14 @@ class SecureAggregation:
         return self.round.index[found.client_id]
 
     def _reload(self, coordinator: Coordinator) -> None:
-        """Rebuild from the database after a failure that may have left memory ahead of it."""
-        with db.transaction(coordinator.engine) as conn:
-            coordinator.round = db.current_round(conn)
-            self.resume(conn, coordinator.round)
+        """Rebuild from the database after a failure that may have left memory ahead of it; if the
+        database fails again (it restarts), drop the round in memory, which the next turn rebuilds:
+        kept, it would hold a message never stored and refuse that message's retry as sent twice.
+        """
+        try:
+            with db.transaction(coordinator.engine) as conn:
+                coordinator.round = db.current_round(conn)
+                self.resume(conn, coordinator.round)
+        except Exception:
+            self.forget()
+            raise

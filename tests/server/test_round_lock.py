@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from client.protocol import FederatedClient, ProtocolError
-from server import db, schema
+from server import db, recovery, schema
 from server.app import create_app
 from server.rounds import Verdict
 from server.versions import WEIGHTS
@@ -270,30 +270,38 @@ def test_ending_a_round_that_is_no_longer_open_fails(app):
         (1, "aborted", "rollback"), (2, "open", None)]
 
 
-def test_a_close_whose_lock_connection_drops_after_its_commit_answers_its_version(
-        config, postgresql_cluster, monkeypatch, admin_headers):
-    """The lock's connection drops after the publish committed, before the unlock: the close is
-    done (the lock went with the connection), so the admin close answers 200 with the version it
-    published; the unlock's error answered 503 before, and a retry closed the next round.
+@pytest.mark.parametrize("drops", ["lock", "all"])
+def test_a_close_whose_connections_drop_after_its_commit_answers_its_version(
+        config, postgresql_cluster, monkeypatch, admin_headers, drops):
+    """The lock's connection (before the unlock) or every connection (a PostgreSQL restart, before
+    the worker reads the new round back) drops after the publish committed: the close is done, so
+    the admin close answers 200 with the version and round it opened, and the next request reads
+    them. The unlock's error answered 503 before, and so did the read-back's until this review;
+    an operator's retry of that 503 closed the next round.
     """
-    # Prepare: two updates; the lock is cut when the close drops the ended round's bodies
+    # Prepare: two updates; the connections drop when the close drops the ended round's bodies
     app = create_app(config)
     upload(app, 0.1)
     upload(app, 0.3)
-    spool, cut = coordinator(app).spool, []
+    spool, name, dropped = coordinator(app).spool, db.get_engine(app).url.database, []
     drop_round = spool.drop_round
 
     def cut_then_drop(round_id: int) -> None:
-        cut.extend(postgresql_cluster.end_lock_holders(db.get_engine(app).url.database))
+        dropped.append(len(postgresql_cluster.end_lock_holders(name)) if drops == "lock"
+                       else postgresql_cluster.drop_connections(name))
         drop_round(round_id)
 
     monkeypatch.setattr(spool, "drop_round", cut_then_drop)
     # Execute
     answer = app.test_client().post("/api/admin/close", headers=admin_headers)
+    monkeypatch.undo()
+    served = FederatedClient(app.test_client()).fetch_model()
     # Assert
-    assert len(cut) == 1
-    assert answer.status_code == 200 and answer.get_json()["version"] == 2
+    assert len(dropped) == 1 and dropped[0] >= 1
+    assert answer.status_code == 200, answer.get_json()
+    assert (answer.get_json()["version"], answer.get_json()["round"]) == (2, 2)
     assert [v.version for v in table(app, "versions")] == [1, 2]
+    assert (served["version"], served["round"]) == (2, 2)
 
 
 def test_a_secure_message_is_stored_only_while_its_worker_holds_the_round_lock(
@@ -327,3 +335,187 @@ def test_a_secure_message_is_stored_only_while_its_worker_holds_the_round_lock(
     assert stored_after_cut == []
     assert retried["accepted"]
     assert advertised(app) == [members[0].index]
+
+
+def test_a_stored_secure_message_is_accepted_whatever_closing_its_phase_meets(
+        request, postgresql_url, dispose_engines, postgresql_cluster, monkeypatch, log_lines):
+    """[T1] The last expected advertisement is stored, then closes the phase, and the lock's
+    connection is cut as the phase moves: the message is committed, so the answer is 202 (it was
+    503, and its retry a 400 bad_secure_message, "sent twice", so the member took itself for
+    dropped), the failure is logged, and the next request closes the phase.
+    """
+    # Prepare: a secure round on PostgreSQL; every member but the last advertised
+    app, _clock = started({**request.getfixturevalue("settings"), "DATABASE_URL": postgresql_url})
+    members = join(form_cohort(app), sparse_deltas(0, COHORT))
+    for member in members[:-1]:
+        member.step("advertise")
+    set_phase, cut = db.set_phase, []
+
+    def cut_then_set(conn, round_id, phase, deadline) -> None:
+        if not cut:
+            cut.extend(postgresql_cluster.end_lock_holders(db.get_engine(app).url.database))
+        set_phase(conn, round_id, phase, deadline)
+
+    monkeypatch.setattr(db, "set_phase", cut_then_set)
+    # Execute
+    answer = members[-1].step("advertise")
+    phase_after = members[0].state()["phase"]
+    # Assert
+    assert len(cut) == 1
+    assert answer["accepted"] and answer["phase"] == "advertise"
+    assert sorted(advertised(app)) == list(range(COHORT))
+    assert phase_after == "share_keys"
+    assert [json.loads(line)["event"] for line in log_lines() if '"secure_advance_failed"' in line] == [
+        "secure_advance_failed"]
+
+
+def test_a_worker_whose_cohort_draw_failed_serves_the_round_another_worker_drew(
+        request, postgresql_url, dispose_engines, postgresql_cluster, monkeypatch):
+    """[T1] Worker A draws a secure cohort and its lock's connection is cut before the draw commits:
+    the check-in that triggered it is a 503 and nothing is stored. Worker B then draws the round.
+    A must serve B's round: before the fix A kept the round its failed draw had built in memory
+    (another random graph seed, maybe other members) and handed its CONFIG to the members who
+    asked A, so their masks could never cancel with those of B's members.
+    """
+    # Prepare: two workers; nine of ten clients check in through A
+    secure = {**request.getfixturevalue("settings"), "DATABASE_URL": postgresql_url}
+    (first, _), (second, _) = started(secure), started(secure)
+    feds = [FederatedClient(first.test_client()) for _ in range(COHORT)]
+    for fed in feds[:-1]:
+        fed.check_in()
+    start_reporting, cut = db.start_reporting, []
+
+    def cut_then_start(*args, **kwargs) -> None:
+        if not cut:
+            cut.extend(postgresql_cluster.end_lock_holders(db.get_engine(first).url.database))
+        start_reporting(*args, **kwargs)
+
+    monkeypatch.setattr(db, "start_reporting", cut_then_start)
+    # Execute: the tenth check-in makes A draw, and fails; B draws; the members join through A
+    with pytest.raises(ProtocolError) as refused:
+        feds[-1].check_in()
+    coordinator(second).tick()
+    members = join(feds, sparse_deltas(0, COHORT))
+    # Assert: every member got the CONFIG B stored
+    assert len(cut) == 1 and (refused.value.status, refused.value.code) == (503, "database_unavailable")
+    stored = [row["body"] for row in stored_rows(second) if row["phase"] == "config"]
+    assert len(stored) == 1
+    assert {member.machine.config.encode() for member in members} == {bytes(stored[0])}
+
+
+@pytest.mark.parametrize("cut_at_read", [1, 2])
+def test_a_worker_that_lost_its_lock_while_reading_the_round_back_touches_no_body_or_row(
+        config, postgresql_cluster, monkeypatch, admin_headers, cut_at_read):
+    """A's lock is cut while its close reads the round's bodies back (after the first or the last
+    of two); meanwhile, no longer held off, B takes a third update, which closes round 1 (version
+    2), and a fourth, the first of round 2. Before the fix A went on as if it held the lock: it
+    quarantined the body it had not read yet, which B's close had dropped, as missing (a row taken
+    out of a round B had closed with it), and its sweep of the spool deleted round 2's directory (the
+    fourth update, answered 202, lost its body). Now A's first write on the lock's connection, a
+    quarantine or the sweep's check, fails: A's close is a 503 and round 2 keeps its update.
+    """
+    # Prepare: two updates through A; A's n-th body read cuts its lock and lets B take two
+    first, second = create_app(config), create_app(config)
+    upload(first, 0.1)
+    upload(first, 0.3)
+    spool, cut, reads, through_b = coordinator(first).spool, [], [], []
+    read = spool.read
+
+    def read_then_cut(round_id: int, key: str) -> bytes:
+        reads.append(key)
+        body = read(round_id, key) if len(reads) == cut_at_read else None
+        if len(reads) == cut_at_read:
+            cut.extend(postgresql_cluster.end_lock_holders(db.get_engine(first).url.database))
+            through_b.extend(upload(second, value) for value in (0.5, 0.7))
+        return read(round_id, key) if body is None else body
+
+    monkeypatch.setattr(spool, "read", read_then_cut)
+    # Execute: A closes; then B closes round 2
+    answer = first.test_client().post("/api/admin/close", headers=admin_headers)
+    closed = second.test_client().post("/api/admin/close", headers=admin_headers)
+    # Assert: A's close failed and touched nothing; round 1 closed with its three updates, round 2
+    # published its one
+    assert len(cut) == 1 and [u["round"] for u in through_b] == [1, 2]
+    assert (answer.status_code, answer.get_json()["error"]) == (503, "database_unavailable")
+    assert table(second, "quarantine") == []
+    assert sorted(u.round_id for u in table(second, "updates")) == [1, 1, 1, 2]
+    assert closed.status_code == 200, closed.get_json()
+    assert coordinator(second).store.manifest(3)["aggregation"]["participants"] == 1
+
+
+def test_a_starting_worker_that_lost_its_lock_leaves_the_version_being_published_alone(
+        config, postgresql_cluster, monkeypatch):
+    """A starts and takes the round lock, which is cut at once; B takes it and closes the round.
+    B has written version 2's directory and not yet recorded it when A's start-up looks for a
+    directory a crash left: before the fix A read the versions on a pooled connection, took
+    B's directory for debris and moved it aside, and B then recorded a version 2 without files.
+    Now A reads them on the lock's connection, and its start fails instead.
+    """
+    # Prepare: B with two updates; A's start-up check of the versions runs while B publishes
+    second = create_app(config)
+    upload(second, 0.1)
+    upload(second, 0.3)
+    known_versions, outcome = recovery.known_versions, {}
+    write = coordinator(second).store.write
+
+    def write_then_a_looks(*args, **kwargs):
+        manifest = write(*args, **kwargs)
+        try:
+            outcome["a"] = known_versions(*outcome["args"])
+        except Exception as exc:  # asserted below
+            outcome["a"] = exc
+        return manifest
+
+    def cut_then_b_closes(*args):
+        outcome["args"], outcome["cut"] = args, postgresql_cluster.end_lock_holders(
+            db.get_engine(second).url.database)
+        monkeypatch.setattr(coordinator(second).store, "write", write_then_a_looks)
+        outcome["b"] = coordinator(second).close_now()
+        if isinstance(outcome["a"], Exception):
+            raise outcome["a"]
+        return outcome["a"]
+
+    monkeypatch.setattr(recovery, "known_versions", cut_then_b_closes)
+    # Execute
+    with pytest.raises(db.RoundLockLost):
+        create_app(config)
+    # Assert: B published version 2 with its files; nothing was quarantined
+    assert len(outcome["cut"]) == 1 and outcome["b"]["version"] == 2
+    assert published_intact(second, 2), "the published version 2 lost its files"
+    assert table(second, "quarantine") == []
+
+
+def test_a_round_lock_whose_unlock_fails_goes_with_its_connection(config):
+    """The unlock fails without the connection dropping (a statement_timeout, an operator's
+    pg_cancel_backend): before the fix the error went up (a 500 after a committed close) and the
+    connection went back to the pool still holding the session lock, so every upload of every
+    worker waited on an idle connection. Now the connection is closed, which releases the lock.
+    """
+    # Prepare: an unlock that fails before it unlocks (as a cancelled one may), on a live connection
+    engine = db.create_engine(config["DATABASE_URL"])
+    failing = sa.text("SELECT pg_advisory_unlock(:key) FROM no_such_table")
+    held = sa.text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted")
+    # Execute
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(db, "_UNLOCK_ROUND", failing)
+        with db.round_lock(engine):
+            pass
+    # Assert
+    with db.reading(engine) as conn:
+        assert conn.execute(held).scalar_one() == 0
+
+
+def test_a_change_of_the_round_outside_the_round_lock_is_refused(app):
+    """``Coordinator.writing`` outside ``_exclusive`` on PostgreSQL is a bug (a change of the round
+    committed without the lock): it raises instead of silently taking a pooled connection, as it
+    did; under the lock it is the lock's own connection.
+    """
+    # Prepare
+    coordinator_ = coordinator(app)
+    # Execute
+    with pytest.raises(RuntimeError):
+        coordinator_.writing()
+    with coordinator_._exclusive(), coordinator_.writing() as conn:
+        fenced = conn is coordinator_.fence
+    # Assert
+    assert fenced

@@ -337,3 +337,41 @@ def test_a_plain_round_left_by_a_restart_into_secure_mode_is_abandoned(settings)
     secure, _ = started(settings)
     status = FederatedClient(secure.test_client()).status()
     assert status["rounds"][-2]["status"] == "abandoned" and status["round"]["phase"] == "selecting"
+
+
+def test_a_message_whose_store_and_reload_both_failed_can_be_sent_again(settings, monkeypatch):
+    """The database goes away as a member's advertisement is stored (503), and is still away when
+    the server rebuilds the round from it: before the fix the state machine kept the message it
+    was fed but never stored, so the member's retry was refused as sent twice (400) and it was
+    left out of the round. Now the machine is dropped and rebuilt from the database at the next
+    request, and the retry is stored.
+    """
+    # Prepare: a formed cohort; the next store fails, and so does the next read of the round
+    app, _ = started(settings)
+    member = join(form_cohort(app), sparse_deltas(0, COHORT))[0]
+    store, current_round, failing = db.add_secure_message, db.current_round, []
+
+    def store_fails(*args, **kwargs) -> None:
+        if not failing:
+            failing.append("reload")
+            raise db.DatabaseUnavailable("the database connection was lost; try again")
+        store(*args, **kwargs)
+
+    def current_round_fails(conn):
+        if failing == ["reload"]:
+            failing.append("done")
+            raise db.DatabaseUnavailable("the database cannot be reached; try again")
+        return current_round(conn)
+
+    monkeypatch.setattr(db, "add_secure_message", store_fails)
+    monkeypatch.setattr(db, "current_round", current_round_fails)
+    message = member.machine.advertise()
+    # Execute
+    with pytest.raises(ProtocolError) as refused:
+        member.fed.secure_send(member.ticket, "advertise", message)
+    retried = member.fed.secure_send(member.ticket, "advertise", message)
+    # Assert
+    assert failing == ["reload", "done"]
+    assert (refused.value.status, refused.value.code) == (503, "database_unavailable")
+    assert retried["accepted"]
+    assert [row["sender"] for row in stored_rows(app) if row["phase"] == "advertise"] == [member.index]

@@ -75,3 +75,14 @@ def test_the_ticker_logs_an_outage_once_and_its_end_but_every_other_failure(
         ("tick_failed", False), ("tick_recovered", False), ("tick_failed", True), ("tick_failed", True)]
     assert lines[0]["error"] and "No space left" in lines[2]["exception"]
     assert not down
+
+
+def test_an_in_memory_sqlite_database_still_opens():
+    """``sqlite://`` (in memory) opened before POOL_TIMEOUT_S was added; passing pool_timeout to its
+    pool (one connection per thread, nothing to wait for) made create_engine a TypeError.
+    """
+    # Execute
+    engine = db.create_engine("sqlite://")
+    # Assert: migrated, and usable
+    with db.reading(engine) as conn:
+        assert db.quarantined_count(conn) == 0
