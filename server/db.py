@@ -185,15 +185,15 @@ def _connect(engine: sa.Engine) -> Connection:
 
 
 @contextmanager
-def _unavailable_if_dropped() -> Iterator[None]:
-    """Turn a broken connection (SQLAlchemy has invalidated the pool's older ones) into
-    DatabaseUnavailable, a 503 the client retries; any other database error stays an error.
+def _unavailable_if_dropped(lost: DatabaseUnavailable | None = None) -> Iterator[None]:
+    """Turn a broken connection (SQLAlchemy has invalidated the pool's older ones) into lost
+    (default: DatabaseUnavailable), a 503 the client retries; any other database error stays an error.
     """
     try:
         yield
     except sa.exc.DBAPIError as exc:
         if exc.connection_invalidated:
-            raise DatabaseUnavailable("the database connection was lost; try again") from exc
+            raise (lost or DatabaseUnavailable("the database connection was lost; try again")) from exc
         raise
 
 
@@ -265,16 +265,11 @@ def fenced(lock: Connection) -> Iterator[Connection]:
     :raise RoundLockLost: the lock's connection dropped, before or during the transaction
         (SQLAlchemy would silently reconnect a dropped one, without the lock: it is refused).
     """
+    lost = RoundLockLost("the round lock's connection was lost; nothing was committed, try again")
     if lock.invalidated:
-        raise RoundLockLost("the round lock's connection was lost; nothing was committed, try again")
-    try:
-        with lock.begin():
-            yield lock
-    except sa.exc.DBAPIError as exc:
-        if exc.connection_invalidated:
-            raise RoundLockLost("the round lock's connection was lost; nothing was committed, "
-                                "try again") from exc
-        raise
+        raise lost
+    with _unavailable_if_dropped(lost), lock.begin():
+        yield lock
 
 
 def get_engine(app: Flask | None = None) -> sa.Engine:
