@@ -90,6 +90,23 @@ class CharNgramLM:
         self.urls += 1
         self._ranked.clear()
 
+    def prune(self, min_count: int) -> None:
+        """Drop every count below min_count, keeping each context's total (c(ctx) above): a kept
+        symbol scores as before, a dropped one backs off as an unseen one would. A compact count
+        component keeps most of the mix's gain this way (docs/RESULTS.md); the page does not prune.
+        """
+        for ctx in list(self.counts):
+            table = {x: c for x, c in self.counts[ctx].items() if c >= min_count}
+            if table:
+                self.counts[ctx] = table
+            else:
+                del self.counts[ctx]
+        self._ranked.clear()
+
+    def entries(self) -> int:
+        """How many (context, symbol) counts the model holds: its size."""
+        return sum(map(len, self.counts.values()))
+
     def scores(self, history: str) -> dict[str, float]:
         """S(x | history) for every symbol x seen at all (the backoff rule above)."""
         out: dict[str, float] = {}

@@ -17,6 +17,8 @@ Baselines, both built from ``--train``: ``8-gram``, the classic character LM yar
 (``runtime/ngram.py``: order 8, stupid backoff 0.4, beam 6, suggestions ending at the same
 boundaries as the model's), and ``trie``, the autofill every browser has (known URLs only).
 ``model + 8-gram`` measures a count-based component mixed in (``fuse``): not what the page shows.
+``--fuse-min-count`` prunes that component's 8-gram (``CharNgramLM.prune``; the yardstick is never
+pruned) to measure what a compact one would keep.
 """
 
 from __future__ import annotations
@@ -130,8 +132,9 @@ def next_token_metrics(bundle: Bundle, weights: dict, urls: list[str], batch: in
             "tokens": int(count)}
 
 
-def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limit: int) -> dict:
-    """Model, 8-gram and trie rows of the report table."""
+def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limit: int,
+             fuse_min_count: int = 1) -> dict:
+    """Model, 8-gram and trie rows of the report table (the fused 8-gram pruned below fuse_min_count)."""
     bundle = load_bundle(bundle_dir)
     completer = Completer(bundle_dir)
     ksr_urls = urls[:ksr_limit]
@@ -142,9 +145,12 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
         ngram = CharNgramLM(train_urls)
         report["8-gram"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: ngram.complete(p, 3), 3, True),
                             "order": ngram.order, "alpha": ngram.alpha, "beam": ngram.beam_width}
+        report["8-gram"]["entries"] = ngram.entries()
+        if fuse_min_count > 1:
+            ngram.prune(fuse_min_count)
         report["model + 8-gram"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: fuse(
             completer.complete_scored(p, FUSION_K), ngram.complete_scored(p, FUSION_K), 3), 3, True),
-            "k": FUSION_K, "weight": FUSION_WEIGHT}
+            "k": FUSION_K, "weight": FUSION_WEIGHT, "min_count": fuse_min_count, "entries": ngram.entries()}
         trie = FrequencyTrie(train_urls)
         report["trie"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: trie.complete(p, 3), 3),
                           "known_urls": len(trie.urls)}
@@ -240,6 +246,11 @@ def format_table(report: dict) -> str:
         if name in report:
             lines.append(f"{name:14} {'-':>7} {'-':>7} {'-':>8} {report[name]['ksr@3']:7.3f}")
     lines.append(f"({report['urls']} URLs, {m['tokens']} pieces; KSR on the first {report['ksr_urls']})")
+    if "model + 8-gram" in report:
+        fused = report["model + 8-gram"]
+        pruned = f", counts below {fused['min_count']} pruned" if fused["min_count"] > 1 else ""
+        lines.append(f"(8-gram: {report['8-gram']['entries']:,} counts; the fused one "
+                     f"{fused['entries']:,}{pruned})")
     if "personal" in report:
         p = report["personal"]
         lines.append(f"personal n-gram, {len(p['hosts'])} hosts x ({p['history']} visited, "
@@ -264,6 +275,9 @@ def main(argv=None) -> None:
     parser.add_argument("--personal-hosts", type=int, default=0,
                         help="also measure the personal n-gram on this many hosts of --urls "
                         "(8 URLs visited, 15 others typed)")
+    parser.add_argument("--fuse-min-count", type=int, default=1, metavar="N",
+                        help="prune the model + 8-gram row's 8-gram to counts of at least N (what a "
+                        "compact count component keeps; the 8-gram row itself is never pruned)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--exclude", type=corpus_spec, action="append", default=[], metavar="CORPUS[:N]",
                         help="drop --urls whose host is a host of this corpus (as fedurl-export --corpus "
@@ -281,6 +295,8 @@ def main(argv=None) -> None:
             parser.error(f"{path} not found")
     if not all(0 <= tau <= 1 for tau in args.tau) or not 0 <= args.max_ksr_loss <= 1:
         parser.error("every --tau and --max-ksr-loss must be in [0, 1]")
+    if args.fuse_min_count < 1:
+        parser.error("--fuse-min-count must be at least 1")
     if args.write and not args.calibrate:
         parser.error("--write needs --calibrate")
     urls = read_corpus(args.urls)
@@ -293,7 +309,8 @@ def main(argv=None) -> None:
         calibrate(args, urls[:args.ksr_limit])
         return
     try:
-        report = evaluate(args.bundle, urls, read_corpora(args.train) if args.train else None, args.ksr_limit)
+        report = evaluate(args.bundle, urls, read_corpora(args.train) if args.train else None, args.ksr_limit,
+                          args.fuse_min_count)
         if args.personal_hosts:
             report["personal"] = personalization(Completer(args.bundle), urls, args.personal_hosts)
     except BundleError as exc:

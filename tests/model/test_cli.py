@@ -1,5 +1,7 @@
 """The export and eval commands: help, clear errors on bad input, a table on good input."""
 
+import json
+
 import pytest
 
 from formats.bundle import DEFAULT_MIN_PROBABILITY, load_bundle
@@ -48,6 +50,24 @@ def test_eval_prints_model_8gram_trie_and_fused_rows(bundle_dir, tmp_path, capsy
     # "github.com/login" is known to both baselines: typed "g", each offers it whole (2 keys of 16).
     assert float(rows["trie"]) > 0 and float(rows["8-gram"]) > 0
     assert float(rows["model + 8-gram"]) >= float(rows["8-gram"])  # the 8-gram's lists are in the mix
+
+
+def test_eval_prunes_only_the_fused_8gram(bundle_dir, tmp_path, capsys):
+    """--fuse-min-count 2: the once-seen github.com/login leaves the fused 8-gram, not the yardstick."""
+    held_out = tmp_path / "test.txt"
+    held_out.write_text("github.com/login\n")
+    train = tmp_path / "train.txt"
+    train.write_text("google.com\ngoogle.com\ngithub.com/login\n")
+    argv = ["--bundle", str(bundle_dir), "--urls", str(held_out), "--train", str(train), "--json"]
+    evaluate.main(argv)
+    whole = json.loads(capsys.readouterr().out)
+    evaluate.main([*argv, "--fuse-min-count", "2"])
+    pruned = json.loads(capsys.readouterr().out)
+    fused, fused_pruned = whole["model + 8-gram"], pruned["model + 8-gram"]
+    assert pruned["8-gram"] == whole["8-gram"] and fused["entries"] == whole["8-gram"]["entries"]
+    assert fused_pruned["entries"] < fused["entries"] and fused_pruned["min_count"] == 2
+    with pytest.raises(SystemExit, match="2"):
+        evaluate.main([*argv, "--fuse-min-count", "0"])
 
 
 def test_eval_reports_a_bad_bundle(tmp_path, capsys):

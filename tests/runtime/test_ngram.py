@@ -21,6 +21,18 @@ def test_backoff_score_by_hand():
     assert lm.scores("zb") == pytest.approx({"c": 0.2, "d": 0.2, "a": 0.04, "b": 0.04, EOS: 0.04})
 
 
+def test_prune_drops_rare_counts_and_keeps_totals():
+    """Order 3 on "abc" twice and "abd" once, pruned below 2: after "ab" only c stays, still 2/3
+    of the context's 3; d, seen once in every context, is gone from all of them."""
+    lm = CharNgramLM(["abc", "abc", "abd"], order=3, alpha=0.4)
+    before = lm.entries()
+    lm.prune(2)
+    assert lm.entries() < before and lm.counts["ab"] == {"c": 2} and lm.totals["ab"] == 3
+    assert "d" not in lm.counts[""] and lm.scores(BOS + "ab")["c"] == pytest.approx(2 / 3)
+    assert "d" not in lm.scores(BOS + "ab")
+    assert lm.complete("ab", 1) == ["abc"] and "abd" not in lm.complete("ab", 5)
+
+
 def test_adding_urls_one_by_one_equals_building_at_once():
     urls = ["a.com/x", "b.org", "a.com/y?q=1"]
     one_by_one = CharNgramLM()
