@@ -94,6 +94,7 @@ class CharNgramLM:
         """Drop every count below min_count, keeping each context's total (c(ctx) above): a kept
         symbol scores as before, a dropped one backs off as an unseen one would. A compact count
         component keeps most of the mix's gain this way (docs/RESULTS.md); the page does not prune.
+        Prune after the last ``add``: a later URL would count a dropped symbol again from zero.
         """
         for ctx in list(self.counts):
             table = {x: c for x, c in self.counts[ctx].items() if c >= min_count}

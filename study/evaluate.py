@@ -144,8 +144,8 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
     if train_urls is not None:
         ngram = CharNgramLM(train_urls)
         report["8-gram"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: ngram.complete(p, 3), 3, True),
-                            "order": ngram.order, "alpha": ngram.alpha, "beam": ngram.beam_width}
-        report["8-gram"]["entries"] = ngram.entries()
+                            "order": ngram.order, "alpha": ngram.alpha, "beam": ngram.beam_width,
+                            "entries": ngram.entries()}
         if fuse_min_count > 1:
             ngram.prune(fuse_min_count)
         report["model + 8-gram"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: fuse(
