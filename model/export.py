@@ -1,8 +1,9 @@
 """fedurl-export: build a model bundle from a URL corpus.
 
 Normalise the corpus, train the sentencepiece tokenizer, pretrain the LM centrally with Adam,
-then write tokenizer, weights, infer.onnx, train_step.onnx, the public validation set and the
-manifest (last) into a temporary directory that replaces --out in one rename.
+then write tokenizer, weights, infer.onnx, train_step.onnx, the public validation set, the count
+component (counts.bin, model/counts.py) and the manifest (last) into a temporary directory that
+replaces --out in one rename.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from formats import durable
 from formats import tensors as tensor_codec
 from formats.bundle import DEFAULT_MIN_PROBABILITY, FORMAT_VERSION, MANIFEST, file_entries
 from formats.urls import DEFAULT_CORPUS, corpus_spec, read_corpora
+from model.counts import MIN_COUNT, positive, write_counts
 from model.graphs import export_infer, export_train_step
 from model.lm import LMConfig, URLLanguageModel, count_parameters, masked_cross_entropy
+from runtime.ngram import COUNTS_FILE
 from runtime.tokenizer import SPECIAL_IDS, Tokenizer, train_tokenizer
 from runtime.trainer import batches, encode_rows
 
@@ -98,8 +101,13 @@ def write_validation_set(directory: Path, urls: list[str], seed: int) -> dict:
 
 
 def export_bundle(urls: list[str], out: Path, config: LMConfig, steps: int, lr: float,
-                  batch_size: int, seed: int, corpus_name: str, threads: int = 1) -> dict:
-    """Train and write a complete bundle to out (replacing it atomically); return the manifest."""
+                  batch_size: int, seed: int, corpus_name: str, threads: int = 1,
+                  counts_min_count: int | None = MIN_COUNT) -> dict:
+    """Train and write a complete bundle to out (replacing it atomically); return the manifest.
+
+    counts_min_count: prune the corpus's count component (counts.bin, model/counts.py) below it;
+    None writes none.
+    """
     started = time.monotonic()
     torch.manual_seed(seed)
     # One thread: the model's matrices are tiny, and on a busy 2-core machine a second torch
@@ -128,6 +136,9 @@ def export_bundle(urls: list[str], out: Path, config: LMConfig, steps: int, lr: 
                     "seconds": round(time.monotonic() - started, 1)}
         manifest = build_manifest(model, infer_io, train_io, training, work)
         manifest["validation"] = write_validation_set(work, urls, seed)
+        if counts_min_count is not None:
+            manifest["counts"] = {**write_counts(work, urls, counts_min_count), "corpus": corpus_name}
+            manifest["files"].update(file_entries(work, [COUNTS_FILE]))
         durable.write_json(work / MANIFEST, manifest)
         _replace_directory(work, out)
         return manifest
@@ -175,6 +186,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--limit", type=int, default=None, help="use only the first N corpus URLs")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for pretraining")
+    parser.add_argument("--counts-min-count", type=positive, default=MIN_COUNT, metavar="N",
+                        help="the count component (counts.bin: a character 8-gram of the corpus that the "
+                             f"completer mixes in) drops counts below N (default {MIN_COUNT})")
+    parser.add_argument("--no-counts", action="store_true",
+                        help="write no count component: suggestions come from the network alone")
     args = parser.parse_args(argv)
     args.corpus = args.corpus or [(DEFAULT_CORPUS, None)]
     for name in ("vocab_size", "steps", "batch_size", "threads"):
@@ -196,7 +212,8 @@ def main(argv=None) -> None:
     print(f"corpus: {len(urls)} URLs from {name}", file=sys.stderr)
     steps = args.steps or default_steps(len(urls), args.batch_size)
     manifest = export_bundle(urls, args.out, LMConfig(vocab_size=args.vocab_size), steps, args.lr,
-                             args.batch_size, args.seed, name, args.threads)
+                             args.batch_size, args.seed, name, args.threads,
+                             None if args.no_counts else args.counts_min_count)
     sizes = ", ".join(f"{n} {e['bytes'] / 1e6:.2f} MB" for n, e in manifest["files"].items())
     print(f"wrote {args.out}: {manifest['training']['parameters']:,} parameters, "
           f"final loss {manifest['training']['final_loss']}, {manifest['training']['seconds']} s; {sizes}")

@@ -1,8 +1,10 @@
 """A character n-gram URL completer with stupid backoff: the yardstick, and the personal n-gram.
 
-One class, two uses: ``fedurl-eval`` prints it as the ``8-gram`` row (built from ``--train``),
-and the page builds one from the user's own visits (``web_client/ngram.js``, the twin of this
-module, suggestion for suggestion) and mixes it with the model's suggestions (``mix``).
+One class, three uses: ``fedurl-eval`` prints it as the ``8-gram`` row (built from ``--train``);
+a bundle ships one built from its training corpus, counts below 5 pruned (``counts.bin``), that
+the completer mixes with the network's suggestions (``fuse``, ``FusedCompleter``); and the page
+builds one from the user's own visits and mixes it in too (``mix``). ``web_client/ngram.js`` is
+the twin of this module, suggestion for suggestion.
 
 Training (``CharNgramLM(urls)``, ``add``): every canonical URL u (formats/urls.py) becomes the
 symbol string ``BOS * (order - 1) + u + EOS`` (``BOS`` = U+0002, ``EOS`` = U+0003, never in a
@@ -45,6 +47,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
+from formats import counts as counts_format
+from formats.bundle import load_bundle
 from formats.urls import split_typed
 from runtime.complete import Completer, junk
 
@@ -57,6 +61,9 @@ BEAM_WIDTH = 6
 MAX_CHARS = 48
 RANKED_CACHE_SIZE = 500_000
 PERSONAL_WEIGHT = 0.5  # mix(): the model's share w; the personal n-gram gets 1 - w
+COUNTS_FILE = "counts.bin"  # a bundle's count component (formats/counts.py)
+FUSION_K = 6  # suggestions the network and the count component each offer fuse()
+FUSION_WEIGHT = 0.5  # the network's share in fuse()
 
 
 class CharNgramLM:
@@ -101,8 +108,23 @@ class CharNgramLM:
             if table:
                 self.counts[ctx] = table
             else:
-                del self.counts[ctx]
+                del self.counts[ctx], self.totals[ctx]
         self._ranked.clear()
+
+    def to_bytes(self) -> bytes:
+        """The tables as counts.bin (formats/counts.py), what a bundle ships."""
+        return counts_format.encode(self.order, self.counts, self.totals, self.urls)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CharNgramLM:
+        """The n-gram of a counts.bin, with this module's alpha, beam and length.
+
+        :raise formats.counts.CountsFormatError: for bytes ``to_bytes`` did not write.
+        """
+        order, counts, totals, urls = counts_format.decode(data)
+        lm = cls(order=order)
+        lm.counts, lm.totals, lm.urls = counts, totals, urls
+        return lm
 
     def entries(self) -> int:
         """How many (context, symbol) counts the model holds: its size."""
@@ -199,12 +221,66 @@ def mix(model: list[tuple[str, float]], personal: list[tuple[str, float]], k: in
     return [text for text, _ in sorted(score.items(), key=lambda item: (-item[1], item[0]))[:k]]
 
 
+def fuse(model: list[tuple[str, float]], counts: list[tuple[str, float]], k: int,
+         weight: float = FUSION_WEIGHT) -> list[tuple[str, float]]:
+    """The network's (text, log-prob) and the count component's (text, score) suggestions as one
+    list of (text, log of the mixed score), best first, ties by text; ``fuseSuggestions`` in ngram.js.
+
+    Each side's scores are scaled to sum to 1 over its own list (the two are on different scales),
+    then score = w * network share + (1 - w) * count share, a side that did not propose a text adding
+    0: the best of a few rules on unseen domains, and 1.11-1.28 x the 8-gram's KSR@3 across sources
+    (docs/RESULTS.md). The log keeps the network's units, so ``mix`` takes the result as it is.
+    """
+    score: dict[str, float] = {}
+    for pairs, share in (([(text, math.exp(log_prob)) for text, log_prob in model], weight),
+                         (counts, 1 - weight)):
+        total = sum(s for _, s in pairs)
+        for text, s in pairs if total > 0 else ():
+            score[text] = score.get(text, 0.0) + share * (s / total)
+    ranked = sorted(score.items(), key=lambda item: (-item[1], item[0]))[:k]
+    return [(text, math.log(s)) for text, s in ranked if s > 0]
+
+
+class FusedCompleter:
+    """A bundle's network mixed with its count component (``fuse``), as the page's worker mixes them."""
+
+    def __init__(self, completer: Completer, counts: CharNgramLM, weight: float = FUSION_WEIGHT):
+        self.completer, self.counts, self.weight = completer, counts, weight
+
+    def set_weights(self, weights: dict) -> None:
+        """Swap in new global weights; the counts ship once with the bundle and stay."""
+        self.completer.set_weights(weights)
+
+    def complete(self, typed: str, k: int = 5) -> list[str]:
+        """Up to k suggestions, best first, each starting with ``typed``."""
+        return [text for text, _ in self.complete_scored(typed, k)]
+
+    def complete_scored(self, typed: str, k: int = 5) -> list[tuple[str, float]]:
+        """The top k of ``fuse`` over max(k, FUSION_K) suggestions from each side."""
+        wide = max(k, FUSION_K)
+        return fuse(self.completer.complete_scored(typed, wide), self.counts.complete_scored(typed, wide),
+                    k, self.weight)
+
+
+def open_completer(bundle_dir, **options) -> Completer | FusedCompleter:
+    """What the page suggests with for a bundle: its network, fused with its counts.bin if it has one.
+
+    ``options`` go to ``Completer`` (weights, threads, threshold...).
+    """
+    completer = Completer(bundle_dir, **options)
+    bundle = load_bundle(bundle_dir, verify=False)  # Completer verified every file
+    if COUNTS_FILE not in bundle.manifest["files"]:
+        return completer
+    return FusedCompleter(completer, CharNgramLM.from_bytes(bundle.path(COUNTS_FILE).read_bytes()))
+
+
 class PersonalCompleter:
     """The model's suggestions mixed with a personal n-gram of the user's visits, as the page
     mixes them (client.js; the page then puts up to two visited URLs first, history_index.js).
     """
 
-    def __init__(self, completer: Completer, urls: Iterable[str] = (), weight: float = PERSONAL_WEIGHT):
+    def __init__(self, completer: Completer | FusedCompleter, urls: Iterable[str] = (),
+                 weight: float = PERSONAL_WEIGHT):
         self.completer, self.ngram, self.weight = completer, CharNgramLM(urls), weight
 
     def add(self, url: str) -> None:

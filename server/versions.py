@@ -27,7 +27,6 @@ import numpy as np
 from formats import durable
 from formats import tensors as tensor_codec
 from formats.bundle import (
-    BUNDLE_FILES,
     MANIFEST,
     check_parameters,
     load_bundle,
@@ -83,8 +82,8 @@ class VersionStore:
         bundle.load_weights()  # refuse weights that disagree with the manifest before serving them
 
         def fill(tmp: Path) -> dict:
-            """Copy every bundle file."""
-            for name in BUNDLE_FILES:
+            """Copy every bundle file (counts.bin too, where the bundle has one)."""
+            for name in bundle.manifest["files"]:
                 shutil.copyfile(bundle.path(name), tmp / name)
             return bundle.manifest
 
@@ -104,7 +103,7 @@ class VersionStore:
 
         def fill(tmp: Path) -> dict:
             """Link the parent's graphs and tokenizer, write weights and state, build the manifest."""
-            for name in BUNDLE_FILES:
+            for name in parent["files"]:
                 if name != WEIGHTS:
                     os.link(parent_dir / name, tmp / name)
             durable.write_bytes(tmp / WEIGHTS, blob)

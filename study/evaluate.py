@@ -16,9 +16,9 @@ host of the model's training corpora), ``--write`` stores tau in the bundle's ma
 Baselines, both built from ``--train``: ``8-gram``, the classic character LM yardstick
 (``runtime/ngram.py``: order 8, stupid backoff 0.4, beam 6, suggestions ending at the same
 boundaries as the model's), and ``trie``, the autofill every browser has (known URLs only).
-``model + 8-gram`` measures a count-based component mixed in (``fuse``): not what the page shows.
-``--fuse-min-count`` prunes that component's 8-gram (``CharNgramLM.prune``; the yardstick is never
-pruned) to measure what a compact one would keep.
+``model`` is what the page suggests: the network, mixed with the bundle's count component where it
+has one (counts.bin, ``runtime.ngram.open_completer``); the ``network`` row then scores the network
+alone. Give a bundle another count component with ``python -m model.counts``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import bisect
 import functools
 import heapq
 import json
-import math
 import random
 import sys
 from collections import Counter
@@ -43,15 +42,13 @@ from formats import durable
 from formats.bundle import MANIFEST, Bundle, BundleError, load_bundle
 from formats.urls import corpus_spec, read_corpora, read_corpus
 from runtime.complete import Completer
-from runtime.ngram import CharNgramLM, PersonalCompleter, mix
+from runtime.ngram import CharNgramLM, FusedCompleter, PersonalCompleter, open_completer
 from runtime.session import open_session, open_tokenizer
 from runtime.trainer import encode_rows
 from study.split import host_of
 
 TAUS = (0.0, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1)
 MAX_KSR_LOSS = 0.05
-FUSION_K = 6  # suggestions each side offers the model + 8-gram row
-FUSION_WEIGHT = 0.5  # the model's share of it
 
 
 def keystrokes(target: str, suggest: Callable[[str], list[str]], k: int = 3) -> int:
@@ -91,21 +88,6 @@ class FrequencyTrie:
         return [self.urls[i] for i in best]
 
 
-def fuse(model: list[tuple[str, float]], ngram: list[tuple[str, float]], k: int,
-         weight: float = FUSION_WEIGHT) -> list[str]:
-    """The model's (text, log-prob) and the 8-gram's (text, score) suggestions as one list: each
-    side's scores scaled to sum to 1 over its own list (the two are on different scales), then
-    ``runtime.ngram.mix``. The best of a few rules on unseen domains (docs/RESULTS.md).
-    """
-    if model:
-        log_total = math.log(sum(math.exp(log_prob) for _, log_prob in model))
-        model = [(text, log_prob - log_total) for text, log_prob in model]
-    if ngram:
-        total = sum(score for _, score in ngram)
-        ngram = [(text, score / total) for text, score in ngram]
-    return mix(model, ngram, k, weight)
-
-
 def next_token_metrics(bundle: Bundle, weights: dict, urls: list[str], batch: int = 256) -> dict:
     """Teacher-forced top-1/top-3 accuracy and perplexity of the model with infer.onnx."""
     tokenizer, session = open_tokenizer(bundle), open_session(bundle, "infer")
@@ -132,25 +114,23 @@ def next_token_metrics(bundle: Bundle, weights: dict, urls: list[str], batch: in
             "tokens": int(count)}
 
 
-def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limit: int,
-             fuse_min_count: int = 1) -> dict:
-    """Model, 8-gram and trie rows of the report table (the fused 8-gram pruned below fuse_min_count)."""
+def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limit: int) -> dict:
+    """Model (network, where the bundle has counts), 8-gram and trie rows of the report table."""
     bundle = load_bundle(bundle_dir)
-    completer = Completer(bundle_dir)
+    completer = open_completer(bundle_dir)
     ksr_urls = urls[:ksr_limit]
     report: dict[str, Any] = {"urls": len(urls), "ksr_urls": len(ksr_urls), "model": next_token_metrics(
-        bundle, completer.weights, urls)}
+        bundle, bundle.load_weights(), urls)}
     report["model"]["ksr@3"] = keystroke_savings(ksr_urls, lambda p: completer.complete(p, 3), 3, True)
+    if isinstance(completer, FusedCompleter):
+        network, counts = completer.completer, completer.counts
+        report["network"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: network.complete(p, 3), 3, True)}
+        report["model"]["counts"] = {"entries": counts.entries(), **bundle.manifest.get("counts", {})}
     if train_urls is not None:
         ngram = CharNgramLM(train_urls)
         report["8-gram"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: ngram.complete(p, 3), 3, True),
                             "order": ngram.order, "alpha": ngram.alpha, "beam": ngram.beam_width,
                             "entries": ngram.entries()}
-        if fuse_min_count > 1:
-            ngram.prune(fuse_min_count)
-        report["model + 8-gram"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: fuse(
-            completer.complete_scored(p, FUSION_K), ngram.complete_scored(p, FUSION_K), 3), 3, True),
-            "k": FUSION_K, "weight": FUSION_WEIGHT, "min_count": fuse_min_count, "entries": ngram.entries()}
         trie = FrequencyTrie(train_urls)
         report["trie"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: trie.complete(p, 3), 3),
                           "known_urls": len(trie.urls)}
@@ -215,8 +195,8 @@ def format_sweep(rows: list[dict], chosen: float, urls: int) -> str:
     return "\n".join(lines)
 
 
-def personalization(completer: Completer, urls: list[str], hosts: int, history: int = 8, later: int = 15,
-                    seed: int = 0) -> dict:
+def personalization(completer: Completer | FusedCompleter, urls: list[str], hosts: int, history: int = 8,
+                    later: int = 15, seed: int = 0) -> dict:
     """KSR@3 for a user who visited ``history`` URLs of a host, typing ``later`` other URLs of it:
     the model alone, and mixed with the personal n-gram of those visits (what the page shows).
     Hosts are drawn (seeded) among those of ``urls`` with enough URLs.
@@ -242,15 +222,15 @@ def format_table(report: dict) -> str:
     lines = [f"{'':14} {'top-1':>7} {'top-3':>7} {'ppl':>8} {'KSR@3':>7}"]
     m = report["model"]
     lines.append(f"{'model':14} {m['top1']:7.3f} {m['top3']:7.3f} {m['perplexity']:8.2f} {m['ksr@3']:7.3f}")
-    for name in ("8-gram", "trie", "model + 8-gram"):
+    for name in ("network", "8-gram", "trie"):
         if name in report:
             lines.append(f"{name:14} {'-':>7} {'-':>7} {'-':>8} {report[name]['ksr@3']:7.3f}")
     lines.append(f"({report['urls']} URLs, {m['tokens']} pieces; KSR on the first {report['ksr_urls']})")
-    if "model + 8-gram" in report:
-        fused = report["model + 8-gram"]
-        pruned = f", counts below {fused['min_count']} pruned" if fused["min_count"] > 1 else ""
-        lines.append(f"(8-gram: {report['8-gram']['entries']:,} counts; the fused one "
-                     f"{fused['entries']:,}{pruned})")
+    if "counts" in m:
+        pruned = f", counts below {m['counts']['min_count']} pruned" if "min_count" in m["counts"] else ""
+        yardstick = f"; the 8-gram holds {report['8-gram']['entries']:,}" if "8-gram" in report else ""
+        lines.append(f"(model: the network mixed with the bundle's {m['counts']['entries']:,} counts"
+                     f"{pruned}{yardstick})")
     if "personal" in report:
         p = report["personal"]
         lines.append(f"personal n-gram, {len(p['hosts'])} hosts x ({p['history']} visited, "
@@ -275,9 +255,6 @@ def main(argv=None) -> None:
     parser.add_argument("--personal-hosts", type=int, default=0,
                         help="also measure the personal n-gram on this many hosts of --urls "
                         "(8 URLs visited, 15 others typed)")
-    parser.add_argument("--fuse-min-count", type=int, default=1, metavar="N",
-                        help="prune the model + 8-gram row's 8-gram to counts of at least N (what a "
-                        "compact count component keeps; the 8-gram row itself is never pruned)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--exclude", type=corpus_spec, action="append", default=[], metavar="CORPUS[:N]",
                         help="drop --urls whose host is a host of this corpus (as fedurl-export --corpus "
@@ -295,8 +272,6 @@ def main(argv=None) -> None:
             parser.error(f"{path} not found")
     if not all(0 <= tau <= 1 for tau in args.tau) or not 0 <= args.max_ksr_loss <= 1:
         parser.error("every --tau and --max-ksr-loss must be in [0, 1]")
-    if args.fuse_min_count < 1:
-        parser.error("--fuse-min-count must be at least 1")
     if args.write and not args.calibrate:
         parser.error("--write needs --calibrate")
     urls = read_corpus(args.urls)
@@ -309,10 +284,9 @@ def main(argv=None) -> None:
         calibrate(args, urls[:args.ksr_limit])
         return
     try:
-        report = evaluate(args.bundle, urls, read_corpora(args.train) if args.train else None, args.ksr_limit,
-                          args.fuse_min_count)
+        report = evaluate(args.bundle, urls, read_corpora(args.train) if args.train else None, args.ksr_limit)
         if args.personal_hosts:
-            report["personal"] = personalization(Completer(args.bundle), urls, args.personal_hosts)
+            report["personal"] = personalization(open_completer(args.bundle), urls, args.personal_hosts)
     except BundleError as exc:
         raise SystemExit(f"fedurl-eval: {exc}") from None
     print(json.dumps(report, indent=2) if args.json else format_table(report))

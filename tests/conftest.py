@@ -12,8 +12,9 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_URLS = REPO.parent / "shared" / "data" / "urls"
 TEST_BUNDLE_STEPS = 200
 # Files whose change alters the exported bundle (the cache key); completer/eval edits reuse it.
-BUNDLE_SOURCES = ("model/lm.py", "model/graphs.py", "model/export.py", "runtime/tokenizer.py",
-                  "runtime/trainer.py", "formats/urls.py", "formats/bundle.py", "formats/tensors.py")
+BUNDLE_SOURCES = ("model/lm.py", "model/graphs.py", "model/export.py", "model/counts.py", "runtime/ngram.py",
+                  "runtime/tokenizer.py", "runtime/trainer.py", "formats/urls.py", "formats/bundle.py",
+                  "formats/tensors.py", "formats/counts.py")
 
 
 def shared_url_file(name: str) -> Path:

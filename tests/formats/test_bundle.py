@@ -18,7 +18,7 @@ def bundle_copy(bundle_dir, tmp_path):
 def test_manifest_hashes_match_files(bundle_dir):
     bundle = load_bundle(bundle_dir)
     assert set(bundle.manifest["files"]) == {"tokenizer.model", "tokenizer.json", "weights.safetensors",
-                                             "infer.onnx", "train_step.onnx"}
+                                             "infer.onnx", "train_step.onnx", "counts.bin"}
     for name, entry in bundle.manifest["files"].items():
         assert sha256_file(bundle.path(name)) == entry["sha256"]
         assert bundle.path(name).stat().st_size == entry["bytes"]

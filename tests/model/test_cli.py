@@ -1,11 +1,14 @@
 """The export and eval commands: help, clear errors on bad input, a table on good input."""
 
 import json
+import shutil
 
 import pytest
 
 from formats.bundle import DEFAULT_MIN_PROBABILITY, load_bundle
-from model import export
+from model import counts, export
+from runtime.complete import Completer
+from runtime.ngram import FusedCompleter, fuse, open_completer
 from study import evaluate
 
 
@@ -38,7 +41,8 @@ def test_export_reports_a_missing_or_tiny_corpus(tmp_path):
         export.main(["--corpus", str(tiny), "--out", str(tmp_path / "b")])
 
 
-def test_eval_prints_model_8gram_trie_and_fused_rows(bundle_dir, tmp_path, capsys):
+def test_eval_prints_model_network_8gram_and_trie_rows(bundle_dir, tmp_path, capsys):
+    """The test bundle has counts.bin: "model" is what the page shows, "network" the network alone."""
     held_out = tmp_path / "test.txt"
     held_out.write_text("https://www.google.com/\ngithub.com/login\n")
     train = tmp_path / "train.txt"
@@ -46,28 +50,58 @@ def test_eval_prints_model_8gram_trie_and_fused_rows(bundle_dir, tmp_path, capsy
     evaluate.main(["--bundle", str(bundle_dir), "--urls", str(held_out), "--train", str(train)])
     table = capsys.readouterr().out
     rows = {line[:14].strip(): line.split()[-1] for line in table.splitlines()[1:5]}
-    assert set(rows) == {"model", "8-gram", "trie", "model + 8-gram"} and "KSR@3" in table
+    assert set(rows) == {"model", "network", "8-gram", "trie"} and "KSR@3" in table
     # "github.com/login" is known to both baselines: typed "g", each offers it whole (2 keys of 16).
     assert float(rows["trie"]) > 0 and float(rows["8-gram"]) > 0
-    assert float(rows["model + 8-gram"]) >= float(rows["8-gram"])  # the 8-gram's lists are in the mix
+    assert "counts below 5 pruned" in table
 
 
-def test_eval_prunes_only_the_fused_8gram(bundle_dir, tmp_path, capsys):
-    """--fuse-min-count 2: the once-seen github.com/login leaves the fused 8-gram, not the yardstick."""
-    held_out = tmp_path / "test.txt"
-    held_out.write_text("github.com/login\n")
-    train = tmp_path / "train.txt"
-    train.write_text("google.com\ngoogle.com\ngithub.com/login\n")
-    argv = ["--bundle", str(bundle_dir), "--urls", str(held_out), "--train", str(train), "--json"]
-    evaluate.main(argv)
-    whole = json.loads(capsys.readouterr().out)
-    evaluate.main([*argv, "--fuse-min-count", "2"])
-    pruned = json.loads(capsys.readouterr().out)
-    fused, fused_pruned = whole["model + 8-gram"], pruned["model + 8-gram"]
-    assert pruned["8-gram"] == whole["8-gram"] and fused["entries"] == whole["8-gram"]["entries"]
-    assert fused_pruned["entries"] < fused["entries"] and fused_pruned["min_count"] == 2
-    with pytest.raises(SystemExit, match="2"):
-        evaluate.main([*argv, "--fuse-min-count", "0"])
+def test_counts_command_gives_a_bundle_its_count_component(bundle_dir, tmp_path, capsys):
+    """python -m model.counts: counts.bin in the manifest (sha256 checked), and the completer mixes
+    it in: a host only the counts know is suggested, as ``fuse`` of the two sides ranks it."""
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, bundle)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("zqxv.example/alpha\n" * 5 + "zqxv.example/beta\n")
+    counts.main([str(bundle), "--corpus", str(corpus), "--min-count", "2"])
+    manifest = load_bundle(bundle).manifest
+    assert manifest["counts"]["urls"] == 2 and manifest["counts"]["min_count"] == 2
+    assert "counts.bin" in manifest["files"] and "from 2 URLs" in capsys.readouterr().out
+    completer = open_completer(bundle)
+    assert isinstance(completer, FusedCompleter)
+    suggestions = completer.complete_scored("zqx", 3)
+    assert "zqxv.example" in [text for text, _ in suggestions]
+    assert suggestions == fuse(completer.completer.complete_scored("zqx", 6),
+                               completer.counts.complete_scored("zqx", 6), 3)
+
+
+def test_a_bundle_without_counts_suggests_with_its_network_alone(bundle_dir, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_dir, bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["files"]["counts.bin"], manifest["counts"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    assert type(open_completer(bundle)) is Completer
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--corpus", "missing.txt"], "missing.txt"),
+    ([], "--corpus"),
+    (["--corpus", "{corpus}", "--min-count", "0"], "at least 1"),
+])
+def test_counts_command_refuses_bad_input(argv, message, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a.org\n")
+    with pytest.raises(SystemExit) as exit_info:
+        counts.main([str(tmp_path), *(a.format(corpus=corpus) for a in argv)])
+    assert message in f"{exit_info.value.code} {capsys.readouterr().err}"
+
+
+def test_counts_command_refuses_a_directory_that_is_not_a_bundle(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("a.org\n")
+    with pytest.raises(SystemExit, match="not a model bundle"):
+        counts.main([str(tmp_path), "--corpus", str(corpus)])
 
 
 def test_eval_reports_a_bad_bundle(tmp_path, capsys):

@@ -1,8 +1,10 @@
 """The character n-gram (runtime/ngram.py): backoff scores and suggestions counted by hand."""
 
+import math
+
 import pytest
 
-from runtime.ngram import BOS, EOS, CharNgramLM, mix
+from runtime.ngram import BOS, EOS, CharNgramLM, fuse, mix
 
 
 def test_counts_every_context_length():
@@ -78,3 +80,15 @@ def test_mix_weighs_model_probability_against_personal_score():
     model = [("b", -0.5108256237659907), ("a", -1.6094379124341003)]  # log 0.6, log 0.2
     assert mix(model, [("a", 0.3), ("c", 0.1)], 3) == ["b", "a", "c"]
     assert mix(model, [], 1) == ["b"], "no personal suggestion: the model's list as it is"
+
+
+def test_fuse_scales_each_side_to_one_then_mixes_by_hand():
+    """Network a 0.3, b 0.1 -> shares 0.75, 0.25; counts b 0.03, c 0.01 -> 0.75, 0.25. w = 0.5:
+    b 0.125 + 0.375 = 0.5 overtakes a 0.375; c 0.125; scores come back as logs."""
+    fused = fuse([("a", math.log(0.3)), ("b", math.log(0.1))], [("b", 0.03), ("c", 0.01)], 3)
+    assert [text for text, _ in fused] == ["b", "a", "c"]
+    assert [math.exp(score) for _, score in fused] == pytest.approx([0.5, 0.375, 0.125])
+    weighted = fuse([("a", math.log(0.3)), ("b", math.log(0.1))], [("b", 0.03), ("c", 0.01)], 3, weight=0.9)
+    assert [text for text, _ in weighted] == ["a", "b", "c"]  # 0.675, 0.3, 0.025
+    assert fuse([], [("c", 0.02)], 3) == [("c", pytest.approx(math.log(0.5)))], "one side alone: half"
+    assert len(fuse([("a", -1.0)], [("b", 0.1), ("c", 0.1)], 2)) == 2

@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from client.protocol import FederatedClient
 from formats import durable
 from formats import tensors as tensor_codec
-from formats.bundle import MANIFEST, file_entries
+from formats.bundle import BUNDLE_FILES, MANIFEST, file_entries
 from server import db, logs
 from server.app import create_app
 
@@ -23,18 +23,19 @@ TINY_PARAMETERS = {"embed.weight": (4, 3), "head.bias": (5,)}
 
 
 def write_tiny_bundle(directory, parameters=TINY_PARAMETERS, seed=0):
-    """A valid bundle whose graphs are placeholder bytes: enough for the server, which never runs them."""
+    """A valid bundle whose graphs and counts are placeholder bytes: enough for the server, which
+    never runs them (counts.bin, optional in a bundle, is there so every test serves one)."""
     directory.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     weights = {name: rng.normal(size=shape).astype(np.float32) for name, shape in parameters.items()}
     tensor_codec.save(directory / "weights.safetensors", weights)
-    for name in ("tokenizer.model", "tokenizer.json", "infer.onnx", "train_step.onnx"):
+    for name in ("tokenizer.model", "tokenizer.json", "infer.onnx", "train_step.onnx", "counts.bin"):
         (directory / name).write_bytes(f"placeholder {name}".encode())
     manifest = {"format_version": 1, "model_version": 1, "parent_version": None,
                 "created": "2026-01-01T00:00:00Z", "config": {}, "tokenizer": {},
                 "parameters": [{"name": n, "shape": list(s), "dtype": "float32"}
                                for n, s in parameters.items()],
-                "graphs": {}, "files": file_entries(directory)}
+                "graphs": {}, "files": file_entries(directory, [*BUNDLE_FILES, "counts.bin"])}
     durable.write_json(directory / MANIFEST, manifest)
     return directory
 

@@ -10,7 +10,6 @@ from formats.bundle import load_bundle, min_probability
 from runtime.complete import Completer, shown
 from study.evaluate import (
     FrequencyTrie,
-    fuse,
     keystroke_savings,
     keystrokes,
     main,
@@ -42,15 +41,6 @@ def test_keystroke_savings_over_several_targets():
     # "ab": 2 keys; "abcd": "" -> type a; "a" -> accept "abcd": 2 keys. KSR = 1 - 4/6.
     ksr = keystroke_savings(["ab", "abcd"], lambda typed: ["abcd"] if typed == "a" else [])
     assert ksr == pytest.approx(1 - 4 / 6)
-
-
-def test_fuse_scales_each_side_to_one_before_mixing():
-    """Model probabilities 0.6/0.2 -> 0.75/0.25; 8-gram scores 3/1 -> 0.75/0.25; half each."""
-    model = [("a.com", math.log(0.6)), ("b.com", math.log(0.2))]
-    ngram = [("b.com", 3.0), ("c.com", 1.0)]
-    assert fuse(model, ngram, 3) == ["b.com", "a.com", "c.com"]  # 0.5, 0.375, 0.125
-    assert fuse(model, ngram, 3, weight=0.9) == ["a.com", "b.com", "c.com"]  # 0.675, 0.3, 0.025
-    assert fuse(model, [], 1) == ["a.com"] and fuse([], ngram, 3) == ["b.com", "c.com"]
 
 
 def test_trie_ranks_by_frequency_then_alphabet():
