@@ -15,6 +15,7 @@ from page_helpers import open_page, suggestions_for
 
 from formats.bundle import load_bundle
 from runtime.complete import Completer
+from runtime.ngram import FusedCompleter, open_completer
 
 PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
 MAX_GIT_BYTES = 5_000_000  # what git stores (zlib) and about what a browser downloads (gzip)
@@ -53,6 +54,20 @@ def test_the_shipped_model_suggests_paths_and_no_junk_in_python():
         assert shipped.complete(typed, k=3), typed
     for typed in ("github.com", "google.com", "wikipedia.org"):
         assert not any(REPEATED_TLD.search(s) for s in everything.complete(typed, k=5)), typed
+
+
+def test_the_shipped_counts_add_paths_the_network_is_unsure_of():
+    """What the page shows (the network mixed with counts.bin): path-like suggestions for every site,
+    including those where the network alone shows nothing past its threshold, and no junk."""
+    page, network = open_completer(PRETRAINED), Completer(PRETRAINED)
+    assert isinstance(page, FusedCompleter), "pretrained/ ships its count component"
+    assert not network.complete("en.wikipedia.org/wiki/", k=3)
+    for typed in SITES:
+        suggestions = page.complete(typed, k=3)
+        assert suggestions, typed
+        assert all(path_like(typed, s) for s in suggestions), (typed, suggestions)
+    for typed in ("github.com", "google.com", "wikipedia.org"):
+        assert not any(REPEATED_TLD.search(s) for s in page.complete(typed, k=5)), typed
 
 
 @pytest.fixture
