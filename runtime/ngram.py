@@ -247,6 +247,15 @@ class FusedCompleter:
     def __init__(self, completer: Completer, counts: CharNgramLM, weight: float = FUSION_WEIGHT):
         self.completer, self.counts, self.weight = completer, counts, weight
 
+    @property
+    def threshold(self) -> float:
+        """The network's threshold tau (runtime/complete.py step 5); the counts' suggestions have none."""
+        return self.completer.threshold
+
+    @threshold.setter
+    def threshold(self, tau: float) -> None:
+        self.completer.threshold = tau
+
     def set_weights(self, weights: dict) -> None:
         """Swap in new global weights; the counts ship once with the bundle and stay."""
         self.completer.set_weights(weights)

@@ -137,11 +137,13 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
     return report
 
 
-def threshold_sweep(completer: Completer, targets: list[str], taus, k: int = 3) -> list[dict]:
+def threshold_sweep(completer: Completer | FusedCompleter, targets: list[str], taus,
+                    k: int = 3) -> list[dict]:
     """KSR@k, suggestions shown per keystroke and the share of them that are a prefix of the target,
-    per tau. Each tau searches anew with that threshold, as the page would: the search drops live
-    beams below tau (runtime/complete.py step 3), so one tau-0 list filtered afterwards is not
-    always what a completer with that tau shows.
+    per tau of the network (a FusedCompleter's count suggestions pass unfiltered). Each tau
+    searches anew with that threshold, as the page would: the search drops live beams below tau
+    (runtime/complete.py step 3), so one tau-0 list filtered afterwards is not always what a
+    completer with that tau shows.
     """
     rows = []
     saved = completer.threshold
@@ -295,7 +297,7 @@ def main(argv=None) -> None:
 def calibrate(args: argparse.Namespace, urls: list[str]) -> None:
     """--calibrate: the sweep table (or JSON), and with --write the chosen tau into the bundle."""
     try:
-        completer = Completer(args.bundle, threshold=0.0)
+        completer = open_completer(args.bundle, threshold=0.0)  # the page's lists, the network's tau
     except BundleError as exc:
         raise SystemExit(f"fedurl-eval: {exc}") from None
     rows = threshold_sweep(completer, urls, sorted({0.0, *args.tau}))

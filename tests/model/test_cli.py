@@ -73,6 +73,9 @@ def test_counts_command_gives_a_bundle_its_count_component(bundle_dir, tmp_path,
     assert "zqxv.example" in [text for text, _ in suggestions]
     assert suggestions == fuse(completer.completer.complete_scored("zqx", 6),
                                completer.counts.complete_scored("zqx", 6), 3)
+    completer.threshold = 1.0  # the network's tau: only the counts' suggestions are left
+    assert completer.completer.threshold == 1.0
+    assert completer.complete("zqx", 3) == [text for text, _ in completer.counts.complete_scored("zqx", 3)]
 
 
 def test_a_bundle_without_counts_suggests_with_its_network_alone(bundle_dir, tmp_path):
