@@ -29,6 +29,18 @@ export const NGRAM_MAX_CHARS = 48;
 /** The model's share w in the mix with the personal n-gram (runtime/ngram.py PERSONAL_WEIGHT). */
 export const PERSONAL_WEIGHT = 0.5;
 
+/**
+ * Histories whose next-symbol candidates an n-gram remembers before it starts over (runtime/ngram.py
+ * RANKED_CACHE_SIZE): about 1 KB each, and the worker's count component lives as long as its bundle.
+ */
+export const NGRAM_RANKED_CACHE_ENTRIES = 10000;
+
+/** Suggestions the network and the count component each offer the fusion (runtime/ngram.py FUSION_K). */
+export const FUSION_K = 6;
+
+/** The network's share w in the fusion with the count component (runtime/ngram.py FUSION_WEIGHT). */
+export const FUSION_WEIGHT = 0.5;
+
 /** Suggestions shown under the URL bar. */
 export const SUGGESTIONS_K = 5;
 

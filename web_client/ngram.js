@@ -1,8 +1,9 @@
 /**
- * The personal n-gram: a character n-gram of this user's own visited URLs (stupid backoff),
- * mixed with the model's suggestions. runtime/ngram.py is its twin, suggestion for suggestion and
- * score for score: read that module's docstring for the algorithm. client.js builds one from the
- * history in IndexedDB and adds every new visit; nothing here leaves the device.
+ * Character n-grams with stupid backoff, runtime/ngram.py's twins suggestion for suggestion and
+ * score for score (read that module's docstring for the algorithm): the personal n-gram of this
+ * user's own visits (CharNgram; client.js builds one from the history in IndexedDB, and nothing
+ * here leaves the device), and a bundle's count component read from counts.bin (CountTrie; the
+ * worker fuses its suggestions with the network's, fuseSuggestions).
  *
  * A symbol is one code point (Python's str), so strings are walked with Array.from, and ties
  * are broken by code points, not UTF-16 units. Scores are float64 products, never logarithms,
@@ -10,27 +11,43 @@
  */
 
 import { junk } from "./completer.js";
-import { NGRAM_ALPHA, NGRAM_BEAM_WIDTH, NGRAM_MAX_CHARS, NGRAM_ORDER, PERSONAL_WEIGHT } from "./constants.js";
+import {
+  FUSION_WEIGHT, NGRAM_ALPHA, NGRAM_BEAM_WIDTH, NGRAM_MAX_CHARS, NGRAM_ORDER, NGRAM_RANKED_CACHE_ENTRIES,
+  PERSONAL_WEIGHT,
+} from "./constants.js";
 import { splitTyped } from "./normalize.js";
 
 const BOS = "\u0002";
 const EOS = "\u0003";
 const BOUNDARY_CHARS = "/?";
 
-/** Python's str ordering: by code points. */
+/**
+ * Python's str ordering: by code points. UTF-16 units order alike except a surrogate against a
+ * unit above it, so only the first unit that differs is read as a code point (no allocation: ties
+ * are frequent in the ranking).
+ */
 function compareCodePoints(a, b) {
-  const x = Array.from(a, (c) => /** @type {number} */ (c.codePointAt(0)));
-  const y = Array.from(b, (c) => /** @type {number} */ (c.codePointAt(0)));
-  for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
-  return x.length - y.length;
+  for (let i = 0; i < a.length && i < b.length; i++) {
+    if (a.charCodeAt(i) !== b.charCodeAt(i)) {
+      return /** @type {number} */ (a.codePointAt(i)) - /** @type {number} */ (b.codePointAt(i));
+    }
+  }
+  return a.length - b.length;
 }
 
 /** Best score first, ties by code points (runtime/ngram.py sorts by (-score, text)). */
 const byScoreThenText = (a, b) => (a[1] > b[1] ? -1 : a[1] < b[1] ? 1 : compareCodePoints(a[0], b[0]));
 
-export class CharNgram {
-  /** @param {Iterable<string>} urls canonical URLs */
-  constructor(urls = [], { order = NGRAM_ORDER, alpha = NGRAM_ALPHA, beamWidth = NGRAM_BEAM_WIDTH,
+/** rankedNext's order of [score, symbol] candidates: best score first, ties by code point. */
+const bestFirst = (a, b) => (a[0] > b[0] ? -1 : a[0] < b[0] ? 1 : compareCodePoints(a[1], b[1]));
+
+/**
+ * The scoring and search both n-grams share; a subclass only says where the counts live
+ * (forEachCount), so the two cannot drift apart. Symbols are counted by slot (an index into
+ * `symbols`), so that scoring a history fills a typed array rather than a Map of strings.
+ */
+class BackoffNgram {
+  constructor({ order = NGRAM_ORDER, alpha = NGRAM_ALPHA, beamWidth = NGRAM_BEAM_WIDTH,
     maxChars = NGRAM_MAX_CHARS } = {}) {
     this.order = order;
     this.alpha = alpha;
@@ -38,54 +55,57 @@ export class CharNgram {
     this.maxChars = maxChars;
     this.powers = [1]; // alpha ** j by repeated multiplication, as runtime/ngram.py builds it
     for (let j = 0; j < order; j++) this.powers.push(this.powers[j] * alpha);
-    /** @type {Map<string, Map<string, number>>} context -> next symbol -> count */
-    this.counts = new Map();
-    /** @type {Map<string, number>} */
-    this.totals = new Map();
     this.urls = 0;
+    /** @type {string[]} slot -> symbol */
+    this.symbols = [];
+    /** @type {Map<string, number>} symbol -> slot */
+    this.slots = new Map();
+    this.scratch = new Float64Array(0); // rankedNext's scores by slot, reused: allocating costs as much as scoring
+    /** @type {Map<string, Array<[number, string]>>} last order-1 symbols -> rankedNext */
     this.ranked = new Map();
-    for (const url of urls) this.add(url);
   }
 
-  /** Count one more canonical URL. */
-  add(url) {
-    const symbols = [...Array(this.order - 1).fill(BOS), ...Array.from(url), EOS];
-    for (let i = this.order - 1; i < symbols.length; i++) {
-      for (let n = 0; n < this.order; n++) {
-        const ctx = symbols.slice(i - n, i).join("");
-        const table = this.counts.get(ctx) ?? new Map();
-        table.set(symbols[i], (table.get(symbols[i]) ?? 0) + 1);
-        this.counts.set(ctx, table);
-        this.totals.set(ctx, (this.totals.get(ctx) ?? 0) + 1);
-      }
-    }
-    this.urls += 1;
-    this.ranked.clear();
+  /**
+   * Calls visit(n, c(ctx), slot, c(ctx, symbol)) for every count of every context ctx of n symbols
+   * that ends `last` (the history's last order-1 symbols), longest context first.
+   * @param {string[]} _last
+   * @param {(n: number, total: number, slot: number, count: number) => void} _visit
+   */
+  forEachCount(_last, _visit) {
+    throw new Error("a subclass says where its counts live");
   }
 
   /** Candidates after the last order-1 symbols, best first: finishing symbols and the best others. */
   rankedNext(symbols) {
-    const key = this.order > 1 ? symbols.slice(-(this.order - 1)).join("") : "";
+    const last = this.order > 1 ? symbols.slice(-(this.order - 1)) : [];
+    const key = last.join("");
     let ranked = this.ranked.get(key);
     if (ranked) return ranked;
-    const last = this.order > 1 ? symbols.slice(-(this.order - 1)) : [];
-    const scores = new Map();
-    for (let n = this.order - 1; n >= 0; n--) {
-      const ctx = n ? last.slice(last.length - n).join("") : "";
-      const table = this.counts.get(ctx);
-      if (!table) continue;
-      const total = /** @type {number} */ (this.totals.get(ctx)), power = this.powers[this.order - 1 - n];
-      for (const [x, c] of table) if (!scores.has(x)) scores.set(x, c / total * power);
-    }
-    ranked = [];
-    let others = 0;
-    for (const [x, s] of [...scores].sort(byScoreThenText)) {
-      if (x === EOS || BOUNDARY_CHARS.includes(x)) ranked.push([s, x]);
-      else if (others < this.beamWidth) {
-        ranked.push([s, x]);
-        others += 1;
+    if (this.scratch.length !== this.symbols.length) this.scratch = new Float64Array(this.symbols.length);
+    const scores = this.scratch.fill(-1); // S(symbol | history) by slot; -1: unseen
+    this.forEachCount(last, (n, total, slot, c) => {
+      if (scores[slot] < 0) scores[slot] = c / total * this.powers[this.order - 1 - n];
+    });
+    // The finishing symbols, and the beamWidth best others kept in order as they come: sorting
+    // every symbol seen would take longer than the rest of the search step.
+    const finishing = [], best = [];
+    for (let slot = 0; slot < scores.length; slot++) {
+      const s = scores[slot], x = this.symbols[slot];
+      if (s < 0) continue;
+      if (x === EOS || BOUNDARY_CHARS.includes(x)) {
+        finishing.push([s, x]);
+        continue;
       }
+      if (best.length === this.beamWidth && s < best[best.length - 1][0]) continue; // most symbols end here
+      /** @type {[number, string]} */
+      const candidate = [s, x];
+      let i = best.length; // where the candidate goes among the best so far
+      while (i > 0 && bestFirst(candidate, best[i - 1]) < 0) i--;
+      best.splice(i, 0, candidate);
+      best.length = Math.min(best.length, this.beamWidth);
     }
+    ranked = [...best, ...finishing].sort(bestFirst);
+    if (this.ranked.size >= NGRAM_RANKED_CACHE_ENTRIES) this.ranked.clear();
     this.ranked.set(key, ranked);
     return ranked;
   }
@@ -127,6 +147,225 @@ export class CharNgram {
   }
 }
 
+/** The personal n-gram: counts in Maps keyed by context, grown one visit at a time. */
+export class CharNgram extends BackoffNgram {
+  /** @param {Iterable<string>} urls canonical URLs */
+  constructor(urls = [], options = {}) {
+    super(options);
+    /** @type {Map<string, Map<number, number>>} context -> next symbol's slot -> count */
+    this.counts = new Map();
+    /** @type {Map<string, number>} */
+    this.totals = new Map();
+    for (const url of urls) this.add(url);
+  }
+
+  /** Count one more canonical URL. */
+  add(url) {
+    const symbols = [...Array(this.order - 1).fill(BOS), ...Array.from(url), EOS];
+    for (let i = this.order - 1; i < symbols.length; i++) {
+      const slot = this.slotOf(symbols[i]);
+      for (let n = 0; n < this.order; n++) {
+        const ctx = symbols.slice(i - n, i).join("");
+        const table = this.counts.get(ctx) ?? new Map();
+        table.set(slot, (table.get(slot) ?? 0) + 1);
+        this.counts.set(ctx, table);
+        this.totals.set(ctx, (this.totals.get(ctx) ?? 0) + 1);
+      }
+    }
+    this.urls += 1;
+    this.ranked.clear();
+  }
+
+  /** A symbol's slot, given it a new one when first counted. */
+  slotOf(symbol) {
+    let slot = this.slots.get(symbol);
+    if (slot === undefined) {
+      slot = this.symbols.push(symbol) - 1;
+      this.slots.set(symbol, slot);
+    }
+    return slot;
+  }
+
+  forEachCount(last, visit) {
+    for (let n = last.length; n >= 0; n--) {
+      const ctx = last.slice(last.length - n).join("");
+      const total = this.totals.get(ctx);
+      for (const [slot, c] of this.counts.get(ctx) ?? []) visit(n, total, slot, c);
+    }
+  }
+}
+
+const COUNTS_MAGIC = "FUCT";
+const COUNTS_VERSION = 1;
+const COUNTS_HEADER_BYTES = 20;
+const MAX_ALPHABET = 255;
+const MAX_VARINT_BYTES = 5; // u32 totals and counts
+
+/** counts.bin is truncated, of another version or inconsistent (formats/counts.py CountsFormatError). */
+export class CountsFormatError extends Error {
+  constructor(message) {
+    super(`counts.bin ${message}`);
+    this.name = "CountsFormatError";
+  }
+}
+
+/**
+ * `count` LEB128 varints from data[offset:], and the offset after them.
+ * @param {Uint8Array} data
+ */
+function readVarints(data, offset, count) {
+  const values = new Uint32Array(count);
+  for (let i = 0; i < count; i++) {
+    let value = 0, scale = 1, length = 0, byte;
+    do {
+      if (offset === data.length) throw new CountsFormatError("is truncated: fewer varints than counts");
+      if (++length > MAX_VARINT_BYTES) throw new CountsFormatError("has a varint longer than 5 bytes");
+      byte = data[offset++];
+      value += (byte & 0x7f) * scale; // float64: a 5-byte varint may exceed 32 bits, caught below
+      scale *= 0x80;
+    } while (byte >= 0x80);
+    if (value > 0xffffffff) throw new CountsFormatError("has a varint above 2^32 - 1");
+    values[i] = value;
+  }
+  return { values, offset };
+}
+
+/**
+ * A bundle's count component: counts.bin (formats/counts.py) in typed arrays as it lies, the trie
+ * of contexts read right to left, so hundreds of thousands of contexts decode in milliseconds and
+ * a lookup is at most order - 1 binary searches. CharNgramLM.from_bytes is its twin.
+ */
+export class CountTrie extends BackoffNgram {
+  /**
+   * Every field is checked as formats/counts.py decode checks it.
+   * @param {ArrayBuffer|Uint8Array} bytes counts.bin
+   * @throws {CountsFormatError} for anything runtime/ngram.py's to_bytes would not write
+   */
+  constructor(bytes) {
+    const data = bytes instanceof Uint8Array ? bytes : new Uint8Array(bytes);
+    if (data.length < COUNTS_HEADER_BYTES) throw new CountsFormatError("is truncated: no header");
+    const view = new DataView(data.buffer, data.byteOffset, data.byteLength);
+    const magic = String.fromCharCode(...data.subarray(0, 4)), version = data[4], order = data[5];
+    const size = view.getUint16(6, true), n = view.getUint32(8, true), e = view.getUint32(12, true);
+    if (magic !== COUNTS_MAGIC || version !== COUNTS_VERSION) {
+      throw new CountsFormatError(`is not version ${COUNTS_VERSION} (magic ${JSON.stringify(magic)}, version ${version})`);
+    }
+    if (order < 1 || size < 1 || size > MAX_ALPHABET || n < 1) {
+      throw new CountsFormatError(`header: order ${order}, alphabet ${size}, ${n} contexts`);
+    }
+    const nodes = COUNTS_HEADER_BYTES + 4 * size;
+    if (data.length < nodes + 3 * n + e) throw new CountsFormatError("is truncated");
+    super({ order });
+    this.urls = view.getUint32(16, true);
+    for (let i = 0, previous = -1; i < size; i++) { // the alphabet: a symbol's slot is its index
+      const point = view.getUint32(COUNTS_HEADER_BYTES + 4 * i, true);
+      if (point <= previous || point > 0x10ffff) {
+        throw new CountsFormatError("alphabet is not strictly ascending code points");
+      }
+      this.slots.set(String.fromCodePoint(point), i);
+      this.symbols.push(String.fromCodePoint(point));
+      previous = point;
+    }
+    this.nodeSymbol = data.subarray(nodes, nodes + n); // alphabet index of a context's first symbol
+    this.childCount = data.subarray(nodes + n, nodes + 2 * n);
+    this.entryCount = data.subarray(nodes + 2 * n, nodes + 3 * n);
+    this.entrySymbol = data.subarray(nodes + 3 * n, nodes + 3 * n + e);
+    const totals = readVarints(data, nodes + 3 * n + e, n), counts = readVarints(data, totals.offset, e);
+    if (counts.offset !== data.length) throw new CountsFormatError("has bytes after its last count");
+    this.totals = totals.values;
+    this.entryValue = counts.values;
+    this.firstChild = new Uint32Array(n);
+    this.firstEntry = new Uint32Array(n);
+    this.checkTrie(size);
+  }
+
+  /** formats/counts.py decode's checks of the trie, filling in firstChild and firstEntry. */
+  checkTrie(size) {
+    const { order, nodeSymbol, childCount, entryCount, entrySymbol, entryValue, totals } = this;
+    const n = nodeSymbol.length, e = entrySymbol.length;
+    if (sum(childCount) !== n - 1 || sum(entryCount) !== e) {
+      throw new CountsFormatError("node children or counts do not add up");
+    }
+    if (maximum(nodeSymbol) >= size || maximum(entrySymbol) >= size || entryValue.includes(0)) {
+      throw new CountsFormatError("has a symbol outside its alphabet or a zero count");
+    }
+    const depth = new Uint8Array(n); // context length; nodes deeper than order - 1 are refused
+    for (let i = 0, child = 1, entry = 0; i < n; i++) {
+      const childEnd = child + childCount[i], entryEnd = entry + entryCount[i];
+      if (i > 0 && i >= child) throw new CountsFormatError(`node ${i} is no node's child`);
+      if (childEnd > n || (depth[i] >= order - 1 && childEnd > child)) {
+        throw new CountsFormatError("trie is deeper than its order or overruns its nodes");
+      }
+      if (!ascending(nodeSymbol, child, childEnd) || !ascending(entrySymbol, entry, entryEnd)) {
+        throw new CountsFormatError(`node ${i}: symbols not in strictly ascending order`);
+      }
+      let counted = 0;
+      for (let j = entry; j < entryEnd; j++) counted += entryValue[j];
+      if (counted > totals[i]) throw new CountsFormatError(`node ${i}: counts above its total`);
+      for (let j = child; j < childEnd; j++) depth[j] = depth[i] + 1;
+      this.firstChild[i] = child;
+      this.firstEntry[i] = entry;
+      child = childEnd;
+      entry = entryEnd;
+    }
+  }
+
+  /** The bundle's counts are pruned: a URL added now would count a dropped symbol from zero. */
+  add() {
+    throw new Error("a CountTrie is read-only: counts.bin was pruned (runtime/ngram.py CharNgramLM.prune)");
+  }
+
+  forEachCount(last, visit) {
+    const path = [0]; // the nodes of the contexts that end `last`, shortest (the root) first
+    for (let i = last.length - 1; i >= 0; i--) {
+      const symbol = this.slots.get(last[i]);
+      const node = symbol === undefined ? -1 : this.child(path[path.length - 1], symbol);
+      if (node < 0) break;
+      path.push(node);
+    }
+    for (let n = path.length - 1; n >= 0; n--) {
+      const node = path[n], total = this.totals[node];
+      for (let j = this.firstEntry[node], end = j + this.entryCount[node]; j < end; j++) {
+        visit(n, total, this.entrySymbol[j], this.entryValue[j]);
+      }
+    }
+  }
+
+  /** The child of `node` whose context has `symbol` (an alphabet index) on the left, or -1. */
+  child(node, symbol) {
+    let low = this.firstChild[node], high = low + this.childCount[node];
+    while (low < high) {
+      const middle = (low + high) >>> 1;
+      if (this.nodeSymbol[middle] === symbol) return middle;
+      if (this.nodeSymbol[middle] < symbol) low = middle + 1;
+      else high = middle;
+    }
+    return -1;
+  }
+}
+
+// Plain loops over typed arrays of up to a million values: a callback per value costs more.
+
+/** @param {Uint8Array|Uint32Array} values */
+function sum(values) {
+  let total = 0;
+  for (let i = 0; i < values.length; i++) total += values[i];
+  return total;
+}
+
+/** @param {Uint8Array} values */
+function maximum(values) {
+  let most = 0;
+  for (let i = 0; i < values.length; i++) if (values[i] > most) most = values[i];
+  return most;
+}
+
+/** Whether values[start:end] strictly ascend. */
+function ascending(values, start, end) {
+  for (let i = start + 1; i < end; i++) if (values[i - 1] >= values[i]) return false;
+  return true;
+}
+
 /**
  * The model's and the personal n-gram's suggestions as one list (runtime/ngram.py mix): score =
  * w * exp(model log-prob) + (1 - w) * personal score, a side that did not propose a suggestion
@@ -141,4 +380,25 @@ export function mixSuggestions(model, personal, k, weight = PERSONAL_WEIGHT) {
   for (const [text, logProb] of model) score.set(text, weight * Math.exp(logProb));
   for (const [text, s] of personal) score.set(text, (score.get(text) ?? 0) + (1 - weight) * s);
   return [...score].sort(byScoreThenText).slice(0, k).map(([text]) => text);
+}
+
+/**
+ * The network's and the count component's suggestions as one list (runtime/ngram.py fuse): each
+ * side's scores scaled to sum to 1 over its own list (they are on different scales), then score =
+ * w * network share + (1 - w) * count share, a side that did not propose a text adding 0; top k,
+ * ties by text, as logs so that mixSuggestions takes them like the network's log-probs.
+ * @param {Array<[string, number]>} model [suggestion, log-prob] from Completer.completeScored
+ * @param {Array<[string, number]>} counts [suggestion, score] from CountTrie.completeScored
+ * @returns {Array<[string, number]>} [suggestion, log of the fused score], best first
+ */
+export function fuseSuggestions(model, counts, k, weight = FUSION_WEIGHT) {
+  /** @type {Map<string, number>} */
+  const score = new Map();
+  const addShare = (pairs, share) => {
+    const total = pairs.reduce((sum, [, s]) => sum + s, 0);
+    if (total > 0) for (const [text, s] of pairs) score.set(text, (score.get(text) ?? 0) + share * (s / total));
+  };
+  addShare(model.map(([text, logProb]) => [text, Math.exp(logProb)]), weight);
+  addShare(counts, 1 - weight);
+  return [...score].sort(byScoreThenText).slice(0, k).filter(([, s]) => s > 0).map(([text, s]) => [text, Math.log(s)]);
 }

@@ -24,8 +24,7 @@ from client.protocol import FederatedClient
 from formats import tensors as tensor_codec
 from formats.update import dequantise
 from formats.urls import normalize_url
-from runtime.complete import Completer
-from runtime.ngram import PersonalCompleter
+from runtime.ngram import PersonalCompleter, open_completer
 from server.app import create_app
 from tests.server.test_cohorts import At
 
@@ -69,8 +68,9 @@ def server_model(app) -> tuple[dict, dict]:
 
 
 def downloads_expected(v1_files: dict, v2_files: dict) -> list[str]:
-    """Each file once: version 1's graphs, tokenizer and weights, then only version 2's weights."""
-    browser_files = ("infer.onnx", "tokenizer.json", "weights.safetensors", "train_step.onnx")
+    """Each file once: version 1's graphs, tokenizer, weights and counts, then only version 2's weights
+    (version 2 links version 1's counts.bin: the same URL, never fetched again)."""
+    browser_files = ("infer.onnx", "tokenizer.json", "weights.safetensors", "train_step.onnx", "counts.bin")
     return sorted([v1_files[name] for name in browser_files] + [v2_files["weights.safetensors"]])
 
 
@@ -112,7 +112,7 @@ def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live
         expect(page.locator("#contributions")).to_have_text("1")
         assert page.evaluate("window.sameDocument === true"), "the model was swapped without a reload"
     info, new_weights = server_model(live_app)
-    completer = Completer(bundle_dir, weights=new_weights)
+    completer = open_completer(bundle_dir, weights=new_weights)
     expected = {probe: completer.complete(probe, k=5) for probe in PROBES}
     for page, history in zip(pages, PERSONAL_HISTORIES, strict=True):
         personal = PersonalCompleter(completer, history)  # the page mixes in its own visits' n-gram

@@ -1,4 +1,6 @@
-"""The page's suggestions are runtime.complete.Completer's, prefix for prefix."""
+"""The page's suggestions are Python's, prefix for prefix: runtime.complete.Completer's network,
+fused with the bundle's counts.bin as runtime.ngram.open_completer does (the threshold tests
+compare the network alone)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import numpy as np
 from page_helpers import open_page, suggestions_for
 
 from runtime.complete import Completer, junk
+from runtime.ngram import FusedCompleter, open_completer
 from runtime.tokenizer import Tokenizer
 
 HAND_MADE = ["g", "goo", "GOO", "githu", "http", "https:/", "HTTPS://WWW.Goo", "http://www.", "www.",
@@ -30,10 +33,11 @@ def prefixes(urls: list[str], tokenizer: Tokenizer, count: int) -> tuple[list[st
 
 def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_urls):
     """230 prefixes, over 50 of them ending mid-piece: the same five suggestions in the same order
-    (a fresh browser context has no history, so every suggestion is the model's)."""
+    (a fresh browser context has no history, so every suggestion is the model's), most of them
+    unlike the network's own: the worker fuses the test bundle's counts.bin in."""
     # Prepare
-    completer = Completer(bundle_dir)
-    typed, mid_piece = prefixes(canonical_urls, completer.tokenizer, 210)
+    completer, network = open_completer(bundle_dir), Completer(bundle_dir)
+    typed, mid_piece = prefixes(canonical_urls, network.tokenizer, 210)
     expected = {text: completer.complete(text, k=5) for text in typed}
     open_page(page)
     # Execute
@@ -41,6 +45,8 @@ def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_url
     # Assert
     assert mid_piece >= 50 and len(typed) >= 200
     assert sum(bool(s) for s in expected.values()) >= 0.9 * len(typed), "most prefixes should get suggestions"
+    assert isinstance(completer, FusedCompleter), "the test bundle ships counts.bin"
+    assert sum(expected[text] != network.complete(text, k=5) for text in typed) >= len(typed) / 2
     wrong = {text: (got[text], expected[text]) for text in typed if got[text] != expected[text]}
     assert not wrong, (f"{len(wrong)} of {len(typed)} prefixes differ (page, python): "
                        f"{list(wrong.items())[:3]}")

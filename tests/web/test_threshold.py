@@ -1,7 +1,9 @@
-"""The page applies the bundle's suggestion threshold exactly as runtime.complete.Completer does."""
+"""The page applies the bundle's suggestion threshold exactly as runtime.complete.Completer does
+(to the network's suggestions: this module's bundle ships no counts.bin, whose suggestions have none)."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -9,7 +11,7 @@ import pytest
 from page_helpers import open_page, suggestions_for
 from test_completer import prefixes
 
-from formats.bundle import BundleError, min_probability
+from formats.bundle import MANIFEST, BundleError, min_probability
 from runtime.complete import Completer
 from study.evaluate import write_threshold
 
@@ -18,10 +20,14 @@ TAU = 0.05  # drops many of the small test model's suggestions and keeps many
 
 @pytest.fixture
 def strict_bundle(bundle_dir, tmp_path):
-    """The test bundle with TAU in its manifest, written as fedurl-eval --calibrate --write does."""
+    """The test bundle with TAU in its manifest, written as fedurl-eval --calibrate --write does,
+    and no count component: the page shows the network's suggestions alone."""
     copy = tmp_path / "strict-bundle"
     shutil.copytree(bundle_dir, copy)
     write_threshold(copy, TAU)
+    manifest = json.loads((copy / MANIFEST).read_text())
+    del manifest["files"]["counts.bin"], manifest["counts"]
+    (copy / MANIFEST).write_text(json.dumps(manifest))
     return copy
 
 
