@@ -14,9 +14,11 @@ The profile part runs train_step.onnx in the page with onnxruntime-web's own pro
 (`enableProfiling`) and prints each operator type's share of the kernel time (not a default part).
 
     .venv/bin/python bench/bench_browser.py --bundle bundles/default [--keystrokes 500] \
-        [--parts transfer latency train profile matmul encode]
+        [--parts transfer latency train profile matmul encode counts]
 
 The encode part times the page's encodeUpdate of one full-size delta as F32, F16 and Q8.
+The counts part types the same keys (idle) into the page serving the bundle with its counts.bin
+and a copy without it (the network alone), twice each, alternating: what the count component costs.
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ STEP_RUNS = 10
 # Steps not timed: the first builds kernels, and V8 runs wasm on its baseline compiler (Liftoff)
 # until the optimising tier (TurboFan) has compiled the hot functions in the background.
 WARMUP_RUNS = 10
-PARTS = ("transfer", "latency", "train", "profile", "matmul", "encode")
+PARTS = ("transfer", "latency", "train", "profile", "matmul", "encode", "counts")
+COUNTS_ROUNDS = 2  # counts part: each bundle served this many times, alternating
 # (M, K, N) of the training step's matrix products: the time loop's hidden projection and its
 # backward (B rows), the input projection and the head over all B*T positions.
 MATMUL_SHAPES = ((16, 256, 768), (16, 768, 256), (768, 256, 16), (256, 768, 16), (1024, 128, 768),
@@ -426,6 +429,29 @@ def latency_rows(page, urls, args) -> list[tuple[str, str]]:
             ("keystroke -> suggestions, while training", busy + ("" if still else " (training ended first)"))]
 
 
+def counts_rows(browser, urls, args) -> list[tuple[str, str]]:
+    """Idle keystroke latency with the bundle's counts.bin and without it, served in turn."""
+    with tempfile.TemporaryDirectory(prefix="bench-no-counts-") as scratch:
+        network_only = Path(scratch) / "bundle"
+        shutil.copytree(args.bundle, network_only)
+        manifest = json.loads((network_only / "manifest.json").read_text())
+        if manifest["files"].pop("counts.bin", None) is None:
+            return [("counts part", f"{args.bundle} ships no counts.bin: nothing to compare")]
+        manifest.pop("counts", None)
+        (network_only / "manifest.json").write_text(json.dumps(manifest))
+        values: dict[str, list[float]] = {"with counts.bin": [], "network alone": []}
+        for _ in range(COUNTS_ROUNDS):
+            for label, bundle in (("with counts.bin", args.bundle), ("network alone", str(network_only))):
+                with serve(bundle) as base_url:
+                    context = browser.new_context(base_url=base_url)
+                    page = open_page(context.new_page(), "/?train_after_urls=0&poll_ms=60000")
+                    values[label] += latencies(page, urls, args.keystrokes, args.key_delay_ms)[1]
+                    context.close()
+    return [(f"keystroke -> suggestions, idle, {label}",
+             f"p50 {np.percentile(v, 50):.1f} ms, p95 {np.percentile(v, 95):.1f} ms ({len(v)} renders, "
+             f"{COUNTS_ROUNDS} runs)") for label, v in values.items()]
+
+
 def run(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Everything, on one server and one chromium."""
     from playwright.sync_api import sync_playwright
@@ -441,6 +467,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
         rows += profile_rows(page, args.bundle) if "profile" in args.parts else []
         rows += matmul_rows(page) if "matmul" in args.parts else []
         rows += encode_rows(page, args.bundle) if "encode" in args.parts else []
+        rows += counts_rows(browser, urls, args) if "counts" in args.parts else []
         browser.close()
     return rows
 
