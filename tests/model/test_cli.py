@@ -137,3 +137,15 @@ def test_a_zero_count_is_refused(capsys):
 def test_export_writes_the_default_threshold(bundle_dir):
     """Every exported manifest names its suggestion threshold; fedurl-eval --calibrate retunes it."""
     assert load_bundle(bundle_dir).manifest["completion"] == {"min_probability": DEFAULT_MIN_PROBABILITY}
+
+
+def test_export_passes_the_counts_options_on(monkeypatch, tmp_path):
+    """--counts-min-count N prunes below N, --no-counts writes none (the test bundle, exported with
+    the defaults, ships counts.bin: tests/formats/test_bundle.py)."""
+    calls = []
+    monkeypatch.setattr(export, "export_bundle", lambda *args, **kwargs: calls.append(args) or {
+        "files": {}, "training": {"parameters": 1, "final_loss": 1.0, "seconds": 0.0}})
+    export.main(["--out", str(tmp_path / "a"), "--counts-min-count", "3"])
+    export.main(["--out", str(tmp_path / "b"), "--no-counts"])
+    export.main(["--out", str(tmp_path / "c")])
+    assert [args[-1] for args in calls] == [3, None, counts.MIN_COUNT]
