@@ -40,6 +40,7 @@ from common import REPO, bundle_parser, median, print_table, time_runs  # first:
 
 from formats.bundle import load_bundle
 from formats.urls import DEFAULT_CORPUS, load_urls, read_corpus
+from model.counts import remove_counts
 from runtime.trainer import LocalTrainer
 
 sys.path.insert(0, str(REPO / "tests" / "web"))
@@ -434,11 +435,9 @@ def counts_rows(browser, urls, args) -> list[tuple[str, str]]:
     with tempfile.TemporaryDirectory(prefix="bench-no-counts-") as scratch:
         network_only = Path(scratch) / "bundle"
         shutil.copytree(args.bundle, network_only)
-        manifest = json.loads((network_only / "manifest.json").read_text())
-        if manifest["files"].pop("counts.bin", None) is None:
+        if "counts" not in load_bundle(network_only).manifest:
             return [("counts part", f"{args.bundle} ships no counts.bin: nothing to compare")]
-        manifest.pop("counts", None)
-        (network_only / "manifest.json").write_text(json.dumps(manifest))
+        remove_counts(network_only)
         values: dict[str, list[float]] = {"with counts.bin": [], "network alone": []}
         for _ in range(COUNTS_ROUNDS):
             for label, bundle in (("with counts.bin", args.bundle), ("network alone", str(network_only))):

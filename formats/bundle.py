@@ -186,6 +186,12 @@ def load_bundle(directory, verify: bool = True) -> Bundle:
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"{manifest_path}: format_version {manifest.get('format_version')!r}, "
                           f"this fedurl reads {FORMAT_VERSION}")
+    files = manifest.get("files", {})
+    if missing := sorted(set(BUNDLE_FILES) - set(files)):
+        raise BundleError(f"{manifest_path} lists no {', '.join(missing)}")
+    if odd := [name for name in files if "/" in name or "\\" in name or name.startswith(".")
+               or name == MANIFEST]:
+        raise BundleError(f"{manifest_path} lists {odd[0]!r}: a bundle file is a plain name in its directory")
     if verify:
         for name, entry in manifest["files"].items():
             path = directory / name

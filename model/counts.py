@@ -7,7 +7,11 @@ replaces one in an existing bundle without retraining (how ``pretrained/`` got i
 manifest's ``counts`` section records what was counted; the manifest is written last.
 
 Why prune at 5: across sources the mix kept its whole gain with counts below 5 dropped (8-12 %
-of the counts kept) and lost it below 10 (docs/RESULTS.md).
+of the counts kept); below 10 it lost the gain typing kasztp (docs/RESULTS.md). Symbols past the
+254 commonest are dropped too (counts.bin's alphabet holds 255, with BOS).
+
+``add_counts`` writes counts.bin, then the manifest: a crash between the two leaves a bundle that
+``load_bundle`` refuses (sha256 mismatch) until the command is run again.
 """
 
 from __future__ import annotations
@@ -21,10 +25,15 @@ from tqdm import tqdm
 
 from formats import durable
 from formats.bundle import MANIFEST, file_entries, load_bundle
+from formats.counts import MAX_ALPHABET
 from formats.urls import corpus_spec, read_corpora
 from runtime.ngram import COUNTS_FILE, CharNgramLM
 
 MIN_COUNT = 5
+
+
+class NothingCounted(ValueError):
+    """Pruning left no count: the corpus is too small for the minimum count."""
 
 
 def write_counts(directory: Path, urls: list[str], min_count: int = MIN_COUNT) -> dict:
@@ -33,6 +42,9 @@ def write_counts(directory: Path, urls: list[str], min_count: int = MIN_COUNT) -
     for url in tqdm(urls, desc="counting", unit="url", file=sys.stderr, mininterval=1.0, disable=None):
         lm.add(url)
     lm.prune(min_count)
+    lm.keep_commonest(MAX_ALPHABET - 1)  # and BOS
+    if not lm.counts:
+        raise NothingCounted(f"no count of the corpus reaches {min_count}: lower the minimum count")
     durable.write_bytes(directory / COUNTS_FILE, lm.to_bytes())
     return {"file": COUNTS_FILE, "order": lm.order, "min_count": min_count, "urls": lm.urls,
             "contexts": len(lm.counts), "counts": lm.entries()}
@@ -46,6 +58,13 @@ def add_counts(directory: Path, urls: list[str], corpus_name: str, min_count: in
     manifest["files"] = {**manifest["files"], **file_entries(directory, [COUNTS_FILE])}
     durable.write_json(directory / MANIFEST, manifest)
     return manifest
+
+
+def remove_counts(directory: Path) -> None:
+    """Take counts.bin out of a bundle's manifest (the file stays): its network then suggests alone."""
+    manifest = json.loads((directory / MANIFEST).read_text())
+    del manifest["files"][COUNTS_FILE], manifest["counts"]
+    durable.write_json(directory / MANIFEST, manifest)
 
 
 def positive(text: str) -> int:

@@ -27,7 +27,7 @@ from formats import durable
 from formats import tensors as tensor_codec
 from formats.bundle import DEFAULT_MIN_PROBABILITY, FORMAT_VERSION, MANIFEST, file_entries
 from formats.urls import DEFAULT_CORPUS, corpus_spec, read_corpora
-from model.counts import MIN_COUNT, positive, write_counts
+from model.counts import MIN_COUNT, NothingCounted, positive, write_counts
 from model.graphs import export_infer, export_train_step
 from model.lm import LMConfig, URLLanguageModel, count_parameters, masked_cross_entropy
 from runtime.ngram import COUNTS_FILE
@@ -117,6 +117,8 @@ def export_bundle(urls: list[str], out: Path, config: LMConfig, steps: int, lr: 
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     work.chmod(0o755)
     try:
+        # the counts first: a corpus they cannot be made of fails before minutes of training
+        counts = None if counts_min_count is None else write_counts(work, urls, counts_min_count)
         tokenizer = Tokenizer(train_tokenizer(urls, config.vocab_size))
         config.vocab_size = tokenizer.vocab_size  # a tiny corpus may yield fewer pieces
         (work / "tokenizer.model").write_bytes(tokenizer.processor.serialized_model_proto())
@@ -136,8 +138,8 @@ def export_bundle(urls: list[str], out: Path, config: LMConfig, steps: int, lr: 
                     "seconds": round(time.monotonic() - started, 1)}
         manifest = build_manifest(model, infer_io, train_io, training, work)
         manifest["validation"] = write_validation_set(work, urls, seed)
-        if counts_min_count is not None:
-            manifest["counts"] = {**write_counts(work, urls, counts_min_count), "corpus": corpus_name}
+        if counts is not None:
+            manifest["counts"] = {**counts, "corpus": corpus_name}
             manifest["files"].update(file_entries(work, [COUNTS_FILE]))
         durable.write_json(work / MANIFEST, manifest)
         _replace_directory(work, out)
@@ -211,9 +213,12 @@ def main(argv=None) -> None:
         raise SystemExit(f"fedurl-export: {name} holds {len(urls)} usable URLs; need at least 10")
     print(f"corpus: {len(urls)} URLs from {name}", file=sys.stderr)
     steps = args.steps or default_steps(len(urls), args.batch_size)
-    manifest = export_bundle(urls, args.out, LMConfig(vocab_size=args.vocab_size), steps, args.lr,
-                             args.batch_size, args.seed, name, args.threads,
-                             None if args.no_counts else args.counts_min_count)
+    try:
+        manifest = export_bundle(urls, args.out, LMConfig(vocab_size=args.vocab_size), steps, args.lr,
+                                 args.batch_size, args.seed, name, args.threads,
+                                 None if args.no_counts else args.counts_min_count)
+    except NothingCounted as error:
+        raise SystemExit(f"fedurl-export: {error} (--counts-min-count) or pass --no-counts") from None
     sizes = ", ".join(f"{n} {e['bytes'] / 1e6:.2f} MB" for n, e in manifest["files"].items())
     print(f"wrote {args.out}: {manifest['training']['parameters']:,} parameters, "
           f"final loss {manifest['training']['final_loss']}, {manifest['training']['seconds']} s; {sizes}")

@@ -111,6 +111,22 @@ class CharNgramLM:
                 del self.counts[ctx], self.totals[ctx]
         self._ranked.clear()
 
+    def keep_commonest(self, symbols: int) -> None:
+        """Drop every context and count that involves a symbol outside the ``symbols`` commonest
+        (by c("", x)), keeping totals: more pruning, so counts.bin's alphabet fits its 255. Contexts
+        stay suffix-closed (a context without a rare symbol has no suffix with one).
+        """
+        unigrams = self.counts.get("", {})
+        kept = set(sorted(unigrams, key=lambda x: (-unigrams[x], x))[:symbols])
+        kept.add(BOS)  # the padding of every history, never a counted symbol
+        for ctx in list(self.counts):
+            table = {x: c for x, c in self.counts[ctx].items() if x in kept}
+            if table and kept.issuperset(ctx):
+                self.counts[ctx] = table
+            else:
+                del self.counts[ctx], self.totals[ctx]
+        self._ranked.clear()
+
     def to_bytes(self) -> bytes:
         """The tables as counts.bin (formats/counts.py), what a bundle ships."""
         return counts_format.encode(self.order, self.counts, self.totals, self.urls)
@@ -207,7 +223,8 @@ def mix(model: list[tuple[str, float]], personal: list[tuple[str, float]], k: in
         weight: float = PERSONAL_WEIGHT) -> list[str]:
     """The model's and the personal n-gram's suggestions as one list (``mixSuggestions`` in ngram.js).
 
-    A suggestion-level linear mixture: score = w * exp(model log-prob) + (1 - w) * personal score,
+    A suggestion-level linear mixture: score = w * exp(model log-prob) + (1 - w) * personal score
+    (the model's "log-prob" is ``fuse``'s log share where the bundle ships counts),
     a side that did not propose a suggestion adding 0; top k by score, ties by text (code points).
     With no personal suggestion the model's list is returned as it is.
     """
@@ -228,13 +245,16 @@ def fuse(model: list[tuple[str, float]], counts: list[tuple[str, float]], k: int
 
     Each side's scores are scaled to sum to 1 over its own list (the two are on different scales),
     then score = w * network share + (1 - w) * count share, a side that did not propose a text adding
-    0: the best of a few rules on unseen domains, and 1.11-1.28 x the 8-gram's KSR@3 across sources
-    (docs/RESULTS.md). The log keeps the network's units, so ``mix`` takes the result as it is.
+    0: the best of a few rules on unseen domains, 1.07-1.26 x the 8-gram's KSR@3 across sources
+    (docs/RESULTS.md). Returned as logs, so ``mix`` takes the list as it takes the network's: the
+    personal n-gram then weighs against these shares (about 1 over a list), not raw probabilities.
     """
     score: dict[str, float] = {}
     for pairs, share in (([(text, math.exp(log_prob)) for text, log_prob in model], weight),
                          (counts, 1 - weight)):
-        total = sum(s for _, s in pairs)
+        total = 0.0
+        for _, s in pairs:  # left to right as fuseSuggestions adds (sum() compensates from Python 3.12)
+            total += s
         for text, s in pairs if total > 0 else ():
             score[text] = score.get(text, 0.0) + share * (s / total)
     ranked = sorted(score.items(), key=lambda item: (-item[1], item[0]))[:k]
@@ -249,7 +269,7 @@ class FusedCompleter:
 
     @property
     def threshold(self) -> float:
-        """The network's threshold tau (runtime/complete.py step 5); the counts' suggestions have none."""
+        """The threshold tau, the network's (runtime/complete.py step 5), applied to both sides."""
         return self.completer.threshold
 
     @threshold.setter
@@ -265,10 +285,13 @@ class FusedCompleter:
         return [text for text, _ in self.complete_scored(typed, k)]
 
     def complete_scored(self, typed: str, k: int = 5) -> list[tuple[str, float]]:
-        """The top k of ``fuse`` over max(k, FUSION_K) suggestions from each side."""
+        """The top k of ``fuse`` over max(k, FUSION_K) suggestions from each side, each side's past
+        the threshold tau: the network's by its probability given what was typed (runtime/complete.py
+        step 5), the counts' by their score S, a product of per-character frequencies given it.
+        """
         wide = max(k, FUSION_K)
-        return fuse(self.completer.complete_scored(typed, wide), self.counts.complete_scored(typed, wide),
-                    k, self.weight)
+        counts = [(text, s) for text, s in self.counts.complete_scored(typed, wide) if s >= self.threshold]
+        return fuse(self.completer.complete_scored(typed, wide), counts, k, self.weight)
 
 
 def open_completer(bundle_dir, **options) -> Completer | FusedCompleter:

@@ -1,7 +1,7 @@
 """Global model versions on disk: one complete bundle directory per version, written atomically.
 
-``DATA_DIR/versions/<v>/`` holds the bundle files (graphs and tokenizer hard-linked from the
-parent, so they cost no space), the version's ``weights.safetensors``, ``manifest.json`` with
+``DATA_DIR/versions/<v>/`` holds the bundle files (graphs, tokenizer and counts hard-linked from
+the parent, so they cost no space), the version's ``weights.safetensors``, ``manifest.json`` with
 ``model_version``/``parent_version`` and every file's sha256, and ``server_state.safetensors``
 (the server optimizer's moments, never served). Each is written into ``versions/.tmp-*`` and
 renamed into place, so a crash leaves either the whole version or a temp dir that
@@ -91,7 +91,7 @@ class VersionStore:
 
     def write(self, parent: dict, version: int, weights: dict, state: dict, extra: dict,
               now: float) -> dict:
-        """Publish a new version: parent's graphs and tokenizer, new weights and optimizer state.
+        """Publish a new version: parent's graphs, tokenizer and counts, new weights and optimizer state.
 
         :param parent: the parent version's manifest.
         :param extra: recorded in the manifest under "aggregation" (round, clients, optimizer...).
@@ -102,7 +102,7 @@ class VersionStore:
         blob = tensor_codec.encode(ordered)
 
         def fill(tmp: Path) -> dict:
-            """Link the parent's graphs and tokenizer, write weights and state, build the manifest."""
+            """Link the parent's other files, write weights and state, build the manifest."""
             for name in parent["files"]:
                 if name != WEIGHTS:
                     os.link(parent_dir / name, tmp / name)

@@ -229,7 +229,8 @@ def format_table(report: dict) -> str:
             lines.append(f"{name:14} {'-':>7} {'-':>7} {'-':>8} {report[name]['ksr@3']:7.3f}")
     lines.append(f"({report['urls']} URLs, {m['tokens']} pieces; KSR on the first {report['ksr_urls']})")
     if "counts" in m:
-        pruned = f", counts below {m['counts']['min_count']} pruned" if "min_count" in m["counts"] else ""
+        floor = m["counts"].get("min_count", 1)
+        pruned = f", counts below {floor} pruned" if floor > 1 else ""
         yardstick = f"; the 8-gram holds {report['8-gram']['entries']:,}" if "8-gram" in report else ""
         lines.append(f"(model: the network mixed with the bundle's {m['counts']['entries']:,} counts"
                      f"{pruned}{yardstick})")

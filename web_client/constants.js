@@ -35,6 +35,9 @@ export const PERSONAL_WEIGHT = 0.5;
  */
 export const NGRAM_RANKED_CACHE_ENTRIES = 10000;
 
+/** A bundle's count component, where it ships one (runtime/ngram.py COUNTS_FILE). */
+export const COUNTS_FILE = "counts.bin";
+
 /** Suggestions the network and the count component each offer the fusion (runtime/ngram.py FUSION_K). */
 export const FUSION_K = 6;
 

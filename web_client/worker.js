@@ -6,7 +6,7 @@
 
 import * as ort from "/ort/ort.wasm.min.mjs";
 import { Completer, minProbability } from "./completer.js";
-import { FUSION_K, ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
+import { COUNTS_FILE, FUSION_K, ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
 import { openInfer } from "./infer_session.js";
 import { fetchRuntime, fetchVerified } from "./model_store.js";
 import { CountTrie, fuseSuggestions } from "./ngram.js";
@@ -15,9 +15,6 @@ import { decode } from "./safetensors.js";
 import { SecAggClient } from "./secagg.js";
 import { Tokenizer } from "./tokenizer.js";
 import { encodeRows, trainLocal, weightDelta } from "./trainer.js";
-
-/** A bundle's count component, where it ships one (runtime/ngram.py COUNTS_FILE). */
-const COUNTS_FILE = "counts.bin";
 
 ort.env.wasm.wasmPaths = ORT_WASM_PATH;
 // ?threads=N on this worker's URL overrides ORT_WASM_THREADS (bench/bench_browser.py compares 1 and 2).
@@ -135,14 +132,16 @@ function completer(model) {
 
 /**
  * Up to k [suggestion, log score] pairs, best first: the network's, fused with the bundle's counts
- * where it ships them, from max(k, FUSION_K) of each (runtime/ngram.py FusedCompleter.complete_scored).
+ * where it ships them, from max(k, FUSION_K) of each past the manifest's threshold (runtime/ngram.py
+ * FusedCompleter.complete_scored).
  * @param {{completer: Completer, counts: CountTrie|null}} loaded
  * @returns {Promise<Array<[string, number]>>}
  */
 async function suggest({ completer: network, counts }, typed, k) {
   if (!counts) return network.completeScored(typed, k);
   const wide = Math.max(k, FUSION_K);
-  return fuseSuggestions(await network.completeScored(typed, wide), counts.completeScored(typed, wide), k);
+  const likely = counts.completeScored(typed, wide).filter(([, score]) => score >= network.threshold);
+  return fuseSuggestions(await network.completeScored(typed, wide), likely, k);
 }
 
 /** step(weights, batch, lr) -> {loss, weights} with a model's train_step.onnx. */

@@ -130,3 +130,17 @@ def test_a_manifest_from_before_the_state_section_is_upgraded(bundle_copy):
     assert "state_input" not in bundle.manifest["graphs"]["infer"]
     again = upgrade_manifest(copy.deepcopy(bundle.manifest))
     assert again == bundle.manifest, "upgrading twice changes nothing"
+
+
+@pytest.mark.parametrize("name, message", [("../escape.bin", "plain name"), (".hidden", "plain name"),
+                                           ("manifest.json", "plain name"), (None, "lists no infer.onnx")])
+def test_a_manifest_naming_odd_or_too_few_files_is_refused(bundle_copy, name, message):
+    """The server copies every listed file by name: none may leave the directory, none be missing."""
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    if name is None:
+        del manifest["files"]["infer.onnx"]
+    else:
+        manifest["files"][name] = manifest["files"]["counts.bin"]
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        load_bundle(bundle_copy, verify=False)

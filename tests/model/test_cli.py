@@ -1,6 +1,5 @@
 """The export and eval commands: help, clear errors on bad input, a table on good input."""
 
-import json
 import shutil
 
 import pytest
@@ -73,17 +72,18 @@ def test_counts_command_gives_a_bundle_its_count_component(bundle_dir, tmp_path,
     assert "zqxv.example" in [text for text, _ in suggestions]
     assert suggestions == fuse(completer.completer.complete_scored("zqx", 6),
                                completer.counts.complete_scored("zqx", 6), 3)
-    completer.threshold = 1.0  # the network's tau: only the counts' suggestions are left
-    assert completer.completer.threshold == 1.0
-    assert completer.complete("zqx", 3) == [text for text, _ in completer.counts.complete_scored("zqx", 3)]
+    completer.threshold = 0.5  # the network's tau, applied to the counts' scores S too
+    assert completer.completer.threshold == 0.5
+    likely = [(text, s) for text, s in completer.counts.complete_scored("zqx", 6) if s >= 0.5]
+    assert 0 < len(likely) < len(completer.counts.complete_scored("zqx", 6))
+    network = completer.completer.complete_scored("zqx", 6)
+    assert completer.complete_scored("zqx", 3) == fuse(network, likely, 3)
 
 
 def test_a_bundle_without_counts_suggests_with_its_network_alone(bundle_dir, tmp_path):
     bundle = tmp_path / "bundle"
     shutil.copytree(bundle_dir, bundle)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    del manifest["files"]["counts.bin"], manifest["counts"]
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    counts.remove_counts(bundle)
     assert type(open_completer(bundle)) is Completer
 
 
@@ -105,6 +105,14 @@ def test_counts_command_refuses_a_directory_that_is_not_a_bundle(tmp_path):
     corpus.write_text("a.org\n")
     with pytest.raises(SystemExit, match="not a model bundle"):
         counts.main([str(tmp_path), "--corpus", str(corpus)])
+
+
+def test_export_refuses_counts_it_cannot_make_before_training(tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("".join(f"site{i}.org\n" for i in range(12)))
+    with pytest.raises(SystemExit, match="no count of the corpus reaches 1000.*--no-counts"):
+        export.main(["--corpus", str(corpus), "--out", str(tmp_path / "b"), "--counts-min-count", "1000"])
+    assert not (tmp_path / "b").exists()
 
 
 def test_eval_reports_a_bad_bundle(tmp_path, capsys):

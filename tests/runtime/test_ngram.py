@@ -35,6 +35,16 @@ def test_prune_drops_rare_counts_and_keeps_totals():
     assert lm.complete("ab", 1) == ["abc"] and "abd" not in lm.complete("ab", 5)
 
 
+def test_keep_commonest_drops_rare_symbols_everywhere_and_keeps_totals():
+    """Order 2 on "ab" twice and "ac": after "", a and EOS (3 each) are the two commonest; b and c
+    leave every table, the contexts "b" and "c", and "a" (which only predicted them)."""
+    lm = CharNgramLM(["ab", "ab", "ac"], order=2)
+    lm.keep_commonest(2)
+    assert lm.counts == {"": {"a": 3, EOS: 3}, BOS: {"a": 3}}
+    assert lm.totals == {"": 9, BOS: 3}
+    assert CharNgramLM.from_bytes(lm.to_bytes()).counts == lm.counts
+
+
 def test_adding_urls_one_by_one_equals_building_at_once():
     urls = ["a.com/x", "b.org", "a.com/y?q=1"]
     one_by_one = CharNgramLM()

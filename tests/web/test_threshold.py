@@ -1,9 +1,9 @@
-"""The page applies the bundle's suggestion threshold exactly as runtime.complete.Completer does
-(to the network's suggestions: this module's bundle ships no counts.bin, whose suggestions have none)."""
+"""The page applies the bundle's suggestion threshold exactly as Python does: to the network's
+suggestions (runtime.complete.Completer), and to the count component's where the bundle ships one
+(runtime.ngram.FusedCompleter); each test runs on the bundle without and with counts.bin."""
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 
@@ -11,23 +11,24 @@ import pytest
 from page_helpers import open_page, suggestions_for
 from test_completer import prefixes
 
-from formats.bundle import MANIFEST, BundleError, min_probability
+from formats.bundle import BundleError, min_probability
+from model.counts import remove_counts
 from runtime.complete import Completer
+from runtime.ngram import open_completer
 from study.evaluate import write_threshold
 
 TAU = 0.05  # drops many of the small test model's suggestions and keeps many
 
 
-@pytest.fixture
-def strict_bundle(bundle_dir, tmp_path):
+@pytest.fixture(params=["network alone", "with counts"])
+def strict_bundle(request, bundle_dir, tmp_path):
     """The test bundle with TAU in its manifest, written as fedurl-eval --calibrate --write does,
-    and no count component: the page shows the network's suggestions alone."""
+    without its count component (the page shows the network's suggestions alone) or with it."""
     copy = tmp_path / "strict-bundle"
     shutil.copytree(bundle_dir, copy)
     write_threshold(copy, TAU)
-    manifest = json.loads((copy / MANIFEST).read_text())
-    del manifest["files"]["counts.bin"], manifest["counts"]
-    (copy / MANIFEST).write_text(json.dumps(manifest))
+    if request.param == "network alone":
+        remove_counts(copy)
     return copy
 
 
@@ -43,17 +44,19 @@ def test_page_drops_the_same_unlikely_suggestions_as_python(page, strict_bundle,
     # Prepare
     strict, everything = Completer(strict_bundle), Completer(strict_bundle, threshold=0.0)
     typed, _ = prefixes(canonical_urls, strict.tokenizer, 70)
-    expected = {text: strict.complete(text, k=5) for text in typed}
+    expected_network = {text: strict.complete(text, k=5) for text in typed}
+    expected = {text: open_completer(strict_bundle).complete(text, k=5) for text in typed}
     ranked = {text: everything.ranked(text, 5) for text in typed}
     open_page(page)
     # Execute
     got = {text: suggestions_for(page, text) for text in typed}
     # Assert
     assert strict.threshold == TAU
-    dropped = sum(len(expected[t]) < len(ranked[t][0]) for t in typed)
-    kept = sum(bool(expected[t]) for t in typed)
+    dropped = sum(len(expected_network[t]) < len(ranked[t][0]) for t in typed)
+    kept = sum(bool(expected_network[t]) for t in typed)
     raw_floor = math.log(TAU)
-    rescued = sum(len(expected[t]) > sum(score >= raw_floor for _, score in ranked[t][0]) for t in typed)
+    rescued = sum(len(expected_network[t]) > sum(score >= raw_floor for _, score in ranked[t][0])
+                  for t in typed)
     assert dropped >= 10 and kept >= 10 and rescued >= 3, (dropped, kept, rescued)
     wrong = {text: (got[text], expected[text]) for text in typed if got[text] != expected[text]}
     assert not wrong, f"{len(wrong)} of {len(typed)} differ (page, python): {list(wrong.items())[:3]}"
