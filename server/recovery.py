@@ -23,7 +23,7 @@ from server import db, logs, quarantine
 from server.spool import Spool
 from server.strategies import Aggregator
 from server.validation import check_delta, decode_stored
-from server.versions import VersionStore
+from server.versions import WEIGHTS, VersionStore
 
 GRAPH_FILES = ("infer.onnx", "train_step.onnx", "tokenizer.json")
 
@@ -85,7 +85,9 @@ def import_first_version(engine: db.Engine, store: VersionStore, bundle_dir: str
 
 
 def check_same_graphs(data_dir: Path, manifest: dict, bundle_dir: str | None) -> None:
-    """Refuse to serve a data dir that was started from a different model's graphs."""
+    """Refuse to serve a data dir that was started from a different model's graphs, and warn when
+    the bundle has other files the data dir does not serve (e.g. a counts.bin added since).
+    """
     if bundle_dir is None:
         return
     wanted = load_bundle(bundle_dir, verify=False).manifest["files"]
@@ -93,6 +95,12 @@ def check_same_graphs(data_dir: Path, manifest: dict, bundle_dir: str | None) ->
         if wanted[name]["sha256"] != manifest["files"][name]["sha256"]:
             raise RuntimeError(f"{data_dir} holds a model with a different {name} than "
                                f"{bundle_dir}; use another data dir for a new model")
+    unserved = sorted(name for name, entry in wanted.items() if name != WEIGHTS
+                      and manifest["files"].get(name, {}).get("sha256") != entry["sha256"])
+    if unserved:
+        logs.event("bundle_files_not_served", level=logging.WARNING, data_dir=str(data_dir),
+                   bundle=str(bundle_dir), files=unserved,
+                   advice="the data dir serves the files it started with; use another data dir for these")
 
 
 def replay(writing: Writing, spool: Spool, aggregator: Aggregator, parameters: list[dict], max_norm: float,

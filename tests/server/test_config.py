@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
+
 import pytest
 
 from client.protocol import FederatedClient
+from formats.bundle import file_entries
 from server.app import create_app
 from server.config import from_environ
 from server.ratelimit import RateLimiter
@@ -74,6 +79,22 @@ def test_a_data_dir_keeps_its_model(config, tmp_path):
     with pytest.raises(RuntimeError, match="different infer.onnx"):
         create_app({**config, "BUNDLE_DIR": str(other)})
     assert create_app({**config, "BUNDLE_DIR": None}).extensions["fedurl.coordinator"].version == 1
+
+
+def test_a_data_dir_warns_of_bundle_files_it_does_not_serve(config, tmp_path, caplog):
+    """The same graphs with a new counts.bin (python -m model.counts on the bundle): the data dir
+    resumes with the files it started with, and says so."""
+    create_app(config)
+    bundle = tmp_path / "bundle"
+    shutil.copytree(config["BUNDLE_DIR"], bundle)
+    (bundle / "counts.bin").write_bytes(b"new counts")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["counts.bin"] = file_entries(bundle, ["counts.bin"])["counts.bin"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="fedurl.server"):
+        create_app({**config, "BUNDLE_DIR": str(bundle)})
+    warned = [r for r in caplog.records if r.getMessage() == "bundle_files_not_served"]
+    assert warned and warned[0].fields["files"] == ["counts.bin"]
 
 
 def test_rate_limiter_bursts_then_refills():
