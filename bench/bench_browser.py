@@ -253,18 +253,17 @@ def transfer_rows(browser, base_url: str, urls: list[str]) -> list[tuple[str, st
     context = browser.new_context(base_url=base_url)
     requests = record_bytes(context)
     page = open_page(context.new_page(), "/?train_after_urls=0&poll_ms=1000")
-    page.wait_for_function("!document.getElementById('train-now').disabled")  # training graph cached too
+    page.wait_for_function("document.body.dataset.trainReady === 'true'")  # training graph cached too
     first = total_bytes(requests)
     mark = len(requests)
     page.reload()
-    page.wait_for_function("!document.getElementById('train-now').disabled")
+    page.wait_for_function("document.body.dataset.trainReady === 'true'")
     reload = total_bytes(requests, mark)
     for url in urls[:8]:
         visit(page, url)
     mark = len(requests)
     page.get_by_role("button", name="Train now").click()
-    page.wait_for_function("document.getElementById('model-version').textContent.startsWith('v2')",
-                           timeout=300_000)
+    page.wait_for_function("document.body.dataset.version === '2'", timeout=300_000)
     round_ = total_bytes(requests, mark)
     context.close()
     return [("transfer: first visit (model + training graph)", describe(*first)),

@@ -248,6 +248,7 @@ function renderState(state) {
   answer.classList.toggle("error", state.answer?.ok === false);
   document.body.dataset.version = state.version ?? "";
   document.body.dataset.training = String(state.training);
+  document.body.dataset.trainReady = String(state.trainReady); // the training graph is cached too
 }
 
 /** "Clear all" deletes at once and offers Undo for UNDO_CLEAR_MS. */
