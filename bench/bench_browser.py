@@ -14,9 +14,11 @@ The profile part runs train_step.onnx in the page with onnxruntime-web's own pro
 (`enableProfiling`) and prints each operator type's share of the kernel time (not a default part).
 
     .venv/bin/python bench/bench_browser.py --bundle bundles/default [--keystrokes 500] \
-        [--parts transfer latency train profile matmul encode counts]
+        [--parts transfer latency train profile matmul encode counts pow]
 
 The encode part times the page's encodeUpdate of one full-size delta as F32, F16 and Q8.
+The pow part measures the page's proof-of-work hash rate (web_client/pow.js) and the seconds an
+honest browser pays at the server's default difficulty (goal: under 2 s).
 The counts part types the same keys (idle) into the page serving the bundle with its counts.bin
 and a copy without it (the network alone), twice each, alternating: what the count component costs.
 """
@@ -50,7 +52,7 @@ STEP_RUNS = 10
 # Steps not timed: the first builds kernels, and V8 runs wasm on its baseline compiler (Liftoff)
 # until the optimising tier (TurboFan) has compiled the hot functions in the background.
 WARMUP_RUNS = 10
-PARTS = ("transfer", "latency", "train", "profile", "matmul", "encode", "counts")
+PARTS = ("transfer", "latency", "train", "profile", "matmul", "encode", "counts", "pow")
 COUNTS_ROUNDS = 2  # counts part: each bundle served this many times, alternating
 # (M, K, N) of the training step's matrix products: the time loop's hidden projection and its
 # backward (B rows), the input projection and the head over all B*T positions.
@@ -450,6 +452,30 @@ def counts_rows(browser, urls, args) -> list[tuple[str, str]]:
              f"{COUNTS_ROUNDS} runs)") for label, v in values.items()]
 
 
+POW_RATE = """async ([puzzle, difficulty]) => {
+  const { solvePuzzle } = await import("/static/pow.js");
+  await solvePuzzle("warm-up", 12);
+  let tried = 0, ms = 0;
+  for (let i = 0; i < 4; i++) {
+    const t0 = performance.now();
+    tried += (await solvePuzzle(`${puzzle}-${i}`, difficulty)).tried;
+    ms += performance.now() - t0;
+  }
+  return { tried, ms };
+}"""
+
+
+def pow_rows(page) -> list[tuple[str, str]]:
+    """Hashes a second of the page's puzzle solver, and what the default difficulty costs."""
+    from server.config import SETTINGS
+
+    got = page.evaluate(POW_RATE, ["rate", 16])
+    rate = got["tried"] / (got["ms"] / 1000)
+    difficulty = SETTINGS["POW_DIFFICULTY"].default
+    return [(f"proof of work, difficulty {difficulty} (goal: under 2 s)",
+             f"{rate:,.0f} hashes/s, {2 ** difficulty / rate:.2f} s expected")]
+
+
 def run(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Everything, on one server and one chromium."""
     from playwright.sync_api import sync_playwright
@@ -466,6 +492,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
         rows += matmul_rows(page) if "matmul" in args.parts else []
         rows += encode_rows(page, args.bundle) if "encode" in args.parts else []
         rows += counts_rows(browser, urls, args) if "counts" in args.parts else []
+        rows += pow_rows(page) if "pow" in args.parts else []
         browser.close()
     return rows
 
