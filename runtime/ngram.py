@@ -45,7 +45,7 @@ Against the same algorithm summed in log space, only the order of (near-)tied su
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from formats import counts as counts_format
 from formats.bundle import load_bundle
@@ -99,17 +99,12 @@ class CharNgramLM:
 
     def prune(self, min_count: int) -> None:
         """Drop every count below min_count, keeping each context's total (c(ctx) above): a kept
-        symbol scores as before, a dropped one backs off as an unseen one would. A compact count
-        component keeps most of the mix's gain this way (docs/RESULTS.md); the page does not prune.
-        Prune after the last ``add``: a later URL would count a dropped symbol again from zero.
+        symbol scores as before, a dropped one backs off as an unseen one would. A bundle's count
+        component keeps most of the mix's gain this way (docs/RESULTS.md); the personal n-gram is
+        never pruned. Prune after the last ``add``: a later URL would count a dropped symbol again
+        from zero.
         """
-        for ctx in list(self.counts):
-            table = {x: c for x, c in self.counts[ctx].items() if c >= min_count}
-            if table:
-                self.counts[ctx] = table
-            else:
-                del self.counts[ctx], self.totals[ctx]
-        self._ranked.clear()
+        self._keep(lambda ctx, x, c: c >= min_count)
 
     def keep_commonest(self, symbols: int) -> None:
         """Drop every context and count that involves a symbol outside the ``symbols`` commonest
@@ -119,9 +114,15 @@ class CharNgramLM:
         unigrams = self.counts.get("", {})
         kept = set(sorted(unigrams, key=lambda x: (-unigrams[x], x))[:symbols])
         kept.add(BOS)  # the padding of every history, never a counted symbol
+        self._keep(lambda ctx, x, c: x in kept and kept.issuperset(ctx))
+
+    def _keep(self, wanted: Callable[[str, str, int], bool]) -> None:
+        """Keep the counts c(ctx, x) for which wanted(ctx, x, c) holds, totals as they were; a
+        context left without counts goes.
+        """
         for ctx in list(self.counts):
-            table = {x: c for x, c in self.counts[ctx].items() if x in kept}
-            if table and kept.issuperset(ctx):
+            table = {x: c for x, c in self.counts[ctx].items() if wanted(ctx, x, c)}
+            if table:
                 self.counts[ctx] = table
             else:
                 del self.counts[ctx], self.totals[ctx]

@@ -118,14 +118,15 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
     """Model (network, where the bundle has counts), 8-gram and trie rows of the report table."""
     bundle = load_bundle(bundle_dir)
     completer = open_completer(bundle_dir)
+    network = completer.completer if isinstance(completer, FusedCompleter) else completer
     ksr_urls = urls[:ksr_limit]
     report: dict[str, Any] = {"urls": len(urls), "ksr_urls": len(ksr_urls), "model": next_token_metrics(
-        bundle, bundle.load_weights(), urls)}
+        bundle, network.weights, urls)}
     report["model"]["ksr@3"] = keystroke_savings(ksr_urls, lambda p: completer.complete(p, 3), 3, True)
     if isinstance(completer, FusedCompleter):
-        network, counts = completer.completer, completer.counts
         report["network"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: network.complete(p, 3), 3, True)}
-        report["model"]["counts"] = {"entries": counts.entries(), **bundle.manifest.get("counts", {})}
+        report["model"]["counts"] = {"entries": completer.counts.entries(),
+                                     **bundle.manifest.get("counts", {})}
     if train_urls is not None:
         ngram = CharNgramLM(train_urls)
         report["8-gram"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: ngram.complete(p, 3), 3, True),
