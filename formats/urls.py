@@ -124,22 +124,36 @@ def load_urls(path: Path, limit: int | None) -> list[str]:
     return read_corpus(path, limit)
 
 
-def corpus_spec(text: str) -> tuple[Path, int | None]:
-    """--corpus FILE or FILE:N (the first N usable URLs of FILE)."""
-    path, colon, count = text.rpartition(":")
-    if colon and count.isdigit() and path:
-        if int(count) <= 0:
-            raise argparse.ArgumentTypeError(f"{text}: N must be positive")
-        return Path(path), int(count)
-    return Path(text), None
+def corpus_spec(text: str) -> tuple[Path, slice | None]:
+    """--corpus FILE, FILE:N (its first N usable URLs) or FILE:M-N (its usable URLs M to N, from 1):
+    the path and which of its URLs, or None for all. A range keeps a held-out slice out of a corpus.
+    """
+    path, colon, part = text.rpartition(":")
+    first, dash, last = part.rpartition("-")  # "N": ("", "", "N")
+    if not (colon and path and last.isdigit() and (first.isdigit() if dash else not first)):
+        return Path(text), None
+    first, last = (int(first), int(last)) if dash else (1, int(last))
+    if not 0 < first <= last:
+        raise argparse.ArgumentTypeError(f"{text}: N must be positive and M at most N")
+    return Path(path), slice(first - 1, last)
 
 
-def read_corpora(specs: list[tuple[Path, int | None]]) -> list[str]:
-    """The canonical URLs of every corpus in order, each cut to its N, duplicates dropped.
+def corpus_name(specs: list[tuple[Path, slice | None]]) -> str:
+    """The corpora as a manifest records them: file names joined by "+", each with its :N or :M-N."""
+    def part(chosen: slice | None) -> str:
+        if chosen is None:
+            return ""
+        return f":{chosen.stop}" if chosen.start == 0 else f":{chosen.start + 1}-{chosen.stop}"
+    return "+".join(path.name + part(chosen) for path, chosen in specs)
+
+
+def read_corpora(specs: list[tuple[Path, slice | None]]) -> list[str]:
+    """The canonical URLs of every corpus in order, each cut to its part, duplicates dropped.
 
     :raise FileNotFoundError: for a missing corpus file.
     """
     urls: dict[str, None] = {}
-    for path, count in specs:
-        urls.update(dict.fromkeys(load_urls(path, count)))
+    for path, chosen in specs:
+        found = load_urls(path, None if chosen is None else chosen.stop)
+        urls.update(dict.fromkeys(found if chosen is None else found[chosen]))
     return list(urls)

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from formats import durable
 from formats.bundle import MANIFEST, file_entries, load_bundle
 from formats.counts import MAX_ALPHABET
-from formats.urls import corpus_spec, read_corpora
+from formats.urls import corpus_name, corpus_spec, read_corpora
 from runtime.ngram import COUNTS_FILE, CharNgramLM
 
 MIN_COUNT = 5
@@ -81,11 +81,12 @@ def main(argv=None) -> None:
     parser.add_argument("bundle", type=Path, help="bundle directory to update in place")
     parser.add_argument("--corpus", type=corpus_spec, action="append", required=True,
                         help="text file with one URL or domain per line, or top-sites JSON; FILE:N takes "
-                             "its first N URLs; repeat to combine files (use the bundle's training corpus)")
+                             "its first N URLs, FILE:M-N its URLs M to N; repeat to combine files (the "
+                             "bundle's training corpus, or more public URLs: docs/RESULTS.md)")
     parser.add_argument("--min-count", type=positive, default=MIN_COUNT,
                         help=f"drop counts below this (default {MIN_COUNT})")
     args = parser.parse_args(argv)
-    name = "+".join(path.name + (f":{count}" if count else "") for path, count in args.corpus)
+    name = corpus_name(args.corpus)
     try:
         urls = read_corpora(args.corpus)
         if not urls:

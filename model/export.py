@@ -26,7 +26,7 @@ from tqdm import tqdm
 from formats import durable
 from formats import tensors as tensor_codec
 from formats.bundle import DEFAULT_MIN_PROBABILITY, FORMAT_VERSION, MANIFEST, file_entries
-from formats.urls import DEFAULT_CORPUS, corpus_spec, read_corpora
+from formats.urls import DEFAULT_CORPUS, corpus_name, corpus_spec, read_corpora
 from model.counts import MIN_COUNT, NothingCounted, positive, write_counts
 from model.graphs import export_infer, export_train_step
 from model.lm import LMConfig, URLLanguageModel, count_parameters, masked_cross_entropy
@@ -176,8 +176,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "write a versioned model bundle (manifest, tokenizer, weights, infer.onnx, train_step.onnx).")
     parser.add_argument("--corpus", type=corpus_spec, action="append",
                         help="text file with one URL or domain per line, or top-sites JSON; FILE:N takes "
-                             "its first N URLs; repeat to combine files (default: the npm package "
-                             "top-sites, 500 popular domains)")
+                             "its first N URLs, FILE:M-N its URLs M to N; repeat to combine files "
+                             "(default: the npm package top-sites, 500 popular domains)")
     parser.add_argument("--out", type=Path, default=REPO / "bundles" / "default",
                         help="bundle directory to write (replaced atomically; default: bundles/default)")
     parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="sentencepiece pieces")
@@ -204,7 +204,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     """Entry point of fedurl-export."""
     args = parse_args(argv)
-    name = "+".join(path.name + (f":{count}" if count else "") for path, count in args.corpus)
+    name = corpus_name(args.corpus)
     try:
         urls = read_corpora(args.corpus)[:args.limit]
     except FileNotFoundError as error:

@@ -251,7 +251,7 @@ def main(argv=None) -> None:
         "of the training URLs.")
     parser.add_argument("--bundle", type=Path, required=True, help="bundle directory")
     parser.add_argument("--urls", type=Path, required=True, help="held-out URLs, one per line")
-    parser.add_argument("--train", type=corpus_spec, action="append", default=[], metavar="CORPUS[:N]",
+    parser.add_argument("--train", type=corpus_spec, action="append", default=[], metavar="CORPUS[:[M-]N]",
                         help="training URLs for the 8-gram and trie baselines, read as fedurl-export "
                         "--corpus reads them (give the model's own corpora for a fair yardstick); "
                         "repeatable; omit: no baselines")
@@ -260,7 +260,7 @@ def main(argv=None) -> None:
                         help="also measure the personal n-gram on this many hosts of --urls "
                         "(8 URLs visited, 15 others typed)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--exclude", type=corpus_spec, action="append", default=[], metavar="CORPUS[:N]",
+    parser.add_argument("--exclude", type=corpus_spec, action="append", default=[], metavar="CORPUS[:[M-]N]",
                         help="drop --urls whose host is a host of this corpus (as fedurl-export --corpus "
                         "reads it: the model's training data); repeatable")
     parser.add_argument("--calibrate", action="store_true",
