@@ -1,8 +1,8 @@
 """counts.bin: a bundle's character n-gram counts (the count component the completer mixes in),
 as a trie a browser reads straight into typed arrays.
 
-Why not JSON: 374k contexts and 646k counts (``pretrained/``, counts below 5 pruned) are 2.85 MB
-this way (1.5 MB gzipped) and would be tens of MB as a JS ``Map`` of strings; this layout is a
+Why not JSON: 417k contexts and 740k counts (``pretrained/``, counts below 5 pruned) are 3.22 MB
+this way (1.7 MB gzipped) and would be tens of MB as a JS ``Map`` of strings; this layout is a
 handful of typed arrays and a lookup is a walk of at most order - 1 binary searches. The JS twin is
 ``CountTrie`` in ``web_client/ngram.js``; both read the same bytes (tests/web/test_counts_js.py).
 
