@@ -27,7 +27,7 @@ export const NGRAM_BEAM_WIDTH = 6;
 export const NGRAM_MAX_CHARS = 48;
 
 /** The model's share w in the mix with the personal n-gram (runtime/ngram.py PERSONAL_WEIGHT). */
-export const PERSONAL_WEIGHT = 0.5;
+export const PERSONAL_WEIGHT = 0.15;
 
 /**
  * Histories whose next-symbol candidates an n-gram remembers before it starts over (runtime/ngram.py

@@ -88,8 +88,14 @@ def test_no_urls_and_no_k_give_nothing():
 def test_mix_weighs_model_probability_against_personal_score():
     """w = 0.5: "b" 0.5 x 0.6 = 0.3 beats "a" 0.5 x 0.2 + 0.5 x 0.3 = 0.25; "c" 0.5 x 0.1."""
     model = [("b", -0.5108256237659907), ("a", -1.6094379124341003)]  # log 0.6, log 0.2
-    assert mix(model, [("a", 0.3), ("c", 0.1)], 3) == ["b", "a", "c"]
+    assert mix(model, [("a", 0.3), ("c", 0.1)], 3, weight=0.5) == ["b", "a", "c"]
     assert mix(model, [], 1) == ["b"], "no personal suggestion: the model's list as it is"
+
+
+def test_mix_gives_the_personal_ngram_most_of_the_weight_by_default():
+    """w = 0.15: "a" 0.15 x 0.2 + 0.85 x 0.3 = 0.285 beats "b" 0.15 x 0.6 = 0.09 and "c" 0.85 x 0.1 = 0.085."""
+    model = [("b", math.log(0.6)), ("a", math.log(0.2))]
+    assert mix(model, [("a", 0.3), ("c", 0.1)], 3) == ["a", "b", "c"]
 
 
 def test_fuse_scales_each_side_to_one_then_mixes_by_hand():
