@@ -20,8 +20,7 @@ from runtime.ngram import FusedCompleter, open_completer
 PRETRAINED = Path(__file__).resolve().parents[2] / "pretrained"
 MAX_GIT_BYTES = 5_000_000  # what git stores (zlib) and about what a browser downloads (gzip)
 SITES = ["github.com/", "en.wikipedia.org/wiki/", "youtube.com/", "docs.python.org/", "stackoverflow.com/"]
-# Typed paths where the shipped model is sure enough of some path to pass its threshold (its best
-# guesses after en.wikipedia.org/wiki/ or youtube.com/ are each under 0.3 %, so tau hides them).
+# Typed paths where the shipped network is sure enough of some path to pass its threshold.
 LIKELY = ["github.com/", "stackoverflow.com/", "en.wikipedia.org/wiki/P", "docs.python.org/"]
 GENERIC = r"(com|net|org)"
 REPEATED_TLD = re.compile(rf"\.{GENERIC}\.{GENERIC}(/|$)")
@@ -58,10 +57,12 @@ def test_the_shipped_model_suggests_paths_and_no_junk_in_python():
 
 def test_the_shipped_counts_add_paths_the_network_is_unsure_of():
     """What the page shows (the network mixed with counts.bin): path-like suggestions for every site,
-    including those where the network alone shows nothing past its threshold, and no junk."""
+    the site's commonest page where the network alone misses it, and no junk."""
     page, network = open_completer(PRETRAINED), Completer(PRETRAINED)
     assert isinstance(page, FusedCompleter), "pretrained/ ships its count component"
-    assert not network.complete("en.wikipedia.org/wiki/", k=3)
+    main_page = "en.wikipedia.org/wiki/Main_Page"
+    assert main_page not in network.complete("en.wikipedia.org/wiki/", k=3)
+    assert main_page in page.complete("en.wikipedia.org/wiki/", k=3)
     for typed in SITES:
         suggestions = page.complete(typed, k=3)
         assert suggestions, typed
