@@ -129,10 +129,10 @@ def corpus_spec(text: str) -> tuple[Path, slice | None]:
     the path and which of its URLs, or None for all. A range keeps a held-out slice out of a corpus.
     """
     path, colon, part = text.rpartition(":")
-    first, dash, last = part.rpartition("-")  # "N": ("", "", "N")
-    if not (colon and path and last.isdigit() and (first.isdigit() if dash else not first)):
+    m, dash, n = part.rpartition("-")  # "N": ("", "", "N")
+    if not (colon and path and n.isdigit() and (m.isdigit() if dash else not m)):
         return Path(text), None
-    first, last = (int(first), int(last)) if dash else (1, int(last))
+    first, last = int(m) if dash else 1, int(n)
     if not 0 < first <= last:
         raise argparse.ArgumentTypeError(f"{text}: N must be positive and M at most N")
     return Path(path), slice(first - 1, last)

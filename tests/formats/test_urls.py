@@ -5,8 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from formats.urls import (MAX_URL_CHARS, corpus_name, corpus_spec, normalize_url, read_corpora, read_corpus,
-                          split_typed)
+from formats.urls import (
+    MAX_URL_CHARS,
+    corpus_name,
+    corpus_spec,
+    normalize_url,
+    read_corpora,
+    read_corpus,
+    split_typed,
+)
 
 
 @pytest.mark.parametrize("raw, expected", [
@@ -50,7 +57,7 @@ def test_read_corpus_drops_blank_duplicate_and_foreign_lines(tmp_path):
 
 def test_a_range_takes_the_usable_urls_m_to_n_counted_from_one(tmp_path):
     corpus = tmp_path / "ranks.txt"
-    corpus.write_text("a.com\nb.com\n\na.com\nc.com\nd.com\ne.com\n")  # a blank line and a repeat are not URLs
+    corpus.write_text("a.com\nb.com\n\na.com\nc.com\nd.com\ne.com\n")  # a blank line, a repeat: no URL
     specs = [corpus_spec(f"{corpus}:2"), corpus_spec(f"{corpus}:4-5")]
     assert specs == [(corpus, slice(0, 2)), (corpus, slice(3, 5))]
     assert read_corpora(specs) == ["a.com", "b.com", "d.com", "e.com"]
@@ -63,6 +70,7 @@ def test_an_empty_or_backward_range_is_refused(spec):
         corpus_spec(spec)
 
 
-@pytest.mark.parametrize("spec", ["C:/urls.txt", "urls-2-3.txt", "urls.txt:-3", "urls.txt:2-", "urls.txt:a-3"])
+@pytest.mark.parametrize("spec", ["C:/urls.txt", "urls-2-3.txt", "urls.txt:-3", "urls.txt:2-",
+                                  "urls.txt:a-3"])
 def test_a_name_that_is_no_range_stays_a_file_name(spec):
     assert corpus_spec(spec) == (Path(spec), None)

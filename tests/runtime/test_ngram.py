@@ -93,7 +93,7 @@ def test_mix_weighs_model_probability_against_personal_score():
 
 
 def test_mix_gives_the_personal_ngram_most_of_the_weight_by_default():
-    """w = 0.15: "a" 0.15 x 0.2 + 0.85 x 0.3 = 0.285 beats "b" 0.15 x 0.6 = 0.09 and "c" 0.85 x 0.1 = 0.085."""
+    """w = 0.15: "a" 0.15 x 0.2 + 0.85 x 0.3 = 0.285 beats "b" 0.15 x 0.6 = 0.09, "c" 0.85 x 0.1 = 0.085."""
     model = [("b", math.log(0.6)), ("a", math.log(0.2))]
     assert mix(model, [("a", 0.3), ("c", 0.1)], 3) == ["a", "b", "c"]
 
