@@ -99,14 +99,18 @@ class Deployment:
             if event.get("event") == "connections_timed_out":
                 self.timed_out.append(event["closed"])
 
-    def wait_for(self, event: str, seconds: float) -> bool:
-        """Whether the event was logged within seconds."""
+    def wait_for_count(self, event: str, count: int, seconds: float) -> bool:
+        """Whether the event was logged at least count times within seconds."""
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline and self.process.poll() is None:
-            if event in self.events:
+            if sum(e.get("event") == event for e in self.log) >= count:
                 return True
             time.sleep(0.05)
-        return event in self.events
+        return sum(e.get("event") == event for e in self.log) >= count
+
+    def wait_for(self, event: str, seconds: float) -> bool:
+        """Whether the event was logged within seconds."""
+        return self.wait_for_count(event, 1, seconds)
 
     def nginx_pid(self) -> int:
         """nginx's master process."""
@@ -376,6 +380,9 @@ def test_several_workers_on_postgresql_serve_a_round_and_one_killed_comes_back(t
     deltas = [{n: rng.normal(scale=0.01, size=s).astype(np.float32) for n, s in TINY_PARAMETERS.items()}
               for _ in range(6)]
     try:
+        # "listening" means every worker accepts, but a worker's own line may reach the log after it;
+        # the first worker (app_url) runs inside fedurl-deploy and logs none: two lines for three
+        assert deployment.wait_for_count("worker_listening", 2, 20)
         started = [e for e in deployment.log if e.get("event") == "worker_listening"]
         url = f"http://{CLIENT}:{deployment.port}"
         clients = [FederatedClient(url) for _ in deltas]
@@ -385,10 +392,8 @@ def test_several_workers_on_postgresql_serve_a_round_and_one_killed_comes_back(t
         # Execute
         os.kill(started[0]["pid"], signal.SIGKILL)
         assert deployment.wait_for("worker_exited", 20)
-        for _ in range(600):  # the restarted worker replays the round's 3 bodies, then listens again
-            if sum(e.get("event") == "worker_listening" for e in deployment.log) == 3:
-                break
-            time.sleep(0.1)
+        # the restarted worker replays the round's 3 bodies, then listens again
+        assert deployment.wait_for_count("worker_listening", 3, 60)
         for i in range(3, 6):
             clients[i].upload(deltas[i], tickets[i], 10 + i, 5.0, 4.0)
         version = FederatedClient(url).fetch_model()["version"]
