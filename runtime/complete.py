@@ -12,7 +12,9 @@ web_client/completer.js implements exactly this algorithm; keep the two in step.
 3. Beam search: the context (BOS + remaining pieces) is run once; each step expands every live
    beam by every allowed piece (never pad/unk/bos; EOS only once ``pending`` is consumed and some
    text was generated), scores = beam log-prob + piece log-prob, accumulated in float64. All
-   candidates are sorted by score, ties by (beam index, piece id). Walking that order, a candidate
+   candidates are sorted by score, ties by (beam index, piece id); a beam with pending bytes scores
+   only the pieces that could reproduce them (``reproducing``), the others being refused anyway, so
+   the walk does not pass hundreds of them. Walking that order, a candidate
    *finishes* when it emits EOS, or when its new text holds a boundary byte ("/" or "?") at
    position >= 1 of the generated text: the suggestion is the text before that boundary, so
    suggestions stop at the end of the host or of the path segment. A finished candidate that
@@ -176,6 +178,7 @@ class Completer:
         self.piece_prefixes = {piece[:end] for piece in self.tokenizer.piece_bytes
                                for end in range(1, len(piece))}
         self._contexts: OrderedDict[tuple, tuple] = OrderedDict()
+        self._pending_pieces: dict[bytes, np.ndarray] = {}  # pending bytes -> reproducing(pending)
 
     def set_weights(self, weights: dict) -> None:
         """Swap in new global weights (a new round's model) and forget cached contexts."""
@@ -261,11 +264,26 @@ class Completer:
         if not pending:
             return 0.0
         mass = -math.inf
-        for piece, piece_bytes in enumerate(self.tokenizer.piece_bytes):
-            if piece_bytes and not self.blocked[piece] and piece != self.eos_id \
-                    and (piece_bytes.startswith(pending) or pending.startswith(piece_bytes)):
+        for piece in self.reproducing(pending):
+            if not self.blocked[piece]:
                 mass = _log_add(mass, float(log_probs[piece]))
         return mass
+
+    def reproducing(self, pending: bytes) -> np.ndarray:
+        """The pieces a beam with ``pending`` bytes may take, ascending: those that start with them
+        or are a prefix of them (never EOS nor an empty piece). Cached per pending: a search asks for
+        the same few again and again.
+        """
+        pieces = self._pending_pieces.get(pending)
+        if pieces is None:
+            pieces = np.array([piece for piece, piece_bytes in enumerate(self.tokenizer.piece_bytes)
+                               if piece_bytes and piece != self.eos_id
+                               and (piece_bytes.startswith(pending) or pending.startswith(piece_bytes))],
+                              dtype=np.int64)
+            if len(self._pending_pieces) >= CONTEXT_CACHE_SIZE:
+                self._pending_pieces.clear()
+            self._pending_pieces[pending] = pieces
+        return pieces
 
     def _search(self, root: _Beam, k: int, prefix: bytes, floor: float) -> dict[bytes, float]:
         """The beam search of step 3-4 in the module docstring (live beams below floor dropped);
@@ -276,6 +294,11 @@ class Completer:
         for _ in range(self.max_steps):
             scores = np.stack([b.score + b.log_probs.astype(np.float64) for b in beams])  # (B, V)
             scores[:, self.blocked] = -np.inf
+            for row, beam in enumerate(beams):  # what _extend would refuse, so the walk never reaches it
+                if beam.pending:
+                    refused = np.ones(scores.shape[1], dtype=bool)
+                    refused[self.reproducing(beam.pending)] = False
+                    scores[row, refused] = -np.inf
             order = np.argsort(-scores, axis=None, kind="stable")
             chosen = []
             for flat in order:

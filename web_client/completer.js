@@ -190,6 +190,8 @@ export class Completer {
       for (let end = 1; end < piece.length; end++) this.piecePrefixes.add(piece.slice(0, end));
     }
     this.contexts = new Map(); // LRU: insertion order, oldest first
+    /** @type {Map<string, Int32Array>} pending bytes -> reproducing(pending) */
+    this.pendingPieces = new Map();
   }
 
   /** {logProbs, state} after BOS + ids, reusing the longest cached prefix. */
@@ -268,11 +270,30 @@ export class Completer {
   healed(logProbs, pending) {
     if (!pending) return 0;
     let mass = -Infinity;
-    this.tokenizer.pieceBytes.forEach((bytes, piece) => {
-      if (bytes && !this.blocked.includes(piece) && piece !== this.config.eos_id
-          && (bytes.startsWith(pending) || pending.startsWith(bytes))) mass = logAdd(mass, logProbs[piece]);
+    this.reproducing(pending).forEach((piece) => {
+      if (!this.blocked.includes(piece)) mass = logAdd(mass, logProbs[piece]);
     });
     return mass;
+  }
+
+  /**
+   * The pieces a beam with `pending` bytes may take, ascending: those that start with them or are a
+   * prefix of them (never EOS nor an empty piece). Cached per pending: a search asks for the same
+   * few again and again.
+   * @returns {Int32Array}
+   */
+  reproducing(pending) {
+    let pieces = this.pendingPieces.get(pending);
+    if (!pieces) {
+      const found = [];
+      this.tokenizer.pieceBytes.forEach((bytes, piece) => {
+        if (bytes && piece !== this.config.eos_id && (bytes.startsWith(pending) || pending.startsWith(bytes))) found.push(piece);
+      });
+      pieces = Int32Array.from(found);
+      if (this.pendingPieces.size >= CONTEXT_CACHE_ENTRIES) this.pendingPieces.clear();
+      this.pendingPieces.set(pending, pieces);
+    }
+    return pieces;
   }
 
   /** Beam search (runtime/complete.py steps 3-4), live beams below floor dropped; returns Map text -> log-prob. */
@@ -303,13 +324,23 @@ export class Completer {
     return finished;
   }
 
-  /** Beam score + next-piece log-prob for every (beam, piece), in float64; blocked pieces -inf. */
+  /**
+   * Beam score + next-piece log-prob for every (beam, piece), in float64; blocked pieces -inf, and
+   * so is every piece a beam with pending bytes cannot take (extend refuses it): the walk over the
+   * candidates then reaches the few it can take without sorting past thousands it cannot.
+   */
   scores(beams) {
     const V = this.vocabSize;
     const scores = new Float64Array(beams.length * V);
     beams.forEach((beam, b) => {
-      for (let piece = 0; piece < V; piece++) scores[b * V + piece] = beam.score + beam.logProbs[piece];
-      for (const piece of this.blocked) scores[b * V + piece] = -Infinity;
+      const row = b * V;
+      if (beam.pending) {
+        scores.fill(-Infinity, row, row + V);
+        for (const piece of this.reproducing(beam.pending)) scores[row + piece] = beam.score + beam.logProbs[piece];
+      } else {
+        for (let piece = 0; piece < V; piece++) scores[row + piece] = beam.score + beam.logProbs[piece];
+      }
+      for (const piece of this.blocked) scores[row + piece] = -Infinity;
     });
     return scores;
   }

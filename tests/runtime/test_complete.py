@@ -7,7 +7,7 @@ import pytest
 
 from formats.bundle import DEFAULT_MIN_PROBABILITY, BundleError, StateSpec, min_probability
 from formats.urls import DEFAULT_CORPUS, load_urls, split_typed
-from runtime.complete import Completer, junk, shown
+from runtime.complete import Completer, _Beam, junk, shown
 from runtime.ngram import CharNgramLM
 
 
@@ -26,6 +26,18 @@ class CountingCompleter(Completer):
     def step(self, tokens, state):
         self.rows += len(tokens)
         return super().step(tokens, state)
+
+
+class ExtendRecordingCompleter(Completer):
+    """Records the (pending, piece) of every candidate the search hands _extend."""
+
+    def __init__(self, bundle_dir):
+        super().__init__(bundle_dir)
+        self.extended = []
+
+    def _extend(self, beam, piece, prefix):
+        self.extended.append((beam.pending, piece))
+        return super()._extend(beam, piece, prefix)
 
 
 class BatchFirstCompleter(Completer):
@@ -118,6 +130,31 @@ def test_typing_on_reuses_the_beams_of_the_last_keystroke(bundle_dir):
         fresh_rows += fresh.rows
     assert [typing.complete(url[:end]) for end in range(1, len(url) + 1)] == fresh_suggestions
     assert typing.rows < 0.5 * fresh_rows, (typing.rows, fresh_rows)
+
+
+@pytest.mark.parametrize("pending", [b"h", b"hu", b"co", b"wik", b"/", b"%2"])
+def test_a_pending_beam_may_take_only_the_reproducing_pieces(completer, pending):
+    """Every piece outside reproducing(pending) is blocked or one _extend refuses, so scoring it -inf
+    changes no search; the reproducing ones are those that start with pending or are a prefix of it."""
+    beam = _Beam(0.0, np.zeros(1), np.zeros(1), b"", pending, ())
+    reproducing = set(completer.reproducing(pending).tolist())
+    pieces = completer.tokenizer.piece_bytes
+    assert reproducing
+    assert all(pieces[p].startswith(pending) or pending.startswith(pieces[p]) for p in reproducing)
+    taken = [p for p in range(len(pieces)) if p not in reproducing and not completer.blocked[p]
+             and completer._extend(beam, p, b"x") is not None]
+    assert not taken, [pieces[p] for p in taken]
+
+
+def test_the_search_never_walks_to_a_piece_a_pending_beam_cannot_take(bundle_dir):
+    """Typed mid-piece, the root beam's candidates are the pieces that could reproduce the cut
+    (the walk used to hand _extend hundreds of others, each refused)."""
+    completer = ExtendRecordingCompleter(bundle_dir)
+    for typed in ("githu", "en.wikipe", "stackov", "docs.py"):
+        assert completer.complete(typed, 5)
+    walked = [(pending, piece) for pending, piece in completer.extended if pending]
+    assert walked, "the prefixes were typed mid-piece"
+    assert all(piece in completer.reproducing(pending) for pending, piece in walked)
 
 
 def test_search_depends_on_the_state_description_only(completer, bundle_dir):
