@@ -266,7 +266,7 @@ def fuse(model: list[tuple[str, float]], counts: list[tuple[str, float]], k: int
 
 
 class FusedCompleter:
-    """A bundle's network mixed with its count component (``fuse``), as the page's worker mixes them."""
+    """A bundle's network mixed with its count component (``fuse``), as the page mixes them (client.js)."""
 
     def __init__(self, completer: Completer, counts: CharNgramLM, weight: float = FUSION_WEIGHT):
         self.completer, self.counts, self.weight = completer, counts, weight

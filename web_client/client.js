@@ -1,6 +1,7 @@
 /**
  * The page's controller, without DOM: keeps the model current, asks the completion worker for
- * suggestions, records visits locally, trains in the second worker and uploads the update.
+ * the network's suggestions and fuses the bundle's counts in, records visits locally, trains in the
+ * second worker and uploads the update.
  * Training waits for the server to draw this browser into a round's cohort: the client id is
  * enrolled once (a proof-of-work puzzle, pow.js), then checked in until selected. When the
  * server aggregates securely (its check-in answer names a secure phase), the training worker runs
@@ -14,11 +15,14 @@ import {
   ServerError, checkIn, enroll, fetchModel, fetchPuzzle, requestTicket, secureFetch, secureSend, secureState,
   uploadUpdate,
 } from "./api.js";
-import { HISTORY_SUGGESTIONS, RETRY_FIRST_MS, RETRY_MAX_MS, SUGGESTIONS_K, UPLOAD_DTYPE } from "./constants.js";
+import { minProbability } from "./completer.js";
+import {
+  COUNTS_FILE, FUSION_K, HISTORY_SUGGESTIONS, RETRY_FIRST_MS, RETRY_MAX_MS, SUGGESTIONS_K, UPLOAD_DTYPE,
+} from "./constants.js";
 import { History, visitableUrl } from "./history.js";
 import { HistoryIndex, mergeSuggestions } from "./history_index.js";
 import { fetchVerified, pruneCache } from "./model_store.js";
-import { CharNgram, mixSuggestions } from "./ngram.js";
+import { CharNgram, CountTrie, fuseSuggestions, mixSuggestions } from "./ngram.js";
 import { normalizeUrl } from "./normalize.js";
 import { solvePuzzle } from "./pow.js";
 import { WorkerClient } from "./protocol.js";
@@ -80,6 +84,8 @@ export class Client extends EventTarget {
     this.completion = startWorker();
     this.training = startWorker();
     this.model = null; // ModelInfo of the loaded global model
+    /** @type {{sha256: string, trie: CountTrie, threshold: number}|null} the model's count component (loadCounts) */
+    this.counts = null;
     this.etag = null;
     this.wanted = null; // latest typed text still to complete
     this.completing = false;
@@ -149,12 +155,28 @@ export class Client extends EventTarget {
 
   async loadModel(model) {
     if (!model) return;
-    const ready = await this.completion.request("load", { model });
+    const [ready, counts] = await Promise.all([this.completion.request("load", { model }), this.loadCounts(model)]);
     this.model = model;
+    this.counts = counts.counts;
     this.update({ version: model.version, round: model.round,
-      downloadedBytes: this.state.downloadedBytes + ready.downloadedBytes });
+      downloadedBytes: this.state.downloadedBytes + ready.downloadedBytes + counts.downloaded });
     if (this.wanted === null && this.lastTyped) this.complete(this.lastTyped); // same text, new model
     if (!this.state.trainReady) this.prefetchTraining(model);
+  }
+
+  /**
+   * The bundle's count component (counts.bin as a CountTrie; null where it ships none) and the bytes
+   * downloaded for it. It lives on the page's thread, not in the completion worker, so that its
+   * search runs while the worker runs the network's (pump). Versions of one bundle link the same
+   * counts.bin, so a new round reuses the trie.
+   */
+  async loadCounts(model) {
+    const entry = model.manifest.files[COUNTS_FILE];
+    if (!entry) return { counts: null, downloaded: 0 };
+    const threshold = minProbability(model.manifest);
+    if (this.counts?.sha256 === entry.sha256) return { counts: { ...this.counts, threshold }, downloaded: 0 };
+    const { bytes, downloaded } = await fetchVerified(model, COUNTS_FILE);
+    return { counts: { sha256: entry.sha256, trie: new CountTrie(bytes), threshold }, downloaded };
   }
 
   /** Put the training graph in Cache Storage in the background, so training works offline. */
@@ -172,8 +194,9 @@ export class Client extends EventTarget {
   }
 
   /**
-   * Ask for suggestions: visited URLs first, then the model's. While one model request runs only
-   * the newest text waits (latest wins).
+   * Ask for suggestions: visited URLs first, then the model's (the network's fused with the bundle's
+   * counts, mixed with the personal n-gram). While one model request runs only the newest text
+   * waits (latest wins).
    */
   complete(typed) {
     this.lastTyped = typed;
@@ -187,9 +210,16 @@ export class Client extends EventTarget {
       while (this.wanted !== null) {
         const typed = this.wanted;
         this.wanted = null;
-        const reply = await this.completion.request("complete", { typed, k: SUGGESTIONS_K });
+        const counts = this.counts;
+        // With counts, max(k, FUSION_K) of each side past the threshold are fused (runtime/ngram.py
+        // FusedCompleter.complete_scored); the counts' search runs here while the worker searches.
+        const wide = counts ? Math.max(SUGGESTIONS_K, FUSION_K) : SUGGESTIONS_K;
+        const asked = this.completion.request("complete", { typed, k: wide });
+        const likely = counts?.trie.completeScored(typed, wide).filter(([, score]) => score >= counts.threshold);
+        const reply = await asked;
         const visited = this.historyIndex.match(typed, HISTORY_SUGGESTIONS);
-        const model = reply.suggestions.map((text, i) => [text, reply.scores[i]]);
+        const network = reply.suggestions.map((text, i) => [text, reply.scores[i]]);
+        const model = likely ? fuseSuggestions(network, likely, SUGGESTIONS_K) : network;
         const mixed = mixSuggestions(model, this.personal.completeScored(typed, SUGGESTIONS_K), SUGGESTIONS_K);
         const suggestions = mergeSuggestions(visited, mixed, SUGGESTIONS_K);
         this.dispatchEvent(new CustomEvent("suggestions", { detail: { typed, suggestions } }));

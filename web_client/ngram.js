@@ -2,8 +2,8 @@
  * Character n-grams with stupid backoff, runtime/ngram.py's twins suggestion for suggestion and
  * score for score (read that module's docstring for the algorithm): the personal n-gram of this
  * user's own visits (CharNgram; client.js builds one from the history in IndexedDB, and nothing
- * here leaves the device), and a bundle's count component read from counts.bin (CountTrie; the
- * worker fuses its suggestions with the network's, fuseSuggestions).
+ * here leaves the device), and a bundle's count component read from counts.bin (CountTrie; client.js
+ * searches it while the completion worker searches the network, and fuses the two, fuseSuggestions).
  *
  * A symbol is one code point (Python's str), so strings are walked with Array.from, and ties
  * are broken by code points, not UTF-16 units. Scores are float64 products, never logarithms,

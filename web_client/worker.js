@@ -1,15 +1,15 @@
 /**
  * The only owner of onnxruntime-web. The page runs two of these module workers: one answers
- * `complete` on every keystroke, the other trains, so training never blocks typing.
+ * `complete` on every keystroke with the network's suggestions (the page fuses the bundle's counts
+ * in, client.js), the other trains, so training never blocks typing.
  * Messages are listed in protocol.js; graph input/output names come from the manifest only.
  */
 
 import * as ort from "/ort/ort.wasm.min.mjs";
 import { Completer, minProbability } from "./completer.js";
-import { COUNTS_FILE, FUSION_K, ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
+import { ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
 import { openInfer } from "./infer_session.js";
 import { fetchRuntime, fetchVerified } from "./model_store.js";
-import { CountTrie, fuseSuggestions } from "./ngram.js";
 import { reply } from "./protocol.js";
 import { decode } from "./safetensors.js";
 import { SecAggClient } from "./secagg.js";
@@ -85,12 +85,6 @@ function tokenizer(model) {
     new Tokenizer(JSON.parse(new TextDecoder().decode(await file(model, name)))));
 }
 
-/** The bundle's counts.bin as a CountTrie, or null where it ships none. */
-function countTrie(model) {
-  const entry = model.manifest.files[COUNTS_FILE];
-  return entry ? once(`counts:${entry.sha256}`, async () => new CountTrie(await file(model, COUNTS_FILE))) : null;
-}
-
 /** The global weights of a model version: name -> Float32Array, checked against the manifest. */
 function weights(model) {
   return once(`weights:${model.manifest.files["weights.safetensors"].sha256}`, async () => {
@@ -112,36 +106,17 @@ function feedWeights(model, values) {
     [name, new ort.Tensor("float32", values[name], shape)]));
 }
 
-/**
- * A warmed-up Completer over a model version's infer.onnx (its weights baked in), the bundle's
- * counts (null without counts.bin), and release(). The counts load here, not on the first keystroke.
- */
+/** A warmed-up Completer over a model version's infer.onnx (its weights baked in), and release(). */
 function completer(model) {
   return once(`completer:${model.version}`, async () => {
     const io = model.manifest.graphs.infer, ids = model.manifest.tokenizer;
-    const [graph, tok, values, counts] = await Promise.all([file(model, io.file), tokenizer(model), weights(model),
-      countTrie(model), runtime()]);
+    const [graph, tok, values] = await Promise.all([file(model, io.file), tokenizer(model), weights(model), runtime()]);
     const infer = await openInfer(ort, graph, model.manifest, values);
     const result = new Completer({ tokenizer: tok, step: infer.step, config: model.manifest.config, state: io.state,
       blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id], threshold: minProbability(model.manifest) });
-    const loaded = { completer: result, counts, release: infer.release };
-    await suggest(loaded, "", 1); // warm-up: first runs allocate and JIT
-    return loaded;
+    await result.completeScored("", 1); // warm-up: first runs allocate and JIT
+    return { completer: result, release: infer.release };
   });
-}
-
-/**
- * Up to k [suggestion, log score] pairs, best first: the network's, fused with the bundle's counts
- * where it ships them, from max(k, FUSION_K) of each past the manifest's threshold (runtime/ngram.py
- * FusedCompleter.complete_scored).
- * @param {{completer: Completer, counts: CountTrie|null}} loaded
- * @returns {Promise<Array<[string, number]>>}
- */
-async function suggest({ completer: network, counts }, typed, k) {
-  if (!counts) return network.completeScored(typed, k);
-  const wide = Math.max(k, FUSION_K);
-  const likely = counts.completeScored(typed, wide).filter(([, score]) => score >= network.threshold);
-  return fuseSuggestions(await network.completeScored(typed, wide), likely, k);
 }
 
 /** step(weights, batch, lr) -> {loss, weights} with a model's train_step.onnx. */
@@ -176,8 +151,7 @@ function tensorList(model, values) {
 /**
  * The newest model that finished loading: completions use it. `busy` counts its completions in
  * flight; a retired one frees its session once none is.
- * @type {{version: number, completer: Completer, counts: CountTrie|null, release: () => Promise<void>, busy: number,
- *   retired: boolean}|null}
+ * @type {{version: number, completer: Completer, release: () => Promise<void>, busy: number, retired: boolean}|null}
  */
 let active = null;
 
@@ -205,7 +179,7 @@ async function complete(request) {
   const entry = active;
   entry.busy += 1;
   try {
-    const scored = await suggest(entry, request.typed, request.k);
+    const scored = await entry.completer.completeScored(request.typed, request.k);
     reply(request, "suggestions", { typed: request.typed, suggestions: scored.map(([text]) => text),
       scores: scored.map(([, score]) => score) });
   } finally {

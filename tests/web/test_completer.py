@@ -34,7 +34,7 @@ def prefixes(urls: list[str], tokenizer: Tokenizer, count: int) -> tuple[list[st
 def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_urls):
     """230 prefixes, over 50 of them ending mid-piece: the same five suggestions in the same order
     (a fresh browser context has no history, so every suggestion is the model's), most of them
-    unlike the network's own: the worker fuses the test bundle's counts.bin in."""
+    unlike the network's own: the page fuses the test bundle's counts.bin in."""
     # Prepare
     completer, network = open_completer(bundle_dir), Completer(bundle_dir)
     typed, mid_piece = prefixes(canonical_urls, network.tokenizer, 210)
