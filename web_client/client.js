@@ -84,8 +84,10 @@ export class Client extends EventTarget {
     this.completion = startWorker();
     this.training = startWorker();
     this.model = null; // ModelInfo of the loaded global model
-    /** @type {{sha256: string, trie: CountTrie, threshold: number}|null} the model's count component (loadCounts) */
+    /** @type {{trie: CountTrie, threshold: number, version: number}|null} the model's count component */
     this.counts = null;
+    /** @type {{sha256: string, promise: Promise<{trie: CountTrie|null, downloaded: number}>}|null} */
+    this.countsLoad = null; // the last counts.bin asked for (loadCounts)
     this.etag = null;
     this.wanted = null; // latest typed text still to complete
     this.completing = false;
@@ -155,9 +157,13 @@ export class Client extends EventTarget {
 
   async loadModel(model) {
     if (!model) return;
-    const [ready, counts] = await Promise.all([this.completion.request("load", { model }), this.loadCounts(model)]);
+    // The counts first: a counts.bin that fails must not leave the worker on a version whose counts
+    // the page lacks (the worker switches to a version once it has loaded it).
+    const counts = await this.loadCounts(model);
+    const ready = await this.completion.request("load", { model });
+    if (this.model && model.version < this.model.version) return; // finished late: the worker kept the newer one
     this.model = model;
-    this.counts = counts.counts;
+    this.counts = counts.trie && { trie: counts.trie, threshold: minProbability(model.manifest), version: model.version };
     this.update({ version: model.version, round: model.round,
       downloadedBytes: this.state.downloadedBytes + ready.downloadedBytes + counts.downloaded });
     if (this.wanted === null && this.lastTyped) this.complete(this.lastTyped); // same text, new model
@@ -168,15 +174,21 @@ export class Client extends EventTarget {
    * The bundle's count component (counts.bin as a CountTrie; null where it ships none) and the bytes
    * downloaded for it. It lives on the page's thread, not in the completion worker, so that its
    * search runs while the worker runs the network's (pump). Versions of one bundle link the same
-   * counts.bin, so a new round reuses the trie.
+   * counts.bin, so loads of the same file share one trie.
+   * @returns {Promise<{trie: CountTrie|null, downloaded: number}>}
    */
-  async loadCounts(model) {
+  loadCounts(model) {
     const entry = model.manifest.files[COUNTS_FILE];
-    if (!entry) return { counts: null, downloaded: 0 };
-    const threshold = minProbability(model.manifest);
-    if (this.counts?.sha256 === entry.sha256) return { counts: { ...this.counts, threshold }, downloaded: 0 };
-    const { bytes, downloaded } = await fetchVerified(model, COUNTS_FILE);
-    return { counts: { sha256: entry.sha256, trie: new CountTrie(bytes), threshold }, downloaded };
+    if (!entry) return Promise.resolve({ trie: null, downloaded: 0 });
+    if (this.countsLoad?.sha256 === entry.sha256) return this.countsLoad.promise.then(({ trie }) => ({ trie, downloaded: 0 }));
+    const promise = fetchVerified(model, COUNTS_FILE).then(({ bytes, downloaded }) => {
+      const trie = new CountTrie(bytes);
+      trie.completeScored("", 1); // warm-up, so the first keystroke does not pay for the JIT
+      return { trie, downloaded };
+    });
+    this.countsLoad = { sha256: entry.sha256, promise };
+    promise.catch(() => this.countsLoad?.promise === promise && (this.countsLoad = null)); // may be retried
+    return promise;
   }
 
   /** Put the training graph in Cache Storage in the background, so training works offline. */
@@ -217,6 +229,8 @@ export class Client extends EventTarget {
         const asked = this.completion.request("complete", { typed, k: wide });
         const likely = counts?.trie.completeScored(typed, wide).filter(([, score]) => score >= counts.threshold);
         const reply = await asked;
+        // A newer version answered than the counts are of: loadModel asks again once it has its counts.
+        if (counts && reply.version !== counts.version) continue;
         const visited = this.historyIndex.match(typed, HISTORY_SUGGESTIONS);
         const network = reply.suggestions.map((text, i) => [text, reply.scores[i]]);
         const model = likely ? fuseSuggestions(network, likely, SUGGESTIONS_K) : network;

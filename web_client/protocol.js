@@ -22,8 +22,10 @@
  * Worker -> page
  * @typedef {{type: "ready", id: number, version: number, downloadedBytes: number}} ReadyReply
  *   The model is loaded and warmed up; downloadedBytes were fetched (the rest came from the cache).
- * @typedef {{type: "suggestions", id: number, typed: string, suggestions: string[], scores: number[]}} SuggestionsReply
- *   The model's suggestions, best first, and the log-probability of each.
+ * @typedef {{type: "suggestions", id: number, version: number, typed: string, suggestions: string[],
+ *            scores: number[]}} SuggestionsReply
+ *   The network's suggestions, best first, and the log-probability of each, from model `version`
+ *   (the page fuses the bundle's counts in, client.js).
  * @typedef {{type: "progress", id: number, stage: string, done: number, total: number, loss: number}} ProgressReply
  *   One train_step run finished; `loss` is that batch's loss before its update.
  * @typedef {{type: "trained", id: number, baseVersion: number, delta: Tensor[], lossBefore: number,

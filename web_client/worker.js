@@ -180,7 +180,7 @@ async function complete(request) {
   entry.busy += 1;
   try {
     const scored = await entry.completer.completeScored(request.typed, request.k);
-    reply(request, "suggestions", { typed: request.typed, suggestions: scored.map(([text]) => text),
+    reply(request, "suggestions", { version: entry.version, typed: request.typed, suggestions: scored.map(([text]) => text),
       scores: scored.map(([, score]) => score) });
   } finally {
     entry.busy -= 1;

@@ -144,6 +144,13 @@ def test_a_pending_beam_may_take_only_the_reproducing_pieces(completer, pending)
     taken = [p for p in range(len(pieces)) if p not in reproducing and not completer.blocked[p]
              and completer._extend(beam, p, b"x") is not None]
     assert not taken, [pieces[p] for p in taken]
+    log_probs = np.log(np.random.default_rng(0).dirichlet(np.ones(len(pieces)))).astype(np.float32)
+    mass = -math.inf  # healed's rule spelled out over every piece, in id order
+    for p, piece_bytes in enumerate(pieces):
+        if piece_bytes and not completer.blocked[p] and p != completer.eos_id \
+                and (piece_bytes.startswith(pending) or pending.startswith(piece_bytes)):
+            mass = float(np.logaddexp(mass, float(log_probs[p])))
+    assert completer.healed(log_probs, pending) == pytest.approx(mass, abs=1e-12)
 
 
 def test_the_search_never_walks_to_a_piece_a_pending_beam_cannot_take(bundle_dir):
