@@ -2,9 +2,9 @@
 
 A character 8-gram of the corpus (runtime/ngram.py), counts below ``--min-count`` pruned, that
 the completer mixes with the network's suggestions (``runtime.ngram.FusedCompleter``; the page
-does the same, web_client/client.js). ``fedurl-export`` writes one from its own corpus; this command adds or
-replaces one in an existing bundle without retraining (how ``pretrained/`` got its own). The
-manifest's ``counts`` section records what was counted; the manifest is written last.
+does the same, web_client/client.js). ``fedurl-export`` writes one from its own corpus; this
+command adds or replaces one in an existing bundle without retraining (how ``pretrained/`` got its
+own). The manifest's ``counts`` section records what was counted; the manifest is written last.
 
 Why prune at 5: across sources the mix kept its whole gain with counts below 5 dropped (8-12 %
 of the counts kept); below 10 it lost the gain typing kasztp (docs/RESULTS.md). Symbols past the

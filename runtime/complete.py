@@ -294,11 +294,12 @@ class Completer:
         for _ in range(self.max_steps):
             scores = np.stack([b.score + b.log_probs.astype(np.float64) for b in beams])  # (B, V)
             scores[:, self.blocked] = -np.inf
-            for row, beam in enumerate(beams):  # what _extend would refuse, so the walk never reaches it
+            for row, beam in enumerate(beams):  # what _extend would refuse -inf, so the walk never reaches it
                 if beam.pending:
-                    refused = np.ones(scores.shape[1], dtype=bool)
-                    refused[self.reproducing(beam.pending)] = False
-                    scores[row, refused] = -np.inf
+                    pieces = self.reproducing(beam.pending)
+                    kept = scores[row, pieces]
+                    scores[row] = -np.inf
+                    scores[row, pieces] = kept
             order = np.argsort(-scores, axis=None, kind="stable")
             chosen = []
             for flat in order:
