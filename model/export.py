@@ -181,6 +181,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=REPO / "bundles" / "default",
                         help="bundle directory to write (replaced atomically; default: bundles/default)")
     parser.add_argument("--vocab-size", type=int, default=defaults.vocab_size, help="sentencepiece pieces")
+    parser.add_argument("--embedding-width", type=int, default=defaults.n_embd,
+                        help="width of a piece's embedding (the network's capacity, with --hidden-width)")
+    parser.add_argument("--hidden-width", type=int, default=defaults.n_hidden,
+                        help="width of the GRU state; weights, update bytes and browser step time grow with it")
     parser.add_argument("--steps", type=int, default=None,
                         help="pretraining steps (default: about 4 epochs, 1000 to 4000)")
     parser.add_argument("--batch-size", type=int, default=64, help="pretraining batch size")
@@ -195,7 +199,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="write no count component: suggestions come from the network alone")
     args = parser.parse_args(argv)
     args.corpus = args.corpus or [(DEFAULT_CORPUS, None)]
-    for name in ("vocab_size", "steps", "batch_size", "threads"):
+    for name in ("vocab_size", "embedding_width", "hidden_width", "steps", "batch_size", "threads"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     return args
@@ -214,7 +218,8 @@ def main(argv=None) -> None:
     print(f"corpus: {len(urls)} URLs from {name}", file=sys.stderr)
     steps = args.steps or default_steps(len(urls), args.batch_size)
     try:
-        manifest = export_bundle(urls, args.out, LMConfig(vocab_size=args.vocab_size), steps, args.lr,
+        manifest = export_bundle(urls, args.out, LMConfig(vocab_size=args.vocab_size, n_embd=args.embedding_width,
+                                                             n_hidden=args.hidden_width), steps, args.lr,
                                  args.batch_size, args.seed, name, args.threads,
                                  None if args.no_counts else args.counts_min_count)
     except NothingCounted as error:

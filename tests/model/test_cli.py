@@ -6,6 +6,7 @@ import pytest
 
 from formats.bundle import DEFAULT_MIN_PROBABILITY, load_bundle
 from model import counts, export
+from model.lm import LMConfig
 from runtime.complete import Completer
 from runtime.ngram import FusedCompleter, fuse, open_completer
 from study import evaluate
@@ -23,6 +24,7 @@ def test_export_help_explains_the_options(capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--steps", "0"], "--steps must be positive"),
     (["--vocab-size", "-5"], "--vocab-size must be positive"),
+    (["--hidden-width", "0"], "--hidden-width must be positive"),
     (["--unknown"], "unrecognized arguments"),
 ])
 def test_export_rejects_bad_options(argv, message, capsys):
@@ -157,3 +159,14 @@ def test_export_passes_the_counts_options_on(monkeypatch, tmp_path):
     export.main(["--out", str(tmp_path / "b"), "--no-counts"])
     export.main(["--out", str(tmp_path / "c")])
     assert [args[-1] for args in calls] == [3, None, counts.MIN_COUNT]
+
+
+def test_export_passes_the_network_widths_on(monkeypatch, tmp_path):
+    """--embedding-width and --hidden-width size the network (the capacity table in docs/RESULTS.md);
+    left out, they are LMConfig's defaults."""
+    configs = []
+    monkeypatch.setattr(export, "export_bundle", lambda urls, out, config, *rest: configs.append(config) or {
+        "files": {}, "training": {"parameters": 1, "final_loss": 1.0, "seconds": 0.0}})
+    export.main(["--out", str(tmp_path / "a"), "--embedding-width", "96", "--hidden-width", "192"])
+    export.main(["--out", str(tmp_path / "b")])
+    assert [(c.n_embd, c.n_hidden) for c in configs] == [(96, 192), (LMConfig().n_embd, LMConfig().n_hidden)]
