@@ -184,7 +184,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--embedding-width", type=int, default=defaults.n_embd,
                         help="width of a piece's embedding (the network's capacity, with --hidden-width)")
     parser.add_argument("--hidden-width", type=int, default=defaults.n_hidden,
-                        help="width of the GRU state; weights, update bytes and browser step time grow with it")
+                        help="width of the GRU state (the update and the browser's step grow with it)")
     parser.add_argument("--steps", type=int, default=None,
                         help="pretraining steps (default: about 4 epochs, 1000 to 4000)")
     parser.add_argument("--batch-size", type=int, default=64, help="pretraining batch size")
@@ -218,10 +218,9 @@ def main(argv=None) -> None:
     print(f"corpus: {len(urls)} URLs from {name}", file=sys.stderr)
     steps = args.steps or default_steps(len(urls), args.batch_size)
     try:
-        manifest = export_bundle(urls, args.out, LMConfig(vocab_size=args.vocab_size, n_embd=args.embedding_width,
-                                                             n_hidden=args.hidden_width), steps, args.lr,
-                                 args.batch_size, args.seed, name, args.threads,
-                                 None if args.no_counts else args.counts_min_count)
+        config = LMConfig(vocab_size=args.vocab_size, n_embd=args.embedding_width, n_hidden=args.hidden_width)
+        manifest = export_bundle(urls, args.out, config, steps, args.lr, args.batch_size, args.seed, name,
+                                 args.threads, None if args.no_counts else args.counts_min_count)
     except NothingCounted as error:
         raise SystemExit(f"fedurl-export: {error} (--counts-min-count) or pass --no-counts") from None
     sizes = ", ".join(f"{n} {e['bytes'] / 1e6:.2f} MB" for n, e in manifest["files"].items())
