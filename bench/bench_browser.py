@@ -3,7 +3,8 @@
 Keystroke latency is the page's own "keystroke-to-suggestions" measure (web_client/main.js):
 from the input event of the oldest keystroke not yet answered to the moment the suggestions for
 the current text are in the DOM. Keys are typed at a human pace (--key-delay-ms), once with the
-page idle and once while local training runs in the other worker. Training throughput runs the
+page idle and then while local training runs in the other worker with 1 and with 2 threads (the
+page's train_threads), timing each training run too. Training throughput runs the
 batch of bench/bench_training.py (same URLs, weights, lr) through the page's worker and through
 onnxruntime in Python. Transfer counts every request of the page and its workers (headers and
 bodies) on a first visit, on a reload, and over one federated round (train, upload, new version).
@@ -59,6 +60,9 @@ COUNTS_ROUNDS = 2  # counts part: each bundle served this many times, alternatin
 MATMUL_SHAPES = ((16, 256, 768), (16, 768, 256), (768, 256, 16), (256, 768, 16), (1024, 128, 768),
                  (1024, 256, 1024))
 THREADS = (1, 2)  # onnxruntime threads compared, in the page's worker and in Python
+TRAIN_THREADS = (1, 2)  # the page's train_threads compared while typing
+TRAINING_EPOCHS = 150  # a training run long enough to type through
+TRAINING_PAGE = f"/?train_after_urls=0&poll_ms=60000&epochs={TRAINING_EPOCHS}"
 # One worker per thread count (worker.js ?threads=N), kept on globalThis between calls: started
 # and warmed up in turn, then each timed alone so that chromium's CPU time is that worker's.
 TRAIN_START = """async ([fields, threads, warmup]) => {
@@ -417,18 +421,31 @@ def encode_rows(page, bundle_dir: str) -> list[tuple[str, str]]:
              f"max {max(ms for ms, _ in runs):.1f}; {len(runs)} runs)") for encoding, runs in timings.items()]
 
 
-def latency_rows(page, urls, args) -> list[tuple[str, str]]:
-    """Keystroke latency idle, then while the training worker trains."""
+def latency_rows(page, browser, base_url: str, urls, args) -> list[tuple[str, str]]:
+    """Keystroke latency idle, then while the training worker trains with 1 and with 2 threads
+    (the page's train_threads), each in a fresh profile (the same 20 visits), with how long its
+    training run took."""
     idle, _ = latencies(page, urls, args.keystrokes, args.key_delay_ms)
-    for url in urls[-20:]:
-        visit(page, url)
-    page.get_by_role("button", name="Train now").click()
-    page.wait_for_function("document.body.dataset.training === 'true'")
-    busy, _ = latencies(page, urls[::-1], args.keystrokes // 2, args.key_delay_ms)
-    still = page.evaluate("document.body.dataset.training === 'true'")
-    page.wait_for_function("document.body.dataset.training === 'false'", timeout=600_000)
-    return [(f"keystroke -> suggestions, idle (key every {args.key_delay_ms:.0f} ms)", idle),
-            ("keystroke -> suggestions, while training", busy + ("" if still else " (training ended first)"))]
+    rows = [(f"keystroke -> suggestions, idle (key every {args.key_delay_ms:.0f} ms)", idle)]
+    for threads in TRAIN_THREADS:
+        context = browser.new_context(base_url=base_url)
+        trainer = open_page(context.new_page(), f"{TRAINING_PAGE}&train_threads={threads}")
+        for url in urls[-20:]:
+            visit(trainer, url)
+        trainer.get_by_role("button", name="Train now").click()
+        started = time.perf_counter()
+        trainer.wait_for_function("document.body.dataset.training === 'true'")
+        busy, _ = latencies(trainer, urls[::-1], args.keystrokes // 2, args.key_delay_ms)
+        still = trainer.evaluate("document.body.dataset.training === 'true'")
+        trainer.wait_for_function("document.body.dataset.training === 'false'", timeout=600_000)
+        run_s = time.perf_counter() - started
+        context.close()
+        named = f"{threads} training thread{'s' * (threads > 1)}"
+        rows += [(f"keystroke -> suggestions, while training ({named})",
+                  busy + ("" if still else " (training ended first)")),
+                 (f"training run, 20 visits x {TRAINING_EPOCHS} epochs, {named}",
+                  f"{run_s:.1f} s from Train now to done, typing meanwhile")]
+    return rows
 
 
 def counts_rows(browser, urls, args) -> list[tuple[str, str]]:
@@ -485,8 +502,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
         rows = transfer_rows(browser, base_url, urls) if "transfer" in args.parts else []
         context = browser.new_context(base_url=base_url)
-        page = open_page(context.new_page(), "/?train_after_urls=0&poll_ms=60000&epochs=150")
-        rows += latency_rows(page, urls, args) if "latency" in args.parts else []
+        page = open_page(context.new_page(), f"{TRAINING_PAGE}&train_threads=1")
+        rows += latency_rows(page, browser, base_url, urls, args) if "latency" in args.parts else []
         rows += training_rows(page, args.bundle) if "train" in args.parts else []
         rows += profile_rows(page, args.bundle) if "profile" in args.parts else []
         rows += matmul_rows(page) if "matmul" in args.parts else []

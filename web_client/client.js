@@ -57,8 +57,11 @@ function flattenDelta(tensors) {
   return flat;
 }
 
-function startWorker() {
-  return new WorkerClient(new Worker(new URL("./worker.js", import.meta.url), { type: "module" }));
+/** @param {number} [threads] onnxruntime-web threads, at most the device's cores; ORT_WASM_THREADS if left out */
+function startWorker(threads) {
+  const url = new URL("./worker.js", import.meta.url);
+  if (threads) url.searchParams.set("threads", String(Math.min(threads, navigator.hardwareConcurrency || 1)));
+  return new WorkerClient(new Worker(url, { type: "module" }));
 }
 
 /** A random client id of 22 URL-safe characters (the server's [A-Za-z0-9_-]{8,64}). */
@@ -82,7 +85,7 @@ export class Client extends EventTarget {
     this.personal = new CharNgram(); // the personal n-gram of the visits, rebuilt by refreshHistory
     this.clientId = clientId;
     this.completion = startWorker();
-    this.training = startWorker();
+    this.training = startWorker(config.train_threads);
     this.model = null; // ModelInfo of the loaded global model
     /** @type {{trie: CountTrie, threshold: number, version: number}|null} the model's count component */
     this.counts = null;

@@ -17,7 +17,8 @@ import { Tokenizer } from "./tokenizer.js";
 import { encodeRows, trainLocal, weightDelta } from "./trainer.js";
 
 ort.env.wasm.wasmPaths = ORT_WASM_PATH;
-// ?threads=N on this worker's URL overrides ORT_WASM_THREADS (bench/bench_browser.py compares 1 and 2).
+// ?threads=N on this worker's URL overrides ORT_WASM_THREADS: the training worker's train_threads
+// (client.js), and bench/bench_browser.py's comparison of 1 and 2.
 const requestedThreads = Number(new URL(self.location.href).searchParams.get("threads"));
 ort.env.wasm.numThreads = Number.isInteger(requestedThreads) && requestedThreads >= 1 && requestedThreads <= 16
   ? requestedThreads : ORT_WASM_THREADS;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
-from urllib.parse import quote, quote_plus, urlparse
+from urllib.parse import parse_qs, quote, quote_plus, urlparse
 
 import numpy as np
 import pytest
@@ -342,6 +342,22 @@ def test_suggestions_keep_coming_while_training(page):
     assert all(len(answer) == 5 for answer in answers)
     expect(page.locator("#train-status")).to_contain_text("loss")
     assert 0 < page.locator("#train-progress").evaluate("bar => bar.value") < 1
+
+
+@pytest.mark.parametrize("cores, setting, training_threads", [(8, "", "2"), (8, "&train_threads=1", "1"),
+                                                              (1, "", "1")])
+def test_the_training_worker_takes_both_threads_the_device_has(browser, base_url, cores, setting,
+                                                               training_threads):
+    """train_threads (default 2, at most the device's cores) is the training worker's onnxruntime-web
+    threads (?threads= on its URL, as bench_browser.py times it); the completion worker keeps one."""
+    context = browser.new_context(base_url=base_url)
+    cores_js = f"Object.defineProperty(navigator, 'hardwareConcurrency', {{get: () => {cores}}})"
+    context.add_init_script(cores_js)
+    page = open_page(context.new_page(), PAGE + setting)
+    threads = sorted(parse_qs(urlparse(worker.url).query).get("threads", ["default"])[0]
+                     for worker in page.workers if urlparse(worker.url).path.endswith("/worker.js"))
+    context.close()
+    assert threads == sorted([training_threads, "default"])
 
 
 def test_enough_new_urls_start_training_by_themselves(page):
