@@ -4,7 +4,7 @@ Keystroke latency is the page's own "keystroke-to-suggestions" measure (web_clie
 from the input event of the oldest keystroke not yet answered to the moment the suggestions for
 the current text are in the DOM. Keys are typed at a human pace (--key-delay-ms), once with the
 page idle and then while local training runs in the other worker with 1 and with 2 threads (the
-page's train_threads), timing each training run too. Training throughput runs the
+page's train_threads), with a training run timed alone for each. Training throughput runs the
 batch of bench/bench_training.py (same URLs, weights, lr) through the page's worker and through
 onnxruntime in Python. Transfer counts every request of the page and its workers (headers and
 bodies) on a first visit, on a reload, and over one federated round (train, upload, new version).
@@ -61,7 +61,7 @@ MATMUL_SHAPES = ((16, 256, 768), (16, 768, 256), (768, 256, 16), (256, 768, 16),
                  (1024, 256, 1024))
 THREADS = (1, 2)  # onnxruntime threads compared, in the page's worker and in Python
 TRAIN_THREADS = (1, 2)  # the page's train_threads compared while typing
-TRAINING_EPOCHS = 150  # a training run long enough to type through
+TRAINING_EPOCHS = 100  # a training run long enough to type through
 TRAINING_PAGE = f"/?train_after_urls=0&poll_ms=60000&epochs={TRAINING_EPOCHS}"
 # One worker per thread count (worker.js ?threads=N), kept on globalThis between calls: started
 # and warmed up in turn, then each timed alone so that chromium's CPU time is that worker's.
@@ -422,29 +422,31 @@ def encode_rows(page, bundle_dir: str) -> list[tuple[str, str]]:
 
 
 def latency_rows(page, browser, base_url: str, urls, args) -> list[tuple[str, str]]:
-    """Keystroke latency idle, then while the training worker trains with 1 and with 2 threads
-    (the page's train_threads), each in a fresh profile (the same 20 visits), with how long its
-    training run took."""
+    """Keystroke latency idle; then, with 1 and with 2 training threads (the page's train_threads),
+    each in a fresh profile with the same 20 visits, one training run left alone (timed from its
+    start, after check-in, to done) and one typed through."""
     idle, _ = latencies(page, urls, args.keystrokes, args.key_delay_ms)
     rows = [(f"keystroke -> suggestions, idle (key every {args.key_delay_ms:.0f} ms)", idle)]
     for threads in TRAIN_THREADS:
+        named = f"{threads} training thread{'s' * (threads > 1)}"
         context = browser.new_context(base_url=base_url)
         trainer = open_page(context.new_page(), f"{TRAINING_PAGE}&train_threads={threads}")
         for url in urls[-20:]:
             visit(trainer, url)
         trainer.get_by_role("button", name="Train now").click()
+        trainer.wait_for_function("document.body.dataset.training === 'true'", polling=50, timeout=120_000)
         started = time.perf_counter()
-        trainer.wait_for_function("document.body.dataset.training === 'true'")
+        trainer.wait_for_function("document.body.dataset.training === 'false'", polling=50, timeout=600_000)
+        rows.append((f"training run, 20 visits x {TRAINING_EPOCHS} epochs, {named}",
+                     f"{time.perf_counter() - started:.1f} s from its start to done, nobody typing"))
+        trainer.get_by_role("button", name="Train now").click()
+        trainer.wait_for_function("document.body.dataset.training === 'true'", polling=50, timeout=120_000)
         busy, _ = latencies(trainer, urls[::-1], args.keystrokes // 2, args.key_delay_ms)
         still = trainer.evaluate("document.body.dataset.training === 'true'")
         trainer.wait_for_function("document.body.dataset.training === 'false'", timeout=600_000)
-        run_s = time.perf_counter() - started
         context.close()
-        named = f"{threads} training thread{'s' * (threads > 1)}"
-        rows += [(f"keystroke -> suggestions, while training ({named})",
-                  busy + ("" if still else " (training ended first)")),
-                 (f"training run, 20 visits x {TRAINING_EPOCHS} epochs, {named}",
-                  f"{run_s:.1f} s from Train now to done, typing meanwhile")]
+        rows.append((f"keystroke -> suggestions, while training ({named})",
+                     busy + ("" if still else " (training ended first)")))
     return rows
 
 
