@@ -17,7 +17,8 @@ import {
 } from "./api.js";
 import { minProbability } from "./completer.js";
 import {
-  COUNTS_FILE, FUSION_K, HISTORY_SUGGESTIONS, RETRY_FIRST_MS, RETRY_MAX_MS, SUGGESTIONS_K, UPLOAD_DTYPE,
+  COUNTS_FILE, FUSION_K, HISTORY_SUGGESTIONS, MAX_WASM_THREADS, RETRY_FIRST_MS, RETRY_MAX_MS, SUGGESTIONS_K,
+  UPLOAD_DTYPE,
 } from "./constants.js";
 import { History, visitableUrl } from "./history.js";
 import { HistoryIndex, mergeSuggestions } from "./history_index.js";
@@ -57,10 +58,14 @@ function flattenDelta(tensors) {
   return flat;
 }
 
-/** @param {number} [threads] onnxruntime-web threads, at most the device's cores; ORT_WASM_THREADS if left out */
-function startWorker(threads) {
+/**
+ * @param {number} [threads] onnxruntime-web threads: whole, at most the device's cores and
+ *   MAX_WASM_THREADS; ORT_WASM_THREADS if left out or below 1
+ */
+function startWorker(threads = 0) {
   const url = new URL("./worker.js", import.meta.url);
-  if (threads) url.searchParams.set("threads", String(Math.min(threads, navigator.hardwareConcurrency || 1)));
+  const count = Math.min(Math.floor(threads), navigator.hardwareConcurrency || 1, MAX_WASM_THREADS);
+  if (count >= 1) url.searchParams.set("threads", String(count));
   return new WorkerClient(new Worker(url, { type: "module" }));
 }
 

@@ -65,8 +65,11 @@ export const ORT_WASM_PATH = "/ort/";
 /** The wasm build that ort.wasm.min.mjs runs (fetched once, then from Cache Storage). */
 export const ORT_WASM_FILE = "ort-wasm-simd-threaded.wasm";
 
-/** onnxruntime-web threads of a worker unless its URL asks for more (the training worker's ?threads=). */
+/** onnxruntime-web threads of a worker unless its URL asks for another count (the training worker's ?threads=). */
 export const ORT_WASM_THREADS = 1;
+
+/** The most onnxruntime-web threads a worker takes, whatever its URL asks. */
+export const MAX_WASM_THREADS = 16;
 
 /** Cache Storage bucket for bundle files, keyed by their immutable /api/files/<sha256> URL. */
 export const MODEL_CACHE_NAME = "fedurl-model-files-v1";
@@ -99,9 +102,10 @@ export const DEFAULTS = Object.freeze({
   /** Milliseconds without typing or clicking before the page trains on its own. */
   train_idle_ms: 20000,
   /**
-   * onnxruntime-web threads of the training worker (at most the device's cores). A run trains while
-   * nobody types (auto_train.js), so it may take two cores where the completion worker keeps
-   * ORT_WASM_THREADS: one step of the shipped model 1.7 x faster on a 2-core VM (docs/BENCHMARKS.md).
+   * onnxruntime-web threads of the training worker (whole, at most the device's cores; 0 means
+   * ORT_WASM_THREADS). A run trains while nobody types (auto_train.js), so it may take two cores
+   * where the completion worker keeps ORT_WASM_THREADS: a step of the shipped model 1.7-2.0 x
+   * faster on a 2-core VM (docs/BENCHMARKS.md).
    */
   train_threads: 2,
   /** Local SGD epochs over the history per training run. */

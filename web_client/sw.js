@@ -13,6 +13,7 @@
 
 const sw = /** @type {ServiceWorkerGlobalScope} */ (/** @type {unknown} */ (self));
 const SHELL_CACHE = "fedurl-shell-v3";
+const WORKER = "/static/worker.js";
 const SHELL = [
   "/",
   "/favicon.ico",
@@ -36,7 +37,7 @@ const SHELL = [
   "/static/vendor/shamir-secret-sharing/csprng.js",
   "/static/safetensors.js",
   "/static/update.js",
-  "/static/worker.js",
+  WORKER,
   "/static/completer.js",
   "/static/infer_session.js",
   "/static/ngram.js",
@@ -62,9 +63,10 @@ sw.addEventListener("fetch", (event) => {
   const { request } = event;
   const url = new URL(request.url);
   if (request.method !== "GET" || url.origin !== location.origin) return;
-  // Every navigation to the page shares one entry, whatever its ?settings.
+  // Every navigation to the page shares one entry, whatever its ?settings, and so does worker.js,
+  // whatever its ?threads= (the training worker's train_threads, client.js).
   const key = request.mode === "navigate" ? (url.pathname === "/" ? "/" : null)
-    : (SHELL.includes(url.pathname) && !url.search ? url.pathname : null);
+    : (SHELL.includes(url.pathname) && (!url.search || url.pathname === WORKER) ? url.pathname : null);
   if (key !== null) event.respondWith(networkFirst(event, key));
   // Anything else (the API, the dashboard) goes to the network as if there were no worker.
 });

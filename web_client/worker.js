@@ -7,7 +7,7 @@
 
 import * as ort from "/ort/ort.wasm.min.mjs";
 import { Completer, minProbability } from "./completer.js";
-import { ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
+import { MAX_WASM_THREADS, ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
 import { openInfer } from "./infer_session.js";
 import { fetchRuntime, fetchVerified } from "./model_store.js";
 import { reply } from "./protocol.js";
@@ -20,7 +20,7 @@ ort.env.wasm.wasmPaths = ORT_WASM_PATH;
 // ?threads=N on this worker's URL overrides ORT_WASM_THREADS: the training worker's train_threads
 // (client.js), and bench/bench_browser.py's comparison of 1 and 2.
 const requestedThreads = Number(new URL(self.location.href).searchParams.get("threads"));
-ort.env.wasm.numThreads = Number.isInteger(requestedThreads) && requestedThreads >= 1 && requestedThreads <= 16
+ort.env.wasm.numThreads = Number.isInteger(requestedThreads) && requestedThreads >= 1 && requestedThreads <= MAX_WASM_THREADS
   ? requestedThreads : ORT_WASM_THREADS;
 
 const memo = new Map(); // key -> promise, so concurrent callers share one load

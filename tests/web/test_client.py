@@ -344,19 +344,23 @@ def test_suggestions_keep_coming_while_training(page):
     assert 0 < page.locator("#train-progress").evaluate("bar => bar.value") < 1
 
 
-@pytest.mark.parametrize("cores, setting, training_threads", [(8, "", "2"), (8, "&train_threads=1", "1"),
-                                                              (1, "", "1")])
-def test_the_training_worker_takes_both_threads_the_device_has(browser, base_url, cores, setting,
-                                                               training_threads):
-    """train_threads (default 2, at most the device's cores) is the training worker's onnxruntime-web
-    threads (?threads= on its URL, as bench_browser.py times it); the completion worker keeps one."""
-    context = browser.new_context(base_url=base_url)
+@pytest.mark.parametrize("cores, setting, training_threads", [
+    (8, "", "2"), (1, "", "1"), (8, "&train_threads=1", "1"), (8, "&train_threads=2.7", "2"),
+    (8, "&train_threads=0", "default")])
+def test_the_training_worker_asks_for_train_threads_at_most_the_cores(browser, base_url, cores, setting,
+                                                                       training_threads):
+    """train_threads (default 2; whole, at most the device's cores) is the training worker's
+    onnxruntime-web threads (?threads= on its URL, as bench_browser.py times it); the completion
+    worker keeps the default, one."""
     cores_js = f"Object.defineProperty(navigator, 'hardwareConcurrency', {{get: () => {cores}}})"
-    context.add_init_script(cores_js)
-    page = open_page(context.new_page(), PAGE + setting)
-    threads = sorted(parse_qs(urlparse(worker.url).query).get("threads", ["default"])[0]
-                     for worker in page.workers if urlparse(worker.url).path.endswith("/worker.js"))
-    context.close()
+    context = browser.new_context(base_url=base_url)
+    try:
+        context.add_init_script(cores_js)
+        page = open_page(context.new_page(), PAGE + setting)
+        threads = sorted(parse_qs(urlparse(worker.url).query).get("threads", ["default"])[0]
+                         for worker in page.workers if urlparse(worker.url).path.endswith("/worker.js"))
+    finally:
+        context.close()
     assert threads == sorted([training_threads, "default"])
 
 
