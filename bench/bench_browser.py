@@ -3,8 +3,8 @@
 Keystroke latency is the page's own "keystroke-to-suggestions" measure (web_client/main.js):
 from the input event of the oldest keystroke not yet answered to the moment the suggestions for
 the current text are in the DOM. Keys are typed at a human pace (--key-delay-ms), once with the
-page idle and then while local training runs in the other worker with 1 and with 2 threads (the
-page's train_threads), with a training run timed alone for each. Training throughput runs the
+page idle and then while a training worker with 1 and with 2 threads (the page's train_threads)
+trains, with a training run timed alone for each. Training throughput runs the
 batch of bench/bench_training.py (same URLs, weights, lr) through the page's worker and through
 onnxruntime in Python. Transfer counts every request of the page and its workers (headers and
 bodies) on a first visit, on a reload, and over one federated round (train, upload, new version).
@@ -62,7 +62,18 @@ MATMUL_SHAPES = ((16, 256, 768), (16, 768, 256), (768, 256, 16), (256, 768, 16),
 THREADS = (1, 2)  # onnxruntime threads compared, in the page's worker and in Python
 TRAIN_THREADS = (1, 2)  # the page's train_threads compared while typing
 TRAINING_EPOCHS = 100  # a training run long enough to type through
-TRAINING_PAGE = f"/?train_after_urls=0&poll_ms=60000&epochs={TRAINING_EPOCHS}"
+# A training run in a fresh worker with the page's ?threads=, as client.js starts its training worker.
+TRAIN_RUN = """async ([threads, urls, epochs, lr]) => {
+  const { WorkerClient } = await import("/static/protocol.js");
+  const model = await (await fetch("/api/model")).json();
+  const worker = new WorkerClient(new Worker(`/static/worker.js?threads=${threads}`, { type: "module" }));
+  const started = performance.now();
+  globalThis.benchRun = worker.request("train", { model, urls, epochs, lr }, { onProgress: () => {} })
+    .then(({ seconds, steps }) => {
+      worker.worker.terminate();
+      return { seconds, steps, wall: (performance.now() - started) / 1000, ended: performance.now() };
+    });
+}"""
 # One worker per thread count (worker.js ?threads=N), kept on globalThis between calls: started
 # and warmed up in turn, then each timed alone so that chromium's CPU time is that worker's.
 TRAIN_START = """async ([fields, threads, warmup]) => {
@@ -421,32 +432,26 @@ def encode_rows(page, bundle_dir: str) -> list[tuple[str, str]]:
              f"max {max(ms for ms, _ in runs):.1f}; {len(runs)} runs)") for encoding, runs in timings.items()]
 
 
-def latency_rows(page, browser, base_url: str, urls, args) -> list[tuple[str, str]]:
-    """Keystroke latency idle; then, with 1 and with 2 training threads (the page's train_threads),
-    each in a fresh profile with the same 20 visits, one training run left alone (timed from its
-    start, after check-in, to done) and one typed through."""
+def latency_rows(page, urls, args) -> list[tuple[str, str]]:
+    """Keystroke latency idle; then, with 1 and with 2 training threads (what the page's
+    train_threads asks of its training worker), a training run of 20 URLs in such a worker alone,
+    and a second one typed through."""
     idle, _ = latencies(page, urls, args.keystrokes, args.key_delay_ms)
     rows = [(f"keystroke -> suggestions, idle (key every {args.key_delay_ms:.0f} ms)", idle)]
+    visits = urls[-20:]
     for threads in TRAIN_THREADS:
         named = f"{threads} training thread{'s' * (threads > 1)}"
-        context = browser.new_context(base_url=base_url)
-        trainer = open_page(context.new_page(), f"{TRAINING_PAGE}&train_threads={threads}")
-        for url in urls[-20:]:
-            visit(trainer, url)
-        trainer.get_by_role("button", name="Train now").click()
-        trainer.wait_for_function("document.body.dataset.training === 'true'", polling=50, timeout=120_000)
-        started = time.perf_counter()
-        trainer.wait_for_function("document.body.dataset.training === 'false'", polling=50, timeout=600_000)
-        rows.append((f"training run, 20 visits x {TRAINING_EPOCHS} epochs, {named}",
-                     f"{time.perf_counter() - started:.1f} s from its start to done, nobody typing"))
-        trainer.get_by_role("button", name="Train now").click()
-        trainer.wait_for_function("document.body.dataset.training === 'true'", polling=50, timeout=120_000)
-        busy, _ = latencies(trainer, urls[::-1], args.keystrokes // 2, args.key_delay_ms)
-        still = trainer.evaluate("document.body.dataset.training === 'true'")
-        trainer.wait_for_function("document.body.dataset.training === 'false'", timeout=600_000)
-        context.close()
-        rows.append((f"keystroke -> suggestions, while training ({named})",
-                     busy + ("" if still else " (training ended first)")))
+        page.evaluate(TRAIN_RUN, [threads, visits, TRAINING_EPOCHS, LR])
+        alone = page.evaluate("globalThis.benchRun")
+        page.evaluate(TRAIN_RUN, [threads, visits, TRAINING_EPOCHS, LR])  # runs on while typing
+        busy, _ = latencies(page, urls[::-1], args.keystrokes // 2, args.key_delay_ms)
+        typed_until = page.evaluate("performance.now()")
+        typed = page.evaluate("globalThis.benchRun")
+        rows += [(f"training run, 20 URLs x {TRAINING_EPOCHS} epochs, {named}",
+                  f"{alone['seconds']:.1f} s of SGD ({alone['steps']} steps), {alone['wall']:.1f} s with "
+                  "the worker's start and the losses before and after, nobody typing"),
+                 (f"keystroke -> suggestions, while training ({named})",
+                  busy + ("" if typed["ended"] > typed_until else " (training ended first)"))]
     return rows
 
 
@@ -504,8 +509,8 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
         rows = transfer_rows(browser, base_url, urls) if "transfer" in args.parts else []
         context = browser.new_context(base_url=base_url)
-        page = open_page(context.new_page(), f"{TRAINING_PAGE}&train_threads=1")
-        rows += latency_rows(page, browser, base_url, urls, args) if "latency" in args.parts else []
+        page = open_page(context.new_page(), "/?train_after_urls=0&poll_ms=60000")
+        rows += latency_rows(page, urls, args) if "latency" in args.parts else []
         rows += training_rows(page, args.bundle) if "train" in args.parts else []
         rows += profile_rows(page, args.bundle) if "profile" in args.parts else []
         rows += matmul_rows(page) if "matmul" in args.parts else []
