@@ -122,9 +122,9 @@ def test_only_web_addresses_are_recorded_once_per_address_with_counts(page):
     expect(page.locator("#visit-note")).to_contain_text("“redd” is not a web address")
     spellings = ("https://www.GitHub.com/pallets/flask", "github.com/pallets/flask",
                  "GITHUB.COM/pallets/flask#readme")
-    for text in spellings:
-        enter(page, text)
-    enter(page, "example.org")
+    for count, text in enumerate([*spellings, "example.org"], 1):
+        enter(page, text)  # each visit recorded before the next is typed: its refresh re-renders the list
+        expect(page.locator("#local-urls")).to_contain_text(f"{count} (")
     expect(page.locator("#history .history-url")).to_have_text(["example.org", "github.com/pallets/flask"])
     expect(page.locator("#history .history-details").nth(1)).to_contain_text("3 visits")
     expect(page.locator("#local-urls")).to_have_text("4 (4 not yet trained on)")
