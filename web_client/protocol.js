@@ -56,8 +56,16 @@ export class WorkerClient {
     this.worker = worker;
     this.nextId = 1;
     this.pending = new Map(); // id -> {type, resolve, reject, onProgress}
+    this.answered = false; // whether the worker ever replied, so its module loaded
+    /** Why the worker can never answer (its module failed to load or threw), once that is known. */
+    this.failure = null;
     worker.addEventListener("message", (event) => this.receive(event.data));
-    worker.addEventListener("error", (event) => this.failAll(`worker failed: ${event.message}`));
+    worker.addEventListener("error", (event) => {
+      // A module that fails to load fires a plain Event, with no message.
+      const reason = `worker failed: ${event.message ?? "its script did not load"}`;
+      if (!this.answered) this.failure = reason; // an error after a reply fails only what was pending
+      this.failAll(reason);
+    });
   }
 
   /**
@@ -67,6 +75,7 @@ export class WorkerClient {
    */
   request(type, fields, { onProgress, transfer = [] } = {}) {
     if (!FINAL_REPLY[type]) throw new Error(`unknown request type ${type}`);
+    if (this.failure) return Promise.reject(new Error(this.failure));
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { type, resolve, reject, onProgress });
@@ -75,6 +84,7 @@ export class WorkerClient {
   }
 
   receive(message) {
+    this.answered = true;
     const entry = this.pending.get(message.id);
     if (!entry) return;
     if (message.type === "progress") {
