@@ -69,6 +69,23 @@ function startWorker(threads = 0) {
   return new WorkerClient(new Worker(url, { type: "module" }));
 }
 
+/**
+ * Every text either side proposed as [text, network log-prob, count score S] for fuseSuggestions,
+ * the network's first (runtime/ngram.py FusedCompleter.complete_scored builds the same list).
+ * @param {Array<[string, number]>} network the worker's suggestions
+ * @param {Array<[string, number]>} counts the count component's, past the threshold
+ * @param {number[]} others the worker's log-prob of each of `counts`
+ * @param {CountTrie} trie scores the texts only the network proposed
+ * @returns {Array<[string, number, number]>}
+ */
+function scoreBothWays(network, counts, others, trie, typed) {
+  const countScores = new Map(counts), networkTexts = new Set(network.map(([text]) => text));
+  /** @type {Array<[string, number, number]>} */
+  const scored = network.map(([text, logProb]) => [text, logProb, countScores.get(text) ?? trie.score(typed, text)]);
+  counts.forEach(([text, s], i) => networkTexts.has(text) || scored.push([text, others[i], s]));
+  return scored;
+}
+
 /** A random client id of 22 URL-safe characters (the server's [A-Za-z0-9_-]{8,64}). */
 function randomClientId() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
@@ -231,17 +248,18 @@ export class Client extends EventTarget {
         const typed = this.wanted;
         this.wanted = null;
         const counts = this.counts;
-        // With counts, max(k, FUSION_K) of each side past the threshold are fused (runtime/ngram.py
-        // FusedCompleter.complete_scored); the counts' search runs here while the worker searches.
+        // With counts, max(k, FUSION_K) of each side past the threshold are fused, each side scoring
+        // the other's too (runtime/ngram.py FusedCompleter.complete_scored): the counts' search runs
+        // first, so that the worker scores its suggestions along with its own search.
         const wide = counts ? Math.max(SUGGESTIONS_K, FUSION_K) : SUGGESTIONS_K;
-        const asked = this.completion.request("complete", { typed, k: wide });
         const likely = counts?.trie.completeScored(typed, wide).filter(([, score]) => score >= counts.threshold);
-        const reply = await asked;
+        const reply = await this.completion.request("complete", { typed, k: wide, score: likely?.map(([text]) => text) });
         // A newer version answered than the counts are of: loadModel asks again once it has its counts.
         if (counts && reply.version !== counts.version) continue;
         const visited = this.historyIndex.match(typed, HISTORY_SUGGESTIONS);
         const network = reply.suggestions.map((text, i) => [text, reply.scores[i]]);
-        const model = likely ? fuseSuggestions(network, likely, SUGGESTIONS_K) : network;
+        const model = likely ? fuseSuggestions(scoreBothWays(network, likely, reply.others, counts.trie, typed), SUGGESTIONS_K)
+          : network;
         const mixed = mixSuggestions(model, this.personal.completeScored(typed, SUGGESTIONS_K), SUGGESTIONS_K);
         const suggestions = mergeSuggestions(visited, mixed, SUGGESTIONS_K);
         this.dispatchEvent(new CustomEvent("suggestions", { detail: { typed, suggestions } }));

@@ -266,6 +266,69 @@ export class Completer {
     return suggestions;
   }
 
+  /**
+   * The score completeScored would give each suggestion (typed + fill + text) had its search found
+   * it (runtime/complete.py log_probs): pieces spelling the text, then "/", "?" (healed) or the end,
+   * after the healed context of `typed`, the pieces run in batches a depth at a time. The page's
+   * fusion scores the count component's suggestions with it (worker.js).
+   * @returns {Promise<number[]>}
+   */
+  async logProbs(typed, suggestions) {
+    const { fill, canonical } = splitTyped(typed);
+    const root = this.heal(canonical ? this.tokenizer.encode(canonical) : []).ids;
+    const endings = suggestions.map((suggestion) => {
+      const text = canonical + suggestion.slice(typed.length + fill.length);
+      return [...Array.from(BOUNDARY_BYTES, (boundary) => this.heal(this.tokenizer.encode(text + boundary))),
+        { ids: this.tokenizer.encode(text), pending: null }];
+    });
+    await this.warm([root, ...endings.flatMap((ends) => ends.map(({ ids }) => ids))]);
+    const scores = [];
+    for (const ends of endings) {
+      let total = -Infinity;
+      for (const { ids, pending } of ends) {
+        const after = (await this.context(ids)).logProbs;
+        const last = pending !== null ? this.healed(after, pending) : after[this.config.eos_id];
+        total = logAdd(total, await this.forced(ids, root) + last);
+      }
+      scores.push(total);
+    }
+    return scores;
+  }
+
+  /**
+   * Cache the model's output after every prefix of every sequence: what is missing runs in one
+   * batched step a depth at a time (advance), not a step a piece.
+   * @param {number[][]} sequences
+   */
+  async warm(sequences) {
+    await this.context([]);
+    for (let depth = 0; depth < Math.max(0, ...sequences.map((ids) => ids.length)); depth++) {
+      const beams = [], chosen = [], taken = new Set();
+      for (const ids of sequences) {
+        let known = ids.length;
+        while (!this.contexts.has(ids.slice(0, known).join())) known--;
+        const next = ids.slice(0, known + 1).join();
+        if (known === ids.length || taken.has(next)) continue;
+        taken.add(next);
+        const { logProbs, state } = this.cached(ids.slice(0, known).join());
+        beams.push({ score: 0, logProbs, state, text: "", pending: "", pieces: ids.slice(0, known) });
+        chosen.push({ beamIndex: beams.length - 1, piece: ids[known], score: 0, text: "", pending: "" });
+      }
+      if (!chosen.length) return;
+      await this.advance(beams, chosen);
+    }
+  }
+
+  /** log P(BOS + ids) - log P(BOS + root), teacher-forced from where the two part. */
+  async forced(ids, root) {
+    let shared = 0;
+    while (shared < Math.min(ids.length, root.length) && ids[shared] === root[shared]) shared++;
+    let total = 0;
+    for (let i = shared; i < ids.length; i++) total += (await this.context(ids.slice(0, i))).logProbs[ids[i]];
+    for (let i = shared; i < root.length; i++) total -= (await this.context(root.slice(0, i))).logProbs[root[i]];
+    return total;
+  }
+
   /** Log of the first step's mass on pieces that could reproduce pending (runtime/complete.py step 5). */
   healed(logProbs, pending) {
     if (!pending) return 0;

@@ -44,6 +44,9 @@ export const FUSION_K = 6;
 /** The network's share w in the fusion with the count component (runtime/ngram.py FUSION_WEIGHT). */
 export const FUSION_WEIGHT = 0.5;
 
+/** fuseSuggestions: a count score S below this (0: a symbol never counted) counts as this (runtime/ngram.py COUNT_FLOOR). */
+export const COUNT_FLOOR = 1e-300;
+
 /** Suggestions shown under the URL bar. */
 export const SUGGESTIONS_K = 5;
 

@@ -3,7 +3,8 @@
  * score for score (read that module's docstring for the algorithm): the personal n-gram of this
  * user's own visits (CharNgram; client.js builds one from the history in IndexedDB, and nothing
  * here leaves the device), and a bundle's count component read from counts.bin (CountTrie; client.js
- * searches it while the completion worker searches the network, and fuses the two, fuseSuggestions).
+ * searches it, the completion worker searches the network and scores the counts' suggestions too,
+ * and fuseSuggestions fuses the two).
  *
  * A symbol is one code point (Python's str), so strings are walked with Array.from, and ties
  * are broken by code points, not UTF-16 units. Scores are float64 products, never logarithms,
@@ -12,7 +13,7 @@
 
 import { junk } from "./completer.js";
 import {
-  FUSION_WEIGHT, NGRAM_ALPHA, NGRAM_BEAM_WIDTH, NGRAM_MAX_CHARS, NGRAM_ORDER, NGRAM_RANKED_CACHE_ENTRIES,
+  COUNT_FLOOR, FUSION_WEIGHT, NGRAM_ALPHA, NGRAM_BEAM_WIDTH, NGRAM_MAX_CHARS, NGRAM_ORDER, NGRAM_RANKED_CACHE_ENTRIES,
   PERSONAL_WEIGHT,
 } from "./constants.js";
 import { splitTyped } from "./normalize.js";
@@ -75,17 +76,51 @@ class BackoffNgram {
     throw new Error("a subclass says where its counts live");
   }
 
+  /**
+   * S(symbol | history) by slot, -1 for a symbol never seen after it (runtime/ngram.py scores),
+   * in `scratch`, so valid until the next call.
+   * @param {string[]} last the history's last order-1 symbols
+   */
+  slotScores(last) {
+    if (this.scratch.length !== this.symbols.length) this.scratch = new Float64Array(this.symbols.length);
+    const scores = this.scratch.fill(-1);
+    this.forEachCount(last, (n, total, slot, c) => {
+      if (scores[slot] < 0) scores[slot] = c / total * this.powers[this.order - 1 - n];
+    });
+    return scores;
+  }
+
+  /**
+   * The score completeScored would give `suggestion` (typed + fill + text) had it found it
+   * (runtime/ngram.py score): the product of S over the text's symbols, times the S of EOS, "/"
+   * and "?" added in that order; 0 where a symbol was never counted. fuseSuggestions scores the
+   * network's suggestions with it.
+   */
+  score(typed, suggestion) {
+    const { fill, canonical } = splitTyped(typed);
+    const symbols = [...Array(this.order - 1).fill(BOS), ...Array.from(canonical)];
+    const of = (x) => {
+      const slot = this.slots.get(x), last = this.order > 1 ? symbols.slice(-(this.order - 1)) : [];
+      const s = slot === undefined ? -1 : this.slotScores(last)[slot];
+      return s < 0 ? 0 : s;
+    };
+    let s = 1;
+    for (const x of Array.from(suggestion.slice(typed.length + fill.length))) {
+      s *= of(x);
+      symbols.push(x);
+    }
+    let end = 0;
+    for (const x of EOS + BOUNDARY_CHARS) end += of(x);
+    return s * end;
+  }
+
   /** Candidates after the last order-1 symbols, best first: finishing symbols and the best others. */
   rankedNext(symbols) {
     const last = this.order > 1 ? symbols.slice(-(this.order - 1)) : [];
     const key = last.join("");
     let ranked = this.ranked.get(key);
     if (ranked) return ranked;
-    if (this.scratch.length !== this.symbols.length) this.scratch = new Float64Array(this.symbols.length);
-    const scores = this.scratch.fill(-1); // S(symbol | history) by slot; -1: unseen
-    this.forEachCount(last, (n, total, slot, c) => {
-      if (scores[slot] < 0) scores[slot] = c / total * this.powers[this.order - 1 - n];
-    });
+    const scores = this.slotScores(last);
     // The finishing symbols, and the beamWidth best others kept in order as they come: sorting
     // every symbol seen would take longer than the rest of the search step.
     const finishing = [], best = [];
@@ -383,22 +418,21 @@ export function mixSuggestions(model, personal, k, weight = PERSONAL_WEIGHT) {
 }
 
 /**
- * The network's and the count component's suggestions as one list (runtime/ngram.py fuse): each
- * side's scores scaled to sum to 1 over its own list (they are on different scales), then score =
- * w * network share + (1 - w) * count share, a side that did not propose a text adding 0; top k,
- * ties by text, as logs so that mixSuggestions takes them like the network's log-probs.
- * @param {Array<[string, number]>} model [suggestion, log-prob] from Completer.completeScored
- * @param {Array<[string, number]>} counts [suggestion, score] from CountTrie.completeScored
- * @returns {Array<[string, number]>} [suggestion, log of the fused score], best first
+ * Every suggestion the network or the count component proposed, each scored by both sides, as one
+ * list (runtime/ngram.py fuse): log score = w * network log-prob + (1 - w) * log S (S at least
+ * COUNT_FLOOR), normalised over the list so the shares sum to 1; top k, ties by text, as logs so
+ * that mixSuggestions takes them like the network's log-probs.
+ * @param {Array<[string, number, number]>} scored [suggestion, network log-prob, count score S]:
+ *   Completer.logProb and CountTrie.score score the texts the other side proposed
+ * @returns {Array<[string, number]>} [suggestion, log share], best first
  */
-export function fuseSuggestions(model, counts, k, weight = FUSION_WEIGHT) {
-  /** @type {Map<string, number>} */
-  const score = new Map();
-  const addShare = (pairs, share) => {
-    const total = pairs.reduce((sum, [, s]) => sum + s, 0);
-    if (total > 0) for (const [text, s] of pairs) score.set(text, (score.get(text) ?? 0) + share * (s / total));
-  };
-  addShare(model.map(([text, logProb]) => [text, Math.exp(logProb)]), weight);
-  addShare(counts, 1 - weight);
-  return [...score].sort(byScoreThenText).slice(0, k).filter(([, s]) => s > 0).map(([text, s]) => [text, Math.log(s)]);
+export function fuseSuggestions(scored, k, weight = FUSION_WEIGHT) {
+  /** @type {Array<[string, number]>} */
+  const logs = scored.map(([text, logProb, s]) => [text, weight * logProb + (1 - weight) * Math.log(Math.max(s, COUNT_FLOOR))]);
+  if (!logs.length) return [];
+  const top = Math.max(...logs.map(([, score]) => score));
+  let total = 0;
+  for (const [, score] of logs) total += Math.exp(score - top);
+  const norm = top + Math.log(total);
+  return logs.sort(byScoreThenText).slice(0, k).map(([text, score]) => [text, score - norm]);
 }

@@ -180,9 +180,17 @@ async function complete(request) {
   const entry = active;
   entry.busy += 1;
   try {
-    const scored = await entry.completer.completeScored(request.typed, request.k);
+    const { completer } = entry;
+    const scored = await completer.completeScored(request.typed, request.k);
+    const found = new Map(scored);
+    // The count component's suggestions the search did not find, scored for the page's fusion.
+    const asked = request.score ?? [];
+    const missing = asked.filter((text) => !found.has(text));
+    const forced = new Map(await completer.logProbs(request.typed, missing).then((scores) =>
+      missing.map((text, i) => [text, scores[i]])));
+    const others = asked.map((text) => found.get(text) ?? forced.get(text));
     reply(request, "suggestions", { version: entry.version, typed: request.typed, suggestions: scored.map(([text]) => text),
-      scores: scored.map(([, score]) => score) });
+      scores: scored.map(([, score]) => score), others });
   } finally {
     entry.busy -= 1;
     if (entry.retired && !entry.busy) entry.release();

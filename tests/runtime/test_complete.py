@@ -77,6 +77,44 @@ def test_suggestions_stop_at_the_end_of_a_path_segment(completer):
         assert "/" not in rest and "?" not in suggestion
 
 
+def _forced_from_bos(completer, ids):
+    """log P(BOS + ids) and the log-probs after them, one uncached infer call a piece."""
+    log_probs, state = completer.step(np.array([completer.config["bos_id"]]), completer.state.initial(1))
+    total = 0.0
+    for piece in ids:
+        total += float(log_probs[0][piece])
+        log_probs, state = completer.step(np.array([piece]), state)
+    return total, log_probs[0]
+
+
+@pytest.mark.parametrize("typed", ["githu", "en.wikipedia.org/", "HTTPS://www.amazon.c", "g"])
+def test_log_probs_score_any_suggestion_as_teacher_forcing_from_bos_would(completer, bundle_dir, typed):
+    """What fuse asks of the network for a count suggestion, for the search's own suggestions and
+    made-up ones: each ending ("/" or "?" healed, or EOS) forced from BOS, less the healed context
+    of what was typed; and a suggestion the model found ranks above one it did not."""
+    fill, canonical = split_typed(typed)
+    root, _ = completer.heal(completer.tokenizer.encode(canonical))
+    base, _ = _forced_from_bos(completer, root)
+    found = completer.complete(typed, 2)
+    suggestions = [*found, typed + fill + "qzx-made-up"]
+    fresh = Completer(bundle_dir)  # nothing cached: every piece runs in _warm's batches
+    got = fresh.log_probs(typed, suggestions)
+    assert got == pytest.approx(completer.log_probs(typed, suggestions), abs=1e-4)
+    for suggestion, log_prob in zip(suggestions, got, strict=True):
+        text = canonical + suggestion[len(typed) + len(fill):]
+        ends = []
+        for boundary in "/?":
+            ids, pending = completer.heal(completer.tokenizer.encode(text + boundary))
+            total, log_probs = _forced_from_bos(completer, ids)
+            ends.append(total + completer.healed(log_probs, pending))
+        total, log_probs = _forced_from_bos(completer, completer.tokenizer.encode(text))
+        ends.append(total + float(log_probs[completer.eos_id]))
+        expected = math.log(sum(math.exp(end) for end in ends)) - base
+        assert log_prob == pytest.approx(expected, abs=1e-4)
+    assert got[0] > got[-1] + 3
+    assert completer.log_probs(typed, []) == []
+
+
 def _mid_piece_prefixes(completer, urls):
     """(prefix, url) pairs whose prefix ends inside one of the url's pieces."""
     pairs = []

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from runtime.ngram import BOS, EOS, CharNgramLM, fuse, mix
+from runtime.ngram import BOS, COUNT_FLOOR, EOS, CharNgramLM, fuse, mix
 
 
 def test_counts_every_context_length():
@@ -65,6 +65,19 @@ def test_suggestions_stop_at_the_end_of_the_host_and_of_a_path_segment():
     assert lm.complete("a.com/s", 1) == ["a.com/s?q=1"]  # "?" at position 0 does not end it
 
 
+def test_score_of_any_suggestion_by_hand():
+    """What fuse asks of the counts for a network suggestion. "a.com/" -> "a.com/x": S(x) 2/3, then
+    every symbol that may end it: "/" 2/2, and EOS and "?" seen only at context "" (3 and 1 of the 32
+    symbols, 0.4^7 each). The search itself may stop before adding such tiny endings, so it gives at
+    most this; a symbol never counted scores 0."""
+    lm = CharNgramLM(["a.com/x/y", "a.com/x/z", "a.com/s?q=1"])
+    assert lm.score("a.com/", "a.com/x") == pytest.approx(2 / 3 * (1 + 4 / 32 * 0.4 ** 7), rel=1e-12)
+    assert lm.score("HTTPS://A.com/", "HTTPS://A.com/x") == lm.score("a.com/", "a.com/x")
+    found = dict(lm.complete_scored("a.com/", 3))
+    assert 0 < found["a.com/x"] <= lm.score("a.com/", "a.com/x")
+    assert lm.score("a.com/", "a.com/\u00e9") == 0
+
+
 def test_equal_scores_tie_by_text_and_merge_by_addition():
     """After "a.com/x/" each leaf scores 1/2 x (EOS: 1, plus "/" backed off 7 times to "": 4 of 20)."""
     lm = CharNgramLM(["a.com/x/y", "a.com/x/z"])
@@ -98,13 +111,15 @@ def test_mix_gives_the_personal_ngram_most_of_the_weight_by_default():
     assert mix(model, [("a", 0.3), ("c", 0.1)], 3) == ["a", "b", "c"]
 
 
-def test_fuse_scales_each_side_to_one_then_mixes_by_hand():
-    """Network a 0.3, b 0.1 -> shares 0.75, 0.25; counts b 0.03, c 0.01 -> 0.75, 0.25. w = 0.5:
-    b 0.125 + 0.375 = 0.5 overtakes a 0.375; c 0.125; scores come back as logs."""
-    fused = fuse([("a", math.log(0.3)), ("b", math.log(0.1))], [("b", 0.03), ("c", 0.01)], 3)
+def test_fuse_multiplies_the_two_sides_scores_then_shares_them_out_by_hand():
+    """w = 0.5: a 0.5 x 0.1 -> sqrt(0.05), b 0.25 x 0.4 -> sqrt(0.1) overtakes it; c, never counted,
+    is floored and last. The shares sum to 1 over the list and come back as logs."""
+    scored = [("a", math.log(0.5), 0.1), ("b", math.log(0.25), 0.4), ("c", math.log(0.9), 0.0)]
+    fused = fuse(scored, 3)
     assert [text for text, _ in fused] == ["b", "a", "c"]
-    assert [math.exp(score) for _, score in fused] == pytest.approx([0.5, 0.375, 0.125])
-    weighted = fuse([("a", math.log(0.3)), ("b", math.log(0.1))], [("b", 0.03), ("c", 0.01)], 3, weight=0.9)
-    assert [text for text, _ in weighted] == ["a", "b", "c"]  # 0.675, 0.3, 0.025
-    assert fuse([], [("c", 0.02)], 3) == [("c", pytest.approx(math.log(0.5)))], "one side alone: half"
-    assert len(fuse([("a", -1.0)], [("b", 0.1), ("c", 0.1)], 2)) == 2
+    shares = [math.sqrt(0.1), math.sqrt(0.05), math.sqrt(0.9 * COUNT_FLOOR)]
+    assert [math.exp(score) for _, score in fused] == pytest.approx([s / sum(shares) for s in shares])
+    weighted = fuse(scored, 3, weight=0.9)  # the network's 0.9 x log: c's 0.9 still loses to the floor
+    assert [text for text, _ in weighted] == ["a", "b", "c"]
+    assert fuse(scored, 1) == fused[:1] and fuse([], 3) == []
+    assert fuse([("a", -1.0, 0.2), ("b", -1.0, 0.2)], 2)[0][0] == "a", "ties by text"

@@ -1,6 +1,7 @@
 """A bundle's count component in the page: web_client/ngram.js CountTrie reads counts.bin
 (formats/counts.py) and completes like runtime/ngram.py CharNgramLM.from_bytes, score for score,
-refuses what formats.counts.decode refuses, and fuseSuggestions is runtime/ngram.py fuse."""
+scores any suggestion as CharNgramLM.score does, refuses what formats.counts.decode refuses, and
+fuseSuggestions is runtime/ngram.py fuse."""
 
 from __future__ import annotations
 
@@ -41,9 +42,14 @@ ADD = """async (encoded) => {
   }
   return { refusal, unchanged: JSON.stringify(trie.completeScored("a", 5)) === JSON.stringify(before) };
 }"""
+SCORE = """async ([encoded, pairs]) => {
+  const { CountTrie } = await import("/static/ngram.js");
+  const trie = new CountTrie(Uint8Array.from(atob(encoded), (c) => c.charCodeAt(0)));
+  return pairs.map(([typed, suggestion]) => trie.score(typed, suggestion));
+}"""
 FUSE = """async (cases) => {
   const { fuseSuggestions } = await import("/static/ngram.js");
-  return cases.map(([model, counts, k]) => fuseSuggestions(model, counts, k));
+  return cases.map(([scored, k]) => fuseSuggestions(scored, k));
 }"""
 
 
@@ -77,6 +83,29 @@ def test_js_count_trie_equals_python_score_for_score(module_page, canonical_urls
     assert sum(map(bool, expected)) >= 140
     wrong = [(t, g, e) for t, g, e in zip(typed, got, expected, strict=True) if g != e]
     assert not wrong, f"{len(wrong)} of {len(typed)} differ (typed, page, python): {wrong[:2]}"
+
+
+def test_js_count_score_equals_python_bit_for_bit(module_page, canonical_urls):
+    """CountTrie.score is CharNgramLM.score: the suggestions of 100 real prefixes and made-up ones
+    (some with symbols the counts never saw) score bit-identically."""
+    # Prepare
+    rng = random.Random(5)
+    urls = rng.sample(canonical_urls, 300) + ODD * 2
+    lm = CharNgramLM(urls)
+    lm.prune(2)
+    data = lm.to_bytes()
+    python = CharNgramLM.from_bytes(data)
+    pairs = []
+    for url in rng.sample(urls, 100):
+        typed = url[:rng.randint(0, len(url))]
+        made_up = [typed + "qx/", typed + "\u2603z"]  # the snowman is in no URL here
+        pairs += [[typed, text] for text in python.complete(typed, 2) + made_up]
+    expected = [python.score(typed, suggestion) for typed, suggestion in pairs]
+    # Execute
+    got = module_page.evaluate(SCORE, [encoded(data), pairs])
+    # Assert
+    assert len(pairs) >= 300 and sum(s > 0 for s in expected) >= 200 and 0 in expected
+    assert got == expected
 
 
 def malformed() -> dict[str, bytes]:
@@ -151,18 +180,18 @@ def test_count_trie_refuses_add(module_page):
 
 
 def test_js_fuse_equals_python(module_page):
-    """Random network log-probs and count scores over a few shared texts (either side may be empty),
-    k of 0 to 6: the same texts in the same order, scores equal to 1e-12 (bit for bit on Python
-    3.11, but Math.exp and Math.log may round a last bit unlike the C library, and 3.12's sum compensates)."""
+    """Random network log-probs and count scores (some 0: never counted) of up to 8 texts, k of 0 to
+    6: the same texts in the same order, log shares equal to 1e-12 (Math.exp and Math.log may round
+    a last bit unlike the C library)."""
     # Prepare
     rng = random.Random(13)
     texts = ["a", "b", "c", "d", "e", "é", "😀", "\uff61"]
     cases = []
     for _ in range(200):
-        model = [[t, -rng.expovariate(0.5)] for t in rng.sample(texts, rng.randint(0, 6))]
-        counts = [[t, rng.random() ** 3] for t in rng.sample(texts, rng.randint(0, 6))]
-        cases.append([model, counts, rng.randint(0, 6)])
-    expected = [fuse([tuple(m) for m in model], [tuple(c) for c in counts], k) for model, counts, k in cases]
+        scored = [[t, -rng.expovariate(0.5), rng.choice([0.0, rng.random() ** 3, rng.random() ** 9])]
+                  for t in rng.sample(texts, rng.randint(0, 8))]
+        cases.append([scored, rng.randint(0, 6)])
+    expected = [fuse([tuple(s) for s in scored], k) for scored, k in cases]
     # Execute
     got = module_page.evaluate(FUSE, cases)
     # Assert
@@ -171,4 +200,4 @@ def test_js_fuse_equals_python(module_page):
         ([[text for text, _ in pairs] for pairs in lists], [s for pairs in lists for _, s in pairs])
         for lists in (got, expected))
     assert got_texts == texts
-    assert got_scores == pytest.approx(scores, rel=1e-12, abs=0)
+    assert got_scores == pytest.approx(scores, rel=1e-12, abs=1e-12)
