@@ -260,64 +260,72 @@ class Completer:
         return suggestions, healed
 
     def log_probs(self, typed: str, suggestions: list[str]) -> list[float]:
-        """The score ``ranked`` would give each suggestion (``typed + fill + text``) had its search
-        found it: the log-probability, after the healed context of ``typed``, of pieces spelling
-        the text and then "/", "?" or the end. Each ending is one tokenization of it (the search
-        may merge a few), "/" and "?" past the last piece healed as in step 5. ``runtime.ngram.fuse``
-        scores the count component's suggestions with it. The pieces are run in batches, a depth
-        at a time, as the search runs its beams.
+        """A score on ``ranked``'s scale for each suggestion (``typed + fill + text``), found by the
+        search or not: the log-probability, after the healed context of ``typed``, of the pieces
+        BPE gives the backed-off bytes and the text, then of an ending: a piece that starts with
+        "/" (or "?") after the text, the last pieces backed off as in step 1 so one may span the
+        cut, or EOS. One path an ending, where the search may merge several, so about its merged
+        score. ``runtime.ngram.fuse`` scores the count component's suggestions with it; -inf
+        where the backed-off bytes split a character.
         """
         fill, canonical = split_typed(typed)
-        root, _ = self.heal(self.tokenizer.encode(canonical) if canonical else [])
-        endings = []  # per suggestion: (ids, pending) for "/" and "?", then (ids, None) for the end
+        root, pending = self.heal(self.tokenizer.encode(canonical) if canonical else [])
+        endings: list[list[tuple[list[int], bytes | None]] | None] = []
         for suggestion in suggestions:
-            text = canonical + suggestion[len(typed) + len(fill):]
-            endings.append([self.heal(self.tokenizer.encode(text + boundary))
-                            for boundary in BOUNDARY_BYTES.decode()] + [(self.tokenizer.encode(text), None)])
-        self._warm([root] + [ids for ends in endings for ids, _ in ends])
-        scores = []
-        for ends in endings:
-            total = -math.inf
-            for ids, pending in ends:
-                after = self.context(ids)[0]
-                last = self.healed(after, pending) if pending is not None else float(after[self.eos_id])
-                total = _log_add(total, self._forced(ids, root) + last)
-            scores.append(total)
-        return scores
+            try:
+                rest = (pending + suggestion[len(typed) + len(fill):].encode("utf-8")).decode("utf-8")
+            except UnicodeDecodeError:
+                endings.append(None)
+                continue
+            ends: list[tuple[list[int], bytes | None]] = []
+            for boundary in BOUNDARY_BYTES.decode():
+                ids, spanning = self.heal(self.tokenizer.encode(rest + boundary))
+                ends.append((root + ids, spanning))
+            endings.append(ends + [(root + self.tokenizer.encode(rest), None)])
+        self._warm([root] + [path for ends in endings if ends for path, _ in ends])
+        return [-math.inf if ends is None else self._ends_score(ends, len(root)) for ends in endings]
+
+    def _ends_score(self, ends: list[tuple[list[int], bytes | None]], start: int) -> float:
+        """Log of the summed probabilities of the endings (path, bytes the next piece starts with,
+        or None for EOS), each path teacher-forced from ``start``.
+        """
+        total = -math.inf
+        for path, spanning in ends:
+            log_prob = 0.0
+            for i in range(start, len(path)):
+                log_prob += float(self.context(path[:i])[0][path[i]])
+            after = self.context(path)[0]
+            if spanning is None:
+                last = float(after[self.eos_id])
+            else:
+                last = -math.inf
+                for piece in self.reproducing(spanning):  # ascending, as completer.js adds them
+                    if not self.blocked[piece] and self.tokenizer.piece_bytes[piece].startswith(spanning):
+                        last = _log_add(last, float(after[piece]))
+            if last > -math.inf:
+                total = _log_add(total, log_prob + last)
+        return total
 
     def _warm(self, sequences: list[list[int]]) -> None:
         """Cache the model's output after every prefix of every sequence: what is missing runs in
         one batched step a depth at a time (``_advance``), not a step a piece.
         """
-        self.context([])
         for _ in range(max(map(len, sequences), default=0)):
             beams: list[_Beam] = []
             chosen, taken = [], set()
             for ids in sequences:
                 known = len(ids)
-                while (hit := self.cached(tuple(ids[:known]))) is None:
+                while known > 0 and self.cached(tuple(ids[:known])) is None:
                     known -= 1
                 if known == len(ids) or tuple(ids[:known + 1]) in taken:
                     continue
                 taken.add(tuple(ids[:known + 1]))
-                log_probs, state = hit
+                log_probs, state = self.context(ids[:known])  # cached, or BOS's run again
                 beams.append(_Beam(0.0, log_probs, state, b"", b"", tuple(ids[:known])))
                 chosen.append((len(beams) - 1, ids[known], 0.0, b"", b""))
             if not chosen:
                 return
             self._advance(beams, chosen)
-
-    def _forced(self, ids: list[int], root: list[int]) -> float:
-        """Log P(BOS + ids) - log P(BOS + root), teacher-forced from where the two part."""
-        shared = 0
-        while shared < min(len(ids), len(root)) and ids[shared] == root[shared]:
-            shared += 1
-        total = 0.0
-        for i in range(shared, len(ids)):
-            total += float(self.context(ids[:i])[0][ids[i]])
-        for i in range(shared, len(root)):
-            total -= float(self.context(root[:i])[0][root[i]])
-        return total
 
     def healed(self, log_probs: np.ndarray, pending: bytes) -> float:
         """Log of the first step's mass on pieces that could reproduce pending (step 5); 0 if none pending."""

@@ -66,7 +66,7 @@ RANKED_CACHE_SIZE = 500_000
 PERSONAL_WEIGHT = 0.15
 COUNTS_FILE = "counts.bin"  # a bundle's count component (formats/counts.py)
 FUSION_K = 6  # suggestions the network and the count component each offer fuse()
-FUSION_WEIGHT = 0.5  # the network's share in fuse()
+FUSION_WEIGHT = 0.5  # fuse(): the weight of the network's log-prob; the counts' log S gets the rest
 COUNT_FLOOR = 1e-300  # fuse(): a count score S below this (0: a symbol never counted) counts as this
 
 
@@ -267,13 +267,14 @@ def fuse(scored: list[tuple[str, float, float]], k: int,
 
     ``scored`` holds (text, network log-prob, count score S): ``Completer.log_probs`` and
     ``CharNgramLM.score`` score the texts the other side proposed. A product of experts: log score
-    = w * log-prob + (1 - w) * log S (S at least ``COUNT_FLOOR``), then normalised over the list so
+    = w * log-prob + (1 - w) * log S (S at least ``COUNT_FLOOR``; a text the network cannot reach,
+    log-prob -inf, is dropped), then normalised over the list so
     that the shares sum to 1 and ``mix`` weighs the personal n-gram against them as before. It beat
     the linear mixture of each side's own list by 5-6 % of KSR@3 in both directions across sources
     (docs/RESULTS.md). Returned as logs, as the network's log-probs are.
     """
-    logs = [(text, weight * log_prob + (1 - weight) * math.log(max(s, COUNT_FLOOR)))
-            for text, log_prob, s in scored]
+    logs = [(text, score) for text, log_prob, s in scored
+            if (score := weight * log_prob + (1 - weight) * math.log(max(s, COUNT_FLOOR))) > -math.inf]
     if not logs:
         return []
     top, total = max(score for _, score in logs), 0.0

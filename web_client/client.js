@@ -76,6 +76,7 @@ function startWorker(threads = 0) {
  * @param {Array<[string, number]>} counts the count component's, past the threshold
  * @param {number[]} others the worker's log-prob of each of `counts`
  * @param {CountTrie} trie scores the texts only the network proposed
+ * @param {string} typed what the suggestions complete
  * @returns {Array<[string, number, number]>}
  */
 function scoreBothWays(network, counts, others, trie, typed) {

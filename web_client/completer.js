@@ -267,32 +267,52 @@ export class Completer {
   }
 
   /**
-   * The score completeScored would give each suggestion (typed + fill + text) had its search found
-   * it (runtime/complete.py log_probs): pieces spelling the text, then "/", "?" (healed) or the end,
-   * after the healed context of `typed`, the pieces run in batches a depth at a time. The page's
-   * fusion scores the count component's suggestions with it (worker.js).
+   * A score on completeScored's scale for each suggestion (typed + fill + text), found by the
+   * search or not (runtime/complete.py log_probs): the pieces BPE gives the backed-off bytes and
+   * the text, then an ending: a piece starting with "/" (or "?") after the text, its last pieces
+   * backed off so one may span the cut, or EOS. The page's fusion scores the count component's
+   * suggestions with it (worker.js); -Infinity where the backed-off bytes split a character.
    * @returns {Promise<number[]>}
    */
   async logProbs(typed, suggestions) {
     const { fill, canonical } = splitTyped(typed);
-    const root = this.heal(canonical ? this.tokenizer.encode(canonical) : []).ids;
+    const { ids: root, pending } = this.heal(canonical ? this.tokenizer.encode(canonical) : []);
     const endings = suggestions.map((suggestion) => {
-      const text = canonical + suggestion.slice(typed.length + fill.length);
-      return [...Array.from(BOUNDARY_BYTES, (boundary) => this.heal(this.tokenizer.encode(text + boundary))),
-        { ids: this.tokenizer.encode(text), pending: null }];
+      const generated = String.fromCharCode(...utf8Encoder.encode(suggestion.slice(typed.length + fill.length)));
+      const rest = decodeBytes(pending + generated);
+      if (rest === null) return null;
+      const ends = Array.from(BOUNDARY_BYTES, (boundary) => {
+        const { ids, pending: spanning } = this.heal(this.tokenizer.encode(rest + boundary));
+        return { path: [...root, ...ids], spanning };
+      });
+      return [...ends, { path: [...root, ...this.tokenizer.encode(rest)], spanning: null }];
     });
-    await this.warm([root, ...endings.flatMap((ends) => ends.map(({ ids }) => ids))]);
+    await this.warm([root, ...endings.flatMap((ends) => (ends ? ends.map(({ path }) => path) : []))]);
     const scores = [];
-    for (const ends of endings) {
-      let total = -Infinity;
-      for (const { ids, pending } of ends) {
-        const after = (await this.context(ids)).logProbs;
-        const last = pending !== null ? this.healed(after, pending) : after[this.config.eos_id];
-        total = logAdd(total, await this.forced(ids, root) + last);
-      }
-      scores.push(total);
-    }
+    for (const ends of endings) scores.push(ends ? await this.endsScore(ends, root.length) : -Infinity);
     return scores;
+  }
+
+  /**
+   * log of the summed probabilities of the endings ({path, the bytes the next piece starts with or
+   * null for EOS}), each path teacher-forced from `start` (runtime/complete.py _ends_score).
+   */
+  async endsScore(ends, start) {
+    let total = -Infinity;
+    for (const { path, spanning } of ends) {
+      let logProb = 0;
+      for (let i = start; i < path.length; i++) logProb += (await this.context(path.slice(0, i))).logProbs[path[i]];
+      const after = (await this.context(path)).logProbs;
+      let last = -Infinity;
+      if (spanning === null) last = after[this.config.eos_id];
+      else {
+        this.reproducing(spanning).forEach((piece) => {
+          if (!this.blocked.includes(piece) && this.tokenizer.pieceBytes[piece].startsWith(spanning)) last = logAdd(last, after[piece]);
+        });
+      }
+      if (last > -Infinity) total = logAdd(total, logProb + last);
+    }
+    return total;
   }
 
   /**
@@ -301,32 +321,21 @@ export class Completer {
    * @param {number[][]} sequences
    */
   async warm(sequences) {
-    await this.context([]);
     for (let depth = 0; depth < Math.max(0, ...sequences.map((ids) => ids.length)); depth++) {
       const beams = [], chosen = [], taken = new Set();
       for (const ids of sequences) {
         let known = ids.length;
-        while (!this.contexts.has(ids.slice(0, known).join())) known--;
+        while (known > 0 && !this.contexts.has(ids.slice(0, known).join())) known--;
         const next = ids.slice(0, known + 1).join();
         if (known === ids.length || taken.has(next)) continue;
         taken.add(next);
-        const { logProbs, state } = this.cached(ids.slice(0, known).join());
+        const { logProbs, state } = await this.context(ids.slice(0, known)); // cached, or BOS's run again
         beams.push({ score: 0, logProbs, state, text: "", pending: "", pieces: ids.slice(0, known) });
         chosen.push({ beamIndex: beams.length - 1, piece: ids[known], score: 0, text: "", pending: "" });
       }
       if (!chosen.length) return;
       await this.advance(beams, chosen);
     }
-  }
-
-  /** log P(BOS + ids) - log P(BOS + root), teacher-forced from where the two part. */
-  async forced(ids, root) {
-    let shared = 0;
-    while (shared < Math.min(ids.length, root.length) && ids[shared] === root[shared]) shared++;
-    let total = 0;
-    for (let i = shared; i < ids.length; i++) total += (await this.context(ids.slice(0, i))).logProbs[ids[i]];
-    for (let i = shared; i < root.length; i++) total -= (await this.context(root.slice(0, i))).logProbs[root[i]];
-    return total;
   }
 
   /** Log of the first step's mass on pieces that could reproduce pending (runtime/complete.py step 5). */

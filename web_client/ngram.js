@@ -420,15 +420,20 @@ export function mixSuggestions(model, personal, k, weight = PERSONAL_WEIGHT) {
 /**
  * Every suggestion the network or the count component proposed, each scored by both sides, as one
  * list (runtime/ngram.py fuse): log score = w * network log-prob + (1 - w) * log S (S at least
- * COUNT_FLOOR), normalised over the list so the shares sum to 1; top k, ties by text, as logs so
- * that mixSuggestions takes them like the network's log-probs.
+ * COUNT_FLOOR; a text the network cannot reach, log-prob -Infinity, is dropped), normalised over
+ * the list so the shares sum to 1; top k, ties by text, as logs so that mixSuggestions takes them
+ * like the network's log-probs.
  * @param {Array<[string, number, number]>} scored [suggestion, network log-prob, count score S]:
- *   Completer.logProb and CountTrie.score score the texts the other side proposed
+ *   Completer.logProbs and CountTrie.score score the texts the other side proposed
  * @returns {Array<[string, number]>} [suggestion, log share], best first
  */
 export function fuseSuggestions(scored, k, weight = FUSION_WEIGHT) {
   /** @type {Array<[string, number]>} */
-  const logs = scored.map(([text, logProb, s]) => [text, weight * logProb + (1 - weight) * Math.log(Math.max(s, COUNT_FLOOR))]);
+  const logs = [];
+  for (const [text, logProb, s] of scored) {
+    const score = weight * logProb + (1 - weight) * Math.log(Math.max(s, COUNT_FLOOR));
+    if (score > -Infinity) logs.push([text, score]);
+  }
   if (!logs.length) return [];
   const top = Math.max(...logs.map(([, score]) => score));
   let total = 0;

@@ -122,4 +122,5 @@ def test_fuse_multiplies_the_two_sides_scores_then_shares_them_out_by_hand():
     weighted = fuse(scored, 3, weight=0.9)  # the network's 0.9 x log: c's 0.9 still loses to the floor
     assert [text for text, _ in weighted] == ["a", "b", "c"]
     assert fuse(scored, 1) == fused[:1] and fuse([], 3) == []
+    assert fuse([*scored, ("d", -math.inf, 0.9)], 4) == fused, "out of the network's reach: dropped"
     assert fuse([("a", -1.0, 0.2), ("b", -1.0, 0.2)], 2)[0][0] == "a", "ties by text"

@@ -6,6 +6,7 @@ fuseSuggestions is runtime/ngram.py fuse."""
 from __future__ import annotations
 
 import base64
+import math
 import random
 import struct
 
@@ -180,15 +181,16 @@ def test_count_trie_refuses_add(module_page):
 
 
 def test_js_fuse_equals_python(module_page):
-    """Random network log-probs and count scores (some 0: never counted) of up to 8 texts, k of 0 to
-    6: the same texts in the same order, log shares equal to 1e-12 (Math.exp and Math.log may round
-    a last bit unlike the C library)."""
+    """Random network log-probs (some -inf: out of the network's reach) and count scores (some 0:
+    never counted) of up to 8 texts, k of 0 to 6: the same texts in the same order, log shares
+    equal to 1e-12 (Math.exp and Math.log may round a last bit unlike the C library)."""
     # Prepare
     rng = random.Random(13)
     texts = ["a", "b", "c", "d", "e", "é", "😀", "\uff61"]
     cases = []
     for _ in range(200):
-        scored = [[t, -rng.expovariate(0.5), rng.choice([0.0, rng.random() ** 3, rng.random() ** 9])]
+        scored = [[t, rng.choice([-rng.expovariate(0.5)] * 5 + [-math.inf]),
+                   rng.choice([0.0, rng.random() ** 3, rng.random() ** 9])]
                   for t in rng.sample(texts, rng.randint(0, 8))]
         cases.append([scored, rng.randint(0, 6)])
     expected = [fuse([tuple(s) for s in scored], k) for scored, k in cases]
