@@ -270,7 +270,7 @@ def fuse(scored: list[tuple[str, float, float]], k: int,
     = w * log-prob + (1 - w) * log S (S at least ``COUNT_FLOOR``; a text the network cannot reach,
     log-prob -inf, is dropped), then normalised over the list so
     that the shares sum to 1 and ``mix`` weighs the personal n-gram against them as before. It beat
-    the linear mixture of each side's own list by 5-6 % of KSR@3 in both directions across sources
+    the linear mixture of each side's own list by 5-7 % of KSR@3 in both directions across sources
     (docs/RESULTS.md). Returned as logs, as the network's log-probs are.
     """
     logs = [(text, score) for text, log_prob, s in scored
