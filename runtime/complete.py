@@ -268,6 +268,8 @@ class Completer:
         score. ``runtime.ngram.fuse`` scores the count component's suggestions with it; -inf
         where the backed-off bytes split a character.
         """
+        if not suggestions:  # the common keystroke: the search found every count suggestion
+            return []
         fill, canonical = split_typed(typed)
         root, pending = self.heal(self.tokenizer.encode(canonical) if canonical else [])
         endings: list[list[tuple[list[int], bytes | None]] | None] = []

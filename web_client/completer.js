@@ -275,6 +275,7 @@ export class Completer {
    * @returns {Promise<number[]>}
    */
   async logProbs(typed, suggestions) {
+    if (!suggestions.length) return []; // the common keystroke: the search found every count suggestion
     const { fill, canonical } = splitTyped(typed);
     const { ids: root, pending } = this.heal(canonical ? this.tokenizer.encode(canonical) : []);
     const endings = suggestions.map((suggestion) => {
