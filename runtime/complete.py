@@ -65,6 +65,10 @@ EXTENSION_MAY_PRECEDE = "#;"  # a fragment or a path parameter (;jsessionid=...)
 BEAM_WIDTH = 8
 MAX_STEPS = 16
 CONTEXT_CACHE_SIZE = 512
+# log_probs stops teacher-forcing a text once the network gives its pieces less than this (past the
+# healed context, as the threshold): such a text loses the product fuse anyway, and its long tail of
+# one-row steps was a slow keystroke's biggest part (docs/BENCHMARKS.md).
+FORCED_FLOOR = 1e-6
 
 
 @dataclass
@@ -284,18 +288,20 @@ class Completer:
                 ids, spanning = self.heal(self.tokenizer.encode(rest + boundary))
                 ends.append((root + ids, spanning))
             endings.append(ends + [(root + self.tokenizer.encode(rest), None)])
-        self._warm([root] + [path for ends in endings if ends for path, _ in ends])
-        return [-math.inf if ends is None else self._ends_score(ends, len(root)) for ends in endings]
+        floor = math.log(FORCED_FLOOR) + self.healed(self.context(root)[0], pending)
+        self._warm([root] + [path for ends in endings if ends for path, _ in ends], len(root), floor)
+        return [-math.inf if ends is None else self._ends_score(ends, len(root), floor) for ends in endings]
 
-    def _ends_score(self, ends: list[tuple[list[int], bytes | None]], start: int) -> float:
+    def _ends_score(self, ends: list[tuple[list[int], bytes | None]], start: int, floor: float) -> float:
         """Log of the summed probabilities of the endings (path, bytes the next piece starts with,
-        or None for EOS), each path teacher-forced from ``start``.
+        or None for EOS), each path teacher-forced from ``start``; a path whose pieces fall below
+        ``floor`` adds nothing (``_warm`` did not run it further).
         """
         total = -math.inf
         for path, spanning in ends:
-            log_prob = 0.0
-            for i in range(start, len(path)):
-                log_prob += float(self.context(path[:i])[0][path[i]])
+            log_prob = self._forced(path, start, floor)
+            if log_prob < floor:
+                continue
             after = self.context(path)[0]
             if spanning is None:
                 last = float(after[self.eos_id])
@@ -308,9 +314,21 @@ class Completer:
                 total = _log_add(total, log_prob + last)
         return total
 
-    def _warm(self, sequences: list[list[int]]) -> None:
+    def _forced(self, path: list[int], start: int, floor: float) -> float:
+        """Log-probability of path's pieces from ``start``, teacher-forced through the cache; it
+        stops at the first prefix below ``floor`` (and returns that prefix's).
+        """
+        log_prob = 0.0
+        for i in range(start, len(path)):
+            if log_prob < floor:
+                break
+            log_prob += float(self.context(path[:i])[0][path[i]])
+        return log_prob
+
+    def _warm(self, sequences: list[list[int]], start: int = 0, floor: float = -math.inf) -> None:
         """Cache the model's output after every prefix of every sequence: what is missing runs in
-        one batched step a depth at a time (``_advance``), not a step a piece.
+        one batched step a depth at a time (``_advance``), not a step a piece. A sequence stops
+        where its pieces past ``start`` fall below ``floor`` (``_forced``).
         """
         for _ in range(max(map(len, sequences), default=0)):
             beams: list[_Beam] = []
@@ -320,6 +338,8 @@ class Completer:
                 while known > 0 and self.cached(tuple(ids[:known])) is None:
                     known -= 1
                 if known == len(ids) or tuple(ids[:known + 1]) in taken:
+                    continue
+                if self._forced(ids[:known + 1], start, floor) < floor:
                     continue
                 taken.add(tuple(ids[:known + 1]))
                 log_probs, state = self.context(ids[:known])  # cached, or BOS's run again

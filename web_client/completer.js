@@ -9,7 +9,7 @@
  * model's recurrent state is the manifest's description of it (graphs.infer.state, docs/FORMAT.md).
  */
 
-import { BEAM_WIDTH, CONTEXT_CACHE_ENTRIES, MAX_STEPS } from "./constants.js";
+import { BEAM_WIDTH, CONTEXT_CACHE_ENTRIES, FORCED_FLOOR, MAX_STEPS } from "./constants.js";
 import { splitTyped } from "./normalize.js";
 
 const BOUNDARY_BYTES = "/?";
@@ -288,21 +288,23 @@ export class Completer {
       });
       return [...ends, { path: [...root, ...this.tokenizer.encode(rest)], spanning: null }];
     });
-    await this.warm([root, ...endings.flatMap((ends) => (ends ? ends.map(({ path }) => path) : []))]);
+    const floor = Math.log(FORCED_FLOOR) + this.healed((await this.context(root)).logProbs, pending);
+    await this.warm([root, ...endings.flatMap((ends) => (ends ? ends.map(({ path }) => path) : []))], root.length, floor);
     const scores = [];
-    for (const ends of endings) scores.push(ends ? await this.endsScore(ends, root.length) : -Infinity);
+    for (const ends of endings) scores.push(ends ? await this.endsScore(ends, root.length, floor) : -Infinity);
     return scores;
   }
 
   /**
    * log of the summed probabilities of the endings ({path, the bytes the next piece starts with or
-   * null for EOS}), each path teacher-forced from `start` (runtime/complete.py _ends_score).
+   * null for EOS}), each path teacher-forced from `start` (runtime/complete.py _ends_score); a path
+   * whose pieces fall below `floor` adds nothing (warm did not run it further).
    */
-  async endsScore(ends, start) {
+  async endsScore(ends, start, floor) {
     let total = -Infinity;
     for (const { path, spanning } of ends) {
-      let logProb = 0;
-      for (let i = start; i < path.length; i++) logProb += (await this.context(path.slice(0, i))).logProbs[path[i]];
+      const logProb = await this.forced(path, start, floor);
+      if (logProb < floor) continue;
       const after = (await this.context(path)).logProbs;
       let last = -Infinity;
       if (spanning === null) last = after[this.config.eos_id];
@@ -317,11 +319,25 @@ export class Completer {
   }
 
   /**
+   * The log-probability of path's pieces from `start`, teacher-forced through the cache; it stops at
+   * the first prefix below `floor` and returns that prefix's (runtime/complete.py _forced).
+   */
+  async forced(path, start, floor) {
+    let logProb = 0;
+    for (let i = start; i < path.length; i++) {
+      if (logProb < floor) break;
+      logProb += (await this.context(path.slice(0, i))).logProbs[path[i]];
+    }
+    return logProb;
+  }
+
+  /**
    * Cache the model's output after every prefix of every sequence: what is missing runs in one
-   * batched step a depth at a time (advance), not a step a piece.
+   * batched step a depth at a time (advance), not a step a piece. A sequence stops where its
+   * pieces past `start` fall below `floor` (forced).
    * @param {number[][]} sequences
    */
-  async warm(sequences) {
+  async warm(sequences, start = 0, floor = -Infinity) {
     for (let depth = 0; depth < Math.max(0, ...sequences.map((ids) => ids.length)); depth++) {
       const beams = [], chosen = [], taken = new Set();
       for (const ids of sequences) {
@@ -329,6 +345,7 @@ export class Completer {
         while (known > 0 && !this.contexts.has(ids.slice(0, known).join())) known--;
         const next = ids.slice(0, known + 1).join();
         if (known === ids.length || taken.has(next)) continue;
+        if (await this.forced(ids.slice(0, known + 1), start, floor) < floor) continue;
         taken.add(next);
         const { logProbs, state } = await this.context(ids.slice(0, known)); // cached, or BOS's run again
         beams.push({ score: 0, logProbs, state, text: "", pending: "", pieces: ids.slice(0, known) });

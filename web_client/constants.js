@@ -14,6 +14,12 @@ export const MAX_STEPS = 16;
 /** Piece sequences (BOS + pieces -> log-probs, state) kept between keystrokes (runtime/complete.py CONTEXT_CACHE_SIZE). */
 export const CONTEXT_CACHE_ENTRIES = 512;
 
+/**
+ * Completer.logProbs stops teacher-forcing a text once the network gives its pieces less than this
+ * past the healed context (runtime/complete.py FORCED_FLOOR): such a text loses the product fuse.
+ */
+export const FORCED_FLOOR = 1e-6;
+
 /** The personal n-gram's order: symbols of context + 1 (runtime/ngram.py ORDER). */
 export const NGRAM_ORDER = 8;
 

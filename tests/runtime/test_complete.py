@@ -6,9 +6,10 @@ import random
 import numpy as np
 import pytest
 
+import runtime.complete
 from formats.bundle import DEFAULT_MIN_PROBABILITY, BundleError, StateSpec, min_probability
 from formats.urls import DEFAULT_CORPUS, load_urls, split_typed
-from runtime.complete import Completer, _Beam, junk, shown
+from runtime.complete import FORCED_FLOOR, Completer, _Beam, junk, shown
 from runtime.ngram import CharNgramLM
 
 
@@ -96,18 +97,36 @@ def test_log_probs_are_about_the_search_scores_of_what_it_found(completer, kaszt
     assert sum(gap > math.log(1.5) for gap in gaps) <= 0.15 * len(gaps)
 
 
-def test_log_probs_of_made_up_suggestions_are_low_and_need_no_cache(completer, bundle_dir):
+def test_log_probs_of_made_up_suggestions_are_low_and_need_no_cache(completer, bundle_dir, monkeypatch):
     """A text the model never saw scores far below what it found; a fresh completer (every piece
     run in _warm's batches) gives the same numbers; more suggestions than the context cache holds
-    still finish (the first version looped for ever once BOS's context was evicted)."""
+    still finish (the first version looped for ever once BOS's context was evicted; no floor, so
+    that every path runs)."""
     found = completer.complete("githu", 1)
     made_up = ["githuqzx-made-up", "githu.qq/zz?"]
     warm = completer.log_probs("githu", found + made_up)
     assert warm == pytest.approx(Completer(bundle_dir).log_probs("githu", found + made_up), abs=1e-4)
     assert warm[0] > max(warm[1:]) + 3 and all(score < 0 for score in warm)
+    monkeypatch.setattr(runtime.complete, "FORCED_FLOOR", 1e-300)
     many = completer.log_probs("x", [f"x{i}" for i in range(200)])  # 600 paths, cache of 512
     assert len(many) == 200 and all(-math.inf < score < 0 for score in many)
     assert completer.log_probs("x", []) == []
+
+
+def test_log_probs_stop_forcing_a_text_once_it_falls_below_the_floor(bundle_dir, monkeypatch):
+    """A long made-up text scores -inf after a few batched steps instead of being forced piece by
+    piece to its end (a slow keystroke's biggest part, docs/BENCHMARKS.md); a text above the
+    floor scores as without it."""
+    found = Completer(bundle_dir).complete("githu", 1)
+    junk_text = "githu" + "qzxj+wvkq-" * 6
+    floored = CountingCompleter(bundle_dir)
+    scores = floored.log_probs("githu", found + [junk_text])
+    monkeypatch.setattr(runtime.complete, "FORCED_FLOOR", 1e-300)
+    forced = CountingCompleter(bundle_dir)
+    unfloored = forced.log_probs("githu", found + [junk_text])
+    assert scores[0] == pytest.approx(unfloored[0], abs=1e-9) and unfloored[0] > math.log(FORCED_FLOOR)
+    assert scores[1] == -math.inf and -math.inf < unfloored[1] < math.log(FORCED_FLOOR)
+    assert floored.rows * 3 < forced.rows
 
 
 def _mid_piece_prefixes(completer, urls):
