@@ -74,16 +74,18 @@ function startWorker(threads = 0) {
  * the network's first (runtime/ngram.py FusedCompleter.complete_scored builds the same list).
  * @param {Array<[string, number]>} network the worker's suggestions
  * @param {Array<[string, number]>} counts the count component's, past the threshold
- * @param {number[]} others the worker's log-prob of each of `counts`
+ * @param {Map<string, number>} forced the worker's log-prob of each of `counts` it did not suggest
  * @param {CountTrie} trie scores the texts only the network proposed
  * @param {string} typed what the suggestions complete
  * @returns {Array<[string, number, number]>}
  */
-function scoreBothWays(network, counts, others, trie, typed) {
+function scoreBothWays(network, counts, forced, trie, typed) {
   const countScores = new Map(counts), networkTexts = new Set(network.map(([text]) => text));
   /** @type {Array<[string, number, number]>} */
   const scored = network.map(([text, logProb]) => [text, logProb, countScores.get(text) ?? trie.score(typed, text)]);
-  counts.forEach(([text, s], i) => networkTexts.has(text) || scored.push([text, others[i], s]));
+  for (const [text, s] of counts) {
+    if (!networkTexts.has(text)) scored.push([text, /** @type {number} */ (forced.get(text)), s]);
+  }
   return scored;
 }
 
@@ -250,17 +252,27 @@ export class Client extends EventTarget {
         this.wanted = null;
         const counts = this.counts;
         // With counts, max(k, FUSION_K) of each side past the threshold are fused, each side scoring
-        // the other's too (runtime/ngram.py FusedCompleter.complete_scored): the counts' search runs
-        // first, so that the worker scores its suggestions along with its own search.
+        // the other's too (runtime/ngram.py FusedCompleter.complete_scored): the counts are searched
+        // here while the worker searches the network, then the worker scores what it did not find.
         const wide = counts ? Math.max(SUGGESTIONS_K, FUSION_K) : SUGGESTIONS_K;
+        const asked = this.completion.request("complete", { typed, k: wide });
         const likely = counts?.trie.completeScored(typed, wide).filter(([, score]) => score >= counts.threshold);
-        const reply = await this.completion.request("complete", { typed, k: wide, score: likely?.map(([text]) => text) });
+        const reply = await asked;
         // A newer version answered than the counts are of: loadModel asks again once it has its counts.
         if (counts && reply.version !== counts.version) continue;
-        const visited = this.historyIndex.match(typed, HISTORY_SUGGESTIONS);
         const network = reply.suggestions.map((text, i) => [text, reply.scores[i]]);
-        const model = likely ? fuseSuggestions(scoreBothWays(network, likely, reply.others, counts.trie, typed), SUGGESTIONS_K)
-          : network;
+        let model = network;
+        if (likely) {
+          const found = new Set(reply.suggestions), missing = likely.map(([text]) => text).filter((text) => !found.has(text));
+          const forced = missing.length ? await this.completion.request("score", { typed, texts: missing }) : reply;
+          if (forced.version !== reply.version) { // a new version came in between: search again with it
+            this.wanted ??= typed;
+            continue;
+          }
+          const scores = new Map(missing.map((text, i) => [text, forced.scores[i]]));
+          model = fuseSuggestions(scoreBothWays(network, likely, scores, counts.trie, typed), SUGGESTIONS_K);
+        }
+        const visited = this.historyIndex.match(typed, HISTORY_SUGGESTIONS);
         const mixed = mixSuggestions(model, this.personal.completeScored(typed, SUGGESTIONS_K), SUGGESTIONS_K);
         const suggestions = mergeSuggestions(visited, mixed, SUGGESTIONS_K);
         this.dispatchEvent(new CustomEvent("suggestions", { detail: { typed, suggestions } }));

@@ -6,9 +6,11 @@
  * Page -> worker
  * @typedef {{type: "load", id: number, model: ModelInfo}} LoadRequest
  *   Make `model` the worker's model (download what is not cached, verify, warm up). Reply: ready.
- * @typedef {{type: "complete", id: number, typed: string, k: number, score?: string[]}} CompleteRequest
- *   Up to k completions of the typed text with the loaded model, and the log-probability of each
- *   suggestion in `score` (the count component's, for the fusion). Reply: suggestions.
+ * @typedef {{type: "complete", id: number, typed: string, k: number}} CompleteRequest
+ *   Up to k completions of the typed text with the loaded model. Reply: suggestions.
+ * @typedef {{type: "score", id: number, typed: string, texts: string[]}} ScoreRequest
+ *   The log-probability of each suggestion of the typed text in `texts` (the count component's that
+ *   the last complete did not find, for the fusion) with the loaded model. Reply: scored.
  * @typedef {{type: "train", id: number, model: ModelInfo, urls: string[], epochs: number, lr: number}} TrainRequest
  *   Local SGD epochs over canonical URLs from `model`'s weights. Replies: progress*, then trained.
  * @typedef {{type: "trainStep", id: number, model: ModelInfo, tokens: Int32Array, targets: Int32Array,
@@ -24,10 +26,11 @@
  * @typedef {{type: "ready", id: number, version: number, downloadedBytes: number}} ReadyReply
  *   The model is loaded and warmed up; downloadedBytes were fetched (the rest came from the cache).
  * @typedef {{type: "suggestions", id: number, version: number, typed: string, suggestions: string[],
- *            scores: number[], others: number[]}} SuggestionsReply
- *   The network's suggestions, best first, and the log-probability of each, from model `version`,
- *   and that of each text the request asked to score, in its order (the page fuses the bundle's
- *   counts in, client.js).
+ *            scores: number[]}} SuggestionsReply
+ *   The network's suggestions, best first, and the log-probability of each, from model `version`
+ *   (the page fuses the bundle's counts in, client.js).
+ * @typedef {{type: "scored", id: number, version: number, scores: number[]}} ScoredReply
+ *   The log-probability of each text, in the request's order, from model `version`.
  * @typedef {{type: "progress", id: number, stage: string, done: number, total: number, loss: number}} ProgressReply
  *   One train_step run finished; `loss` is that batch's loss before its update.
  * @typedef {{type: "trained", id: number, baseVersion: number, delta: Tensor[], lossBefore: number,
@@ -48,8 +51,8 @@
  */
 
 /** The reply type that settles each request type. */
-export const FINAL_REPLY = Object.freeze({ load: "ready", complete: "suggestions", train: "trained", trainStep: "stepped",
-  secure: "secured" });
+export const FINAL_REPLY = Object.freeze({ load: "ready", complete: "suggestions", score: "scored", train: "trained",
+  trainStep: "stepped", secure: "secured" });
 
 /** Page side: send requests to a worker and get promises of their final replies. */
 export class WorkerClient {

@@ -175,26 +175,32 @@ async function load(request) {
   reply(request, "ready", { version: request.model.version, downloadedBytes: downloadedBytes - before });
 }
 
-async function complete(request) {
+/** Run `work` on the active model's completer, holding it so that a retired one is not freed under it. */
+async function withActive(work) {
   if (!active) throw new Error("no model is loaded yet");
   const entry = active;
   entry.busy += 1;
   try {
-    const { completer } = entry;
-    const scored = await completer.completeScored(request.typed, request.k);
-    const found = new Map(scored);
-    // The count component's suggestions the search did not find, scored for the page's fusion.
-    const asked = request.score ?? [];
-    const missing = asked.filter((text) => !found.has(text));
-    const forced = new Map(await completer.logProbs(request.typed, missing).then((scores) =>
-      missing.map((text, i) => [text, scores[i]])));
-    const others = asked.map((text) => found.get(text) ?? forced.get(text));
-    reply(request, "suggestions", { version: entry.version, typed: request.typed, suggestions: scored.map(([text]) => text),
-      scores: scored.map(([, score]) => score), others });
+    return await work(entry);
   } finally {
     entry.busy -= 1;
     if (entry.retired && !entry.busy) entry.release();
   }
+}
+
+async function complete(request) {
+  await withActive(async ({ completer, version }) => {
+    const scored = await completer.completeScored(request.typed, request.k);
+    reply(request, "suggestions", { version, typed: request.typed, suggestions: scored.map(([text]) => text),
+      scores: scored.map(([, score]) => score) });
+  });
+}
+
+/** The count component's suggestions the search did not find, scored for the page's fusion. */
+async function score(request) {
+  await withActive(async ({ completer, version }) => {
+    reply(request, "scored", { version, scores: await completer.logProbs(request.typed, request.texts) });
+  });
 }
 
 async function train(request) {
@@ -247,7 +253,7 @@ async function secure(request) {
   reply(request, "secured", { bytes: message });
 }
 
-const HANDLERS = { load, complete, train, trainStep, secure };
+const HANDLERS = { load, complete, score, train, trainStep, secure };
 
 self.addEventListener("message", async ({ data: request }) => {
   try {
