@@ -66,8 +66,9 @@ BEAM_WIDTH = 8
 MAX_STEPS = 16
 CONTEXT_CACHE_SIZE = 512
 # log_probs stops teacher-forcing a text once the network gives its pieces less than this (past the
-# healed context, as the threshold): such a text loses the product fuse anyway, and its long tail of
-# one-row steps was a slow keystroke's biggest part (docs/BENCHMARKS.md).
+# healed context, as the threshold) and scores it -inf: a measured cut, not an exact one. Such a text
+# rarely wins the product fuse, but can where the counts like it a lot; the long tails of one-row
+# steps it saves were a slow keystroke's biggest part, and keys saved did not drop (docs/RESULTS.md).
 FORCED_FLOOR = 1e-6
 
 
@@ -269,8 +270,9 @@ class Completer:
         BPE gives the backed-off bytes and the text, then of an ending: a piece that starts with
         "/" (or "?") after the text, the last pieces backed off as in step 1 so one may span the
         cut, or EOS. One path an ending, where the search may merge several, so about its merged
-        score. ``runtime.ngram.fuse`` scores the count component's suggestions with it; -inf
-        where the backed-off bytes split a character.
+        score. ``runtime.ngram.fuse`` scores the count component's suggestions with it. -inf where
+        the backed-off bytes split a character, or where every ending's pieces fall below
+        ``FORCED_FLOOR`` (past the healed context): such a path is not run further.
         """
         if not suggestions:  # the common keystroke: the search found every count suggestion
             return []
@@ -289,17 +291,18 @@ class Completer:
                 ends.append((root + ids, spanning))
             endings.append(ends + [(root + self.tokenizer.encode(rest), None)])
         floor = math.log(FORCED_FLOOR) + self.healed(self.context(root)[0], pending)
-        self._warm([root] + [path for ends in endings if ends for path, _ in ends], len(root), floor)
-        return [-math.inf if ends is None else self._ends_score(ends, len(root), floor) for ends in endings]
+        forced = self._force([path for ends in endings if ends for path, _ in ends], root, floor)
+        return [-math.inf if ends is None else self._ends_score(ends, forced, floor) for ends in endings]
 
-    def _ends_score(self, ends: list[tuple[list[int], bytes | None]], start: int, floor: float) -> float:
+    def _ends_score(self, ends: list[tuple[list[int], bytes | None]], forced: dict[tuple, float],
+                    floor: float) -> float:
         """Log of the summed probabilities of the endings (path, bytes the next piece starts with,
-        or None for EOS), each path teacher-forced from ``start``; a path whose pieces fall below
-        ``floor`` adds nothing (``_warm`` did not run it further).
+        or None for EOS), each path's pieces as ``_force`` scored them; a path that fell below
+        ``floor`` adds nothing.
         """
         total = -math.inf
         for path, spanning in ends:
-            log_prob = self._forced(path, start, floor)
+            log_prob = forced.get(tuple(path), -math.inf)
             if log_prob < floor:
                 continue
             after = self.context(path)[0]
@@ -314,40 +317,32 @@ class Completer:
                 total = _log_add(total, log_prob + last)
         return total
 
-    def _forced(self, path: list[int], start: int, floor: float) -> float:
-        """Log-probability of path's pieces from ``start``, teacher-forced through the cache; it
-        stops at the first prefix below ``floor`` (and returns that prefix's).
+    def _force(self, paths: list[list[int]], root: list[int], floor: float) -> dict[tuple, float]:
+        """Teacher-force every path past ``root`` (a prefix of each): {prefix: log-probability of its
+        pieces past root} for every prefix reached. A prefix below ``floor`` goes no further. The
+        model's output after each prefix reached is cached; what is missing runs in one batched step
+        a depth at a time (``_advance``), not a step a piece.
         """
-        log_prob = 0.0
-        for i in range(start, len(path)):
-            if log_prob < floor:
-                break
-            log_prob += float(self.context(path[:i])[0][path[i]])
-        return log_prob
-
-    def _warm(self, sequences: list[list[int]], start: int = 0, floor: float = -math.inf) -> None:
-        """Cache the model's output after every prefix of every sequence: what is missing runs in
-        one batched step a depth at a time (``_advance``), not a step a piece. A sequence stops
-        where its pieces past ``start`` fall below ``floor`` (``_forced``).
-        """
-        for _ in range(max(map(len, sequences), default=0)):
+        forced = {tuple(root): 0.0}
+        for _ in range(max(map(len, paths), default=0) - len(root)):
             beams: list[_Beam] = []
             chosen, taken = [], set()
-            for ids in sequences:
-                known = len(ids)
-                while known > 0 and self.cached(tuple(ids[:known])) is None:
-                    known -= 1
-                if known == len(ids) or tuple(ids[:known + 1]) in taken:
+            for ids in paths:
+                known = len(root)
+                while known < len(ids) and tuple(ids[:known + 1]) in forced:
+                    known += 1
+                if known == len(ids) or forced[tuple(ids[:known])] < floor:
                     continue
-                if self._forced(ids[:known + 1], start, floor) < floor:
-                    continue
-                taken.add(tuple(ids[:known + 1]))
-                log_probs, state = self.context(ids[:known])  # cached, or BOS's run again
-                beams.append(_Beam(0.0, log_probs, state, b"", b"", tuple(ids[:known])))
-                chosen.append((len(beams) - 1, ids[known], 0.0, b"", b""))
-            if not chosen:
-                return
-            self._advance(beams, chosen)
+                log_probs, state = self.context(ids[:known])  # cached unless evicted since
+                key = tuple(ids[:known + 1])
+                forced[key] = forced[tuple(ids[:known])] + float(log_probs[ids[known]])
+                if forced[key] >= floor and key not in taken and self.cached(key) is None:
+                    taken.add(key)
+                    beams.append(_Beam(0.0, log_probs, state, b"", b"", tuple(ids[:known])))
+                    chosen.append((len(beams) - 1, ids[known], 0.0, b"", b""))
+            if beams:
+                self._advance(beams, chosen)
+        return forced
 
     def healed(self, log_probs: np.ndarray, pending: bytes) -> float:
         """Log of the first step's mass on pieces that could reproduce pending (step 5); 0 if none pending."""

@@ -267,8 +267,8 @@ def fuse(scored: list[tuple[str, float, float]], k: int,
 
     ``scored`` holds (text, network log-prob, count score S): ``Completer.log_probs`` and
     ``CharNgramLM.score`` score the texts the other side proposed. A product of experts: log score
-    = w * log-prob + (1 - w) * log S (S at least ``COUNT_FLOOR``; a text the network cannot reach,
-    log-prob -inf, is dropped), then normalised over the list so
+    = w * log-prob + (1 - w) * log S (S at least ``COUNT_FLOOR``; a text the network cannot reach
+    or gives less than ``FORCED_FLOOR``, log-prob -inf, is dropped), then normalised over the list so
     that the shares sum to 1 and ``mix`` weighs the personal n-gram against them as before. It beat
     the linear mixture of each side's own list by 5-7 % of KSR@3 in both directions across sources
     (docs/RESULTS.md). Returned as logs, as the network's log-probs are.

@@ -141,10 +141,10 @@ def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limi
 def threshold_sweep(completer: Completer | FusedCompleter, targets: list[str], taus,
                     k: int = 3) -> list[dict]:
     """KSR@k, suggestions shown per keystroke and the share of them that are a prefix of the target,
-    per tau of the network (a FusedCompleter's count suggestions pass unfiltered). Each tau
-    searches anew with that threshold, as the page would: the search drops live beams below tau
-    (runtime/complete.py step 3), so one tau-0 list filtered afterwards is not always what a
-    completer with that tau shows.
+    per tau (a FusedCompleter applies it to both sides: the network's suggestions by their
+    probability, the counts' by their score S). Each tau searches anew with that threshold, as
+    the page would: the search drops live beams below tau (runtime/complete.py step 3), so one
+    tau-0 list filtered afterwards is not always what a completer with that tau shows.
     """
     rows = []
     saved = completer.threshold

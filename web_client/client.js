@@ -265,10 +265,8 @@ export class Client extends EventTarget {
         if (likely) {
           const found = new Set(reply.suggestions), missing = likely.map(([text]) => text).filter((text) => !found.has(text));
           const forced = missing.length ? await this.completion.request("score", { typed, texts: missing }) : reply;
-          if (forced.version !== reply.version) { // a new version came in between: search again with it
-            this.wanted ??= typed;
-            continue;
-          }
+          // A new version came in between: loadModel asks again once it has its counts (as above).
+          if (forced.version !== reply.version) continue;
           const scores = new Map(missing.map((text, i) => [text, forced.scores[i]]));
           model = fuseSuggestions(scoreBothWays(network, likely, scores, counts.trie, typed), SUGGESTIONS_K);
         }

@@ -271,7 +271,9 @@ export class Completer {
    * search or not (runtime/complete.py log_probs): the pieces BPE gives the backed-off bytes and
    * the text, then an ending: a piece starting with "/" (or "?") after the text, its last pieces
    * backed off so one may span the cut, or EOS. The page's fusion scores the count component's
-   * suggestions with it (worker.js); -Infinity where the backed-off bytes split a character.
+   * suggestions with it (worker.js). -Infinity where the backed-off bytes split a character, or
+   * where every ending's pieces fall below FORCED_FLOOR (past the healed context): such a path is
+   * not run further.
    * @returns {Promise<number[]>}
    */
   async logProbs(typed, suggestions) {
@@ -289,21 +291,22 @@ export class Completer {
       return [...ends, { path: [...root, ...this.tokenizer.encode(rest)], spanning: null }];
     });
     const floor = Math.log(FORCED_FLOOR) + this.healed((await this.context(root)).logProbs, pending);
-    await this.warm([root, ...endings.flatMap((ends) => (ends ? ends.map(({ path }) => path) : []))], root.length, floor);
+    const forced = await this.force(endings.flatMap((ends) => (ends ? ends.map(({ path }) => path) : [])), root, floor);
     const scores = [];
-    for (const ends of endings) scores.push(ends ? await this.endsScore(ends, root.length, floor) : -Infinity);
+    for (const ends of endings) scores.push(ends ? await this.endsScore(ends, forced, floor) : -Infinity);
     return scores;
   }
 
   /**
    * log of the summed probabilities of the endings ({path, the bytes the next piece starts with or
-   * null for EOS}), each path teacher-forced from `start` (runtime/complete.py _ends_score); a path
-   * whose pieces fall below `floor` adds nothing (warm did not run it further).
+   * null for EOS}), each path's pieces as force scored them (runtime/complete.py _ends_score); a
+   * path that fell below `floor` adds nothing.
+   * @param {Map<string, number>} forced
    */
-  async endsScore(ends, start, floor) {
+  async endsScore(ends, forced, floor) {
     let total = -Infinity;
     for (const { path, spanning } of ends) {
-      const logProb = await this.forced(path, start, floor);
+      const logProb = forced.get(path.join()) ?? -Infinity;
       if (logProb < floor) continue;
       const after = (await this.context(path)).logProbs;
       let last = -Infinity;
@@ -319,41 +322,36 @@ export class Completer {
   }
 
   /**
-   * The log-probability of path's pieces from `start`, teacher-forced through the cache; it stops at
-   * the first prefix below `floor` and returns that prefix's (runtime/complete.py _forced).
+   * Teacher-force every path past `root` (a prefix of each): a Map from each prefix reached (its
+   * comma-joined pieces) to the log-probability of its pieces past root; a prefix below `floor`
+   * goes no further. The model's output after each prefix reached is cached; what is missing runs
+   * in one batched step a depth at a time (advance), not a step a piece (runtime/complete.py _force).
+   * @param {number[][]} paths
+   * @param {number[]} root
+   * @param {number} floor
    */
-  async forced(path, start, floor) {
-    let logProb = 0;
-    for (let i = start; i < path.length; i++) {
-      if (logProb < floor) break;
-      logProb += (await this.context(path.slice(0, i))).logProbs[path[i]];
-    }
-    return logProb;
-  }
-
-  /**
-   * Cache the model's output after every prefix of every sequence: what is missing runs in one
-   * batched step a depth at a time (advance), not a step a piece. A sequence stops where its
-   * pieces past `start` fall below `floor` (forced).
-   * @param {number[][]} sequences
-   */
-  async warm(sequences, start = 0, floor = -Infinity) {
-    for (let depth = 0; depth < Math.max(0, ...sequences.map((ids) => ids.length)); depth++) {
+  async force(paths, root, floor) {
+    const forced = new Map([[root.join(), 0]]);
+    const depths = Math.max(0, ...paths.map((ids) => ids.length)) - root.length;
+    for (let depth = 0; depth < depths; depth++) {
       const beams = [], chosen = [], taken = new Set();
-      for (const ids of sequences) {
-        let known = ids.length;
-        while (known > 0 && !this.contexts.has(ids.slice(0, known).join())) known--;
-        const next = ids.slice(0, known + 1).join();
-        if (known === ids.length || taken.has(next)) continue;
-        if (await this.forced(ids.slice(0, known + 1), start, floor) < floor) continue;
-        taken.add(next);
-        const { logProbs, state } = await this.context(ids.slice(0, known)); // cached, or BOS's run again
-        beams.push({ score: 0, logProbs, state, text: "", pending: "", pieces: ids.slice(0, known) });
-        chosen.push({ beamIndex: beams.length - 1, piece: ids[known], score: 0, text: "", pending: "" });
+      for (const ids of paths) {
+        let known = root.length;
+        while (known < ids.length && forced.has(ids.slice(0, known + 1).join())) known++;
+        const sum = /** @type {number} */ (forced.get(ids.slice(0, known).join()));
+        if (known === ids.length || sum < floor) continue;
+        const { logProbs, state } = await this.context(ids.slice(0, known)); // cached unless evicted since
+        const key = ids.slice(0, known + 1).join();
+        forced.set(key, sum + logProbs[ids[known]]);
+        if (/** @type {number} */ (forced.get(key)) >= floor && !taken.has(key) && !this.cached(key)) {
+          taken.add(key);
+          beams.push({ score: 0, logProbs, state, text: "", pending: "", pieces: ids.slice(0, known) });
+          chosen.push({ beamIndex: beams.length - 1, piece: ids[known], score: 0, text: "", pending: "" });
+        }
       }
-      if (!chosen.length) return;
-      await this.advance(beams, chosen);
+      if (beams.length) await this.advance(beams, chosen);
     }
+    return forced;
   }
 
   /** Log of the first step's mass on pieces that could reproduce pending (runtime/complete.py step 5). */

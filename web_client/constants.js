@@ -16,7 +16,8 @@ export const CONTEXT_CACHE_ENTRIES = 512;
 
 /**
  * Completer.logProbs stops teacher-forcing a text once the network gives its pieces less than this
- * past the healed context (runtime/complete.py FORCED_FLOOR): such a text loses the product fuse.
+ * past the healed context, and scores it -Infinity (runtime/complete.py FORCED_FLOOR): a measured
+ * cut, not an exact one.
  */
 export const FORCED_FLOOR = 1e-6;
 

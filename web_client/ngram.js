@@ -420,9 +420,9 @@ export function mixSuggestions(model, personal, k, weight = PERSONAL_WEIGHT) {
 /**
  * Every suggestion the network or the count component proposed, each scored by both sides, as one
  * list (runtime/ngram.py fuse): log score = w * network log-prob + (1 - w) * log S (S at least
- * COUNT_FLOOR; a text the network cannot reach, log-prob -Infinity, is dropped), normalised over
- * the list so the shares sum to 1; top k, ties by text, as logs so that mixSuggestions takes them
- * like the network's log-probs.
+ * COUNT_FLOOR; a text the network cannot reach or gives less than FORCED_FLOOR, log-prob -Infinity,
+ * is dropped), normalised over the list so the shares sum to 1; top k, ties by text, as logs so
+ * that mixSuggestions takes them like the network's log-probs.
  * @param {Array<[string, number, number]>} scored [suggestion, network log-prob, count score S]:
  *   Completer.logProbs and CountTrie.score score the texts the other side proposed
  * @returns {Array<[string, number]>} [suggestion, log share], best first

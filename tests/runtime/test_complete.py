@@ -100,14 +100,14 @@ def test_log_probs_are_about_the_search_scores_of_what_it_found(completer, kaszt
 def test_log_probs_of_made_up_suggestions_are_low_and_need_no_cache(completer, bundle_dir, monkeypatch):
     """A text the model never saw scores far below what it found; a fresh completer (every piece
     run in _warm's batches) gives the same numbers; more suggestions than the context cache holds
-    still finish (the first version looped for ever once BOS's context was evicted; no floor, so
-    that every path runs)."""
+    still finish (the first version looped for ever once BOS's context was evicted). No floor,
+    so that every path runs."""
+    monkeypatch.setattr(runtime.complete, "FORCED_FLOOR", 1e-300)
     found = completer.complete("githu", 1)
     made_up = ["githuqzx-made-up", "githu.qq/zz?"]
     warm = completer.log_probs("githu", found + made_up)
     assert warm == pytest.approx(Completer(bundle_dir).log_probs("githu", found + made_up), abs=1e-4)
     assert warm[0] > max(warm[1:]) + 3 and all(score < 0 for score in warm)
-    monkeypatch.setattr(runtime.complete, "FORCED_FLOOR", 1e-300)
     many = completer.log_probs("x", [f"x{i}" for i in range(200)])  # 600 paths, cache of 512
     assert len(many) == 200 and all(-math.inf < score < 0 for score in many)
     assert completer.log_probs("x", []) == []
@@ -124,9 +124,48 @@ def test_log_probs_stop_forcing_a_text_once_it_falls_below_the_floor(bundle_dir,
     monkeypatch.setattr(runtime.complete, "FORCED_FLOOR", 1e-300)
     forced = CountingCompleter(bundle_dir)
     unfloored = forced.log_probs("githu", found + [junk_text])
-    assert scores[0] == pytest.approx(unfloored[0], abs=1e-9) and unfloored[0] > math.log(FORCED_FLOOR)
+    assert scores[0] == pytest.approx(unfloored[0], abs=1e-5) and unfloored[0] > math.log(FORCED_FLOOR)
     assert scores[1] == -math.inf and -math.inf < unfloored[1] < math.log(FORCED_FLOOR)
     assert floored.rows * 3 < forced.rows
+
+
+class ForceRecordingCompleter(Completer):
+    """Records what _force ran and returned, and the model calls made after it."""
+
+    def __init__(self, bundle_dir):
+        super().__init__(bundle_dir)
+        self.forcing, self.ran, self.forced, self.floor, self.calls_after = False, set(), {}, 0.0, 0
+
+    def _force(self, paths, root, floor):
+        self.forcing, self.floor = True, floor
+        try:
+            self.forced = super()._force(paths, root, floor)
+            return self.forced
+        finally:
+            self.forcing = False
+
+    def remember(self, key, log_probs, state):
+        if self.forcing:
+            self.ran.add(key)
+        super().remember(key, log_probs, state)
+
+    def step(self, tokens, state):
+        self.calls_after += not self.forcing
+        return super().step(tokens, state)
+
+
+def test_log_probs_run_only_what_the_floor_lets_through(bundle_dir):
+    """_force runs no prefix whose pieces fell below the floor, and the scoring after it runs the
+    model no more: each piece it needs was run in _force's batches."""
+    completer = ForceRecordingCompleter(bundle_dir)
+    found = completer.complete("githu", 1)
+    completer.calls_after = 0
+    scores = completer.log_probs("githu", found + ["githu" + "qzxj+wvkq-" * 6, "githu.com/a", "githubqq.com",
+                                                   "githu.qq/zz?"])
+    assert any(score == -math.inf for score in scores) and any(score > -math.inf for score in scores)
+    assert completer.calls_after == 0
+    assert completer.ran and all(completer.forced[key] >= completer.floor for key in completer.ran)
+    assert any(log_prob < completer.floor for log_prob in completer.forced.values())
 
 
 def _mid_piece_prefixes(completer, urls):

@@ -10,6 +10,7 @@ import random
 import numpy as np
 from page_helpers import open_page, suggestions_for
 
+import runtime.complete
 from runtime.complete import Completer, junk
 from runtime.ngram import FusedCompleter, open_completer
 from runtime.tokenizer import Tokenizer
@@ -31,14 +32,19 @@ def prefixes(urls: list[str], tokenizer: Tokenizer, count: int) -> tuple[list[st
     return cuts + HAND_MADE, mid_piece
 
 
-def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_urls):
+def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_urls, monkeypatch):
     """230 prefixes, over 50 of them ending mid-piece: the same five suggestions in the same order
     (a fresh browser context has no history, so every suggestion is the model's), most of them
-    unlike the network's own: the page fuses the test bundle's counts.bin in."""
+    unlike the network's own: the page fuses the test bundle's counts.bin in; some of them
+    differ without FORCED_FLOOR, so the page is checked against it too."""
     # Prepare
     completer, network = open_completer(bundle_dir), Completer(bundle_dir)
     typed, mid_piece = prefixes(canonical_urls, network.tokenizer, 210)
     expected = {text: completer.complete(text, k=5) for text in typed}
+    with monkeypatch.context() as patch:
+        patch.setattr(runtime.complete, "FORCED_FLOOR", 1e-300)
+        unfloored = open_completer(bundle_dir)
+        floor_matters = sum(unfloored.complete(text, k=5) != expected[text] for text in typed)
     open_page(page)
     # Execute
     got = {text: suggestions_for(page, text) for text in typed}
@@ -47,6 +53,7 @@ def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_url
     assert sum(bool(s) for s in expected.values()) >= 0.9 * len(typed), "most prefixes should get suggestions"
     assert isinstance(completer, FusedCompleter), "the test bundle ships counts.bin"
     assert sum(expected[text] != network.complete(text, k=5) for text in typed) >= len(typed) / 2
+    assert floor_matters >= 1
     wrong = {text: (got[text], expected[text]) for text in typed if got[text] != expected[text]}
     assert not wrong, (f"{len(wrong)} of {len(typed)} prefixes differ (page, python): "
                        f"{list(wrong.items())[:3]}")
