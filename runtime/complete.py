@@ -294,18 +294,17 @@ class Completer:
         forced = self._force([path for ends in endings if ends for path, _ in ends], root, floor)
         return [-math.inf if ends is None else self._ends_score(ends, forced, floor) for ends in endings]
 
-    def _ends_score(self, ends: list[tuple[list[int], bytes | None]], forced: dict[tuple, float],
-                    floor: float) -> float:
+    def _ends_score(self, ends: list[tuple[list[int], bytes | None]],
+                    forced: dict[tuple, tuple[float, np.ndarray | None]], floor: float) -> float:
         """Log of the summed probabilities of the endings (path, bytes the next piece starts with,
         or None for EOS), each path's pieces as ``_force`` scored them; a path that fell below
         ``floor`` adds nothing.
         """
         total = -math.inf
         for path, spanning in ends:
-            log_prob = forced.get(tuple(path), -math.inf)
-            if log_prob < floor:
+            log_prob, after = forced.get(tuple(path), (-math.inf, None))
+            if log_prob < floor or after is None:
                 continue
-            after = self.context(path)[0]
             if spanning is None:
                 last = float(after[self.eos_id])
             else:
@@ -317,31 +316,38 @@ class Completer:
                 total = _log_add(total, log_prob + last)
         return total
 
-    def _force(self, paths: list[list[int]], root: list[int], floor: float) -> dict[tuple, float]:
-        """Teacher-force every path past ``root`` (a prefix of each): {prefix: log-probability of its
-        pieces past root} for every prefix reached. A prefix below ``floor`` goes no further. The
-        model's output after each prefix reached is cached; what is missing runs in one batched step
-        a depth at a time (``_advance``), not a step a piece.
+    def _force(self, paths: list[list[int]], root: list[int],
+               floor: float) -> dict[tuple, tuple[float, np.ndarray | None]]:
+        """Teacher-force every path past ``root`` (a prefix of each): {prefix: (log-probability of
+        its pieces past root, the model's next-piece log-probs after it)} for every prefix reached;
+        one below ``floor`` goes no further and is not run (None). What the cache lacks runs in one
+        batched step a depth at a time (``_advance``), not a step a piece; the outputs are kept here,
+        so that the cache evicting them mid-call costs nothing.
         """
-        forced = {tuple(root): 0.0}
+        outputs = {tuple(root): self.context(root)}
+        forced: dict[tuple, tuple[float, np.ndarray | None]] = {tuple(root): (0.0, outputs[tuple(root)][0])}
         for _ in range(max(map(len, paths), default=0) - len(root)):
             beams: list[_Beam] = []
-            chosen, taken = [], set()
+            chosen = []
             for ids in paths:
                 known = len(root)
                 while known < len(ids) and tuple(ids[:known + 1]) in forced:
                     known += 1
-                if known == len(ids) or forced[tuple(ids[:known])] < floor:
+                prefix = tuple(ids[:known])
+                if known == len(ids) or prefix not in outputs:  # done, below the floor, or in this batch
                     continue
-                log_probs, state = self.context(ids[:known])  # cached unless evicted since
-                key = tuple(ids[:known + 1])
-                forced[key] = forced[tuple(ids[:known])] + float(log_probs[ids[known]])
-                if forced[key] >= floor and key not in taken and self.cached(key) is None:
-                    taken.add(key)
-                    beams.append(_Beam(0.0, log_probs, state, b"", b"", tuple(ids[:known])))
+                log_probs, state = outputs[prefix]
+                key, log_prob = prefix + (ids[known],), forced[prefix][0] + float(log_probs[ids[known]])
+                hit = self.cached(key) if log_prob >= floor else None
+                forced[key] = (log_prob, None if hit is None else hit[0])
+                if hit is not None:
+                    outputs[key] = hit
+                elif log_prob >= floor:
+                    beams.append(_Beam(0.0, log_probs, state, b"", b"", prefix))
                     chosen.append((len(beams) - 1, ids[known], 0.0, b"", b""))
-            if beams:
-                self._advance(beams, chosen)
+            for beam in self._advance(beams, chosen) if beams else []:
+                outputs[beam.pieces] = (beam.log_probs, beam.state)
+                forced[beam.pieces] = (forced[beam.pieces][0], beam.log_probs)
         return forced
 
     def healed(self, log_probs: np.ndarray, pending: bytes) -> float:

@@ -292,23 +292,20 @@ export class Completer {
     });
     const floor = Math.log(FORCED_FLOOR) + this.healed((await this.context(root)).logProbs, pending);
     const forced = await this.force(endings.flatMap((ends) => (ends ? ends.map(({ path }) => path) : [])), root, floor);
-    const scores = [];
-    for (const ends of endings) scores.push(ends ? await this.endsScore(ends, forced, floor) : -Infinity);
-    return scores;
+    return endings.map((ends) => (ends ? this.endsScore(ends, forced, floor) : -Infinity));
   }
 
   /**
    * log of the summed probabilities of the endings ({path, the bytes the next piece starts with or
    * null for EOS}), each path's pieces as force scored them (runtime/complete.py _ends_score); a
    * path that fell below `floor` adds nothing.
-   * @param {Map<string, number>} forced
+   * @param {Map<string, {logProb: number, after: Float32Array|null}>} forced
    */
-  async endsScore(ends, forced, floor) {
+  endsScore(ends, forced, floor) {
     let total = -Infinity;
     for (const { path, spanning } of ends) {
-      const logProb = forced.get(path.join()) ?? -Infinity;
-      if (logProb < floor) continue;
-      const after = (await this.context(path)).logProbs;
+      const { logProb, after } = forced.get(path.join()) ?? { logProb: -Infinity, after: null };
+      if (logProb < floor || after === null) continue;
       let last = -Infinity;
       if (spanning === null) last = after[this.config.eos_id];
       else {
@@ -323,33 +320,44 @@ export class Completer {
 
   /**
    * Teacher-force every path past `root` (a prefix of each): a Map from each prefix reached (its
-   * comma-joined pieces) to the log-probability of its pieces past root; a prefix below `floor`
-   * goes no further. The model's output after each prefix reached is cached; what is missing runs
-   * in one batched step a depth at a time (advance), not a step a piece (runtime/complete.py _force).
+   * comma-joined pieces) to {logProb of its pieces past root, after: the model's next-piece
+   * log-probs after it}; one below `floor` goes no further and is not run (after null). What the
+   * cache lacks runs in one batched step a depth at a time (advance), not a step a piece; the
+   * outputs are kept here, so that the cache evicting them mid-call costs nothing
+   * (runtime/complete.py _force).
    * @param {number[][]} paths
    * @param {number[]} root
    * @param {number} floor
    */
   async force(paths, root, floor) {
-    const forced = new Map([[root.join(), 0]]);
+    const rootOutput = await this.context(root);
+    /** @type {Map<string, {logProbs: Float32Array, state: Float32Array}>} */
+    const outputs = new Map([[root.join(), rootOutput]]);
+    /** @type {Map<string, {logProb: number, after: Float32Array|null}>} */
+    const forced = new Map([[root.join(), { logProb: 0, after: rootOutput.logProbs }]]);
     const depths = Math.max(0, ...paths.map((ids) => ids.length)) - root.length;
     for (let depth = 0; depth < depths; depth++) {
-      const beams = [], chosen = [], taken = new Set();
+      const beams = [], chosen = [];
       for (const ids of paths) {
         let known = root.length;
         while (known < ids.length && forced.has(ids.slice(0, known + 1).join())) known++;
-        const sum = /** @type {number} */ (forced.get(ids.slice(0, known).join()));
-        if (known === ids.length || sum < floor) continue;
-        const { logProbs, state } = await this.context(ids.slice(0, known)); // cached unless evicted since
+        const prefix = ids.slice(0, known).join(), output = outputs.get(prefix);
+        if (known === ids.length || !output) continue; // done, below the floor, or in this batch
         const key = ids.slice(0, known + 1).join();
-        forced.set(key, sum + logProbs[ids[known]]);
-        if (/** @type {number} */ (forced.get(key)) >= floor && !taken.has(key) && !this.cached(key)) {
-          taken.add(key);
-          beams.push({ score: 0, logProbs, state, text: "", pending: "", pieces: ids.slice(0, known) });
+        const logProb = /** @type {{logProb: number}} */ (forced.get(prefix)).logProb + output.logProbs[ids[known]];
+        const hit = logProb >= floor ? this.cached(key) : undefined;
+        forced.set(key, { logProb, after: hit ? hit.logProbs : null });
+        if (hit) outputs.set(key, hit);
+        else if (logProb >= floor) {
+          beams.push({ score: 0, ...output, text: "", pending: "", pieces: ids.slice(0, known) });
           chosen.push({ beamIndex: beams.length - 1, piece: ids[known], score: 0, text: "", pending: "" });
         }
       }
-      if (beams.length) await this.advance(beams, chosen);
+      for (const beam of beams.length ? await this.advance(beams, chosen) : []) {
+        const key = beam.pieces.join();
+        outputs.set(key, { logProbs: beam.logProbs, state: beam.state });
+        forced.set(key, { logProb: /** @type {{logProb: number}} */ (forced.get(key)).logProb, after: beam.logProbs });
+      }
     }
     return forced;
   }

@@ -130,11 +130,12 @@ def test_log_probs_stop_forcing_a_text_once_it_falls_below_the_floor(bundle_dir,
 
 
 class ForceRecordingCompleter(Completer):
-    """Records what _force ran and returned, and the model calls made after it."""
+    """Records what _force ran and returned, and the model calls made after it and inside it."""
 
     def __init__(self, bundle_dir):
         super().__init__(bundle_dir)
-        self.forcing, self.ran, self.forced, self.floor, self.calls_after = False, set(), {}, 0.0, 0
+        self.forcing, self.ran, self.forced, self.floor = False, set(), {}, 0.0
+        self.calls_after = self.calls_forcing = 0
 
     def _force(self, paths, root, floor):
         self.forcing, self.floor = True, floor
@@ -151,12 +152,13 @@ class ForceRecordingCompleter(Completer):
 
     def step(self, tokens, state):
         self.calls_after += not self.forcing
+        self.calls_forcing += self.forcing
         return super().step(tokens, state)
 
 
 def test_log_probs_run_only_what_the_floor_lets_through(bundle_dir):
-    """_force runs no prefix whose pieces fell below the floor, and the scoring after it runs the
-    model no more: each piece it needs was run in _force's batches."""
+    """_force runs no prefix whose pieces fell below the floor, one batched call a depth (paths
+    that share a prefix run it once), and the scoring after it runs the model no more."""
     completer = ForceRecordingCompleter(bundle_dir)
     found = completer.complete("githu", 1)
     completer.calls_after = 0
@@ -164,8 +166,10 @@ def test_log_probs_run_only_what_the_floor_lets_through(bundle_dir):
                                                    "githu.qq/zz?"])
     assert any(score == -math.inf for score in scores) and any(score > -math.inf for score in scores)
     assert completer.calls_after == 0
-    assert completer.ran and all(completer.forced[key] >= completer.floor for key in completer.ran)
-    assert any(log_prob < completer.floor for log_prob in completer.forced.values())
+    depths = max(map(len, completer.forced)) - min(map(len, completer.forced))
+    assert completer.calls_forcing <= depths
+    assert completer.ran and all(completer.forced[key][0] >= completer.floor for key in completer.ran)
+    assert any(log_prob < completer.floor for log_prob, _ in completer.forced.values())
 
 
 def _mid_piece_prefixes(completer, urls):
