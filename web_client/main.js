@@ -168,9 +168,11 @@ async function visit(client, text) {
     note.textContent = `“${text.trim()}” is not a web address (like example.com/page), so it was not recorded.`;
     return;
   }
-  combo.typed = input.value = "";
-  combo.items = [];
-  setOpen(false);
+  if (input.value === text) { // cleared only if nothing was typed while the visit was being saved
+    combo.typed = input.value = "";
+    combo.items = [];
+    setOpen(false);
+  }
   note.textContent = `Visited ${url}: recorded on this device only.`;
 }
 

@@ -289,3 +289,35 @@ def test_page_and_dashboard_link_each_other(page):
     expect(page).to_have_url(re.compile("/dashboard$"))
     page.get_by_role("link", name="URL autocomplete page").click()
     expect(page.get_by_role("combobox")).to_be_visible()
+
+
+HOLD_VISITS = """() => new Promise((held) => {
+  // A readwrite transaction on the visits store kept busy until releaseVisits(): the page's own
+  // write of a visit waits behind it, as on a slow disk.
+  const open = indexedDB.open("fedurl");
+  open.onsuccess = () => {
+    const store = open.result.transaction("visits", "readwrite").objectStore("visits");
+    let holding = true;
+    window.releaseVisits = () => { holding = false; };
+    const spin = () => { if (holding) store.count().onsuccess = spin; };
+    spin();
+    held();
+  };
+})"""
+
+
+def test_what_is_typed_while_a_visit_is_saved_stays(page):
+    """Enter saves the visit in the background: text typed before the save finishes stays in the
+    bar and keeps its suggestions (a late save once cleared the bar, and the suggestions for what
+    had been typed were dropped: a flaky test under load)."""
+    open_page(page)
+    page.evaluate(HOLD_VISITS)
+    bar = page.get_by_role("combobox")
+    enter(page, "example.org/a")
+    bar.fill("")
+    type_and_wait(page, "goo")
+    page.evaluate("releaseVisits()")
+    expect(page.locator("#visit-note")).to_contain_text("Visited example.org/a")
+    expect(page.locator("#history .history-url")).to_have_text(["example.org/a"])
+    assert bar.input_value().startswith("goo")
+    expect(page.locator("#suggestions")).to_have_attribute("data-for", "goo")

@@ -20,5 +20,6 @@ def test_the_page_says_training_stopped_for_privacy_and_still_suggests(page):
     expect(page.locator("#auto-train")).to_contain_text("stopped for privacy")
     page.fill("#url", "example.org/a")
     page.keyboard.press("Enter")  # a visit: training would otherwise be offered
+    expect(page.locator("#visit-note")).to_contain_text("Visited example.org/a")
     expect(page.get_by_role("button", name="Train now")).to_be_disabled()
     assert shown_suggestions(page, "goo"), "suggestions keep working"
