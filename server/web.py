@@ -186,34 +186,41 @@ def precompress_list(app: Flask, pages: bool = True) -> list[Path]:
 
 
 def precompress(app: Flask, pages: bool = True) -> threading.Thread | None:
-    """Compress precompress_list(app, pages) in a background thread (fedurl-serve calls this at start).
+    """Compress precompress_list(app, pages) in a background thread at the lowest CPU priority
+    (fedurl-serve calls this at start).
 
-    Requests meanwhile get files as they are. Logs ``precompressed`` when done. None if
-    compression is off (GZIP_CACHE_BYTES = 0).
+    Requests meanwhile get files as they are. None if compression is off (GZIP_CACHE_BYTES = 0).
     """
     if app.config["GZIP_CACHE_BYTES"] <= 0:
         return None
-    cache, files = gzip_cache(app), precompress_list(app, pages)
+    files = precompress_list(app, pages)
 
     def run() -> None:
-        """Compress each file once, least important last (the cache keeps the newest)."""
         _lower_priority()
-        started, done, sizes = time.monotonic(), 0, [0, 0]
-        for path in files:
-            try:
-                stat = path.stat()
-                body = cache.get(path, stat.st_mtime_ns, stat.st_size)
-            except OSError:
-                continue
-            done += 1
-            sizes[0] += stat.st_size
-            sizes[1] += len(body) if body is not None else stat.st_size
-        logs.event("precompressed", files=done, bytes=sizes[0], gzip_bytes=sizes[1],
-                   seconds=round(time.monotonic() - started, 2))
+        compress_files(app, files)
 
     thread = threading.Thread(target=run, name="fedurl-precompress", daemon=True)
     thread.start()
     return thread
+
+
+def compress_files(app: Flask, files: list[Path]) -> None:
+    """Compress each file into the gzip cache now, in this thread, least important last (the cache
+    keeps the newest); logs ``precompressed`` when done. A test calls it to wait for what
+    ``precompress`` does, without the lowered priority that starves it on a busy machine.
+    """
+    cache, started, done, sizes = gzip_cache(app), time.monotonic(), 0, [0, 0]
+    for path in files:
+        try:
+            stat = path.stat()
+            body = cache.get(path, stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            continue
+        done += 1
+        sizes[0] += stat.st_size
+        sizes[1] += len(body) if body is not None else stat.st_size
+    logs.event("precompressed", files=done, bytes=sizes[0], gzip_bytes=sizes[1],
+               seconds=round(time.monotonic() - started, 2))
 
 
 def send_encoded(path: Path, *, mimetype: str | None = None, etag: str | None = None,

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 from client.protocol import FederatedClient, encode_update
+from deploy.front import STOP_WAIT_S
 from formats.bundle import load_bundle
 from server.cli import front_body_dir
 from tests.server.conftest import TINY_PARAMETERS, write_tiny_bundle
@@ -117,11 +118,13 @@ class Deployment:
         return int((self.data_dir / "front" / "nginx.pid").read_text())
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
-        """Send sig (SIGINT is Ctrl-C) and wait for the exit; its return code."""
+        """Send sig (SIGINT is Ctrl-C) and wait for the exit; its return code. The wait covers
+        fedurl-deploy's own worst case: the workers, then nginx, each STOP_WAIT_S before SIGKILL
+        and STOP_WAIT_S after (20 s was too short on a loaded machine)."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
-            code = self.process.wait(20)
+            code = self.process.wait(4 * STOP_WAIT_S + 10)
         except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait(10)

@@ -270,7 +270,9 @@ def test_kept_update_is_sent_by_itself_when_the_connection_is_back(page, context
 def test_transfer_counts_the_bytes_actually_sent(page, context, live_app):
     """"Transferred" adds up the encoded (gzip) sizes of the runtime and model responses, well
     below their decoded sizes (the old page counted those)."""
-    web.precompress(live_app).join(120)  # as fedurl-serve does at start: requests never compress
+    # What fedurl-serve does at start (requests never compress), waited for here: its thread runs at
+    # the lowest priority and took over 120 s on a loaded machine
+    web.compress_files(live_app, web.precompress_list(live_app))
     responses = []
     context.on("response", lambda r: urlparse(r.url).path.startswith("/api/files/") and responses.append(r))
     context.on("response", lambda r: urlparse(r.url).path.endswith(".wasm") and responses.append(r))
