@@ -54,6 +54,9 @@ export const FUSION_WEIGHT = 0.5;
 /** fuseSuggestions: a count score S below this (0: a symbol never counted) counts as this (runtime/ngram.py COUNT_FLOOR). */
 export const COUNT_FLOOR = 1e-300;
 
+/** A bundle's count component: interpolated absolute discounting's D (runtime/ngram.py COUNT_DISCOUNT). */
+export const COUNT_DISCOUNT = 2;
+
 /** Suggestions shown under the URL bar. */
 export const SUGGESTIONS_K = 5;
 

@@ -1,10 +1,11 @@
 /**
- * Character n-grams with stupid backoff, runtime/ngram.py's twins suggestion for suggestion and
+ * Character n-grams, runtime/ngram.py's twins suggestion for suggestion and
  * score for score (read that module's docstring for the algorithm): the personal n-gram of this
  * user's own visits (CharNgram; client.js builds one from the history in IndexedDB, and nothing
  * here leaves the device), and a bundle's count component read from counts.bin (CountTrie; client.js
  * searches it, the completion worker searches the network and scores the counts' suggestions too,
- * and fuseSuggestions fuses the two).
+ * and fuseSuggestions fuses the two). The personal n-gram scores with stupid backoff, the count
+ * component with interpolated absolute discounting (COUNT_DISCOUNT).
  *
  * A symbol is one code point (Python's str), so strings are walked with Array.from, and ties
  * are broken by code points, not UTF-16 units. Scores are float64 products, never logarithms,
@@ -13,7 +14,7 @@
 
 import { junk } from "./completer.js";
 import {
-  COUNT_FLOOR, FUSION_WEIGHT, NGRAM_ALPHA, NGRAM_BEAM_WIDTH, NGRAM_MAX_CHARS, NGRAM_ORDER, NGRAM_RANKED_CACHE_ENTRIES,
+  COUNT_DISCOUNT, COUNT_FLOOR, FUSION_WEIGHT, NGRAM_ALPHA, NGRAM_BEAM_WIDTH, NGRAM_MAX_CHARS, NGRAM_ORDER, NGRAM_RANKED_CACHE_ENTRIES,
   PERSONAL_WEIGHT,
 } from "./constants.js";
 import { splitTyped } from "./normalize.js";
@@ -49,9 +50,11 @@ const bestFirst = (a, b) => (a[0] > b[0] ? -1 : a[0] < b[0] ? 1 : compareCodePoi
  */
 class BackoffNgram {
   constructor({ order = NGRAM_ORDER, alpha = NGRAM_ALPHA, beamWidth = NGRAM_BEAM_WIDTH,
-    maxChars = NGRAM_MAX_CHARS } = {}) {
+    maxChars = NGRAM_MAX_CHARS, discount = null } = {}) {
     this.order = order;
     this.alpha = alpha;
+    /** @type {number|null} null: stupid backoff; a number: interpolated absolute discounting's D */
+    this.discount = discount;
     this.beamWidth = beamWidth;
     this.maxChars = maxChars;
     this.powers = [1]; // alpha ** j by repeated multiplication, as runtime/ngram.py builds it
@@ -84,9 +87,39 @@ class BackoffNgram {
   slotScores(last) {
     if (this.scratch.length !== this.symbols.length) this.scratch = new Float64Array(this.symbols.length);
     const scores = this.scratch.fill(-1);
+    if (this.discount !== null) return this.interpolated(last, scores, this.discount);
     this.forEachCount(last, (n, total, slot, c) => {
       if (scores[slot] < 0) scores[slot] = c / total * this.powers[this.order - 1 - n];
     });
+    return scores;
+  }
+
+  /**
+   * slotScores by interpolated absolute discounting (runtime/ngram.py _interpolated, the same
+   * float64 operations in the same order): each counted context, longest first, adds its
+   * discounted counts times the weight the longer ones left, then the symbols counted at all
+   * share what is left.
+   * @param {string[]} last
+   * @param {Float64Array} scores filled with -1
+   * @param {number} discount
+   */
+  interpolated(last, scores, discount) {
+    let weight = 1, context = -1, contextTotal = 0, kept = 0;
+    const unigrams = [];
+    this.forEachCount(last, (n, total, slot, c) => {
+      if (n !== context) {
+        if (context >= 0) weight *= (contextTotal - kept) / contextTotal;
+        context = n;
+        contextTotal = total;
+        kept = 0;
+      }
+      const d = Math.max(c - discount, 0);
+      scores[slot] = (scores[slot] < 0 ? 0 : scores[slot]) + weight * (d / total);
+      kept += d;
+      if (n === 0) unigrams.push(slot);
+    });
+    if (context >= 0) weight *= (contextTotal - kept) / contextTotal;
+    for (const slot of unigrams) scores[slot] += weight / unigrams.length;
     return scores;
   }
 
@@ -290,7 +323,7 @@ export class CountTrie extends BackoffNgram {
     }
     const nodes = COUNTS_HEADER_BYTES + 4 * size;
     if (data.length < nodes + 3 * n + e) throw new CountsFormatError("is truncated");
-    super({ order });
+    super({ order, discount: COUNT_DISCOUNT });
     this.urls = view.getUint32(16, true);
     for (let i = 0, previous = -1; i < size; i++) { // the alphabet: a symbol's slot is its index
       const point = view.getUint32(COUNTS_HEADER_BYTES + 4 * i, true);

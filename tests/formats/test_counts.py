@@ -5,7 +5,7 @@ import struct
 import pytest
 
 from formats import counts
-from runtime.ngram import CharNgramLM
+from runtime.ngram import COUNT_DISCOUNT, CharNgramLM
 
 URLS = ["github.com/login", "github.com/about", "gitlab.com/explore", "日本.jp/パス", "😀.ws/a",
         "a.org/b?c=1"]
@@ -36,11 +36,15 @@ def test_round_trip_keeps_every_kept_count_and_total():
 
 
 def test_the_decoded_model_suggests_what_the_pruned_one_does():
-    lm = CharNgramLM(URLS * 2 + ["github.com/features"])
+    """With the discount a bundle's counts score with, and with stupid backoff (discount None)."""
+    lm, plain = (CharNgramLM(URLS * 2 + ["github.com/features"], discount=d) for d in (COUNT_DISCOUNT, None))
     lm.prune(2)
+    plain.prune(2)
     loaded = CharNgramLM.from_bytes(lm.to_bytes())
+    backoff = CharNgramLM.from_bytes(lm.to_bytes(), discount=None)
     for typed in ["", "g", "github.com/", "日", "😀.ws/", "a.org/b"]:
         assert loaded.complete_scored(typed, 5) == lm.complete_scored(typed, 5), typed
+        assert backoff.complete_scored(typed, 5) == plain.complete_scored(typed, 5), typed
     assert loaded.complete("github.com/", 3)
 
 

@@ -23,6 +23,30 @@ def test_backoff_score_by_hand():
     assert lm.scores("zb") == pytest.approx({"c": 0.2, "d": 0.2, "a": 0.04, "b": 0.04, EOS: 0.04})
 
 
+def test_interpolated_score_by_hand():
+    """Order 2 on "ab" twice and "ac", discount 0.5. After "a": b keeps (2 - 0.5) / 3 and c
+    0.5 / 3, leaving 1/3 to the empty context (9 counts), whose discounted counts leave 2/9 of
+    that to the 4 symbols alike: b 1/2 + 1.5/27 + 0.5/27, c 1/6 + 0.5/27 + 0.5/27, a and EOS
+    2.5/27 + 0.5/27. A probability: it sums to 1 after any history, seen or not."""
+    lm = CharNgramLM(["ab", "ab", "ac"], order=2, discount=0.5)
+    assert lm.scores(BOS + "a") == pytest.approx({"b": 0.5 + 2 / 27, "c": 1 / 6 + 1 / 27, "a": 1 / 9,
+                                                  EOS: 1 / 9})
+    for history in (BOS, BOS + "a", "b", "z"):
+        assert sum(lm.scores(history).values()) == pytest.approx(1)
+    assert lm.scores("z") == pytest.approx({"a": 3 / 9, "b": 2 / 9, "c": 1 / 9, EOS: 3 / 9})
+
+
+def test_pruned_counts_go_to_the_shorter_contexts():
+    """Pruned below 2, "abd" leaves the tables but not the totals: after "ab", c keeps
+    (2 - D) / 3 and the rest, d's count included, goes to the shorter contexts, where d is gone
+    too: the scores still sum to 1, over the symbols kept."""
+    lm = CharNgramLM(["abc", "abc", "abd"], order=3, discount=1.0)
+    lm.prune(2)
+    scores = lm.scores(BOS + "ab")
+    assert "d" not in scores and sum(scores.values()) == pytest.approx(1)
+    assert scores["c"] > (2 - 1.0) / 3
+
+
 def test_prune_drops_rare_counts_and_keeps_totals():
     """Order 3 on "abc" twice and "abd" once, pruned below 2: after "ab" only c stays, still 2/3
     of the context's 3; d, seen once in every context, is gone from all of them."""
