@@ -1,4 +1,4 @@
-"""A character n-gram URL completer with stupid backoff: the yardstick, and the personal n-gram.
+"""A character n-gram URL completer: the yardstick, a bundle's count component, the personal n-gram.
 
 One class, three uses: ``fedurl-eval`` prints it as the ``8-gram`` row (built from ``--train``);
 a bundle ships one built from its training corpus, counts below 5 pruned (``counts.bin``), that
@@ -18,7 +18,7 @@ with ctx_n the last n symbols of the history h (BOS padding + canonical prefix +
     S(x | h) = c(ctx_n, x) / c(ctx_n) * alpha ** (order - 1 - n)
 
 for the longest n <= order-1 with c(ctx_n, x) > 0, where c(ctx) counts every symbol after ctx.
-A context never seen costs its factor alpha like any other. S is a score, not a probability.
+A context never seen costs its factor alpha like any other. S is a score here, not a probability.
 Scores multiply in float64 (no logarithms): the ratio first, then the power of alpha (a table
 built by repeated multiplication), then the beam's score; IEEE products are the same in
 Python and JS, so the browser's twin ranks bit for bit alike.
@@ -121,8 +121,9 @@ class CharNgramLM:
         self._ranked.clear()
 
     def prune(self, min_count: int) -> None:
-        """Drop every count below min_count, keeping each context's total (c(ctx) above): a kept
-        symbol scores as before, a dropped one backs off as an unseen one would. A bundle's count
+        """Drop every count below min_count, keeping each context's total (c(ctx) above): with stupid
+        backoff a kept symbol scores as before and a dropped one backs off as an unseen one would;
+        with a discount the dropped counts' share goes to the shorter contexts. A bundle's count
         component keeps most of the mix's gain this way (docs/RESULTS.md); the personal n-gram is
         never pruned. Prune after the last ``add``: a later URL would count a dropped symbol again
         from zero.
@@ -174,7 +175,7 @@ class CharNgramLM:
     def scores(self, history: str) -> dict[str, float]:
         """S(x | history) for every symbol x seen at all (the rules above)."""
         if self.discount is not None:
-            return self._interpolated(history, self.discount)
+            return self._interpolated(history)
         out: dict[str, float] = {}
         for n in range(self.order - 1, -1, -1):
             ctx = history[len(history) - n:] if n else ""
@@ -187,8 +188,10 @@ class CharNgramLM:
                     out[x] = c / total * power
         return out
 
-    def _interpolated(self, history: str, discount: float) -> dict[str, float]:
+    def _interpolated(self, history: str) -> dict[str, float]:
         """S(x | history) by interpolated absolute discounting (the module docstring)."""
+        discount = self.discount
+        assert discount is not None
         out: dict[str, float] = {}
         weight = 1.0
         for n in range(self.order - 1, -1, -1):
@@ -352,7 +355,7 @@ class FusedCompleter:
     def complete_scored(self, typed: str, k: int = 5) -> list[tuple[str, float]]:
         """The top k of ``fuse`` over max(k, FUSION_K) suggestions from each side, each side's past
         the threshold tau: the network's by its probability given what was typed (runtime/complete.py
-        step 5), the counts' by their score S, a product of per-character frequencies given it;
+        step 5), the counts' by their score S, a product of per-character probabilities given it;
         each side then scores the texts only the other proposed.
         """
         wide = max(k, FUSION_K)

@@ -65,6 +65,7 @@ class BackoffNgram {
     /** @type {Map<string, number>} symbol -> slot */
     this.slots = new Map();
     this.scratch = new Float64Array(0); // rankedNext's scores by slot, reused: allocating costs as much as scoring
+    this.unigramScratch = new Uint32Array(0); // interpolated's slots of the empty context, reused alike
     /** @type {Map<string, Array<[number, string]>>} last order-1 symbols -> rankedNext */
     this.ranked = new Map();
   }
@@ -80,7 +81,8 @@ class BackoffNgram {
   }
 
   /**
-   * S(symbol | history) by slot, -1 for a symbol never seen after it (runtime/ngram.py scores),
+   * S(symbol | history) by slot, -1 for a symbol never seen after it (stupid backoff) or never
+   * counted at all (interpolated) (runtime/ngram.py scores),
    * in `scratch`, so valid until the next call.
    * @param {string[]} last the history's last order-1 symbols
    */
@@ -104,8 +106,9 @@ class BackoffNgram {
    * @param {number} discount
    */
   interpolated(last, scores, discount) {
-    let weight = 1, context = -1, contextTotal = 0, kept = 0;
-    const unigrams = [];
+    let weight = 1, context = -1, contextTotal = 0, kept = 0, unigramCount = 0;
+    if (this.unigramScratch.length !== scores.length) this.unigramScratch = new Uint32Array(scores.length);
+    const unigrams = this.unigramScratch;
     this.forEachCount(last, (n, total, slot, c) => {
       if (n !== context) {
         if (context >= 0) weight *= (contextTotal - kept) / contextTotal;
@@ -116,10 +119,10 @@ class BackoffNgram {
       const d = Math.max(c - discount, 0);
       scores[slot] = (scores[slot] < 0 ? 0 : scores[slot]) + weight * (d / total);
       kept += d;
-      if (n === 0) unigrams.push(slot);
+      if (n === 0) unigrams[unigramCount++] = slot;
     });
     if (context >= 0) weight *= (contextTotal - kept) / contextTotal;
-    for (const slot of unigrams) scores[slot] += weight / unigrams.length;
+    for (let i = 0; i < unigramCount; i++) scores[unigrams[i]] += weight / unigramCount;
     return scores;
   }
 

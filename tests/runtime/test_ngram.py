@@ -37,14 +37,15 @@ def test_interpolated_score_by_hand():
 
 
 def test_pruned_counts_go_to_the_shorter_contexts():
-    """Pruned below 2, "abd" leaves the tables but not the totals: after "ab", c keeps
-    (2 - D) / 3 and the rest, d's count included, goes to the shorter contexts, where d is gone
-    too: the scores still sum to 1, over the symbols kept."""
+    """Pruned below 2, "abd" leaves the tables but not the totals: after "ab" (total 3), c keeps
+    (2 - 1) / 3 and passes on 2/3, d's count included; "b" likewise (c: 2/3 x 1/3, passes on 4/9);
+    the empty context (a, b, EOS 3, c 2, d 1 pruned: total 12) gives c 4/9 x 1/12 and leaves
+    4/9 x 5/12 to its 4 kept symbols alike: c 1/3 + 2/9 + 1/27 + 5/108 = 23/36, summing to 1."""
     lm = CharNgramLM(["abc", "abc", "abd"], order=3, discount=1.0)
     lm.prune(2)
     scores = lm.scores(BOS + "ab")
     assert "d" not in scores and sum(scores.values()) == pytest.approx(1)
-    assert scores["c"] > (2 - 1.0) / 3
+    assert scores["c"] == pytest.approx(23 / 36)
 
 
 def test_prune_drops_rare_counts_and_keeps_totals():
