@@ -66,7 +66,7 @@ class Deployment:
 
     def __init__(self, bundle: Path, data_dir: Path, env: dict[str, str], args: tuple[str, ...] = ()):
         environ = {**os.environ, "PYTHONPATH": str(REPO), "FEDURL_TICK_INTERVAL_S": "0",
-                   "FEDURL_LOG_LEVEL": "INFO", **env}
+                   "FEDURL_LOG_LEVEL": "INFO", "PYTHONFAULTHANDLER": "1", **env}
         self.data_dir = data_dir
         self.workers = int(args[args.index("--workers") + 1]) if "--workers" in args else 1
         self.process = subprocess.Popen([sys.executable, "-m", "deploy.front", "--bundle", str(bundle),
@@ -121,14 +121,22 @@ class Deployment:
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """Send sig (SIGINT is Ctrl-C) and wait for the exit; its return code. The wait covers
         fedurl-deploy's own worst case: nginx, then each worker in turn, STOP_WAIT_S before SIGKILL
-        and STOP_WAIT_S after (20 s was too short on a loaded machine)."""
+        and STOP_WAIT_S after. Past it, SIGABRT: faulthandler (PYTHONFAULTHANDLER) writes where
+        every thread was to stderr, printed here for the failure's report."""
         if self.process.poll() is None:
             self.process.send_signal(sig)
         try:
             code = self.process.wait(2 * STOP_WAIT_S * (1 + self.workers) + 10)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait(10)
+            self.process.send_signal(signal.SIGABRT)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+            self.drain.join(10)
+            print("fedurl-deploy did not stop; its last lines:\n" + "".join(self.lines[-80:]))
+            code = -signal.SIGKILL
         self.drain.join(10)
         assert self.process.stderr is not None
         self.process.stderr.close()

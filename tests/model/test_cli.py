@@ -63,11 +63,12 @@ def test_counts_command_gives_a_bundle_its_count_component(bundle_dir, tmp_path,
     bundle = tmp_path / "bundle"
     shutil.copytree(bundle_dir, bundle)
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("zqxv.example/alpha\n" * 5 + "zqxv.example/beta\n")
+    # 40 URLs: their shared prefix is counted well above the discount (COUNT_DISCOUNT)
+    corpus.write_text("".join(f"zqxv.example/page{i}\n" for i in range(40)))
     counts.main([str(bundle), "--corpus", str(corpus), "--min-count", "2"])
     manifest = load_bundle(bundle).manifest
-    assert manifest["counts"]["urls"] == 2 and manifest["counts"]["min_count"] == 2
-    assert "counts.bin" in manifest["files"] and "from 2 URLs" in capsys.readouterr().out
+    assert manifest["counts"]["urls"] == 40 and manifest["counts"]["min_count"] == 2
+    assert "counts.bin" in manifest["files"] and "from 40 URLs" in capsys.readouterr().out
     completer = open_completer(bundle)
     assert isinstance(completer, FusedCompleter)
     suggestions = completer.complete_scored("zqx", 3)

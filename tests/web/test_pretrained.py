@@ -22,6 +22,7 @@ MAX_GIT_BYTES = 5_000_000  # what git stores (zlib) and about what a browser dow
 SITES = ["github.com/", "en.wikipedia.org/wiki/", "youtube.com/", "docs.python.org/", "stackoverflow.com/"]
 # Typed paths where the shipped network is sure enough of some path to pass its threshold.
 LIKELY = ["github.com/", "stackoverflow.com/", "en.wikipedia.org/wiki/P", "docs.python.org/"]
+SHOWN = 5  # suggestions the page shows (constants.js SUGGESTIONS_K)
 GENERIC = r"(com|net|org)"
 REPEATED_TLD = re.compile(rf"\.{GENERIC}\.{GENERIC}(/|$)")
 TLD_AS_SEGMENT = re.compile(rf"/[^/?]*\.{GENERIC}(/|$)")
@@ -61,8 +62,10 @@ def test_the_shipped_counts_add_paths_the_network_is_unsure_of():
     page, network = open_completer(PRETRAINED), Completer(PRETRAINED)
     assert isinstance(page, FusedCompleter), "pretrained/ ships its count component"
     main_page = "en.wikipedia.org/wiki/Main_Page"
-    assert main_page not in network.complete("en.wikipedia.org/wiki/", k=3)
-    assert main_page in page.complete("en.wikipedia.org/wiki/", k=3)
+    assert main_page not in network.complete("en.wikipedia.org/wiki/", k=SHOWN)
+    # Fifth since the counts are discounted: they now also offer paths other sites share
+    # (Programming, Program), which the network likes more (docs/RESULTS.md)
+    assert main_page in page.complete("en.wikipedia.org/wiki/", k=SHOWN)
     for typed in SITES:
         suggestions = page.complete(typed, k=3)
         assert suggestions, typed
