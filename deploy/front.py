@@ -399,6 +399,9 @@ def main(argv=None) -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, terminate)
+    # Ctrl-C as promised even when started in the background by a script, whose children inherit
+    # SIGINT ignored (POSIX), so Python would not install its KeyboardInterrupt handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     nginx.start(nginx_ended)
     deadline = time.monotonic() + WORKER_START_S
     while not _accepts(listen[1], listen[0]):  # "listening" means a request gets through now
