@@ -39,7 +39,7 @@ from werkzeug.utils import get_content_type
 from server import db, logs, web
 from server.api import BODY_FILE_HEADER
 from server.app import ISOLATION_HEADERS, create_app
-from server.cli import FRONT_DIR, front_body_dir, make_server, trust_front_bodies
+from server.cli import FRONT_DIR, front_body_dir, handle_ctrl_c, make_server, trust_front_bodies
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.j2")
 STOP_WAIT_S = 10.0
@@ -362,6 +362,7 @@ def worker_command(args: argparse.Namespace, overrides: dict) -> list[str]:
 
 def main(argv=None) -> None:
     """Start the app and nginx in front of it; stop both on Ctrl-C, SIGTERM, or nginx's end."""
+    handle_ctrl_c()
     args = parse_args(argv)
     overrides = {key: value for key, value in
                  (("BUNDLE_DIR", args.bundle), ("DATA_DIR", args.data_dir), ("DATABASE_URL", args.db))
@@ -399,9 +400,6 @@ def main(argv=None) -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, terminate)
-    # Ctrl-C as promised even when started in the background by a script, whose children inherit
-    # SIGINT ignored (POSIX), so Python would not install its KeyboardInterrupt handler
-    signal.signal(signal.SIGINT, signal.default_int_handler)
     nginx.start(nginx_ended)
     deadline = time.monotonic() + WORKER_START_S
     while not _accepts(listen[1], listen[0]):  # "listening" means a request gets through now

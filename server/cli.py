@@ -20,6 +20,7 @@ import argparse
 import ipaddress
 import json
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -205,6 +206,15 @@ def make_server(app, host: str, port: int, threads: int = 8):
     return MultiSocketServer(socket_map, adj, listening, dispatcher, servers[-1].log_info)
 
 
+def handle_ctrl_c() -> None:
+    """Make Ctrl-C (SIGINT) stop the server however the process was started: a script that starts
+    it in the background hands it SIGINT ignored (POSIX: asynchronous commands without job
+    control), and Python then installs no KeyboardInterrupt handler, so SIGINT did nothing. Call
+    it first thing, before anything says the server is listening.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @contextmanager
 def serving(app, threads: int = 4) -> Iterator[tuple[str, int]]:
     """Serve app with make_server on 127.0.0.1 at a free port in a daemon thread; yield (host, port)."""
@@ -262,6 +272,7 @@ def is_loopback(host: str) -> bool:
 
 def main(argv=None) -> None:
     """Create the app, start compressing its static files in the background, and serve until interrupted."""
+    handle_ctrl_c()
     args = parse_args(argv)
     overrides = {key: value for key, value in
                  (("BUNDLE_DIR", args.bundle), ("DATA_DIR", args.data_dir), ("DATABASE_URL", args.db))

@@ -27,7 +27,7 @@ from client.protocol import FederatedClient, encode_update
 from deploy.front import STOP_WAIT_S
 from formats.bundle import load_bundle
 from server.cli import front_body_dir
-from tests.server.conftest import TINY_PARAMETERS, write_tiny_bundle
+from tests.server.conftest import TINY_PARAMETERS, as_background_job, write_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 WEB = REPO / "web_client"
@@ -64,7 +64,9 @@ def nginx_installed():
 class Deployment:
     """``fedurl-deploy`` (python -m deploy.front) on a free port; its log lines are kept by a thread."""
 
-    def __init__(self, bundle: Path, data_dir: Path, env: dict[str, str], args: tuple[str, ...] = ()):
+    def __init__(self, bundle: Path, data_dir: Path, env: dict[str, str], args: tuple[str, ...] = (),
+                 background: bool = False):
+        """background: start it as a script's ``command &`` would (``as_background_job``)."""
         environ = {**os.environ, "PYTHONPATH": str(REPO), "FEDURL_TICK_INTERVAL_S": "0",
                    "FEDURL_LOG_LEVEL": "INFO", "PYTHONFAULTHANDLER": "1", **env}
         self.data_dir = data_dir
@@ -72,7 +74,8 @@ class Deployment:
         self.process = subprocess.Popen([sys.executable, "-m", "deploy.front", "--bundle", str(bundle),
                                          "--data-dir", str(data_dir), "--host", CLIENT, "--port", "0", *args],
                                         cwd=REPO, env=environ, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.PIPE, text=True)
+                                        stderr=subprocess.PIPE, text=True,
+                                        preexec_fn=as_background_job if background else None)
         self.lines: list[str] = []
         self.events: dict[str, dict] = {}  # the first of each name
         self.log: list[dict] = []  # every event, in order
@@ -358,14 +361,16 @@ def test_200_slow_sockets_leave_the_model_answering(deployment):
         "a slow socket reached the app"  # waitress never held one: nginx passes on whole requests only
 
 
-def test_ctrl_c_stops_the_app_and_nginx(tmp_path):
-    """The documented start, stopped as a person would: Ctrl-C ends both processes. Started, it
+@pytest.mark.parametrize("background", [False, True], ids=["at a terminal", "started by a script with &"])
+def test_ctrl_c_stops_the_app_and_nginx(tmp_path, background):
+    """The documented start, stopped as a person would: Ctrl-C ends both processes, also when a
+    script started it in the background (SIGINT inherited ignored: it used to run on). Started, it
     removes the bodies an nginx stopped mid-upload left in its body folder (nothing else would)."""
     left = front_body_dir(tmp_path / "data") / "0000000001"
     left.parent.mkdir(parents=True)
     left.write_bytes(b"half an upload")
     deployment = Deployment(write_tiny_bundle(tmp_path / "bundle"), tmp_path / "data",
-                            {"FEDURL_GZIP_CACHE_BYTES": "0"})
+                            {"FEDURL_GZIP_CACHE_BYTES": "0"}, background=background)
     nginx = deployment.nginx_pid()
     assert request(deployment.port, "GET", "/api/model")[0] == 200
     assert not left.exists()

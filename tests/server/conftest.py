@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,13 @@ from server.app import create_app
 
 ADMIN_TOKEN = "test-admin-token-0123456789abcdef-32+"  # at least 32 bytes, as start-up requires
 TINY_PARAMETERS = {"embed.weight": (4, 3), "head.bias": (5,)}
+
+
+def as_background_job() -> None:
+    """A Popen preexec_fn: the child starts as a script's ``command &`` would, with SIGINT and
+    SIGQUIT ignored (POSIX: asynchronous commands without job control)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGQUIT, signal.SIG_IGN)
 
 
 def write_tiny_bundle(directory, parameters=TINY_PARAMETERS, seed=0):

@@ -24,7 +24,7 @@ import pytest
 
 from client.protocol import FederatedClient, ProtocolError
 from formats.bundle import load_bundle
-from tests.server.conftest import write_tiny_bundle
+from tests.server.conftest import as_background_job, write_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 PARAMETERS = {"embed.weight": (4, 3), "big.weight": (256, 512)}  # 512 KiB: uploads take a moment
@@ -36,8 +36,11 @@ pytestmark = pytest.mark.databases("sqlite", "postgresql")
 class ServerProcess:
     """fedurl-serve in a subprocess on a free port; its JSON-lines log is drained by a thread."""
 
-    def __init__(self, bundle: Path, data_dir: Path, db_url: str | None = None, settings: dict | None = None):
-        """:param settings: FEDURL_ settings (without the prefix) over this test's."""
+    def __init__(self, bundle: Path, data_dir: Path, db_url: str | None = None, settings: dict | None = None,
+                 background: bool = False):
+        """:param settings: FEDURL_ settings (without the prefix) over this test's.
+        :param background: start it as a script's ``command &`` would (``as_background_job``).
+        """
         env = {**os.environ, "FEDURL_MIN_CLIENTS": str(MIN_CLIENTS), "FEDURL_TICK_INTERVAL_S": "0",
                "FEDURL_REQUESTS_PER_ADDR_PER_MIN": "100000", "FEDURL_MAX_UPDATE_NORM": "1000",
                "FEDURL_POW_DIFFICULTY": "8", "FEDURL_SELECTION_WINDOW_S": "0",
@@ -47,7 +50,8 @@ class ServerProcess:
                **{f"FEDURL_{k}": str(v) for k, v in (settings or {}).items()}}
         command = [sys.executable, "-m", "server.cli", "--bundle", str(bundle), "--data-dir", str(data_dir),
                    "--port", "0", "--threads", "16", *(["--db", db_url] if db_url else [])]
-        self.process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True,
+                                        preexec_fn=as_background_job if background else None)
         self.events: list[dict] = []
         self.listening = threading.Event()
         self.drain = threading.Thread(target=self._drain, daemon=True)

@@ -1,11 +1,17 @@
-"""fedurl-serve's start message (server/cli.py): where to go, in plain words."""
+"""fedurl-serve (server/cli.py): its start message, where to go, in plain words; what it refuses to
+start with; and Ctrl-C however it was started."""
 
 from __future__ import annotations
+
+import signal
+import urllib.request
 
 import pytest
 import sqlalchemy as sa
 
 from server import cli
+from tests.server.conftest import write_tiny_bundle
+from tests.server.test_durability import ServerProcess
 
 
 class Listening:
@@ -54,3 +60,18 @@ def test_a_database_it_cannot_reach_stops_the_start_with_a_reason(request, bundl
     message = str(stopped.value.code)
     assert message.startswith(f"fedurl-serve: cannot reach the database postgresql+psycopg://fedurl@/{name}")
     assert "not currently accepting connections" in message
+
+
+@pytest.mark.parametrize("background", [False, True], ids=["at a terminal", "started by a script with &"])
+def test_ctrl_c_stops_the_server_however_it_was_started(tmp_path, background):
+    """SIGINT ends fedurl-serve, also when a script started it in the background: the child then
+    inherits SIGINT ignored and Python installs no KeyboardInterrupt handler (it used to run on)."""
+    server = ServerProcess(write_tiny_bundle(tmp_path / "bundle"), tmp_path / "data", background=background)
+    try:
+        with urllib.request.urlopen(f"{server.url}/api/model", timeout=30) as answer:  # it serves now
+            assert answer.status == 200
+        server.process.send_signal(signal.SIGINT)
+        assert server.process.wait(30) == 0
+    finally:
+        if server.process.poll() is None:
+            server.kill()
