@@ -11,7 +11,8 @@ Metrics on held-out URLs (canonical form, see formats/urls.py):
 suggestions shown per keystroke and the share of them that are a prefix of the target (and longer
 than what was typed), for each tau of a grid; the calibrated tau is the largest whose KSR@3 is at
 least (1 - ``--max-ksr-loss``) times tau 0's. ``--exclude`` keeps the held-out URLs honest (no
-host of the model's training corpora), ``--write`` stores tau in the bundle's manifest.
+host of the model's training corpora), ``--write`` stores tau in the bundle's manifest. Both type the
+first ``--ksr-limit`` URLs of the file, or with ``--sample SEED`` a seeded random draw of them.
 
 Baselines, both built from ``--train``: ``8-gram``, the classic character LM yardstick
 (``runtime/ngram.py``: order 8, stupid backoff 0.4, beam 6, suggestions ending at the same
@@ -49,6 +50,16 @@ from study.split import host_of
 
 TAUS = (0.0, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02, 0.05, 0.1)
 MAX_KSR_LOSS = 0.05
+
+
+def typed_sample(urls: list[str], limit: int, seed: int | None) -> list[str]:
+    """The URLs to simulate typing on: the first ``limit``, or with a seed a seeded random draw of
+    ``limit`` (a list in host order, as the ISCX benign list is, gives its first few hosts only:
+    its first 300 unseen URLs are 54 of its 287 unseen hosts, all before "f").
+    """
+    if seed is None:
+        return urls[:limit]
+    return random.Random(seed).sample(urls, min(limit, len(urls)))
 
 
 def keystrokes(target: str, suggest: Callable[[str], list[str]], k: int = 3) -> int:
@@ -114,14 +125,15 @@ def next_token_metrics(bundle: Bundle, weights: dict, urls: list[str], batch: in
             "tokens": int(count)}
 
 
-def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limit: int) -> dict:
+def evaluate(bundle_dir, urls: list[str], train_urls: list[str] | None, ksr_limit: int,
+             sample: int | None = None) -> dict:
     """Model (network, where the bundle has counts), 8-gram and trie rows of the report table."""
     bundle = load_bundle(bundle_dir)
     completer = open_completer(bundle_dir)
     network = completer.completer if isinstance(completer, FusedCompleter) else completer
-    ksr_urls = urls[:ksr_limit]
-    report: dict[str, Any] = {"urls": len(urls), "ksr_urls": len(ksr_urls), "model": next_token_metrics(
-        bundle, network.weights, urls)}
+    ksr_urls = typed_sample(urls, ksr_limit, sample)
+    report: dict[str, Any] = {"urls": len(urls), "ksr_urls": len(ksr_urls), "ksr_sample": sample,
+                              "model": next_token_metrics(bundle, network.weights, urls)}
     report["model"]["ksr@3"] = keystroke_savings(ksr_urls, lambda p: completer.complete(p, 3), 3, True)
     if isinstance(completer, FusedCompleter):
         report["network"] = {"ksr@3": keystroke_savings(ksr_urls, lambda p: network.complete(p, 3), 3, True)}
@@ -228,7 +240,8 @@ def format_table(report: dict) -> str:
     for name in ("network", "8-gram", "trie"):
         if name in report:
             lines.append(f"{name:14} {'-':>7} {'-':>7} {'-':>8} {report[name]['ksr@3']:7.3f}")
-    lines.append(f"({report['urls']} URLs, {m['tokens']} pieces; KSR on the first {report['ksr_urls']})")
+    drawn = "the first" if report["ksr_sample"] is None else f"a draw (seed {report['ksr_sample']}) of"
+    lines.append(f"({report['urls']} URLs, {m['tokens']} pieces; KSR on {drawn} {report['ksr_urls']})")
     if "counts" in m:
         floor = m["counts"].get("min_count", 1)
         pruned = f", counts below {floor} pruned" if floor > 1 else ""
@@ -259,6 +272,9 @@ def main(argv=None) -> None:
     parser.add_argument("--personal-hosts", type=int, default=0,
                         help="also measure the personal n-gram on this many hosts of --urls "
                         "(8 URLs visited, 15 others typed)")
+    parser.add_argument("--sample", type=int, metavar="SEED",
+                        help="type a random draw of --ksr-limit URLs (seeded) instead of the first ones: "
+                        "a list sorted by host would give only its first few hosts")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--exclude", type=corpus_spec, action="append", default=[], metavar="CORPUS[:[M-]N]",
                         help="drop --urls whose host is a host of this corpus (as fedurl-export --corpus "
@@ -285,10 +301,11 @@ def main(argv=None) -> None:
     if not urls:
         parser.error(f"{args.urls} holds no usable URLs")
     if args.calibrate:
-        calibrate(args, urls[:args.ksr_limit])
+        calibrate(args, typed_sample(urls, args.ksr_limit, args.sample))
         return
     try:
-        report = evaluate(args.bundle, urls, read_corpora(args.train) if args.train else None, args.ksr_limit)
+        report = evaluate(args.bundle, urls, read_corpora(args.train) if args.train else None, args.ksr_limit,
+                          args.sample)
         if args.personal_hosts:
             report["personal"] = personalization(open_completer(args.bundle), urls, args.personal_hosts)
     except BundleError as exc:

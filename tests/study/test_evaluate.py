@@ -1,6 +1,7 @@
 """KSR, the frequency-trie baseline and the threshold sweep on examples small enough to count by hand."""
 
 import functools
+import json
 import math
 import shutil
 
@@ -16,6 +17,7 @@ from study.evaluate import (
     next_token_metrics,
     pick_threshold,
     threshold_sweep,
+    typed_sample,
 )
 from tests.conftest import REPO
 
@@ -63,6 +65,31 @@ def test_next_token_metrics_are_probabilities(bundle_dir):
     assert 0.0 <= metrics["top1"] <= metrics["top3"] <= 1.0
     assert metrics["perplexity"] >= 1.0
     assert metrics["tokens"] > 4
+
+
+def test_typed_sample_draws_across_a_list_in_host_order():
+    urls = [f"host{h}.com/page{i}" for h in range(10) for i in range(30)]  # sorted by host, as ISCX's
+    assert typed_sample(urls, 30, None) == urls[:30], "no seed: the first ones, as before"
+    drawn = typed_sample(urls, 30, 0)
+    assert len(set(drawn)) == 30 and set(drawn) <= set(urls)
+    assert len({url.split("/")[0] for url in drawn}) >= 5, "a seeded draw reaches beyond the first host"
+    assert drawn == typed_sample(urls, 30, 0) != typed_sample(urls, 30, 1)
+    assert sorted(typed_sample(urls, 1000, 0)) == sorted(urls), "a limit above the list takes all of it"
+
+
+def test_eval_types_the_sampled_urls(bundle_dir, tmp_path, capsys):
+    """fedurl-eval --sample: the keystrokes are simulated on the draw, and the report says so."""
+    urls = tmp_path / "held_out.txt"
+    urls.write_text("".join(f"aaa{i}.com\n" for i in range(20)) + "zzz-wiki.org/wiki/Python\n")
+    reports = {}
+    for argv in ([], ["--sample", "3"]):
+        main(["--bundle", str(bundle_dir), "--urls", str(urls), "--ksr-limit", "20", "--json", *argv])
+        reports[tuple(argv)] = json.loads(capsys.readouterr().out)
+    first, drawn = reports[()], reports[("--sample", "3")]
+    assert first["ksr_sample"] is None and drawn["ksr_sample"] == 3
+    assert first["ksr_urls"] == drawn["ksr_urls"] == 20
+    assert first["model"]["perplexity"] == pytest.approx(drawn["model"]["perplexity"]), "all URLs scored"
+    assert first["model"]["ksr@3"] != drawn["model"]["ksr@3"], "the draw reached the long URL"
 
 
 class FixedRanks:
