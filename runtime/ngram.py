@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterable
 from formats import counts as counts_format
 from formats.bundle import load_bundle
 from formats.urls import split_typed
-from runtime.complete import Completer, junk
+from runtime.complete import Completer, adds_enough, junk
 
 BOS = "\x02"
 EOS = "\x03"
@@ -358,11 +358,13 @@ class FusedCompleter:
         """The top k of ``fuse`` over max(k, FUSION_K) suggestions from each side, each side's past
         the threshold tau: the network's by its probability given what was typed (runtime/complete.py
         step 5), the counts' by their score S, a product of per-character probabilities given it;
-        each side then scores the texts only the other proposed.
+        each side then scores the texts only the other proposed. Neither side offers a suggestion
+        that adds fewer than MIN_ADDED_CHARS characters (``adds_enough``).
         """
         wide = max(k, FUSION_K)
         network = dict(self.completer.complete_scored(typed, wide))
-        counts = {text: s for text, s in self.counts.complete_scored(typed, wide) if s >= self.threshold}
+        counts = {text: s for text, s in self.counts.complete_scored(typed, wide)
+                  if s >= self.threshold and adds_enough(typed, text)}
         others = [text for text in counts if text not in network]
         scored = [(text, log_prob, counts[text] if text in counts else self.counts.score(typed, text))
                   for text, log_prob in network.items()]
@@ -397,6 +399,7 @@ class PersonalCompleter:
         self.ngram.add(url)
 
     def complete(self, typed: str, k: int = 5) -> list[str]:
-        """Up to k suggestions, best first (``mix`` of the model's k and the n-gram's k)."""
+        """Up to k suggestions, best first: ``mix`` of the model's k and the n-gram's k (``adds_enough``)."""
         model = self.completer.complete_scored(typed, k)
-        return mix(model, self.ngram.complete_scored(typed, k), k, self.weight)
+        personal = [(text, s) for text, s in self.ngram.complete_scored(typed, k) if adds_enough(typed, text)]
+        return mix(model, personal, k, self.weight)

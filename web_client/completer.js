@@ -9,7 +9,7 @@
  * model's recurrent state is the manifest's description of it (graphs.infer.state, docs/FORMAT.md).
  */
 
-import { BEAM_WIDTH, CONTEXT_CACHE_ENTRIES, FORCED_FLOOR, MAX_STEPS } from "./constants.js";
+import { BEAM_WIDTH, CONTEXT_CACHE_ENTRIES, FORCED_FLOOR, MAX_STEPS, MIN_ADDED_CHARS } from "./constants.js";
 import { splitTyped } from "./normalize.js";
 
 const BOUNDARY_BYTES = "/?";
@@ -59,6 +59,16 @@ export function junk(canonical, text, finished = true) {
     position += segment.length + 1;
   }
   return false;
+}
+
+/**
+ * Whether suggestion adds MIN_ADDED_CHARS or more characters (code points, as Python's len) to typed:
+ * runtime/complete.py adds_enough. Every list the completers show keeps only these.
+ * @param {string} typed
+ * @param {string} suggestion
+ */
+export function addsEnough(typed, suggestion) {
+  return [...suggestion].length - [...typed].length >= MIN_ADDED_CHARS;
 }
 
 /** log(exp(a) + exp(b)) without overflow. */
@@ -259,7 +269,7 @@ export class Completer {
     for (const [text, score] of ranked) {
       if (this.threshold > 0 && score - healed < Math.log(this.threshold)) break;
       const decoded = decodeBytes(text);
-      if (decoded === null) continue;
+      if (decoded === null || !addsEnough(typed, typed + fill + decoded)) continue;
       suggestions.push([typed + fill + decoded, score]);
       if (suggestions.length === k) break;
     }

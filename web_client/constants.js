@@ -21,6 +21,12 @@ export const CONTEXT_CACHE_ENTRIES = 512;
  */
 export const FORCED_FLOOR = 1e-6;
 
+/**
+ * Characters a suggestion must add to what was typed (runtime/complete.py MIN_ADDED_CHARS): accepting
+ * one takes a key, so one a single character longer saves none and only takes another's slot.
+ */
+export const MIN_ADDED_CHARS = 2;
+
 /** The personal n-gram's order: symbols of context + 1 (runtime/ngram.py ORDER). */
 export const NGRAM_ORDER = 8;
 

@@ -9,8 +9,8 @@ import pytest
 import runtime.complete
 from formats.bundle import DEFAULT_MIN_PROBABILITY, BundleError, StateSpec, min_probability
 from formats.urls import DEFAULT_CORPUS, load_urls, split_typed
-from runtime.complete import FORCED_FLOOR, Completer, _Beam, junk, shown
-from runtime.ngram import CharNgramLM
+from runtime.complete import FORCED_FLOOR, MIN_ADDED_CHARS, Completer, _Beam, adds_enough, junk, shown
+from runtime.ngram import CharNgramLM, PersonalCompleter, open_completer
 
 
 class UnhealedCompleter(Completer):
@@ -180,7 +180,7 @@ def _mid_piece_prefixes(completer, urls):
         for piece in completer.tokenizer.encode(url):
             position += len(completer.tokenizer.piece_bytes[piece])
             ends.add(position)
-        pairs += [(url[:cut], url) for cut in range(2, len(url))
+        pairs += [(url[:cut], url) for cut in range(2, len(url) - MIN_ADDED_CHARS + 1)
                   if cut not in ends and "." not in url[cut - 1:cut + 1]]
     return pairs
 
@@ -306,6 +306,31 @@ def test_the_ngram_refuses_junk_too():
     assert all(s.startswith("google.com/") for s in lm.complete("google.com", 3))
     assert "en.wikipedia.org/a.org" not in lm.complete("en.wikipedia.org/", 3)
     assert lm.complete("github.com", 1) == ["github.com/x"]
+
+
+@pytest.mark.parametrize(("typed", "suggestion", "enough"), [
+    ("goo", "goog", False), ("goo", "googl", True), ("", "a", False), ("", "ab", True),
+    ("a.com/", "a.com/\u00e9", False), ("a.com/", "a.com/\U0001F600", False),
+    ("a.com/", "a.com/\U0001F600x", True),
+    ("HTTPS:/", "HTTPS://", False), ("HTTPS:", "HTTPS://", True)])
+def test_adds_enough_counts_characters_added(typed, suggestion, enough):
+    """Code points, not bytes nor UTF-16 units: an emoji is one character, as a person sees it."""
+    assert MIN_ADDED_CHARS == 2
+    assert adds_enough(typed, suggestion) is enough
+
+
+@pytest.mark.parametrize("kind", ["network", "fused", "personal"])
+def test_no_suggestion_adds_a_single_character(bundle_dir, kind):
+    """Known domains typed but for their last character: a one-character completion (google.co ->
+    google.com) saves no key, and the test bundle offered 47 in these 200 slots; none is shown now,
+    and the lists still fill up from the suggestions that do save keys."""
+    urls = load_urls(DEFAULT_CORPUS, None)[:40]
+    network = Completer(bundle_dir)
+    completer = {"network": network, "fused": open_completer(bundle_dir),
+                 "personal": PersonalCompleter(network, urls)}[kind]
+    lists = {url[:-1]: completer.complete(url[:-1], 5) for url in urls}
+    assert not [(typed, s) for typed, shown in lists.items() for s in shown if not adds_enough(typed, s)]
+    assert sum(map(len, lists.values())) >= 4 * len(urls)
 
 
 class RawScoreCompleter(Completer):

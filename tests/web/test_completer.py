@@ -11,7 +11,7 @@ import numpy as np
 from page_helpers import open_page, suggestions_for
 
 import runtime.complete
-from runtime.complete import Completer, junk
+from runtime.complete import Completer, adds_enough, junk
 from runtime.ngram import FusedCompleter, open_completer
 from runtime.tokenizer import Tokenizer
 
@@ -36,7 +36,8 @@ def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_url
     """230 prefixes, over 50 of them ending mid-piece: the same five suggestions in the same order
     (a fresh browser context has no history, so every suggestion is the model's), most of them
     unlike the network's own: the page fuses the test bundle's counts.bin in; some of them
-    differ without FORCED_FLOOR, so the page is checked against it too."""
+    differ without FORCED_FLOOR or would hold a one-character completion without MIN_ADDED_CHARS,
+    so the page is checked against both."""
     # Prepare
     completer, network = open_completer(bundle_dir), Completer(bundle_dir)
     typed, mid_piece = prefixes(canonical_urls, network.tokenizer, 210)
@@ -45,6 +46,9 @@ def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_url
         patch.setattr(runtime.complete, "FORCED_FLOOR", 1e-300)
         unfloored = open_completer(bundle_dir)
         floor_matters = sum(unfloored.complete(text, k=5) != expected[text] for text in typed)
+        patch.setattr(runtime.complete, "MIN_ADDED_CHARS", 1)
+        one_more = open_completer(bundle_dir)
+        rule_matters = sum(one_more.complete(text, k=5) != expected[text] for text in typed)
     open_page(page)
     # Execute
     got = {text: suggestions_for(page, text) for text in typed}
@@ -53,7 +57,7 @@ def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_url
     assert sum(bool(s) for s in expected.values()) >= 0.9 * len(typed), "most prefixes should get suggestions"
     assert isinstance(completer, FusedCompleter), "the test bundle ships counts.bin"
     assert sum(expected[text] != network.complete(text, k=5) for text in typed) >= len(typed) / 2
-    assert floor_matters >= 1
+    assert floor_matters >= 1 and rule_matters >= 1
     wrong = {text: (got[text], expected[text]) for text in typed if got[text] != expected[text]}
     assert not wrong, (f"{len(wrong)} of {len(typed)} prefixes differ (page, python): "
                        f"{list(wrong.items())[:3]}")
@@ -151,6 +155,22 @@ def test_js_junk_rule_equals_python(module_page, canonical_urls):
     expected = [[junk(c, t), junk(c, t, finished=False)] for c, t in pairs]
     assert any(row[0] for row in expected) and not all(row[0] for row in expected)
     assert got == expected, [(p, g, e) for p, g, e in zip(pairs, got, expected, strict=True) if g != e][:3]
+
+
+ADDS_ENOUGH = """async (pairs) => {
+  const { addsEnough } = await import("/static/completer.js");
+  return pairs.map(([typed, suggestion]) => addsEnough(typed, suggestion));
+}"""
+
+
+def test_js_adds_enough_equals_python(module_page):
+    """Characters added are code points in both: an emoji is one, though it is two UTF-16 units."""
+    pairs = [("goo", "goog"), ("goo", "googl"), ("", "a"), ("a.com/", "a.com/\u00e9"),
+             ("a.com/", "a.com/\U0001F600"), ("a.com/", "a.com/\U0001F600x"),
+             ("\U0001F600", "\U0001F600ab")]
+    expected = [adds_enough(typed, suggestion) for typed, suggestion in pairs]
+    assert module_page.evaluate(ADDS_ENOUGH, pairs) == expected
+    assert expected == [False, True, False, False, False, True, True]
 
 
 ORDER = """async (lists) => {
