@@ -32,7 +32,7 @@ web_client/completer.js implements exactly this algorithm; keep the two in step.
 4. Stop when no beam is live, after ``max_steps`` steps, or when ``k`` suggestions are finished
    and the best live beam scores below the k-th. Return the top k by score, ties by text;
    a suggestion is ``typed + fill + generated text``. Non-UTF-8 suggestions are dropped, and so
-   are those that add fewer than ``MIN_ADDED_CHARS`` characters (``adds_enough``).
+   are those past the host that add fewer than ``MIN_ADDED_CHARS`` characters (``adds_enough``).
 5. The threshold tau (the manifest's ``completion.min_probability``, docs/FORMAT.md): a
    suggestion is shown only if ``score - healed >= log(tau)``. A score is the log-probability of
    the backed-off ``pending`` bytes *and* the new text after the remaining pieces, so a prefix
@@ -71,9 +71,10 @@ CONTEXT_CACHE_SIZE = 512
 # rarely wins the product fuse, but can where the counts like it a lot; the long tails of one-row
 # steps it saves were a slow keystroke's biggest part, and keys saved did not drop (docs/RESULTS.md).
 FORCED_FLOOR = 1e-6
-# A suggestion must add at least this many characters to what was typed. Accepting one takes a key,
-# so a suggestion one character longer saves none and only takes the slot of one that could: held
-# out, the lists saved 2-7 % more keys across sources without them (docs/RESULTS.md).
+# Past the host a suggestion must add at least this many characters to what was typed. Accepting
+# one takes a key, so one a character longer saves none and takes the slot of one that could
+# (docs/RESULTS.md, "suggestions one character long"). While the host is typed the page completes
+# its top guess inline and Enter visits it, so there google.co -> google.com does save its key.
 MIN_ADDED_CHARS = 2
 
 
@@ -159,11 +160,13 @@ def junk(canonical: str, text: str, finished: bool = True) -> bool:
 
 
 def adds_enough(typed: str, suggestion: str) -> bool:
-    """Whether suggestion adds MIN_ADDED_CHARS or more characters (code points) to typed.
+    """Whether suggestion adds MIN_ADDED_CHARS or more characters (code points) to typed, or typed
+    is still in its host (no "/" or "?" in its canonical form, ``split_typed``).
 
     completer.js: addsEnough. Every list the completers show keeps only these.
     """
-    return len(suggestion) - len(typed) >= MIN_ADDED_CHARS
+    _, canonical = split_typed(typed)
+    return ("/" not in canonical and "?" not in canonical) or len(suggestion) - len(typed) >= MIN_ADDED_CHARS
 
 
 def shown(ranked: list[tuple[str, float]], healed: float, threshold: float) -> list[tuple[str, float]]:

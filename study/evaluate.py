@@ -12,7 +12,8 @@ suggestions shown per keystroke and the share of them that are a prefix of the t
 than what was typed), for each tau of a grid; the calibrated tau is the largest whose KSR@3 is at
 least (1 - ``--max-ksr-loss``) times tau 0's. ``--exclude`` keeps the held-out URLs honest (no
 host of the model's training corpora), ``--write`` stores tau in the bundle's manifest. Both type the
-first ``--ksr-limit`` URLs of the file, or with ``--sample SEED`` a seeded random draw of them.
+first ``--ksr-limit`` URLs of the file, or with ``--sample SEED`` a seeded random draw of
+``--ksr-limit`` URLs from all of it.
 
 Baselines, both built from ``--train``: ``8-gram``, the classic character LM yardstick
 (``runtime/ngram.py``: order 8, stupid backoff 0.4, beam 6, suggestions ending at the same
@@ -199,14 +200,14 @@ def write_threshold(bundle_dir: Path, tau: float) -> None:
     durable.write_json(path, manifest)
 
 
-def format_sweep(rows: list[dict], chosen: float, urls: int) -> str:
+def format_sweep(rows: list[dict], chosen: float, urls: int, sample: int | None = None) -> str:
     """The threshold sweep as a text table, the calibrated tau marked."""
     lines = [f"{'tau':>6} {'KSR@3':>7} {'shown/key':>10} {'prefix share':>13}"]
     for row in rows:
         mark = "  <- calibrated" if row["tau"] == chosen else ""
         lines.append(f"{row['tau']:6g} {row['ksr@3']:7.3f} {row['shown_per_key']:10.3f} "
                      f"{row['prefix_share']:13.3f}{mark}")
-    lines.append(f"({urls} URLs)")
+    lines.append(f"({urls} URLs)" if sample is None else f"({urls} URLs drawn with seed {sample})")
     return "\n".join(lines)
 
 
@@ -323,8 +324,8 @@ def calibrate(args: argparse.Namespace, urls: list[str]) -> None:
     chosen = pick_threshold(rows, args.max_ksr_loss)
     if args.write:
         write_threshold(args.bundle, chosen)
-    print(json.dumps({"rows": rows, "calibrated": chosen, "urls": len(urls)}, indent=2) if args.json
-          else format_sweep(rows, chosen, len(urls)))
+    print(json.dumps({"rows": rows, "calibrated": chosen, "urls": len(urls), "sample": args.sample}, indent=2)
+          if args.json else format_sweep(rows, chosen, len(urls), args.sample))
 
 
 if __name__ == "__main__":

@@ -62,13 +62,15 @@ export function junk(canonical, text, finished = true) {
 }
 
 /**
- * Whether suggestion adds MIN_ADDED_CHARS or more characters (code points, as Python's len) to typed:
- * runtime/complete.py adds_enough. Every list the completers show keeps only these.
+ * Whether suggestion adds MIN_ADDED_CHARS or more characters (code points, as Python's len) to typed,
+ * or typed is still in its host (no "/" or "?" in its canonical form, where main.js completes the top
+ * guess inline): runtime/complete.py adds_enough. Every list the completers show keeps only these.
  * @param {string} typed
  * @param {string} suggestion
  */
 export function addsEnough(typed, suggestion) {
-  return [...suggestion].length - [...typed].length >= MIN_ADDED_CHARS;
+  const { canonical } = splitTyped(typed);
+  return !/[/?]/.test(canonical) || [...suggestion].length - [...typed].length >= MIN_ADDED_CHARS;
 }
 
 /** log(exp(a) + exp(b)) without overflow. */

@@ -22,8 +22,9 @@ export const CONTEXT_CACHE_ENTRIES = 512;
 export const FORCED_FLOOR = 1e-6;
 
 /**
- * Characters a suggestion must add to what was typed (runtime/complete.py MIN_ADDED_CHARS): accepting
- * one takes a key, so one a single character longer saves none and only takes another's slot.
+ * Characters a suggestion must add to what was typed past the host (runtime/complete.py
+ * MIN_ADDED_CHARS): accepting one takes a key, so one a single character longer saves none and only
+ * takes another's slot. In the host the top guess completes inline, and Enter saves that key.
  */
 export const MIN_ADDED_CHARS = 2;
 

@@ -180,7 +180,7 @@ def _mid_piece_prefixes(completer, urls):
         for piece in completer.tokenizer.encode(url):
             position += len(completer.tokenizer.piece_bytes[piece])
             ends.add(position)
-        pairs += [(url[:cut], url) for cut in range(2, len(url) - MIN_ADDED_CHARS + 1)
+        pairs += [(url[:cut], url) for cut in range(2, len(url))
                   if cut not in ends and "." not in url[cut - 1:cut + 1]]
     return pairs
 
@@ -309,28 +309,45 @@ def test_the_ngram_refuses_junk_too():
 
 
 @pytest.mark.parametrize(("typed", "suggestion", "enough"), [
-    ("goo", "goog", False), ("goo", "googl", True), ("", "a", False), ("", "ab", True),
-    ("a.com/", "a.com/\u00e9", False), ("a.com/", "a.com/\U0001F600", False),
-    ("a.com/", "a.com/\U0001F600x", True),
-    ("HTTPS:/", "HTTPS://", False), ("HTTPS:", "HTTPS://", True)])
-def test_adds_enough_counts_characters_added(typed, suggestion, enough):
-    """Code points, not bytes nor UTF-16 units: an emoji is one character, as a person sees it."""
+    ("a.com/x", "a.com/xy", False), ("a.com/x", "a.com/xyz", True), ("a.com?q", "a.com?qx", False),
+    ("https://www.a.com/", "https://www.a.com/b", False), ("a.com/", "a.com/\u00e9", False),
+    ("a.com/", "a.com/\U0001F600", False), ("a.com/", "a.com/\U0001F600x", True),
+    ("google.co", "google.com", True), ("", "a", True), ("HTTPS:/", "HTTPS://", True)])
+def test_adds_enough_counts_characters_added_past_the_host(typed, suggestion, enough):
+    """Code points, not bytes nor UTF-16 units (an emoji is one character, as a person sees it), and
+    only past the host: while it is typed the page completes the top guess inline, Enter visits it."""
     assert MIN_ADDED_CHARS == 2
     assert adds_enough(typed, suggestion) is enough
 
 
+PATHS = ["en.wikipedia.org/wiki/Main_Page", "github.com/login", "docs.python.org/3/library/os.html",
+         "stackoverflow.com/questions/tagged/python", "amazon.com/gp/help/customer",
+         "news.ycombinator.com/item?id=1", "youtube.com/watch?v=abc", "reddit.com/r/programming/comments",
+         "bbc.co.uk/news/world"]
+
+
 @pytest.mark.parametrize("kind", ["network", "fused", "personal"])
-def test_no_suggestion_adds_a_single_character(bundle_dir, kind):
-    """Known domains typed but for their last character: a one-character completion (google.co ->
-    google.com) saves no key, and the test bundle offered 47 in these 200 slots; none is shown now,
-    and the lists still fill up from the suggestions that do save keys."""
-    urls = load_urls(DEFAULT_CORPUS, None)[:40]
-    network = Completer(bundle_dir)
-    completer = {"network": network, "fused": open_completer(bundle_dir),
-                 "personal": PersonalCompleter(network, urls)}[kind]
-    lists = {url[:-1]: completer.complete(url[:-1], 5) for url in urls}
-    assert not [(typed, s) for typed, shown in lists.items() for s in shown if not adds_enough(typed, s)]
-    assert sum(map(len, lists.values())) >= 4 * len(urls)
+def test_no_suggestion_past_the_host_adds_a_single_character(bundle_dir, monkeypatch, kind):
+    """Popular URLs typed up to every cut past their host: a one-character completion
+    (github.com/logi -> github.com/login) saves no key, and none is shown; without the rule the
+    same completer shows some, and the lists fill up as well with the rule as without it."""
+    def lists():
+        network = Completer(bundle_dir)
+        completer = {"network": network, "fused": open_completer(bundle_dir),
+                     "personal": PersonalCompleter(network, PATHS)}[kind]
+        return {typed: completer.complete(typed, 5) for typed in typed_texts}
+
+    def one_character(found):
+        return [(typed, s) for typed, shown in found.items() for s in shown if len(s) == len(typed) + 1]
+
+    typed_texts = [url[:cut] for url in PATHS for cut in range(url.index("/") + 1, len(url))]
+    ruled = lists()
+    with monkeypatch.context() as patch:
+        patch.setattr(runtime.complete, "MIN_ADDED_CHARS", 0)
+        unruled = lists()
+    assert not one_character(ruled)
+    assert len(one_character(unruled)) >= 10
+    assert sum(map(len, ruled.values())) >= 0.9 * sum(map(len, unruled.values()))
 
 
 class RawScoreCompleter(Completer):

@@ -131,6 +131,23 @@ def test_full_round_in_three_browsers_updates_every_page(browser, base_url, live
         context.close()
 
 
+def test_the_personal_ngram_offers_no_single_character(page, bundle_dir):
+    """After a visit to qxdelta.org/abc/def, typing qxdelta.org/ab the visits' n-gram proposes the
+    segment qxdelta.org/abc: one character that saves no key. The page leaves it out, as Python's
+    PersonalCompleter does, and shows its history and the model's suggestions as before."""
+    # Prepare
+    history, probe = ["qxdelta.org/abc/def"], "qxdelta.org/ab"
+    open_page(page)
+    visit(page, history[0])
+    wanted = expected_suggestions(history, probe, PersonalCompleter(open_completer(bundle_dir), history)
+                                  .complete(probe, k=5))
+    # Execute
+    shown = shown_suggestions(page, probe)
+    # Assert
+    assert "qxdelta.org/abc" not in [text for text, _ in shown]
+    assert shown == wanted and ("qxdelta.org/abc/def", "history") in shown
+
+
 def leak_forms(text: str) -> set[str]:
     """How a string could appear in a request: plain, percent-encoded, or inside base64."""
     forms = {text, quote(text, safe=""), quote(text), quote_plus(text), quote(text, safe="/:")}

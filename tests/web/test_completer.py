@@ -46,6 +46,7 @@ def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_url
         patch.setattr(runtime.complete, "FORCED_FLOOR", 1e-300)
         unfloored = open_completer(bundle_dir)
         floor_matters = sum(unfloored.complete(text, k=5) != expected[text] for text in typed)
+    with monkeypatch.context() as patch:
         patch.setattr(runtime.complete, "MIN_ADDED_CHARS", 1)
         one_more = open_completer(bundle_dir)
         rule_matters = sum(one_more.complete(text, k=5) != expected[text] for text in typed)
@@ -164,13 +165,16 @@ ADDS_ENOUGH = """async (pairs) => {
 
 
 def test_js_adds_enough_equals_python(module_page):
-    """Characters added are code points in both: an emoji is one, though it is two UTF-16 units."""
-    pairs = [("goo", "goog"), ("goo", "googl"), ("", "a"), ("a.com/", "a.com/\u00e9"),
+    """Characters added are code points in both (an emoji is one, though two UTF-16 units), and both
+    let the host's one-character completions through."""
+    pairs = [("a.com/x", "a.com/xy"), ("a.com/x", "a.com/xyz"), ("a.com?q", "a.com?qx"),
+             ("HTTPS://WWW.A.COM/", "HTTPS://WWW.A.COM/b"), ("a.com/", "a.com/\u00e9"),
              ("a.com/", "a.com/\U0001F600"), ("a.com/", "a.com/\U0001F600x"),
-             ("\U0001F600", "\U0001F600ab")]
+             ("a.com/\U0001F600", "a.com/\U0001F600ab"), ("google.co", "google.com"), ("", "a"),
+             ("HTTPS:/", "HTTPS://")]
     expected = [adds_enough(typed, suggestion) for typed, suggestion in pairs]
     assert module_page.evaluate(ADDS_ENOUGH, pairs) == expected
-    assert expected == [False, True, False, False, False, True, True]
+    assert expected == [False, True, False, False, False, False, True, True, True, True, True]
 
 
 ORDER = """async (lists) => {
