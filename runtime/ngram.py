@@ -358,8 +358,8 @@ class FusedCompleter:
         """The top k of ``fuse`` over max(k, FUSION_K) suggestions from each side, each side's past
         the threshold tau: the network's by its probability given what was typed (runtime/complete.py
         step 5), the counts' by their score S, a product of per-character probabilities given it;
-        each side then scores the texts only the other proposed. Neither side offers a suggestion
-        that adds fewer than MIN_ADDED_CHARS characters (``adds_enough``).
+        each side then scores the texts only the other proposed. Past the host neither side offers
+        a suggestion that adds fewer than MIN_ADDED_CHARS characters (``adds_enough``).
         """
         wide = max(k, FUSION_K)
         network = dict(self.completer.complete_scored(typed, wide))
