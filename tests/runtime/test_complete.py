@@ -330,7 +330,9 @@ PATHS = ["en.wikipedia.org/wiki/Main_Page", "github.com/login", "docs.python.org
 def test_no_suggestion_past_the_host_adds_a_single_character(bundle_dir, monkeypatch, kind):
     """Popular URLs typed up to every cut past their host: a one-character completion
     (github.com/logi -> github.com/login) saves no key, and none is shown; without the rule the
-    same completer shows some, and the lists fill up as well with the rule as without it."""
+    same completer shows some. The lists fill up as well with the rule as without it: the search
+    goes on past the texts it drops (it stopped at k texts, then dropped some: 23 of these 127
+    network lists fell short of five)."""
     def lists():
         network = Completer(bundle_dir)
         completer = {"network": network, "fused": open_completer(bundle_dir),
@@ -347,7 +349,7 @@ def test_no_suggestion_past_the_host_adds_a_single_character(bundle_dir, monkeyp
         unruled = lists()
     assert not one_character(ruled)
     assert len(one_character(unruled)) >= 10
-    assert sum(map(len, ruled.values())) >= 0.9 * sum(map(len, unruled.values()))
+    assert [len(shown) for shown in ruled.values()] == [len(shown) for shown in unruled.values()]
 
 
 class RawScoreCompleter(Completer):
