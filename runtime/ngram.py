@@ -66,7 +66,7 @@ from collections.abc import Callable, Iterable
 from formats import counts as counts_format
 from formats.bundle import load_bundle
 from formats.urls import split_typed
-from runtime.complete import Completer, adds_enough, junk
+from runtime.complete import Completer, enough, junk
 
 BOS = "\x02"
 EOS = "\x03"
@@ -93,12 +93,16 @@ class CharNgramLM:
     """
 
     def __init__(self, urls: Iterable[str] = (), order: int = ORDER, alpha: float = ALPHA,
-                 beam_width: int = BEAM_WIDTH, max_chars: int = MAX_CHARS, discount: float | None = None):
+                 beam_width: int = BEAM_WIDTH, max_chars: int = MAX_CHARS, discount: float | None = None,
+                 every_length: bool = False):
+        """every_length: also finish suggestions past the host that add a single character, which
+        the completers never show (runtime/complete.py MIN_ADDED_CHARS); the yardstick of goal 1 does.
+        """
         assert order >= 1, "order counts the symbol itself: at least 1"
         assert 0 < alpha <= 1 and beam_width >= 1 and max_chars >= 1, "alpha in (0, 1], positive sizes"
         assert discount is None or discount >= 0, "a discount is a count: at least 0"
         self.order, self.alpha, self.beam_width, self.max_chars = order, alpha, beam_width, max_chars
-        self.discount = discount
+        self.discount, self.every_length = discount, every_length
         self.powers = [1.0]  # alpha ** j by repeated multiplication, as ngram.js builds it
         for _ in range(order):
             self.powers.append(self.powers[-1] * alpha)
@@ -272,7 +276,8 @@ class CharNgramLM:
             for score, b, x in candidates:
                 text = beams[b][1]
                 if x == EOS or (x in BOUNDARY_CHARS and text):
-                    if text and not junk(canonical, text):
+                    shown = self.every_length or enough(canonical, len(text))
+                    if text and not junk(canonical, text) and shown:
                         finished[text] = finished.get(text, 0.0) + score
                     continue
                 if junk(canonical, text + x, finished=False):
@@ -358,13 +363,11 @@ class FusedCompleter:
         """The top k of ``fuse`` over max(k, FUSION_K) suggestions from each side, each side's past
         the threshold tau: the network's by its probability given what was typed (runtime/complete.py
         step 5), the counts' by their score S, a product of per-character probabilities given it;
-        each side then scores the texts only the other proposed. Past the host neither side offers
-        a suggestion that adds fewer than MIN_ADDED_CHARS characters (``adds_enough``).
+        each side then scores the texts only the other proposed.
         """
         wide = max(k, FUSION_K)
         network = dict(self.completer.complete_scored(typed, wide))
-        counts = {text: s for text, s in self.counts.complete_scored(typed, wide)
-                  if s >= self.threshold and adds_enough(typed, text)}
+        counts = {text: s for text, s in self.counts.complete_scored(typed, wide) if s >= self.threshold}
         others = [text for text in counts if text not in network]
         scored = [(text, log_prob, counts[text] if text in counts else self.counts.score(typed, text))
                   for text, log_prob in network.items()]
@@ -399,7 +402,6 @@ class PersonalCompleter:
         self.ngram.add(url)
 
     def complete(self, typed: str, k: int = 5) -> list[str]:
-        """Up to k suggestions, best first: ``mix`` of the model's k and the n-gram's k (``adds_enough``)."""
+        """Up to k suggestions, best first (``mix`` of the model's k and the n-gram's k)."""
         model = self.completer.complete_scored(typed, k)
-        personal = [(text, s) for text, s in self.ngram.complete_scored(typed, k) if adds_enough(typed, text)]
-        return mix(model, personal, k, self.weight)
+        return mix(model, self.ngram.complete_scored(typed, k), k, self.weight)

@@ -15,7 +15,7 @@ import {
   ServerError, checkIn, enroll, fetchModel, fetchPuzzle, requestTicket, secureFetch, secureSend, secureState,
   uploadUpdate,
 } from "./api.js";
-import { addsEnough, minProbability } from "./completer.js";
+import { minProbability } from "./completer.js";
 import {
   COUNTS_FILE, FUSION_K, HISTORY_SUGGESTIONS, MAX_WASM_THREADS, RETRY_FIRST_MS, RETRY_MAX_MS, SUGGESTIONS_K,
   UPLOAD_DTYPE,
@@ -256,8 +256,7 @@ export class Client extends EventTarget {
         // here while the worker searches the network, then the worker scores what it did not find.
         const wide = counts ? Math.max(SUGGESTIONS_K, FUSION_K) : SUGGESTIONS_K;
         const asked = this.completion.request("complete", { typed, k: wide });
-        const likely = counts?.trie.completeScored(typed, wide)
-          .filter(([text, score]) => score >= counts.threshold && addsEnough(typed, text));
+        const likely = counts?.trie.completeScored(typed, wide).filter(([, score]) => score >= counts.threshold);
         const reply = await asked;
         // A newer version answered than the counts are of: loadModel asks again once it has its counts.
         if (counts && reply.version !== counts.version) continue;
@@ -272,8 +271,7 @@ export class Client extends EventTarget {
           model = fuseSuggestions(scoreBothWays(network, likely, scores, counts.trie, typed), SUGGESTIONS_K);
         }
         const visited = this.historyIndex.match(typed, HISTORY_SUGGESTIONS);
-        const personal = this.personal.completeScored(typed, SUGGESTIONS_K).filter(([text]) => addsEnough(typed, text));
-        const mixed = mixSuggestions(model, personal, SUGGESTIONS_K);
+        const mixed = mixSuggestions(model, this.personal.completeScored(typed, SUGGESTIONS_K), SUGGESTIONS_K);
         const suggestions = mergeSuggestions(visited, mixed, SUGGESTIONS_K);
         this.dispatchEvent(new CustomEvent("suggestions", { detail: { typed, suggestions } }));
       }

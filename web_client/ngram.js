@@ -12,7 +12,7 @@
  * so both languages compute the very same numbers.
  */
 
-import { junk } from "./completer.js";
+import { enough, junk } from "./completer.js";
 import {
   COUNT_DISCOUNT, COUNT_FLOOR, FUSION_WEIGHT, NGRAM_ALPHA, NGRAM_BEAM_WIDTH, NGRAM_MAX_CHARS, NGRAM_ORDER, NGRAM_RANKED_CACHE_ENTRIES,
   PERSONAL_WEIGHT,
@@ -203,7 +203,9 @@ class BackoffNgram {
       for (const { score, b, x } of candidates) {
         const { text, symbols } = beams[b];
         if (x === EOS || (BOUNDARY_CHARS.includes(x) && text)) {
-          if (text && !junk(canonical, text)) finished.set(text, (finished.get(text) ?? 0) + score);
+          if (text && !junk(canonical, text) && enough(canonical, [...text].length)) {
+            finished.set(text, (finished.get(text) ?? 0) + score);
+          }
           continue;
         }
         if (junk(canonical, text + x, false)) continue;

@@ -9,7 +9,16 @@ import pytest
 import runtime.complete
 from formats.bundle import DEFAULT_MIN_PROBABILITY, BundleError, StateSpec, min_probability
 from formats.urls import DEFAULT_CORPUS, load_urls, split_typed
-from runtime.complete import FORCED_FLOOR, MIN_ADDED_CHARS, Completer, _Beam, adds_enough, junk, shown
+from runtime.complete import (
+    FORCED_FLOOR,
+    MIN_ADDED_CHARS,
+    Completer,
+    _Beam,
+    _enough_bytes,
+    enough,
+    junk,
+    shown,
+)
 from runtime.ngram import CharNgramLM, PersonalCompleter, open_completer
 
 
@@ -308,16 +317,20 @@ def test_the_ngram_refuses_junk_too():
     assert lm.complete("github.com", 1) == ["github.com/x"]
 
 
-@pytest.mark.parametrize(("typed", "suggestion", "enough"), [
+@pytest.mark.parametrize(("typed", "suggestion", "allowed"), [
     ("a.com/x", "a.com/xy", False), ("a.com/x", "a.com/xyz", True), ("a.com?q", "a.com?qx", False),
     ("https://www.a.com/", "https://www.a.com/b", False), ("a.com/", "a.com/\u00e9", False),
     ("a.com/", "a.com/\U0001F600", False), ("a.com/", "a.com/\U0001F600x", True),
     ("google.co", "google.com", True), ("", "a", True), ("HTTPS:/", "HTTPS://", True)])
-def test_adds_enough_counts_characters_added_past_the_host(typed, suggestion, enough):
+def test_enough_counts_characters_added_past_the_host(typed, suggestion, allowed):
     """Code points, not bytes nor UTF-16 units (an emoji is one character, as a person sees it), and
-    only past the host: while it is typed the page completes the top guess inline, Enter visits it."""
+    only past the host: while it is typed the page completes the top guess inline, Enter visits it.
+    The network's search counts the generated UTF-8 bytes, the n-grams' the generated characters."""
+    _, canonical = split_typed(typed)
+    generated = suggestion[len(typed):]
     assert MIN_ADDED_CHARS == 2
-    assert adds_enough(typed, suggestion) is enough
+    assert enough(canonical, len(generated)) is allowed
+    assert _enough_bytes(canonical.encode(), generated.encode()) is allowed
 
 
 PATHS = ["en.wikipedia.org/wiki/Main_Page", "github.com/login", "docs.python.org/3/library/os.html",

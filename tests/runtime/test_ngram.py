@@ -95,7 +95,7 @@ def test_score_of_any_suggestion_by_hand():
     every symbol that may end it: "/" 2/2, and EOS and "?" seen only at context "" (3 and 1 of the 32
     symbols, 0.4^7 each). The search itself may stop before adding such tiny endings, so it gives at
     most this; a symbol never counted scores 0."""
-    lm = CharNgramLM(["a.com/x/y", "a.com/x/z", "a.com/s?q=1"])
+    lm = CharNgramLM(["a.com/x/y", "a.com/x/z", "a.com/s?q=1"], every_length=True)  # finds a.com/x
     assert lm.score("a.com/", "a.com/x") == pytest.approx(2 / 3 * (1 + 4 / 32 * 0.4 ** 7), rel=1e-12)
     assert lm.score("HTTPS://A.com/", "HTTPS://A.com/x") == lm.score("a.com/", "a.com/x")
     found = dict(lm.complete_scored("a.com/", 3))
@@ -103,9 +103,21 @@ def test_score_of_any_suggestion_by_hand():
     assert lm.score("a.com/", "a.com/\u00e9") == 0
 
 
+def test_one_character_past_the_host_only_for_the_yardstick():
+    """The completers' n-grams never finish a one-character text past the host (it saves no key);
+    the yardstick of goal 1 (every_length) does, and both do in the host."""
+    urls = ["a.com/x/y", "a.com/x/z", "a.com/x/yz"]
+    shown, yardstick = CharNgramLM(urls), CharNgramLM(urls, every_length=True)
+    assert shown.complete("a.com/x/", 1) == ["a.com/x/yz"]
+    assert all(len(text) >= len("a.com/x/") + 2 for text in shown.complete("a.com/x/", 3))
+    assert {"a.com/x/y", "a.com/x/z"} <= set(yardstick.complete("a.com/x/", 3))
+    assert shown.complete("a.co", 1) == yardstick.complete("a.co", 1) == ["a.com"]
+
+
 def test_equal_scores_tie_by_text_and_merge_by_addition():
-    """After "a.com/x/" each leaf scores 1/2 x (EOS: 1, plus "/" backed off 7 times to "": 4 of 20)."""
-    lm = CharNgramLM(["a.com/x/y", "a.com/x/z"])
+    """After "a.com/x/" each leaf scores 1/2 x (EOS: 1, plus "/" backed off 7 times to "": 4 of 20);
+    one character each, so only the yardstick (every_length) offers them."""
+    lm = CharNgramLM(["a.com/x/y", "a.com/x/z"], every_length=True)
     leaf = pytest.approx(0.5 * (1 + 0.4 ** 7 * 4 / 20))
     assert lm.complete_scored("a.com/x/", 2) == [("a.com/x/y", leaf), ("a.com/x/z", leaf)]
     # Two ways to end "a.com" add up: "/" (1 x 1 x 1) and EOS, seen only after the empty

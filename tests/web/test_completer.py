@@ -11,7 +11,8 @@ import numpy as np
 from page_helpers import open_page, suggestions_for
 
 import runtime.complete
-from runtime.complete import Completer, adds_enough, junk
+from formats.urls import split_typed
+from runtime.complete import Completer, enough, junk
 from runtime.ngram import FusedCompleter, open_completer
 from runtime.tokenizer import Tokenizer
 
@@ -158,13 +159,15 @@ def test_js_junk_rule_equals_python(module_page, canonical_urls):
     assert got == expected, [(p, g, e) for p, g, e in zip(pairs, got, expected, strict=True) if g != e][:3]
 
 
-ADDS_ENOUGH = """async (pairs) => {
-  const { addsEnough } = await import("/static/completer.js");
-  return pairs.map(([typed, suggestion]) => addsEnough(typed, suggestion));
+ENOUGH = """async (pairs) => {
+  const { enough } = await import("/static/completer.js");
+  const { splitTyped } = await import("/static/normalize.js");
+  return pairs.map(([typed, suggestion]) => enough(splitTyped(typed).canonical,
+    [...suggestion].length - [...typed].length));
 }"""
 
 
-def test_js_adds_enough_equals_python(module_page):
+def test_js_enough_equals_python(module_page):
     """Characters added are code points in both (an emoji is one, though two UTF-16 units), and both
     let the host's one-character completions through."""
     pairs = [("a.com/x", "a.com/xy"), ("a.com/x", "a.com/xyz"), ("a.com?q", "a.com?qx"),
@@ -172,8 +175,8 @@ def test_js_adds_enough_equals_python(module_page):
              ("a.com/", "a.com/\U0001F600"), ("a.com/", "a.com/\U0001F600x"),
              ("a.com/\U0001F600", "a.com/\U0001F600ab"), ("google.co", "google.com"), ("", "a"),
              ("HTTPS:/", "HTTPS://")]
-    expected = [adds_enough(typed, suggestion) for typed, suggestion in pairs]
-    assert module_page.evaluate(ADDS_ENOUGH, pairs) == expected
+    expected = [enough(split_typed(typed)[1], len(suggestion) - len(typed)) for typed, suggestion in pairs]
+    assert module_page.evaluate(ENOUGH, pairs) == expected
     assert expected == [False, True, False, False, False, False, True, True, True, True, True]
 
 
