@@ -1,7 +1,7 @@
 /**
  * The page's controller, without DOM: keeps the model current, asks the completion worker for
- * the network's suggestions and fuses the bundle's counts in, records visits locally, trains in the
- * second worker and uploads the update.
+ * the model's suggestions (the network's fused with the bundle's counts), records visits locally,
+ * trains in the second worker and uploads the update.
  * Training waits for the server to draw this browser into a round's cohort: the client id is
  * enrolled once (a proof-of-work puzzle, pow.js), then checked in until selected. When the
  * server aggregates securely (its check-in answer names a secure phase), the training worker runs
@@ -15,15 +15,14 @@ import {
   ServerError, checkIn, enroll, fetchModel, fetchPuzzle, requestTicket, secureFetch, secureSend, secureState,
   uploadUpdate,
 } from "./api.js";
-import { minProbability } from "./completer.js";
 import {
-  COUNTS_FILE, FUSION_K, HISTORY_SUGGESTIONS, MAX_WASM_THREADS, RETRY_FIRST_MS, RETRY_MAX_MS, SUGGESTIONS_K,
+  HISTORY_SUGGESTIONS, MAX_WASM_THREADS, RETRY_FIRST_MS, RETRY_MAX_MS, SUGGESTIONS_K,
   UPLOAD_DTYPE,
 } from "./constants.js";
 import { History, visitableUrl } from "./history.js";
 import { HistoryIndex, mergeSuggestions } from "./history_index.js";
 import { fetchVerified, pruneCache } from "./model_store.js";
-import { CharNgram, CountTrie, fuseSuggestions, mixSuggestions } from "./ngram.js";
+import { CharNgram, mixSuggestions } from "./ngram.js";
 import { normalizeUrl } from "./normalize.js";
 import { solvePuzzle } from "./pow.js";
 import { WorkerClient } from "./protocol.js";
@@ -69,26 +68,6 @@ function startWorker(threads = 0) {
   return new WorkerClient(new Worker(url, { type: "module" }));
 }
 
-/**
- * Every text either side proposed as [text, network log-prob, count score S] for fuseSuggestions,
- * the network's first (runtime/ngram.py FusedCompleter.complete_scored builds the same list).
- * @param {Array<[string, number]>} network the worker's suggestions
- * @param {Array<[string, number]>} counts the count component's, past the threshold
- * @param {Map<string, number>} forced the worker's log-prob of each of `counts` it did not suggest
- * @param {CountTrie} trie scores the texts only the network proposed
- * @param {string} typed what the suggestions complete
- * @returns {Array<[string, number, number]>}
- */
-function scoreBothWays(network, counts, forced, trie, typed) {
-  const countScores = new Map(counts), networkTexts = new Set(network.map(([text]) => text));
-  /** @type {Array<[string, number, number]>} */
-  const scored = network.map(([text, logProb]) => [text, logProb, countScores.get(text) ?? trie.score(typed, text)]);
-  for (const [text, s] of counts) {
-    if (!networkTexts.has(text)) scored.push([text, /** @type {number} */ (forced.get(text)), s]);
-  }
-  return scored;
-}
-
 /** A random client id of 22 URL-safe characters (the server's [A-Za-z0-9_-]{8,64}). */
 function randomClientId() {
   const bytes = crypto.getRandomValues(new Uint8Array(16));
@@ -112,10 +91,6 @@ export class Client extends EventTarget {
     this.completion = startWorker();
     this.training = startWorker(config.train_threads);
     this.model = null; // ModelInfo of the loaded global model
-    /** @type {{trie: CountTrie, threshold: number, version: number}|null} the model's count component */
-    this.counts = null;
-    /** @type {{sha256: string, promise: Promise<{trie: CountTrie|null, downloaded: number}>}|null} */
-    this.countsLoad = null; // the last counts.bin asked for (loadCounts)
     this.etag = null;
     this.wanted = null; // latest typed text still to complete
     this.completing = false;
@@ -185,38 +160,13 @@ export class Client extends EventTarget {
 
   async loadModel(model) {
     if (!model) return;
-    // The counts first: a counts.bin that fails must not leave the worker on a version whose counts
-    // the page lacks (the worker switches to a version once it has loaded it).
-    const counts = await this.loadCounts(model);
     const ready = await this.completion.request("load", { model });
     if (this.model && model.version < this.model.version) return; // finished late: the worker kept the newer one
     this.model = model;
-    this.counts = counts.trie && { trie: counts.trie, threshold: minProbability(model.manifest), version: model.version };
     this.update({ version: model.version, round: model.round,
-      downloadedBytes: this.state.downloadedBytes + ready.downloadedBytes + counts.downloaded });
+      downloadedBytes: this.state.downloadedBytes + ready.downloadedBytes });
     if (this.wanted === null && this.lastTyped) this.complete(this.lastTyped); // same text, new model
     if (!this.state.trainReady) this.prefetchTraining(model);
-  }
-
-  /**
-   * The bundle's count component (counts.bin as a CountTrie; null where it ships none) and the bytes
-   * downloaded for it. It lives on the page's thread, not in the completion worker, so that its
-   * search runs while the worker runs the network's (pump). Versions of one bundle link the same
-   * counts.bin, so loads of the same file share one trie.
-   * @returns {Promise<{trie: CountTrie|null, downloaded: number}>}
-   */
-  loadCounts(model) {
-    const entry = model.manifest.files[COUNTS_FILE];
-    if (!entry) return Promise.resolve({ trie: null, downloaded: 0 });
-    if (this.countsLoad?.sha256 === entry.sha256) return this.countsLoad.promise.then(({ trie }) => ({ trie, downloaded: 0 }));
-    const promise = fetchVerified(model, COUNTS_FILE).then(({ bytes, downloaded }) => {
-      const trie = new CountTrie(bytes);
-      trie.completeScored("", 1); // warm-up, so the first keystroke does not pay for the JIT
-      return { trie, downloaded };
-    });
-    this.countsLoad = { sha256: entry.sha256, promise };
-    promise.catch(() => this.countsLoad?.promise === promise && (this.countsLoad = null)); // may be retried
-    return promise;
   }
 
   /** Put the training graph in Cache Storage in the background, so training works offline. */
@@ -234,9 +184,9 @@ export class Client extends EventTarget {
   }
 
   /**
-   * Ask for suggestions: visited URLs first, then the model's (the network's fused with the bundle's
-   * counts, mixed with the personal n-gram). While one model request runs only the newest text
-   * waits (latest wins).
+   * Ask for suggestions: visited URLs first, then the model's (the worker's, the network fused with
+   * the bundle's counts, mixed here with the personal n-gram). While one model request runs only the
+   * newest text waits (latest wins).
    */
   complete(typed) {
     this.lastTyped = typed;
@@ -250,26 +200,8 @@ export class Client extends EventTarget {
       while (this.wanted !== null) {
         const typed = this.wanted;
         this.wanted = null;
-        const counts = this.counts;
-        // With counts, max(k, FUSION_K) of each side past the threshold are fused, each side scoring
-        // the other's too (runtime/ngram.py FusedCompleter.complete_scored): the counts are searched
-        // here while the worker searches the network, then the worker scores what it did not find.
-        const wide = counts ? Math.max(SUGGESTIONS_K, FUSION_K) : SUGGESTIONS_K;
-        const asked = this.completion.request("complete", { typed, k: wide });
-        const likely = counts?.trie.completeScored(typed, wide).filter(([, score]) => score >= counts.threshold);
-        const reply = await asked;
-        // A newer version answered than the counts are of: loadModel asks again once it has its counts.
-        if (counts && reply.version !== counts.version) continue;
-        const network = reply.suggestions.map((text, i) => [text, reply.scores[i]]);
-        let model = network;
-        if (likely) {
-          const found = new Set(reply.suggestions), missing = likely.map(([text]) => text).filter((text) => !found.has(text));
-          const forced = missing.length ? await this.completion.request("score", { typed, texts: missing }) : reply;
-          // A new version came in between: loadModel asks again once it has its counts (as above).
-          if (forced.version !== reply.version) continue;
-          const scores = new Map(missing.map((text, i) => [text, forced.scores[i]]));
-          model = fuseSuggestions(scoreBothWays(network, likely, scores, counts.trie, typed), SUGGESTIONS_K);
-        }
+        const reply = await this.completion.request("complete", { typed, k: SUGGESTIONS_K });
+        const model = reply.suggestions.map((text, i) => [text, reply.scores[i]]);
         const visited = this.historyIndex.match(typed, HISTORY_SUGGESTIONS);
         const mixed = mixSuggestions(model, this.personal.completeScored(typed, SUGGESTIONS_K), SUGGESTIONS_K);
         const suggestions = mergeSuggestions(visited, mixed, SUGGESTIONS_K);

@@ -14,7 +14,7 @@
 
 import { enough, junk } from "./completer.js";
 import {
-  COUNT_DISCOUNT, COUNT_FLOOR, FUSION_WEIGHT, NGRAM_ALPHA, NGRAM_BEAM_WIDTH, NGRAM_MAX_CHARS, NGRAM_ORDER, NGRAM_RANKED_CACHE_ENTRIES,
+  COUNT_DISCOUNT, COUNT_FLOOR, FUSION_K, FUSION_WEIGHT, NGRAM_ALPHA, NGRAM_BEAM_WIDTH, NGRAM_MAX_CHARS, NGRAM_ORDER, NGRAM_RANKED_CACHE_ENTRIES,
   PERSONAL_WEIGHT,
 } from "./constants.js";
 import { splitTyped } from "./normalize.js";
@@ -478,4 +478,37 @@ export function fuseSuggestions(scored, k, weight = FUSION_WEIGHT) {
   for (const [, score] of logs) total += Math.exp(score - top);
   const norm = top + Math.log(total);
   return logs.sort(byScoreThenText).slice(0, k).map(([text, score]) => [text, score - norm]);
+}
+
+/**
+ * A model version's network fused with its bundle's count component, as runtime/ngram.py
+ * FusedCompleter fuses them: the completion worker suggests with it, so a keystroke is one request
+ * and the page's thread, which also renders what was typed, searches nothing.
+ */
+export class FusedCompleter {
+  /**
+   * @param {import("./completer.js").Completer} completer the network's, with the manifest's threshold
+   * @param {CountTrie} trie counts.bin
+   */
+  constructor(completer, trie) {
+    this.completer = completer;
+    this.trie = trie;
+  }
+
+  /**
+   * The top k of fuseSuggestions over max(k, FUSION_K) suggestions from each side, each side's past
+   * the threshold; each side then scores the texts only the other proposed.
+   * @returns {Promise<Array<[string, number]>>} [suggestion, log share], best first
+   */
+  async completeScored(typed, k) {
+    const wide = Math.max(k, FUSION_K), threshold = this.completer.threshold;
+    const network = await this.completer.completeScored(typed, wide);
+    const counts = new Map(this.trie.completeScored(typed, wide).filter(([, s]) => s >= threshold));
+    const found = new Set(network.map(([text]) => text)), others = [...counts.keys()].filter((text) => !found.has(text));
+    /** @type {Array<[string, number, number]>} */
+    const scored = network.map(([text, logProb]) => [text, logProb, counts.get(text) ?? this.trie.score(typed, text)]);
+    const logProbs = await this.completer.logProbs(typed, others);
+    others.forEach((text, i) => scored.push([text, logProbs[i], /** @type {number} */ (counts.get(text))]));
+    return fuseSuggestions(scored, k);
+  }
 }

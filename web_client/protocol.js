@@ -7,10 +7,8 @@
  * @typedef {{type: "load", id: number, model: ModelInfo}} LoadRequest
  *   Make `model` the worker's model (download what is not cached, verify, warm up). Reply: ready.
  * @typedef {{type: "complete", id: number, typed: string, k: number}} CompleteRequest
- *   Up to k completions of the typed text with the loaded model. Reply: suggestions.
- * @typedef {{type: "score", id: number, typed: string, texts: string[]}} ScoreRequest
- *   The log-probability of each suggestion of the typed text in `texts` (the count component's that
- *   the last complete did not find, for the fusion) with the loaded model. Reply: scored.
+ *   Up to k completions of the typed text with the loaded model: the network's fused with the
+ *   bundle's counts.bin where it ships one (ngram.js FusedCompleter). Reply: suggestions.
  * @typedef {{type: "train", id: number, model: ModelInfo, urls: string[], epochs: number, lr: number}} TrainRequest
  *   Local SGD epochs over canonical URLs from `model`'s weights. Replies: progress*, then trained.
  * @typedef {{type: "trainStep", id: number, model: ModelInfo, tokens: Int32Array, targets: Int32Array,
@@ -27,10 +25,8 @@
  *   The model is loaded and warmed up; downloadedBytes were fetched (the rest came from the cache).
  * @typedef {{type: "suggestions", id: number, version: number, typed: string, suggestions: string[],
  *            scores: number[]}} SuggestionsReply
- *   The network's suggestions, best first, and the log-probability of each, from model `version`
- *   (the page fuses the bundle's counts in, client.js).
- * @typedef {{type: "scored", id: number, version: number, scores: number[]}} ScoredReply
- *   The log-probability of each text, in the request's order, from model `version`.
+ *   The model's suggestions, best first, and the log of each one's score (the network's
+ *   log-probability, or with counts the fusion's log share), from model `version`.
  * @typedef {{type: "progress", id: number, stage: string, done: number, total: number, loss: number}} ProgressReply
  *   One train_step run finished; `loss` is that batch's loss before its update.
  * @typedef {{type: "trained", id: number, baseVersion: number, delta: Tensor[], lossBefore: number,
@@ -51,7 +47,7 @@
  */
 
 /** The reply type that settles each request type. */
-export const FINAL_REPLY = Object.freeze({ load: "ready", complete: "suggestions", score: "scored", train: "trained",
+export const FINAL_REPLY = Object.freeze({ load: "ready", complete: "suggestions", train: "trained",
   trainStep: "stepped", secure: "secured" });
 
 /** Page side: send requests to a worker and get promises of their final replies. */

@@ -1,15 +1,16 @@
 /**
  * The only owner of onnxruntime-web. The page runs two of these module workers: one answers
- * `complete` on every keystroke with the network's suggestions (the page fuses the bundle's counts
- * in, client.js), the other trains, so training never blocks typing.
+ * `complete` on every keystroke with the model's suggestions (the network's fused with the bundle's
+ * counts), the other trains, so training never blocks typing.
  * Messages are listed in protocol.js; graph input/output names come from the manifest only.
  */
 
 import * as ort from "/ort/ort.wasm.min.mjs";
 import { Completer, minProbability } from "./completer.js";
-import { MAX_WASM_THREADS, ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
+import { COUNTS_FILE, MAX_WASM_THREADS, ORT_WASM_FILE, ORT_WASM_PATH, ORT_WASM_THREADS } from "./constants.js";
 import { openInfer } from "./infer_session.js";
 import { fetchRuntime, fetchVerified } from "./model_store.js";
+import { CountTrie, FusedCompleter } from "./ngram.js";
 import { reply } from "./protocol.js";
 import { decode } from "./safetensors.js";
 import { SecAggClient } from "./secagg.js";
@@ -107,17 +108,29 @@ function feedWeights(model, values) {
     [name, new ort.Tensor("float32", values[name], shape)]));
 }
 
-/** A warmed-up Completer over a model version's infer.onnx (its weights baked in), and release(). */
+/**
+ * A warmed-up completer over a model version's infer.onnx (its weights baked in), fused with its
+ * counts.bin where the bundle ships one (FusedCompleter), and release().
+ */
 function completer(model) {
   return once(`completer:${model.version}`, async () => {
     const io = model.manifest.graphs.infer, ids = model.manifest.tokenizer;
-    const [graph, tok, values] = await Promise.all([file(model, io.file), tokenizer(model), weights(model), runtime()]);
+    const [graph, tok, values, trie] = await Promise.all([file(model, io.file), tokenizer(model), weights(model),
+      counts(model), runtime()]);
     const infer = await openInfer(ort, graph, model.manifest, values);
-    const result = new Completer({ tokenizer: tok, step: infer.step, config: model.manifest.config, state: io.state,
+    const network = new Completer({ tokenizer: tok, step: infer.step, config: model.manifest.config, state: io.state,
       blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id], threshold: minProbability(model.manifest) });
+    const result = trie ? new FusedCompleter(network, trie) : network;
     await result.completeScored("", 1); // warm-up: first runs allocate and JIT
     return { completer: result, release: infer.release };
   });
+}
+
+/** The bundle's count component (counts.bin), or null where it ships none; versions that link the same file share one. */
+function counts(model) {
+  const entry = model.manifest.files[COUNTS_FILE];
+  if (!entry) return Promise.resolve(null);
+  return once(`counts:${entry.sha256}`, async () => new CountTrie(await file(model, COUNTS_FILE)));
 }
 
 /** step(weights, batch, lr) -> {loss, weights} with a model's train_step.onnx. */
@@ -188,18 +201,12 @@ async function withActive(work) {
   }
 }
 
+/** The model's suggestions: the network's fused with the bundle's counts (FusedCompleter). */
 async function complete(request) {
   await withActive(async ({ completer, version }) => {
     const scored = await completer.completeScored(request.typed, request.k);
     reply(request, "suggestions", { version, typed: request.typed, suggestions: scored.map(([text]) => text),
       scores: scored.map(([, score]) => score) });
-  });
-}
-
-/** The count component's suggestions the search did not find, scored for the page's fusion. */
-async function score(request) {
-  await withActive(async ({ completer, version }) => {
-    reply(request, "scored", { version, scores: await completer.logProbs(request.typed, request.texts) });
   });
 }
 
@@ -253,7 +260,7 @@ async function secure(request) {
   reply(request, "secured", { bytes: message });
 }
 
-const HANDLERS = { load, complete, score, train, trainStep, secure };
+const HANDLERS = { load, complete, train, trainStep, secure };
 
 self.addEventListener("message", async ({ data: request }) => {
   try {
