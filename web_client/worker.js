@@ -163,9 +163,10 @@ function tensorList(model, values) {
 }
 
 /**
- * The newest model that finished loading: completions and scores use it. `busy` counts those in
- * flight; a retired one frees its session once none is.
- * @type {{version: number, completer: Completer, release: () => Promise<void>, busy: number, retired: boolean}|null}
+ * The newest model that finished loading: completions use it. `busy` counts those in flight; a
+ * retired one frees its session once none is.
+ * @type {{version: number, completer: Completer|FusedCompleter, release: () => Promise<void>, busy: number,
+ *   retired: boolean}|null}
  */
 let active = null;
 
