@@ -1,8 +1,8 @@
 """python -m model.counts BUNDLE --corpus FILE ...: give a bundle its count component, counts.bin.
 
 A character 8-gram of the corpus (runtime/ngram.py), counts below ``--min-count`` pruned, that
-the completer mixes with the network's suggestions (``runtime.ngram.FusedCompleter``; the page
-does the same, web_client/client.js). ``fedurl-export`` writes one from its own corpus; this
+the completer mixes with the network's suggestions (``runtime.ngram.FusedCompleter``; the page's
+completion worker does the same, web_client/ngram.js). ``fedurl-export`` writes one from its own corpus; this
 command adds or replaces one in an existing bundle without retraining (how ``pretrained/`` got its
 own). The manifest's ``counts`` section records what was counted; the manifest is written last.
 

@@ -337,7 +337,9 @@ def fuse(scored: list[tuple[str, float, float]], k: int,
 
 
 class FusedCompleter:
-    """A bundle's network mixed with its count component (``fuse``), as the page mixes them (client.js)."""
+    """A bundle's network mixed with its count component (``fuse``), as the page's completion worker
+    mixes them (web_client/ngram.js ``FusedCompleter``).
+    """
 
     def __init__(self, completer: Completer, counts: CharNgramLM, weight: float = FUSION_WEIGHT):
         self.completer, self.counts, self.weight = completer, counts, weight

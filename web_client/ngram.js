@@ -2,9 +2,9 @@
  * Character n-grams, runtime/ngram.py's twins suggestion for suggestion and
  * score for score (read that module's docstring for the algorithm): the personal n-gram of this
  * user's own visits (CharNgram; client.js builds one from the history in IndexedDB, and nothing
- * here leaves the device), and a bundle's count component read from counts.bin (CountTrie; client.js
- * searches it, the completion worker searches the network and scores the counts' suggestions too,
- * and fuseSuggestions fuses the two). The personal n-gram scores with stupid backoff, the count
+ * here leaves the device), and a bundle's count component read from counts.bin (CountTrie; the
+ * completion worker's FusedCompleter searches it beside the network, each side scoring the other's
+ * suggestions, and fuseSuggestions fuses the two). The personal n-gram scores with stupid backoff, the count
  * component with interpolated absolute discounting (COUNT_DISCOUNT).
  *
  * A symbol is one code point (Python's str), so strings are walked with Array.from, and ties
