@@ -43,8 +43,12 @@ function keepOnly(model) {
   }
 }
 
-/** A bundle file's bytes; counts what had to be downloaded. */
-let downloadedBytes = 0;
+/**
+ * A bundle file's bytes; counts what had to be downloaded. `ready` reports what was not reported
+ * yet, so that the files of a load that failed (counts.bin refused after the graph came in) count
+ * once the next load succeeds, and loads that overlap count nothing twice.
+ */
+let downloadedBytes = 0, reportedBytes = 0;
 async function file(model, name) {
   const { bytes, downloaded } = await fetchVerified(model, name);
   downloadedBytes += downloaded;
@@ -121,7 +125,12 @@ function completer(model) {
     const network = new Completer({ tokenizer: tok, step: infer.step, config: model.manifest.config, state: io.state,
       blockedIds: [ids.pad_id, ids.unk_id, ids.bos_id], threshold: minProbability(model.manifest) });
     const result = trie ? new FusedCompleter(network, trie) : network;
-    await result.completeScored("", 1); // warm-up: first runs allocate and JIT
+    try {
+      await result.completeScored("", 1); // warm-up: first runs allocate and JIT
+    } catch (error) {
+      await infer.release(); // the session would otherwise hold its wasm memory for nothing
+      throw error;
+    }
     return { completer: result, release: infer.release };
   });
 }
@@ -176,7 +185,6 @@ function retire(entry) {
 }
 
 async function load(request) {
-  const before = downloadedBytes;
   const ready = { version: request.model.version, ...(await completer(request.model)), busy: 0, retired: false };
   if (!active || ready.version > active.version) {
     if (active) retire(active);
@@ -186,7 +194,8 @@ async function load(request) {
     memo.delete(`completer:${ready.version}`); // an older version finished loading late
     retire(ready);
   }
-  reply(request, "ready", { version: request.model.version, downloadedBytes: downloadedBytes - before });
+  reply(request, "ready", { version: request.model.version, downloadedBytes: downloadedBytes - reportedBytes });
+  reportedBytes = downloadedBytes;
 }
 
 /** Run `work` on the active model's completer, holding it so that a retired one is not freed under it. */

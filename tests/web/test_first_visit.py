@@ -284,6 +284,27 @@ def test_transfer_counts_the_bytes_actually_sent(page, context, live_app):
     assert sent < 0.6 * sum(len(r.body()) for r in responses), "gzip should save over 40 %"
 
 
+def test_transfer_counts_a_load_that_failed(page, context, live_app):
+    """counts.bin refused once (a dropped connection) fails the first load while the graph, the
+    tokenizer and the weights come in; the next check loads from the cache, and "Transferred" still
+    adds up every byte sent, the failed load's included (they were lost once the worker fetched
+    counts.bin beside them)."""
+    web.compress_files(live_app, web.precompress_list(live_app))
+    counts_path = live_app.test_client().get("/api/model").get_json()["files"]["counts.bin"]
+    refused, responses = [], []
+    context.route(f"**{counts_path}", lambda route: route.continue_() if refused
+                  else (refused.append(route.request.url), route.abort("connectionreset")))
+    context.on("response", lambda r: urlparse(r.url).path.startswith("/api/files/") and responses.append(r))
+    context.on("response", lambda r: urlparse(r.url).path.endswith(".wasm") and responses.append(r))
+    open_page(page)
+    visit(page, "example.org")
+    expect(page.locator("#train-hint")).to_contain_text("learns from your visits at once")  # train graph in
+    sent = sum(int(r.headers["content-length"]) for r in responses)
+    assert refused, "the first counts.bin was refused"
+    assert len(responses) >= 5, "the runtime and the bundle's files came in"
+    expect(page.locator("#downloaded")).to_have_text(f"{sent / 1e6:.2f} MB")
+
+
 def test_page_and_dashboard_link_each_other(page):
     """A link on the page goes to the dashboard and one there comes back."""
     open_page(page, PAGE)
