@@ -267,19 +267,31 @@ def test_kept_update_is_sent_by_itself_when_the_connection_is_back(page, context
     assert "round" not in page.locator("main").inner_text().lower()
 
 
-def test_transfer_counts_the_bytes_actually_sent(page, context, live_app):
-    """"Transferred" adds up the encoded (gzip) sizes of the runtime and model responses, well
-    below their decoded sizes (the old page counted those)."""
-    # What fedurl-serve does at start (requests never compress), waited for here: its thread runs at
-    # the lowest priority and took over 120 s on a loaded machine
+def record_transfers(context, live_app) -> list:
+    """The responses "Transferred" counts (the runtime and the model's files), collected from now
+    on, the files compressed first as fedurl-serve does at start (requests never compress): waited
+    for here, since its thread runs at the lowest priority and took over 120 s on a loaded machine."""
     web.compress_files(live_app, web.precompress_list(live_app))
     responses = []
     context.on("response", lambda r: urlparse(r.url).path.startswith("/api/files/") and responses.append(r))
     context.on("response", lambda r: urlparse(r.url).path.endswith(".wasm") and responses.append(r))
+    return responses
+
+
+def transfer_all(page, responses: list) -> int:
+    """Open the page and visit a URL, so that it fetches every file, the training graph last;
+    the bytes sent for them (encoded sizes)."""
     open_page(page)
     visit(page, "example.org")
     expect(page.locator("#train-hint")).to_contain_text("learns from your visits at once")  # train graph in
-    sent = sum(int(r.headers["content-length"]) for r in responses)
+    return sum(int(r.headers["content-length"]) for r in responses)
+
+
+def test_transfer_counts_the_bytes_actually_sent(page, context, live_app):
+    """"Transferred" adds up the encoded (gzip) sizes of the runtime and model responses, well
+    below their decoded sizes (the old page counted those)."""
+    responses = record_transfers(context, live_app)
+    sent = transfer_all(page, responses)
     expect(page.locator("#downloaded")).to_have_text(f"{sent / 1e6:.2f} MB")
     assert sent < 0.6 * sum(len(r.body()) for r in responses), "gzip should save over 40 %"
 
@@ -289,17 +301,12 @@ def test_transfer_counts_a_load_that_failed(page, context, live_app):
     tokenizer and the weights come in; the next check loads from the cache, and "Transferred" still
     adds up every byte sent, the failed load's included (they were lost once the worker fetched
     counts.bin beside them)."""
-    web.compress_files(live_app, web.precompress_list(live_app))
+    responses = record_transfers(context, live_app)
     counts_path = live_app.test_client().get("/api/model").get_json()["files"]["counts.bin"]
-    refused, responses = [], []
+    refused = []
     context.route(f"**{counts_path}", lambda route: route.continue_() if refused
                   else (refused.append(route.request.url), route.abort("connectionreset")))
-    context.on("response", lambda r: urlparse(r.url).path.startswith("/api/files/") and responses.append(r))
-    context.on("response", lambda r: urlparse(r.url).path.endswith(".wasm") and responses.append(r))
-    open_page(page)
-    visit(page, "example.org")
-    expect(page.locator("#train-hint")).to_contain_text("learns from your visits at once")  # train graph in
-    sent = sum(int(r.headers["content-length"]) for r in responses)
+    sent = transfer_all(page, responses)
     assert refused, "the first counts.bin was refused"
     assert len(responses) >= 5, "the runtime and the bundle's files came in"
     expect(page.locator("#downloaded")).to_have_text(f"{sent / 1e6:.2f} MB")
