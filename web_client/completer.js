@@ -294,9 +294,9 @@ export class Completer {
    * search or not (runtime/complete.py log_probs): the pieces BPE gives the backed-off bytes and
    * the text, then an ending: a piece starting with "/" (or "?") after the text, its last pieces
    * backed off so one may span the cut, or EOS. The page's fusion scores the count component's
-   * suggestions with it (ngram.js FusedCompleter, in the completion worker). -Infinity where the backed-off bytes split a character, or
-   * where every ending's pieces fall below FORCED_FLOOR (past the healed context): such a path is
-   * not run further.
+   * suggestions with it (ngram.js FusedCompleter, in the completion worker). -Infinity where the
+   * backed-off bytes split a character, or where every ending's pieces fall below FORCED_FLOOR
+   * (past the healed context): such a path is not run further.
    * @returns {Promise<number[]>}
    */
   async logProbs(typed, suggestions) {

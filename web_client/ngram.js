@@ -4,8 +4,8 @@
  * user's own visits (CharNgram; client.js builds one from the history in IndexedDB, and nothing
  * here leaves the device), and a bundle's count component read from counts.bin (CountTrie; the
  * completion worker's FusedCompleter searches it beside the network, each side scoring the other's
- * suggestions, and fuseSuggestions fuses the two). The personal n-gram scores with stupid backoff, the count
- * component with interpolated absolute discounting (COUNT_DISCOUNT).
+ * suggestions, and fuseSuggestions fuses the two). The personal n-gram scores with stupid backoff,
+ * the count component with interpolated absolute discounting (COUNT_DISCOUNT).
  *
  * A symbol is one code point (Python's str), so strings are walked with Array.from, and ties
  * are broken by code points, not UTF-16 units. Scores are float64 products, never logarithms,
