@@ -480,8 +480,8 @@ export class Completer {
     const text = beam.text + added;
     for (let position = Math.max(1, beam.text.length); position < text.length; position++) {
       if (BOUNDARY_BYTES.includes(text[position])) {
-        const shown = !junk(prefix, text.slice(0, position)) && enoughBytes(prefix, text.slice(0, position));
-        return shown ? { text: text.slice(0, position), pending: "", done: true } : null;
+        const done = text.slice(0, position);
+        return !junk(prefix, done) && enoughBytes(prefix, done) ? { text: done, pending: "", done: true } : null;
       }
     }
     return junk(prefix, text, false) ? null : { text, pending: "", done: false };
