@@ -56,17 +56,22 @@ token healing: a character never spans the cut).
    as ``typed + fill + text`` with the score.
 
 Against the same algorithm summed in log space, only the order of (near-)tied suggestions differs.
+
+What the page shows for a bundle with counts (``FusedCompleter``) also offers the word being typed
+past the host finished as one typed earlier in the same URL (``repeated_words``, ``with_repeats``).
 """
 
 from __future__ import annotations
 
 import math
+import re
+import string
 from collections.abc import Callable, Iterable
 
 from formats import counts as counts_format
 from formats.bundle import load_bundle
 from formats.urls import split_typed
-from runtime.complete import Completer, enough, junk
+from runtime.complete import MIN_ADDED_CHARS, Completer, enough, junk
 
 BOS = "\x02"
 EOS = "\x03"
@@ -85,6 +90,13 @@ FUSION_K = 6  # suggestions the network and the count component each offer fuse(
 FUSION_WEIGHT = 0.5  # fuse(): the weight of the network's log-prob; the counts' log S gets the rest
 COUNT_FLOOR = 1e-300  # fuse(): a count score S below this (0: a symbol never counted) counts as this
 COUNT_DISCOUNT = 2.0  # a bundle's count component: absolute discounting's D (D 0.75 / 3 were worse)
+# with_repeats(): the words already typed in the URL get this share of the list, fuse()'s the rest; at most
+# REPEAT_K of them, the share split evenly (0.3 / 0.5 / 0.7 and 1 / 2 / 3 of them: docs/RESULTS.md)
+REPEAT_WEIGHT = 0.5
+REPEAT_K = 2
+REPEAT_TYPED = 2  # repeated_words(): characters of the word that must be typed first (3 saved less)
+WORD_CHARS = string.ascii_letters + string.digits
+_WORD = re.compile(r"[A-Za-z0-9]+")
 
 
 class CharNgramLM:
@@ -336,9 +348,51 @@ def fuse(scored: list[tuple[str, float, float]], k: int,
     return [(text, score - norm) for text, score in sorted(logs, key=lambda item: (-item[1], item[0]))[:k]]
 
 
+def repeated_words(typed: str, k: int = REPEAT_K) -> list[str]:
+    """The word being typed past the host finished as a longer word typed earlier in the same URL
+    (``bdnews24.com/bd`` -> ``bdnews24.com/bdnews24``): up to k, the most frequent first, ties by
+    text; ``repeatedWords`` in ngram.js.
+
+    A word is a run of ASCII letters and digits; ``REPEAT_TYPED`` of its characters must be typed, the
+    suggestion must add ``MIN_ADDED_CHARS`` or more. A URL names its host and its topics again in
+    its path and query, which neither the network nor the counts of other URLs can know: a cache
+    component (Kuhn and De Mori 1990) over one URL. Not in the host, where the page completes
+    the top suggestion inline.
+    """
+    fill, canonical = split_typed(typed)
+    start = len(canonical.rstrip(WORD_CHARS))
+    part = canonical[start:]
+    if len(part) < REPEAT_TYPED or ("/" not in canonical and "?" not in canonical):
+        return []
+    seen: dict[str, int] = {}
+    for word in _WORD.findall(canonical, 0, start):
+        if word.startswith(part) and len(word) - len(part) >= MIN_ADDED_CHARS:
+            seen[word] = seen.get(word, 0) + 1
+    return [typed + fill + word[len(part):] for word in sorted(seen, key=lambda w: (-seen[w], w))[:k]]
+
+
+def with_repeats(fused: list[tuple[str, float]], typed: str, k: int,
+                 weight: float = REPEAT_WEIGHT) -> list[tuple[str, float]]:
+    """``fuse``'s list (log shares) mixed with ``repeated_words`` as one list of (text, log share),
+    best first, ties by text; ``withRepeats`` in ngram.js. A linear mixture: share = (1 - w) * fuse's
+    share + w / (number of repeats) for a repeat, so the shares still sum to 1 for ``mix`` (w where
+    fuse found nothing). Across sources it saved 4-16 % more keys (docs/RESULTS.md, "the words
+    already typed").
+    """
+    repeats = repeated_words(typed)
+    if not repeats:
+        return fused[:k]
+    score = {text: (1 - weight) * math.exp(log_share) for text, log_share in fused}
+    for text in repeats:
+        score[text] = score.get(text, 0.0) + weight / len(repeats)
+    ranked = sorted(score.items(), key=lambda item: (-item[1], item[0]))[:k]
+    return [(text, math.log(share)) for text, share in ranked]
+
+
 class FusedCompleter:
-    """A bundle's network mixed with its count component (``fuse``), as the page's completion worker
-    mixes them (web_client/ngram.js ``FusedCompleter``).
+    """A bundle's network mixed with its count component (``fuse``) and with the words already typed
+    in the URL (``with_repeats``), as the page's completion worker mixes them (web_client/ngram.js
+    ``FusedCompleter``).
     """
 
     def __init__(self, completer: Completer, counts: CharNgramLM, weight: float = FUSION_WEIGHT):
@@ -365,7 +419,8 @@ class FusedCompleter:
         """The top k of ``fuse`` over max(k, FUSION_K) suggestions from each side, each side's past
         the threshold tau: the network's by its probability given what was typed (runtime/complete.py
         step 5), the counts' by their score S, a product of per-character probabilities given it;
-        each side then scores the texts only the other proposed.
+        each side then scores the texts only the other proposed. ``with_repeats`` then mixes in the
+        words typed earlier in the URL.
         """
         wide = max(k, FUSION_K)
         network = dict(self.completer.complete_scored(typed, wide))
@@ -375,7 +430,7 @@ class FusedCompleter:
                   for text, log_prob in network.items()]
         log_probs = self.completer.log_probs(typed, others)
         scored += zip(others, log_probs, [counts[text] for text in others], strict=True)
-        return fuse(scored, k, self.weight)
+        return with_repeats(fuse(scored, k, self.weight), typed, k)
 
 
 def open_completer(bundle_dir, **options) -> Completer | FusedCompleter:

@@ -64,6 +64,15 @@ export const COUNT_FLOOR = 1e-300;
 /** A bundle's count component: interpolated absolute discounting's D (runtime/ngram.py COUNT_DISCOUNT). */
 export const COUNT_DISCOUNT = 2;
 
+/** withRepeats: the words already typed in the URL get this share of the list (runtime/ngram.py REPEAT_WEIGHT). */
+export const REPEAT_WEIGHT = 0.5;
+
+/** repeatedWords: at most this many, the share split evenly (runtime/ngram.py REPEAT_K). */
+export const REPEAT_K = 2;
+
+/** repeatedWords: characters of the word that must be typed first (runtime/ngram.py REPEAT_TYPED). */
+export const REPEAT_TYPED = 2;
+
 /** Suggestions shown under the URL bar. */
 export const SUGGESTIONS_K = 5;
 

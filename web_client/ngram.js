@@ -15,7 +15,7 @@
 import { enough, junk } from "./completer.js";
 import {
   COUNT_DISCOUNT, COUNT_FLOOR, FUSION_K, FUSION_WEIGHT, NGRAM_ALPHA, NGRAM_BEAM_WIDTH, NGRAM_MAX_CHARS, NGRAM_ORDER, NGRAM_RANKED_CACHE_ENTRIES,
-  PERSONAL_WEIGHT,
+  MIN_ADDED_CHARS, PERSONAL_WEIGHT, REPEAT_K, REPEAT_TYPED, REPEAT_WEIGHT,
 } from "./constants.js";
 import { splitTyped } from "./normalize.js";
 
@@ -480,9 +480,46 @@ export function fuseSuggestions(scored, k, weight = FUSION_WEIGHT) {
   return logs.sort(byScoreThenText).slice(0, k).map(([text, score]) => [text, score - norm]);
 }
 
+const isWordChar = (code) => (code >= 48 && code <= 57) || (code >= 65 && code <= 90) || (code >= 97 && code <= 122);
+
 /**
- * A model version's network fused with its bundle's count component, as runtime/ngram.py
- * FusedCompleter fuses them: the completion worker suggests with it, so a keystroke is one request
+ * The word being typed past the host finished as a longer word typed earlier in the same URL
+ * (runtime/ngram.py repeated_words): up to k, the most frequent first, ties by text. A word is a run
+ * of ASCII letters and digits; REPEAT_TYPED of its characters must be typed, the suggestion must add
+ * MIN_ADDED_CHARS or more.
+ * @returns {string[]}
+ */
+export function repeatedWords(typed, k = REPEAT_K) {
+  const { fill, canonical } = splitTyped(typed);
+  let start = canonical.length;
+  while (start > 0 && isWordChar(canonical.charCodeAt(start - 1))) start--;
+  const part = canonical.slice(start);
+  if (part.length < REPEAT_TYPED || !(canonical.includes("/") || canonical.includes("?"))) return [];
+  const seen = new Map();
+  for (const word of canonical.slice(0, start).match(/[A-Za-z0-9]+/g) ?? []) {
+    if (word.startsWith(part) && word.length - part.length >= MIN_ADDED_CHARS) seen.set(word, (seen.get(word) ?? 0) + 1);
+  }
+  return [...seen].sort(byScoreThenText).slice(0, k).map(([word]) => typed + fill + word.slice(part.length));
+}
+
+/**
+ * fuseSuggestions' list mixed with repeatedWords (runtime/ngram.py with_repeats): share = (1 - w) *
+ * the fused share + w / (number of repeats) for a repeat; top k, ties by text, as logs.
+ * @param {Array<[string, number]>} fused [suggestion, log share], best first
+ * @returns {Array<[string, number]>}
+ */
+export function withRepeats(fused, typed, k, weight = REPEAT_WEIGHT) {
+  const repeats = repeatedWords(typed);
+  if (!repeats.length) return fused.slice(0, k);
+  const score = new Map();
+  for (const [text, logShare] of fused) score.set(text, (1 - weight) * Math.exp(logShare));
+  for (const text of repeats) score.set(text, (score.get(text) ?? 0) + weight / repeats.length);
+  return [...score].sort(byScoreThenText).slice(0, k).map(([text, share]) => [text, Math.log(share)]);
+}
+
+/**
+ * A model version's network fused with its bundle's count component and with the words already
+ * typed in the URL, as runtime/ngram.py FusedCompleter fuses them: the completion worker suggests with it, so a keystroke is one request
  * and the page's thread, which also renders what was typed, searches nothing.
  */
 export class FusedCompleter {
@@ -509,6 +546,6 @@ export class FusedCompleter {
     const scored = network.map(([text, logProb]) => [text, logProb, counts.get(text) ?? this.trie.score(typed, text)]);
     const logProbs = await this.completer.logProbs(typed, others);
     others.forEach((text, i) => scored.push([text, logProbs[i], /** @type {number} */ (counts.get(text))]));
-    return fuseSuggestions(scored, k);
+    return withRepeats(fuseSuggestions(scored, k), typed, k);
   }
 }

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from runtime.ngram import BOS, COUNT_FLOOR, EOS, CharNgramLM, fuse, mix
+from runtime.ngram import BOS, COUNT_FLOOR, EOS, CharNgramLM, fuse, mix, repeated_words, with_repeats
 
 
 def test_counts_every_context_length():
@@ -161,3 +161,35 @@ def test_fuse_multiplies_the_two_sides_scores_then_shares_them_out_by_hand():
     assert fuse(scored, 1) == fused[:1] and fuse([], 3) == []
     assert fuse([*scored, ("d", -math.inf, 0.9)], 4) == fused, "out of the network's reach: dropped"
     assert fuse([("a", -1.0, 0.2), ("b", -1.0, 0.2)], 2)[0][0] == "a", "ties by text"
+
+
+@pytest.mark.parametrize(("typed", "expected"), [
+    ("bdnews24.com/bd", ["bdnews24.com/bdnews24"]),
+    ("HTTPS://www.BDnews24.com/bd", ["HTTPS://www.BDnews24.com/bdnews24"]),  # as typed, words canonical
+    ("x.com/foo?q=foobar&z=fo", ["x.com/foo?q=foobar&z=foobar"]),
+    ("a.com/ab/abc/abcd/ab", ["a.com/ab/abc/abcd/abcd"]),  # "abc" adds one character: saves no key
+    ("a.com/abab/abcd/abab/ab", ["a.com/abab/abcd/abab/abab", "a.com/abab/abcd/abab/abcd"]),  # twice first
+    ("a.com/abcf/abce/abcd/ab", ["a.com/abcf/abce/abcd/abcd", "a.com/abcf/abce/abcd/abce"]),  # ties by text
+    ("bdnews24.com", []), ("bdnews24.com.bd", []),  # the host: completed inline, not here
+    ("bdnews24.com/b", []),  # one typed character
+    ("bdnews24.com/bd/", []), ("a.com/é/ab", []), ("", []),
+])
+def test_repeated_words_finish_the_typed_word_as_one_typed_earlier(typed, expected):
+    assert repeated_words(typed) == expected
+
+
+def test_with_repeats_shares_out_the_list_by_hand():
+    """w = 0.5: the repeat "r" gets 0.5, "a" 0.5 x 0.6 = 0.3, "b" 0.5 x 0.4 = 0.2; shares sum to 1;
+    a repeat that fuse also proposed adds both: 0.5 x 0.5 + 0.5."""
+    typed = "a.com/abcd/ab"
+    repeat = "a.com/abcd/abcd"
+    fused = [(typed + "x1", math.log(0.6)), (typed + "x2", math.log(0.4))]
+    mixed = with_repeats(fused, typed, 3)
+    assert [text for text, _ in mixed] == [repeat, typed + "x1", typed + "x2"]
+    assert [math.exp(s) for _, s in mixed] == pytest.approx([0.5, 0.3, 0.2])
+    both = with_repeats([(repeat, math.log(0.1)), *fused], typed, 2, weight=0.2)
+    assert [(t, math.exp(s)) for t, s in both] == [(typed + "x1", pytest.approx(0.48)),
+                                                    (typed + "x2", pytest.approx(0.32))]
+    assert dict(with_repeats([(repeat, math.log(0.5))], typed, 1))[repeat] == pytest.approx(math.log(0.75))
+    assert with_repeats(fused, "a.com/x", 1) == fused[:1], "no repeat: fuse's list as it is"
+    assert with_repeats([], typed, 3) == [(repeat, math.log(0.5))], "fuse found nothing: w alone"

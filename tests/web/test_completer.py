@@ -5,7 +5,9 @@ compare the network alone)."""
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 
 import numpy as np
 from page_helpers import open_page, suggestions_for
@@ -13,12 +15,13 @@ from page_helpers import open_page, suggestions_for
 import runtime.complete
 from formats.urls import split_typed
 from runtime.complete import Completer, enough, junk
-from runtime.ngram import FusedCompleter, open_completer
+from runtime.ngram import FusedCompleter, open_completer, repeated_words, with_repeats
 from runtime.tokenizer import Tokenizer
 
 HAND_MADE = ["g", "goo", "GOO", "githu", "http", "https:/", "HTTPS://WWW.Goo", "http://www.", "www.",
              "www.wiki", "en.wikipedia.org/wiki/", "amazon.co", "a b", "x.com/%2", "é", "日本",
-             "youtube.com/", "news.", "mail.google.c", "stackoverflow.com/q"]
+             "youtube.com/", "news.", "mail.google.c", "stackoverflow.com/q", "bdnews24.com/bd",
+             "x.com/foo?q=foobar&z=fo", "a.com/abab/abcd/abab/ab"]
 
 
 def prefixes(urls: list[str], tokenizer: Tokenizer, count: int) -> tuple[list[str], int]:
@@ -178,6 +181,33 @@ def test_js_enough_equals_python(module_page):
     expected = [enough(split_typed(typed)[1], len(suggestion) - len(typed)) for typed, suggestion in pairs]
     assert module_page.evaluate(ENOUGH, pairs) == expected
     assert expected == [False, True, False, False, False, False, True, True, True, True, True]
+
+
+REPEATS = """async (cases) => {
+  const { repeatedWords, withRepeats } = await import("/static/ngram.js");
+  return cases.map(([typed, fused]) => [repeatedWords(typed), withRepeats(fused, typed, 3)]);
+}"""
+
+
+def test_js_repeated_words_equal_python(module_page, canonical_urls):
+    """repeatedWords and withRepeats (ngram.js) give runtime/ngram.py's lists and log shares on
+    every cut of 300 real URLs with a word of them typed again, and on hand-made ones."""
+    # Prepare
+    rng = random.Random(5)
+    typed = ["bdnews24.com/bd", "HTTPS://www.BDnews24.com/bd", "a.com/abab/abcd/abab/ab", "a.com/é/ab",
+             "x.com/foo?q=foobar&z=fo", "bdnews24.com", "https:/", "a.com/abcf/abce/abcd/ab"]
+    for url in rng.sample(canonical_urls, 300):
+        words = re.findall(r"[A-Za-z0-9]{3,}", url)
+        again = f"/{rng.choice(words)[:rng.randint(1, 4)]}" if words else ""
+        typed.append(url[:rng.randint(1, len(url))] + again)
+    cases = [(text, [(text + "x", math.log(0.7)), (text + "y", math.log(0.2))]) for text in typed]
+    # Execute
+    got = module_page.evaluate(REPEATS, cases)
+    # Assert
+    expected = [[repeated_words(text), [list(pair) for pair in with_repeats(fused, text, 3)]]
+                for text, fused in cases]
+    assert sum(bool(words) for words, _ in expected) >= 50, "a word typed again must often be found"
+    assert got == expected, [(c, g, e) for c, g, e in zip(cases, got, expected, strict=True) if g != e][:3]
 
 
 ORDER = """async (lists) => {

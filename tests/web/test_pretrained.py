@@ -86,3 +86,14 @@ def test_the_page_completes_popular_paths_with_the_shipped_model(page):
         suggestions = suggestions_for(page, typed)
         assert suggestions, typed
         assert all(path_like(typed, s) for s in suggestions), (typed, suggestions)
+
+
+def test_the_page_finishes_a_word_the_url_already_holds(page):
+    """Neither the network nor the counts know bdnews24 (no corpus holds the host); the URL does."""
+    typed, repeat = "bdnews24.com/bd", "bdnews24.com/bdnews24"
+    fused = open_completer(PRETRAINED)
+    assert repeat not in fused.completer.complete(typed, SHOWN) + fused.counts.complete(typed, SHOWN)
+    open_page(page)
+    suggestions = suggestions_for(page, typed)
+    assert suggestions[0] == repeat, suggestions
+    assert suggestions[1:] and all(path_like(typed, s) for s in suggestions), suggestions
