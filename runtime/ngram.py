@@ -81,9 +81,9 @@ ALPHA = 0.4
 BEAM_WIDTH = 6
 MAX_CHARS = 48
 RANKED_CACHE_SIZE = 500_000
-# mix(): the model's share w; the personal n-gram gets 1 - w. The model's side is fuse()'s shares (about 1
-# over a list) and the personal side products of frequencies, so the n-gram needs most of the weight to
-# count: 0.15 beat 0.5 on 12 of 12 hosts or tied (docs/RESULTS.md, the personal weight).
+# mix(): the model's share w; the personal n-gram gets 1 - w. The model's side is with_repeats()'s shares
+# (about 1 over a list) and the personal side products of frequencies, so the n-gram needs most of the
+# weight to count: 0.15 beat 0.5 on 12 of 12 hosts or tied (docs/RESULTS.md, the personal weight).
 PERSONAL_WEIGHT = 0.15
 COUNTS_FILE = "counts.bin"  # a bundle's count component (formats/counts.py)
 FUSION_K = 6  # suggestions the network and the count component each offer fuse()
@@ -97,6 +97,7 @@ REPEAT_K = 2
 REPEAT_TYPED = 2  # repeated_words(): characters of the word that must be typed first (3 saved less)
 WORD_CHARS = string.ascii_letters + string.digits
 _WORD = re.compile(r"[A-Za-z0-9]+")
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # kept by split_typed (ftp://); main.js's rule
 
 
 class CharNgramLM:
@@ -310,7 +311,7 @@ def mix(model: list[tuple[str, float]], personal: list[tuple[str, float]], k: in
     """The model's and the personal n-gram's suggestions as one list (``mixSuggestions`` in ngram.js).
 
     A suggestion-level linear mixture: score = w * exp(model log-prob) + (1 - w) * personal score
-    (the model's "log-prob" is ``fuse``'s log share where the bundle ships counts),
+    (the model's "log-prob" is ``with_repeats``'s log share where the bundle ships counts),
     a side that did not propose a suggestion adding 0; top k by score, ties by text (code points).
     With no personal suggestion the model's list is returned as it is.
     """
@@ -353,20 +354,22 @@ def repeated_words(typed: str, k: int = REPEAT_K) -> list[str]:
     (``bdnews24.com/bd`` -> ``bdnews24.com/bdnews24``): up to k, the most frequent first, ties by
     text; ``repeatedWords`` in ngram.js.
 
-    A word is a run of ASCII letters and digits; ``REPEAT_TYPED`` of its characters must be typed, the
-    suggestion must add ``MIN_ADDED_CHARS`` or more. A URL names its host and its topics again in
+    A word is a run of ASCII letters and digits; ``REPEAT_TYPED`` of its characters must be typed (as
+    typed: a space's ``%20`` is no word), the suggestion must add ``MIN_ADDED_CHARS`` or more and not
+    be ``junk`` (``tryit.ht`` -> ``tryit.html5``). A URL names its host and its topics again in
     its path and query, which neither the network nor the counts of other URLs can know: a cache
     component (Kuhn and De Mori 1990) over one URL. Not in the host, where the page completes
     the top suggestion inline.
     """
     fill, canonical = split_typed(typed)
     start = len(canonical.rstrip(WORD_CHARS))
-    part = canonical[start:]
-    if len(part) < REPEAT_TYPED or ("/" not in canonical and "?" not in canonical):
+    part, path = canonical[start:], _SCHEME.sub("", canonical)
+    if len(part) < REPEAT_TYPED or not typed.endswith(part) or ("/" not in path and "?" not in path):
         return []
     seen: dict[str, int] = {}
     for word in _WORD.findall(canonical, 0, start):
-        if word.startswith(part) and len(word) - len(part) >= MIN_ADDED_CHARS:
+        if word.startswith(part) and len(word) - len(part) >= MIN_ADDED_CHARS \
+                and not junk(canonical, word[len(part):]):
             seen[word] = seen.get(word, 0) + 1
     return [typed + fill + word[len(part):] for word in sorted(seen, key=lambda w: (-seen[w], w))[:k]]
 
@@ -375,9 +378,9 @@ def with_repeats(fused: list[tuple[str, float]], typed: str, k: int,
                  weight: float = REPEAT_WEIGHT) -> list[tuple[str, float]]:
     """``fuse``'s list (log shares) mixed with ``repeated_words`` as one list of (text, log share),
     best first, ties by text; ``withRepeats`` in ngram.js. A linear mixture: share = (1 - w) * fuse's
-    share + w / (number of repeats) for a repeat, so the shares still sum to 1 for ``mix`` (w where
-    fuse found nothing). Across sources it saved 4-16 % more keys (docs/RESULTS.md, "the words
-    already typed").
+    share + w / (number of repeats) for a repeat, so the shares still sum to at most 1 for ``mix``.
+    A repeat's share is at least w / REPEAT_K, above any threshold tau shipped, so tau never hides
+    one. Across sources it saved 2-16 % more keys (docs/RESULTS.md, "the words already typed").
     """
     repeats = repeated_words(typed)
     if not repeats:

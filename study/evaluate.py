@@ -155,7 +155,8 @@ def threshold_sweep(completer: Completer | FusedCompleter, targets: list[str], t
                     k: int = 3) -> list[dict]:
     """KSR@k, suggestions shown per keystroke and the share of them that are a prefix of the target,
     per tau (a FusedCompleter applies it to both sides: the network's suggestions by their
-    probability, the counts' by their score S). Each tau searches anew with that threshold, as
+    probability, the counts' by their score S; the words the URL already holds pass any tau below
+    0.25, runtime/ngram.py with_repeats). Each tau searches anew with that threshold, as
     the page would: the search drops live beams below tau (runtime/complete.py step 3), so one
     tau-0 list filtered afterwards is not always what a completer with that tau shows.
     """

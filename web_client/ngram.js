@@ -4,7 +4,8 @@
  * user's own visits (CharNgram; client.js builds one from the history in IndexedDB, and nothing
  * here leaves the device), and a bundle's count component read from counts.bin (CountTrie; the
  * completion worker's FusedCompleter searches it beside the network, each side scoring the other's
- * suggestions, and fuseSuggestions fuses the two). The personal n-gram scores with stupid backoff,
+ * suggestions, fuseSuggestions fuses the two and withRepeats mixes in the words already typed in
+ * the URL). The personal n-gram scores with stupid backoff,
  * the count component with interpolated absolute discounting (COUNT_DISCOUNT).
  *
  * A symbol is one code point (Python's str), so strings are walked with Array.from, and ties
@@ -485,8 +486,8 @@ const isWordChar = (code) => (code >= 48 && code <= 57) || (code >= 65 && code <
 /**
  * The word being typed past the host finished as a longer word typed earlier in the same URL
  * (runtime/ngram.py repeated_words): up to k, the most frequent first, ties by text. A word is a run
- * of ASCII letters and digits; REPEAT_TYPED of its characters must be typed, the suggestion must add
- * MIN_ADDED_CHARS or more.
+ * of ASCII letters and digits; REPEAT_TYPED of its characters must be typed (as typed: a space's %20 is
+ * no word), the suggestion must add MIN_ADDED_CHARS or more and not be junk.
  * @returns {string[]}
  */
 export function repeatedWords(typed, k = REPEAT_K) {
@@ -494,10 +495,13 @@ export function repeatedWords(typed, k = REPEAT_K) {
   let start = canonical.length;
   while (start > 0 && isWordChar(canonical.charCodeAt(start - 1))) start--;
   const part = canonical.slice(start);
-  if (part.length < REPEAT_TYPED || !(canonical.includes("/") || canonical.includes("?"))) return [];
+  const path = canonical.replace(/^[a-z][a-z0-9+.-]*:\/\//i, ""); // a scheme splitTyped keeps (ftp://)
+  if (part.length < REPEAT_TYPED || !typed.endsWith(part) || !(path.includes("/") || path.includes("?"))) return [];
   const seen = new Map();
   for (const word of canonical.slice(0, start).match(/[A-Za-z0-9]+/g) ?? []) {
-    if (word.startsWith(part) && word.length - part.length >= MIN_ADDED_CHARS) seen.set(word, (seen.get(word) ?? 0) + 1);
+    if (word.startsWith(part) && word.length - part.length >= MIN_ADDED_CHARS && !junk(canonical, word.slice(part.length))) {
+      seen.set(word, (seen.get(word) ?? 0) + 1);
+    }
   }
   return [...seen].sort(byScoreThenText).slice(0, k).map(([word]) => typed + fill + word.slice(part.length));
 }

@@ -8,7 +8,8 @@
  *   Make `model` the worker's model (download what is not cached, verify, warm up). Reply: ready.
  * @typedef {{type: "complete", id: number, typed: string, k: number}} CompleteRequest
  *   Up to k completions of the typed text with the loaded model: the network's fused with the
- *   bundle's counts.bin where it ships one (ngram.js FusedCompleter). Reply: suggestions.
+ *   bundle's counts.bin and the words already typed where it ships one (ngram.js FusedCompleter).
+ *   Reply: suggestions.
  * @typedef {{type: "train", id: number, model: ModelInfo, urls: string[], epochs: number, lr: number}} TrainRequest
  *   Local SGD epochs over canonical URLs from `model`'s weights. Replies: progress*, then trained.
  * @typedef {{type: "trainStep", id: number, model: ModelInfo, tokens: Int32Array, targets: Int32Array,

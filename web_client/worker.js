@@ -1,7 +1,7 @@
 /**
  * The only owner of onnxruntime-web. The page runs two of these module workers: one answers
  * `complete` on every keystroke with the model's suggestions (the network's fused with the bundle's
- * counts), the other trains, so training never blocks typing.
+ * counts and the words already typed), the other trains, so training never blocks typing.
  * Messages are listed in protocol.js; graph input/output names come from the manifest only.
  */
 
@@ -211,7 +211,7 @@ async function withActive(work) {
   }
 }
 
-/** The model's suggestions: the network's fused with the bundle's counts (FusedCompleter). */
+/** The model's suggestions: the network's fused with the bundle's counts and the words already typed (FusedCompleter). */
 async function complete(request) {
   await withActive(async ({ completer, version }) => {
     const scored = await completer.completeScored(request.typed, request.k);

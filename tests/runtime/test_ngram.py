@@ -172,6 +172,9 @@ def test_fuse_multiplies_the_two_sides_scores_then_shares_them_out_by_hand():
     ("a.com/abcf/abce/abcd/ab", ["a.com/abcf/abce/abcd/abcd", "a.com/abcf/abce/abcd/abce"]),  # ties by text
     ("bdnews24.com", []), ("bdnews24.com.bd", []),  # the host: completed inline, not here
     ("bdnews24.com/b", []),  # one typed character
+    ("w3schools.com/html5/tryit.ht", []),  # tryit.html5 is junk: nothing after .html
+    ("x.com/2024 ", []), ("x.com/2024%20", ["x.com/2024%2024"]),  # a space is no word; "%20" typed is
+    ("ftp://ftpserver.ft", []), ("ftp://ftpserver/ft", ["ftp://ftpserver/ftpserver"]),  # the host after ://
     ("bdnews24.com/bd/", []), ("a.com/é/ab", []), ("", []),
 ])
 def test_repeated_words_finish_the_typed_word_as_one_typed_earlier(typed, expected):

@@ -37,7 +37,7 @@ def prefixes(urls: list[str], tokenizer: Tokenizer, count: int) -> tuple[list[st
 
 
 def test_page_suggestions_equal_python_completer(page, bundle_dir, canonical_urls, monkeypatch):
-    """230 prefixes, over 50 of them ending mid-piece: the same five suggestions in the same order
+    """233 prefixes, over 50 of them ending mid-piece: the same five suggestions in the same order
     (a fresh browser context has no history, so every suggestion is the model's), most of them
     unlike the network's own: the page fuses the test bundle's counts.bin in; some of them
     differ without FORCED_FLOOR or would hold a one-character completion without MIN_ADDED_CHARS,
@@ -195,12 +195,16 @@ def test_js_repeated_words_equal_python(module_page, canonical_urls):
     # Prepare
     rng = random.Random(5)
     typed = ["bdnews24.com/bd", "HTTPS://www.BDnews24.com/bd", "a.com/abab/abcd/abab/ab", "a.com/é/ab",
-             "x.com/foo?q=foobar&z=fo", "bdnews24.com", "https:/", "a.com/abcf/abce/abcd/ab"]
+             "x.com/foo?q=foobar&z=fo", "bdnews24.com", "https:/", "a.com/abcf/abce/abcd/ab",
+             "w3schools.com/html5/tryit.ht", "x.com/2024 ", "x.com/2024%20", "ftp://ftpserver.ft",
+             "ftp://ftpserver/ft"]
     for url in rng.sample(canonical_urls, 300):
         words = re.findall(r"[A-Za-z0-9]{3,}", url)
         again = f"/{rng.choice(words)[:rng.randint(1, 4)]}" if words else ""
         typed.append(url[:rng.randint(1, len(url))] + again)
-    cases = [(text, [(text + "x", math.log(0.7)), (text + "y", math.log(0.2))]) for text in typed]
+    # fuse's list: two texts of its own, and one of the repeats too where there is one (their shares add)
+    cases = [(text, [(text + "x", math.log(0.7)), (text + "y", math.log(0.2)),
+                     *[(repeat, math.log(0.1)) for repeat in repeated_words(text)[:1]]]) for text in typed]
     # Execute
     got = module_page.evaluate(REPEATS, cases)
     # Assert
