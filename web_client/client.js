@@ -1,7 +1,7 @@
 /**
  * The page's controller, without DOM: keeps the model current, asks the completion worker for
- * the model's suggestions (the network's fused with the bundle's counts and the words already typed), records visits locally,
- * trains in the second worker and uploads the update.
+ * the model's suggestions (the network's fused with the bundle's counts and the words already
+ * typed), records visits locally, trains in the second worker and uploads the update.
  * Training waits for the server to draw this browser into a round's cohort: the client id is
  * enrolled once (a proof-of-work puzzle, pow.js), then checked in until selected. When the
  * server aggregates securely (its check-in answer names a secure phase), the training worker runs
@@ -185,8 +185,8 @@ export class Client extends EventTarget {
 
   /**
    * Ask for suggestions: visited URLs first, then the model's (the worker's, the network fused with
-   * the bundle's counts and the words already typed, mixed here with the personal n-gram). While one model request runs only the
-   * newest text waits (latest wins).
+   * the bundle's counts and the words already typed, mixed here with the personal n-gram). While
+   * one model request runs only the newest text waits (latest wins).
    */
   complete(typed) {
     this.lastTyped = typed;
