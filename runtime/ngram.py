@@ -97,7 +97,7 @@ REPEAT_K = 2
 REPEAT_TYPED = 2  # repeated_words(): characters of the word that must be typed first (3 saved less)
 WORD_CHARS = string.ascii_letters + string.digits
 _WORD = re.compile(r"[A-Za-z0-9]+")
-_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # kept by split_typed (ftp://); main.js's rule
+_ANY_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)  # "ftp://", which split_typed keeps
 
 
 class CharNgramLM:
@@ -317,12 +317,21 @@ def mix(model: list[tuple[str, float]], personal: list[tuple[str, float]], k: in
     """
     if not personal:
         return [text for text, _ in model[:k]]
+    return [text for text, _ in blend(model, personal, k, weight)]
+
+
+def blend(logs: list[tuple[str, float]], others: list[tuple[str, float]], k: int,
+          weight: float) -> list[tuple[str, float]]:
+    """The linear mixture of ``mix`` and ``with_repeats`` (``blend`` in ngram.js): score = w *
+    exp(log-prob) + (1 - w) * other score, a side that did not propose a text adding 0; the top k
+    (text, score), ties by text.
+    """
     score: dict[str, float] = {}
-    for text, log_prob in model:
+    for text, log_prob in logs:
         score[text] = weight * math.exp(log_prob)
-    for text, s in personal:
+    for text, s in others:
         score[text] = score.get(text, 0.0) + (1 - weight) * s
-    return [text for text, _ in sorted(score.items(), key=lambda item: (-item[1], item[0]))[:k]]
+    return sorted(score.items(), key=lambda item: (-item[1], item[0]))[:k]
 
 
 def fuse(scored: list[tuple[str, float, float]], k: int,
@@ -363,7 +372,7 @@ def repeated_words(typed: str, k: int = REPEAT_K) -> list[str]:
     """
     fill, canonical = split_typed(typed)
     start = len(canonical.rstrip(WORD_CHARS))
-    part, path = canonical[start:], _SCHEME.sub("", canonical)
+    part, path = canonical[start:], _ANY_SCHEME.sub("", canonical)  # past the host as normalize.js pastHost
     if len(part) < REPEAT_TYPED or not typed.endswith(part) or ("/" not in path and "?" not in path):
         return []
     seen: dict[str, int] = {}
@@ -385,11 +394,8 @@ def with_repeats(fused: list[tuple[str, float]], typed: str, k: int,
     repeats = repeated_words(typed)
     if not repeats:
         return fused[:k]
-    score = {text: (1 - weight) * math.exp(log_share) for text, log_share in fused}
-    for text in repeats:
-        score[text] = score.get(text, 0.0) + weight / len(repeats)
-    ranked = sorted(score.items(), key=lambda item: (-item[1], item[0]))[:k]
-    return [(text, math.log(share)) for text, share in ranked]
+    even = [(text, 1 / len(repeats)) for text in repeats]
+    return [(text, math.log(share)) for text, share in blend(fused, even, k, 1 - weight)]
 
 
 class FusedCompleter:

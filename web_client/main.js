@@ -8,6 +8,7 @@ import { AutoTrain } from "./auto_train.js";
 import { Client } from "./client.js";
 import { SERVICE_WORKER_URL, UNDO_CLEAR_MS, getConfig } from "./constants.js";
 import { groupVisits } from "./history_index.js";
+import { pastHost } from "./normalize.js";
 import { lossInWords, megabytes, progressInWords } from "./words.js";
 
 const $ = (id) => document.getElementById(id);
@@ -41,7 +42,7 @@ function fill(text, from) {
  * typed URL would visit the guess instead (a visit to sys.html.html, which training then taught).
  */
 function completesInline(item, typed) {
-  return item?.source === "history" || !/[/?]/.test(typed.replace(/^[a-z][a-z0-9+.-]*:\/\//i, ""));
+  return item?.source === "history" || !pastHost(typed);
 }
 
 /** The typed text plus the top suggestion's rest, when inline completion applies. */

@@ -18,7 +18,7 @@ import {
   COUNT_DISCOUNT, COUNT_FLOOR, FUSION_K, FUSION_WEIGHT, NGRAM_ALPHA, NGRAM_BEAM_WIDTH, NGRAM_MAX_CHARS, NGRAM_ORDER, NGRAM_RANKED_CACHE_ENTRIES,
   MIN_ADDED_CHARS, PERSONAL_WEIGHT, REPEAT_K, REPEAT_TYPED, REPEAT_WEIGHT,
 } from "./constants.js";
-import { splitTyped } from "./normalize.js";
+import { pastHost, splitTyped } from "./normalize.js";
 
 const BOS = "\u0002";
 const EOS = "\u0003";
@@ -450,10 +450,21 @@ function ascending(values, start, end) {
  */
 export function mixSuggestions(model, personal, k, weight = PERSONAL_WEIGHT) {
   if (!personal.length) return model.slice(0, k).map(([text]) => text);
+  return blend(model, personal, k, weight).map(([text]) => text);
+}
+
+/**
+ * The linear mixture of mixSuggestions and withRepeats (runtime/ngram.py blend): score = w *
+ * exp(log-prob) + (1 - w) * other score; top k [text, score], ties by text.
+ * @param {Array<[string, number]>} logs [suggestion, log-prob]
+ * @param {Array<[string, number]>} others [suggestion, score]
+ * @returns {Array<[string, number]>}
+ */
+function blend(logs, others, k, weight) {
   const score = new Map();
-  for (const [text, logProb] of model) score.set(text, weight * Math.exp(logProb));
-  for (const [text, s] of personal) score.set(text, (score.get(text) ?? 0) + (1 - weight) * s);
-  return [...score].sort(byScoreThenText).slice(0, k).map(([text]) => text);
+  for (const [text, logProb] of logs) score.set(text, weight * Math.exp(logProb));
+  for (const [text, s] of others) score.set(text, (score.get(text) ?? 0) + (1 - weight) * s);
+  return [...score].sort(byScoreThenText).slice(0, k);
 }
 
 /**
@@ -495,8 +506,7 @@ export function repeatedWords(typed, k = REPEAT_K) {
   let start = canonical.length;
   while (start > 0 && isWordChar(canonical.charCodeAt(start - 1))) start--;
   const part = canonical.slice(start);
-  const path = canonical.replace(/^[a-z][a-z0-9+.-]*:\/\//i, ""); // a scheme splitTyped keeps (ftp://)
-  if (part.length < REPEAT_TYPED || !typed.endsWith(part) || !(path.includes("/") || path.includes("?"))) return [];
+  if (part.length < REPEAT_TYPED || !typed.endsWith(part) || !pastHost(canonical)) return [];
   const seen = new Map();
   for (const word of canonical.slice(0, start).match(/[A-Za-z0-9]+/g) ?? []) {
     if (word.startsWith(part) && word.length - part.length >= MIN_ADDED_CHARS && !junk(canonical, word.slice(part.length))) {
@@ -515,16 +525,15 @@ export function repeatedWords(typed, k = REPEAT_K) {
 export function withRepeats(fused, typed, k, weight = REPEAT_WEIGHT) {
   const repeats = repeatedWords(typed);
   if (!repeats.length) return fused.slice(0, k);
-  const score = new Map();
-  for (const [text, logShare] of fused) score.set(text, (1 - weight) * Math.exp(logShare));
-  for (const text of repeats) score.set(text, (score.get(text) ?? 0) + weight / repeats.length);
-  return [...score].sort(byScoreThenText).slice(0, k).map(([text, share]) => [text, Math.log(share)]);
+  const even = repeats.map((text) => /** @type {[string, number]} */ ([text, 1 / repeats.length]));
+  return blend(fused, even, k, 1 - weight).map(([text, share]) => [text, Math.log(share)]);
 }
 
 /**
  * A model version's network fused with its bundle's count component and with the words already
- * typed in the URL, as runtime/ngram.py FusedCompleter fuses them: the completion worker suggests with it, so a keystroke is one request
- * and the page's thread, which also renders what was typed, searches nothing.
+ * typed in the URL, as runtime/ngram.py FusedCompleter fuses them: the completion worker suggests
+ * with it, so a keystroke is one request and the page's thread, which also renders what was typed,
+ * searches nothing.
  */
 export class FusedCompleter {
   /**

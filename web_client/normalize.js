@@ -14,6 +14,7 @@ const STRIP = new RegExp(`^[${SPACE}]+|[${SPACE}]+$`, "gu");
 const WEB_SCHEME = /^https?:\/\//iu;
 const OTHER_SCHEME = /^[a-zA-Z][a-zA-Z0-9+.-]*:(?!\d)/u; // 'host:8080' is a port, not a scheme
 const HOST_END = /[/?#]/u;
+const ANY_SCHEME = /^[a-z][a-z0-9+.-]*:\/\//i; // "ftp://", which splitTyped keeps
 const SCHEME_IN_PROGRESS = /^https?:\/{0,2}\n?$/iu;
 
 /** Length in code points, as Python's len() (a string iterates by code point). */
@@ -57,6 +58,15 @@ export function normalizeUrl(raw) {
   if (rest === "/") rest = "";
   const url = host + rest;
   return codePoints(url) <= MAX_URL_CHARS ? url : null;
+}
+
+/**
+ * Whether text (typed, or its canonical form) is past its host: a "/" or "?" after any scheme. The
+ * page completes its top suggestion inline only before it (main.js), and offers the words a URL
+ * already holds only after it (ngram.js repeatedWords; runtime/ngram.py).
+ */
+export function pastHost(text) {
+  return /[/?]/.test(text.replace(ANY_SCHEME, ""));
 }
 
 /**
