@@ -349,25 +349,26 @@ class Completer:
         """
         outputs = {tuple(root): self.context(root)}
         forced: dict[tuple, tuple[float, np.ndarray | None]] = {tuple(root): (0.0, outputs[tuple(root)][0])}
+        known = [len(root)] * len(paths)  # each path's pieces in forced so far: forced only grows
         for _ in range(max(map(len, paths), default=0) - len(root)):
             beams: list[_Beam] = []
             chosen = []
-            for ids in paths:
-                known = len(root)
-                while known < len(ids) and tuple(ids[:known + 1]) in forced:
-                    known += 1
-                prefix = tuple(ids[:known])
-                if known == len(ids) or prefix not in outputs:  # done, below the floor, or in this batch
+            for i, ids in enumerate(paths):
+                while known[i] < len(ids) and tuple(ids[:known[i] + 1]) in forced:
+                    known[i] += 1
+                prefix = tuple(ids[:known[i]])
+                if known[i] == len(ids) or prefix not in outputs:  # done, below the floor, or in this batch
                     continue
                 log_probs, state = outputs[prefix]
-                key, log_prob = prefix + (ids[known],), forced[prefix][0] + float(log_probs[ids[known]])
+                piece = ids[known[i]]
+                key, log_prob = prefix + (piece,), forced[prefix][0] + float(log_probs[piece])
                 hit = self.cached(key) if log_prob >= floor else None
                 forced[key] = (log_prob, None if hit is None else hit[0])
                 if hit is not None:
                     outputs[key] = hit
                 elif log_prob >= floor:
                     beams.append(_Beam(0.0, log_probs, state, b"", b"", prefix))
-                    chosen.append((len(beams) - 1, ids[known], 0.0, b"", b""))
+                    chosen.append((len(beams) - 1, piece, 0.0, b"", b""))
             for beam in self._advance(beams, chosen) if beams else []:
                 outputs[beam.pieces] = (beam.log_probs, beam.state)
                 forced[beam.pieces] = (forced[beam.pieces][0], beam.log_probs)

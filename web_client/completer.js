@@ -39,11 +39,11 @@ export function junk(canonical, text, finished = true) {
   const ends = [full.indexOf("/"), full.indexOf("?")].filter((i) => i >= 0);
   const hostEnd = ends.length ? Math.min(...ends) : full.length;
   if (start <= hostEnd && text !== "" && !BOUNDARY_BYTES.includes(text[0]) && endsInGenericTld(canonical)) return true;
-  const labels = full.slice(0, hostEnd).split(".");
+  const labels = finished ? full.slice(0, hostEnd).split(".") : []; // only finished texts have rules here
   let position = 0; // where the current label starts
   for (let i = 0; i < labels.length - 1; i++) {
     const dot = position + labels[i].length; // the "." after this label
-    if (finished && i > 0 && GENERIC_TLDS.has(labels[i]) && dot >= start
+    if (i > 0 && GENERIC_TLDS.has(labels[i]) && dot >= start
         && !(i === labels.length - 2 && /^[A-Za-z]{2}$/.test(labels[labels.length - 1]))) return true;
     position = dot + 1;
   }
@@ -358,22 +358,31 @@ export class Completer {
     const outputs = new Map([[root.join(), rootOutput]]);
     /** @type {Map<string, {logProb: number, after: Float32Array|null}>} */
     const forced = new Map([[root.join(), { logProb: 0, after: rootOutput.logProbs }]]);
+    // Each path's pieces known in `forced` so far, and that prefix's key: `forced` only grows, so a
+    // path's walk goes on from where it stopped instead of joining every prefix again each depth.
+    const walks = paths.map((ids) => ({ ids, known: root.length, prefix: root.join() }));
+    const keyAfter = (walk) => (walk.known ? `${walk.prefix},${walk.ids[walk.known]}` : String(walk.ids[0]));
     const depths = Math.max(0, ...paths.map((ids) => ids.length)) - root.length;
     for (let depth = 0; depth < depths; depth++) {
       const beams = [], chosen = [];
-      for (const ids of paths) {
-        let known = root.length;
-        while (known < ids.length && forced.has(ids.slice(0, known + 1).join())) known++;
-        const prefix = ids.slice(0, known).join(), output = outputs.get(prefix);
-        if (known === ids.length || !output) continue; // done, below the floor, or in this batch
-        const key = ids.slice(0, known + 1).join();
-        const logProb = /** @type {{logProb: number}} */ (forced.get(prefix)).logProb + output.logProbs[ids[known]];
+      for (const walk of walks) {
+        const { ids } = walk;
+        while (walk.known < ids.length) {
+          const next = keyAfter(walk);
+          if (!forced.has(next)) break;
+          walk.prefix = next;
+          walk.known++;
+        }
+        const output = outputs.get(walk.prefix);
+        if (walk.known === ids.length || !output) continue; // done, below the floor, or in this batch
+        const key = keyAfter(walk), piece = ids[walk.known];
+        const logProb = /** @type {{logProb: number}} */ (forced.get(walk.prefix)).logProb + output.logProbs[piece];
         const hit = logProb >= floor ? this.cached(key) : undefined;
         forced.set(key, { logProb, after: hit ? hit.logProbs : null });
         if (hit) outputs.set(key, hit);
         else if (logProb >= floor) {
-          beams.push({ score: 0, ...output, text: "", pending: "", pieces: ids.slice(0, known) });
-          chosen.push({ beamIndex: beams.length - 1, piece: ids[known], score: 0, text: "", pending: "" });
+          beams.push({ score: 0, ...output, text: "", pending: "", pieces: ids.slice(0, walk.known) });
+          chosen.push({ beamIndex: beams.length - 1, piece, score: 0, text: "", pending: "" });
         }
       }
       for (const beam of beams.length ? await this.advance(beams, chosen) : []) {

@@ -151,20 +151,24 @@ class BackoffNgram {
     return s * end;
   }
 
-  /** Candidates after the last order-1 symbols, best first: finishing symbols and the best others. */
-  rankedNext(symbols) {
-    const last = this.order > 1 ? symbols.slice(-(this.order - 1)) : [];
+  /**
+   * Candidates after `last`, a history's last order-1 symbols, best first: finishing symbols and
+   * the best others.
+   * @param {string[]} last
+   */
+  rankedNext(last) {
     const key = last.join("");
     let ranked = this.ranked.get(key);
     if (ranked) return ranked;
     const scores = this.slotScores(last);
     // The finishing symbols, and the beamWidth best others kept in order as they come: sorting
     // every symbol seen would take longer than the rest of the search step.
-    const finishing = [], best = [];
+    const finishing = [], best = [], finishingSlots = [EOS, ...BOUNDARY_CHARS].map((x) => this.slots.get(x));
     for (let slot = 0; slot < scores.length; slot++) {
-      const s = scores[slot], x = this.symbols[slot];
+      const s = scores[slot];
       if (s < 0) continue;
-      if (x === EOS || BOUNDARY_CHARS.includes(x)) {
+      const x = this.symbols[slot];
+      if (finishingSlots.includes(slot)) {
         finishing.push([s, x]);
         continue;
       }
@@ -173,8 +177,11 @@ class BackoffNgram {
       const candidate = [s, x];
       let i = best.length; // where the candidate goes among the best so far
       while (i > 0 && bestFirst(candidate, best[i - 1]) < 0) i--;
-      best.splice(i, 0, candidate);
-      best.length = Math.min(best.length, this.beamWidth);
+      if (i === this.beamWidth) continue;
+      // Shift the worse ones down by hand, the last falling off a full list: splice and
+      // shortening the array cost more than the rest of the loop.
+      for (let j = Math.min(best.length, this.beamWidth - 1); j > i; j--) best[j] = best[j - 1];
+      best[i] = candidate;
     }
     ranked = [...best, ...finishing].sort(bestFirst);
     if (this.ranked.size >= NGRAM_RANKED_CACHE_ENTRIES) this.ranked.clear();
@@ -189,20 +196,21 @@ class BackoffNgram {
   completeScored(typed, k) {
     if (k <= 0 || !this.urls) return [];
     const { fill, canonical } = splitTyped(typed);
-    const history = [...Array(this.order - 1).fill(BOS), ...Array.from(canonical)];
-    let beams = [{ score: 1, symbols: history, text: "" }];
+    // A beam keeps only its last order - 1 symbols, all that rankedNext reads of its history.
+    const keep = this.order - 1, history = [...Array(keep).fill(BOS), ...Array.from(canonical)];
+    let beams = [{ score: 1, last: keep ? history.slice(-keep) : [], text: "" }];
     /** @type {Map<string, number>} */
     const finished = new Map();
     for (let step = 0; step < this.maxChars; step++) {
       const candidates = [];
       beams.forEach((beam, b) => {
-        for (const [s, x] of this.rankedNext(beam.symbols)) candidates.push({ score: beam.score * s, b, x });
+        for (const [s, x] of this.rankedNext(beam.last)) candidates.push({ score: beam.score * s, b, x });
       });
       candidates.sort((p, q) => (p.score > q.score ? -1 : p.score < q.score ? 1 : p.b - q.b
         || compareCodePoints(p.x, q.x)));
       const chosen = [];
       for (const { score, b, x } of candidates) {
-        const { text, symbols } = beams[b];
+        const { text, last } = beams[b];
         if (x === EOS || (BOUNDARY_CHARS.includes(x) && text)) {
           if (text && !junk(canonical, text) && enough(canonical, [...text].length)) {
             finished.set(text, (finished.get(text) ?? 0) + score);
@@ -210,7 +218,7 @@ class BackoffNgram {
           continue;
         }
         if (junk(canonical, text + x, false)) continue;
-        chosen.push({ score, symbols: [...symbols, x], text: text + x });
+        chosen.push({ score, last: keep ? [...last.slice(1), x] : [], text: text + x });
         if (chosen.length === this.beamWidth) break;
       }
       if (!chosen.length) break;
