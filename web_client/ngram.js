@@ -69,6 +69,8 @@ class BackoffNgram {
     this.unigramScratch = new Uint32Array(0); // interpolated's slots of the empty context, reused alike
     /** @type {Map<string, Array<[number, string]>>} last order-1 symbols -> rankedNext */
     this.ranked = new Map();
+    /** @type {Map<string, Array<[number, string]>>} the cache before the last turnover (remember) */
+    this.rankedBefore = new Map();
   }
 
   /**
@@ -160,6 +162,11 @@ class BackoffNgram {
     const key = last.join("");
     let ranked = this.ranked.get(key);
     if (ranked) return ranked;
+    ranked = this.rankedBefore.get(key);
+    if (ranked) {
+      this.remember(key, ranked);
+      return ranked;
+    }
     const scores = this.slotScores(last);
     // The finishing symbols, and the beamWidth best others kept in order as they come: sorting
     // every symbol seen would take longer than the rest of the search step.
@@ -184,9 +191,21 @@ class BackoffNgram {
       best[i] = candidate;
     }
     ranked = [...best, ...finishing].sort(bestFirst);
-    if (this.ranked.size >= NGRAM_RANKED_CACHE_ENTRIES) this.ranked.clear();
-    this.ranked.set(key, ranked);
+    this.remember(key, ranked);
     return ranked;
+  }
+
+  /**
+   * Keep rankedNext's answer for `key`. A full cache becomes the one before and a new one starts:
+   * the histories used since the last turnover survive the next, at the cost of one Map lookup
+   * more on a miss (an LRU's reordering on every hit cost more than it saved).
+   */
+  remember(key, ranked) {
+    if (this.ranked.size >= NGRAM_RANKED_CACHE_ENTRIES) {
+      this.rankedBefore = this.ranked;
+      this.ranked = new Map();
+    }
+    this.ranked.set(key, ranked);
   }
 
   /**
@@ -256,6 +275,7 @@ export class CharNgram extends BackoffNgram {
     }
     this.urls += 1;
     this.ranked.clear();
+    this.rankedBefore.clear();
   }
 
   /** A symbol's slot, given it a new one when first counted. */
