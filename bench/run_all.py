@@ -3,7 +3,8 @@
     .venv/bin/python bench/run_all.py --bundle bundles/default [--runs 5] [--skip export,browser]
 
 1. bench_browser.py (browser engineer): keystroke -> top-5 suggestions in headless Chromium, and
-   one train_step.onnx step in onnxruntime-web;
+   one train_step.onnx step in onnxruntime-web; bench_keystroke.py: the page's keystroke and the
+   completer's compute alone a key (its --code compares checkouts in one run);
 2. bench_training.py: the same step in onnxruntime Python and torch eager;
 3. bench_update_size.py: bytes per update vs the float32 model;
 4. bench_server.py (server engineer): ingest rate, server CPU per update, peak RSS and close time
@@ -32,7 +33,7 @@ from pathlib import Path
 from common import REPO, bundle_parser
 
 BENCH = Path(__file__).resolve().parent
-STEPS = ("browser", "training", "update_size", "server", "secagg", "attacks", "export")
+STEPS = ("browser", "keystroke", "training", "update_size", "server", "secagg", "attacks", "export")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,6 +120,9 @@ def main(argv=None) -> None:
                               else ("bench/bench_browser.py is not there yet", {}))
         section("Browser: keystroke -> top-5, training step (headless Chromium)", "bench/bench_browser.py",
                 text)
+    if "keystroke" not in args.skip:
+        section("Keystroke -> suggestions: the page, and the completer's compute alone",
+                "bench/bench_keystroke.py", run_script("bench_keystroke.py", "--bundle", args.bundle)[0])
     if "training" not in args.skip:
         text, training_rows = run_script("bench_training.py", "--bundle", args.bundle, *runs)
         section("One training step: onnxruntime Python vs torch eager", "bench/bench_training.py", text)
