@@ -54,6 +54,7 @@ STEP_RUNS = 10
 # until the optimising tier (TurboFan) has compiled the hot functions in the background.
 WARMUP_RUNS = 10
 PARTS = ("transfer", "latency", "train", "profile", "matmul", "encode", "counts", "pow")
+IDLE_PAGE = "/?train_after_urls=0&poll_ms=60000"  # the page as typed into: nothing trains on its own
 COUNTS_ROUNDS = 2  # counts part: each bundle served this many times, alternating
 # (M, K, N) of the training step's matrix products: the time loop's hidden projection and its
 # backward (B rows), the input projection and the head over all B*T positions.
@@ -207,19 +208,36 @@ def typing_urls(count: int) -> list[str]:
     return [url[:40] for url in random.Random(0).sample(urls, count)]
 
 
+def typed_texts(urls: list[str], keystrokes: int) -> list[str]:
+    """What type_keystrokes types: whole URLs until `keystrokes` keys, the last one cut there."""
+    texts, typed = [], 0
+    for url in urls:
+        if typed >= keystrokes:
+            break
+        texts.append(url[:keystrokes - typed])
+        typed += len(texts[-1])
+    return texts
+
+
 def type_keystrokes(page, urls: list[str], keystrokes: int, delay_ms: float) -> int:
     """Type URLs key by key until `keystrokes` keys were typed; wait for each URL's suggestions."""
-    typed = 0
-    for url in urls:
+    texts = typed_texts(urls, keystrokes)
+    for text in texts:
         page.fill("#url", "")
-        text = url[:keystrokes - typed]
         page.keyboard.type(text, delay=delay_ms)
-        typed += len(text)
         # the typed text, not the input's value: inline completion may have appended a selected tail
         page.wait_for_function("t => document.getElementById('suggestions').dataset.for === t", arg=text)
-        if typed >= keystrokes:
-            return typed
-    return typed
+    return sum(map(len, texts))
+
+
+@contextmanager
+def fresh_page(browser, base_url: str):
+    """The page of base_url in a new browser context, loaded, nothing training or polling; closed after."""
+    context = browser.new_context(base_url=base_url)
+    try:
+        yield open_page(context.new_page(), IDLE_PAGE)
+    finally:
+        context.close()
 
 
 def latencies(page, urls, keystrokes: int, delay_ms: float) -> tuple[str, list[float]]:
@@ -466,11 +484,8 @@ def counts_rows(browser, urls, args) -> list[tuple[str, str]]:
         values: dict[str, list[float]] = {"with counts.bin": [], "network alone": []}
         for _ in range(COUNTS_ROUNDS):
             for label, bundle in (("with counts.bin", args.bundle), ("network alone", str(network_only))):
-                with serve(bundle) as base_url:
-                    context = browser.new_context(base_url=base_url)
-                    page = open_page(context.new_page(), "/?train_after_urls=0&poll_ms=60000")
+                with serve(bundle) as base_url, fresh_page(browser, base_url) as page:
                     values[label] += latencies(page, urls, args.keystrokes, args.key_delay_ms)[1]
-                    context.close()
     return [(f"keystroke -> suggestions, idle, {label}",
              f"p50 {np.percentile(v, 50):.1f} ms, p95 {np.percentile(v, 95):.1f} ms ({len(v)} renders, "
              f"{COUNTS_ROUNDS} runs)") for label, v in values.items()]
@@ -509,7 +524,7 @@ def run(args: argparse.Namespace) -> list[tuple[str, str]]:
         browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
         rows = transfer_rows(browser, base_url, urls) if "transfer" in args.parts else []
         context = browser.new_context(base_url=base_url)
-        page = open_page(context.new_page(), "/?train_after_urls=0&poll_ms=60000")
+        page = open_page(context.new_page(), IDLE_PAGE)
         rows += latency_rows(page, urls, args) if "latency" in args.parts else []
         rows += training_rows(page, args.bundle) if "train" in args.parts else []
         rows += profile_rows(page, args.bundle) if "profile" in args.parts else []

@@ -7,13 +7,13 @@ bench_browser.py types, from this checkout's ../shared) at a human pace. Two fig
 
 - page: the page's own "keystroke-to-suggestions" measure (web_client/main.js), what a person
   waits: from the input event of the oldest key not yet answered to the suggestions in the DOM;
-- compute: the completer's work alone, in the page's thread, without messages or rendering: the
-  checkout's FusedCompleter built as worker.js builds it (its own modules), asked for every prefix
-  of the same URLs in order. Much less noisy than the page; where a checkout's modules do not fit
+- compute: the completer's work alone, in the page's thread, without the page's messages and
+  rendering: the checkout's FusedCompleter built as worker.js builds it (its own modules), asked
+  for every prefix of the same URLs in order, back to back; where a checkout's modules do not fit
   this script, "n/a".
 
 A checkout without web_client/node_modules (a `git archive`) gets a link to this checkout's, so
-that its server can serve onnxruntime-web.
+that its server can serve onnxruntime-web. Rounds past the 200 URLs start over from the first.
 
     .venv/bin/python bench/bench_keystroke.py --bundle pretrained --code before=/tmp/before,after=.
 """
@@ -26,14 +26,13 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from bench_browser import latencies, typing_urls
+from bench_browser import fresh_page, latencies, typed_texts, typing_urls
 from bench_server import start_server
 from common import REPO, bundle_parser, print_table
 
 sys.path.insert(0, str(REPO / "tests" / "web"))
-from page_helpers import CHROMIUM_ARGS, open_page  # noqa: E402  (shared with the browser tests)
+from page_helpers import CHROMIUM_ARGS  # noqa: E402  (shared with the browser tests)
 
-PAGE = "/?train_after_urls=0&poll_ms=600000"  # nothing trains or polls while typing
 URLS_A_ROUND = 40  # each round types the next URLs, as many as its keys need
 # The checkout's completer as worker.js builds it, timed over every prefix of each URL in order.
 COMPUTE = """async (urls) => {
@@ -91,15 +90,22 @@ def parse_args(argv=None):
 
 def checkouts(spec: str) -> list[tuple[str, Path]]:
     """(label, folder) pairs of --code; a folder without node_modules gets a link to this checkout's."""
-    pairs = []
+    ours = REPO / "web_client" / "node_modules"
+    if not ours.is_dir():
+        raise SystemExit(f"{ours} is missing: run make install first")
+    pairs: list[tuple[str, Path]] = []
     for item in spec.split(","):
-        label, _, folder = item.partition("=")
+        label, equals, folder = item.partition("=")
         code = Path(folder).resolve()
-        if not label or not (code / "server" / "cli.py").is_file():
+        if not equals or not label or not folder or not (code / "server" / "cli.py").is_file():
             raise SystemExit(f"--code {item!r}: expected label=DIR with DIR a fedurl checkout")
+        if label in (known for known, _ in pairs):
+            raise SystemExit(f"--code: the label {label!r} is given twice")
         modules = code / "web_client" / "node_modules"
         if not modules.exists():
-            modules.symlink_to(REPO / "web_client" / "node_modules", target_is_directory=True)
+            if modules.is_symlink():  # a link that leads nowhere
+                raise SystemExit(f"{modules} is a broken link: remove it or point it at {ours}")
+            modules.symlink_to(ours, target_is_directory=True)
         pairs.append((label, code))
     return pairs
 
@@ -124,22 +130,21 @@ def run(args) -> list[tuple[str, str]]:
     compute_ms: dict[str, list[float]] = {label: [] for label, _ in codes}
     servers, data = [], tempfile.mkdtemp(prefix="bench-keystroke-")
     try:
-        for label, code in codes:
-            bundle = str(Path(args.bundle).resolve())  # the same for every checkout, whatever its cwd
-            servers.append(start_server(code, bundle, str(Path(data) / label), None, 10**6)[:2])
+        bundle = str(Path(args.bundle).resolve())  # the same for every checkout, whatever its cwd
+        for index, (_, code) in enumerate(codes):
+            servers.append(start_server(code, bundle, str(Path(data) / str(index)), None, 10**6)[:2])
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
             for round_index in range(args.rounds):
-                typed = urls[round_index * URLS_A_ROUND:]
+                start = round_index * URLS_A_ROUND % len(urls)
+                typed = urls[start:] + urls[:start]
                 for (label, _), (_, base_url) in zip(codes, servers, strict=True):
-                    context = browser.new_context(base_url=base_url)
-                    page = open_page(context.new_page(), PAGE)
-                    page_ms[label] += latencies(page, typed, args.keys, args.key_delay_ms)[1]
-                    try:
-                        compute_ms[label] += page.evaluate(COMPUTE, prefixes_of(typed, args.keys))
-                    except PlaywrightError as error:
-                        print(f"{label}: compute n/a ({str(error).splitlines()[0]})", file=sys.stderr)
-                    context.close()
+                    with fresh_page(browser, base_url) as page:
+                        page_ms[label] += latencies(page, typed, args.keys, args.key_delay_ms)[1]
+                        try:
+                            compute_ms[label] += page.evaluate(COMPUTE, typed_texts(typed, args.keys))
+                        except PlaywrightError as error:
+                            print(f"{label}: compute n/a ({str(error).splitlines()[0]})", file=sys.stderr)
                 print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
             browser.close()
     finally:
@@ -149,18 +154,6 @@ def run(args) -> list[tuple[str, str]]:
         shutil.rmtree(data, ignore_errors=True)
     rows = [(f"{label}: keystroke -> suggestions, page", summary(page_ms[label])) for label, _ in codes]
     return rows + [(f"{label}: completer compute a key", summary(compute_ms[label])) for label, _ in codes]
-
-
-def prefixes_of(urls: list[str], keys: int) -> list[str]:
-    """The URLs bench_browser.latencies types for `keys` keys, the last cut where the keys run out."""
-    out, typed = [], 0
-    for url in urls:
-        text = url[:keys - typed]
-        out.append(text)
-        typed += len(text)
-        if typed >= keys:
-            break
-    return out
 
 
 def main(argv=None) -> None:
