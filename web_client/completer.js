@@ -353,14 +353,14 @@ export class Completer {
    * @param {number} floor
    */
   async force(paths, root, floor) {
-    const rootOutput = await this.context(root);
+    const rootOutput = await this.context(root), rootKey = root.join();
     /** @type {Map<string, {logProbs: Float32Array, state: Float32Array}>} */
-    const outputs = new Map([[root.join(), rootOutput]]);
+    const outputs = new Map([[rootKey, rootOutput]]);
     /** @type {Map<string, {logProb: number, after: Float32Array|null}>} */
-    const forced = new Map([[root.join(), { logProb: 0, after: rootOutput.logProbs }]]);
+    const forced = new Map([[rootKey, { logProb: 0, after: rootOutput.logProbs }]]);
     // Each path's pieces known in `forced` so far, and that prefix's key: `forced` only grows, so a
     // path's walk goes on from where it stopped instead of joining every prefix again each depth.
-    const walks = paths.map((ids) => ({ ids, known: root.length, prefix: root.join() }));
+    const walks = paths.map((ids) => ({ ids, known: root.length, prefix: rootKey }));
     const keyAfter = (walk) => (walk.known ? `${walk.prefix},${walk.ids[walk.known]}` : String(walk.ids[0]));
     const depths = Math.max(0, ...paths.map((ids) => ids.length)) - root.length;
     for (let depth = 0; depth < depths; depth++) {
